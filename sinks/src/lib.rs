@@ -1,0 +1,16 @@
+//! Destinations Hydrant delivers batches to.
+//!
+//! This crate knows nothing about the engine: a sink is handed a finished batch (for object
+//! stores, an encoded and compressed object with its key) and reports whether it landed.
+//! Retry policy that every sink shares lives in [`retry`].
+
+pub mod error;
+pub mod object;
+pub mod retry;
+
+/// Everything a sink author or the engine needs in one import.
+pub mod prelude {
+    pub use crate::error::{SinkError, SinkErrorKind};
+    pub use crate::object::{EncodedObject, ObjectSink, ObjectStoreSink, S3Options};
+    pub use crate::retry::Backoff;
+}

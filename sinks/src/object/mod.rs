@@ -1,0 +1,50 @@
+//! Object-store destinations: S3-compatible stores (AWS S3, MinIO, SeaweedFS, Garage) and a
+//! local directory, all behind one small trait.
+
+mod config;
+mod store;
+
+pub use config::S3Options;
+pub use store::ObjectStoreSink;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::SinkError;
+
+/// One finished object: its key, its body as a list of byte chunks (so a body assembled from
+/// separately compressed pieces is never copied into one buffer), and its HTTP metadata.
+#[derive(Debug, Clone)]
+pub struct EncodedObject {
+    /// Full key inside the bucket or directory, e.g. `2026/11/25/20/events-1-...gz`.
+    pub key: String,
+    /// The body, in order.
+    pub parts: Vec<Bytes>,
+    /// `Content-Type` to record with the object where the store supports metadata.
+    pub content_type: &'static str,
+    /// `Content-Encoding` to record with the object (`gzip`, ...), if any.
+    pub content_encoding: Option<&'static str>,
+}
+
+impl EncodedObject {
+    /// Total body size in bytes.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.parts.iter().all(Bytes::is_empty)
+    }
+}
+
+/// A destination that stores whole objects under keys.
+#[async_trait]
+pub trait ObjectSink: Send + Sync {
+    /// Writes `object`, replacing nothing the caller did not ask to replace. One attempt: the
+    /// caller owns retries, so it can log each one and keep its own deadline.
+    async fn put(&self, object: &EncodedObject) -> Result<(), SinkError>;
+
+    /// A human-readable name for logs: `s3://bucket` or `file:///path`.
+    fn describe(&self) -> &str;
+}

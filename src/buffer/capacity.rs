@@ -1,0 +1,56 @@
+//! Process-wide accounting of bytes waiting for compression, and the signal that space freed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+
+/// Shared by every stream: how many uncompressed bytes are queued for or inside the
+/// compression pool, and a notification for puts waiting on buffer space.
+#[derive(Debug)]
+pub struct IngestCapacity {
+    compression_budget: usize,
+    compressing: AtomicUsize,
+    freed: Notify,
+}
+
+impl IngestCapacity {
+    /// At most `compression_budget` uncompressed bytes may wait for the compression pool.
+    pub fn new(compression_budget: usize) -> Self {
+        Self {
+            compression_budget,
+            compressing: AtomicUsize::new(0),
+            freed: Notify::new(),
+        }
+    }
+
+    /// Whether another chunk may be queued for compression.
+    pub fn has_room_for_compression(&self) -> bool {
+        self.compressing.load(Ordering::Acquire) < self.compression_budget
+    }
+
+    /// Records `bytes` handed to the compression pool.
+    pub fn start_compressing(&self, bytes: usize) {
+        self.compressing.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Records `bytes` compressed, and wakes waiting puts.
+    pub fn finish_compressing(&self, bytes: usize) {
+        self.compressing.fetch_sub(bytes, Ordering::AcqRel);
+        self.notify_freed();
+    }
+
+    /// Bytes currently awaiting compression.
+    pub fn compressing(&self) -> usize {
+        self.compressing.load(Ordering::Acquire)
+    }
+
+    /// Wakes every put waiting for space.
+    pub fn notify_freed(&self) {
+        self.freed.notify_waiters();
+    }
+
+    /// Resolves at the next [`notify_freed`](Self::notify_freed).
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+}

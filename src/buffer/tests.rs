@@ -1,0 +1,182 @@
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::config::{Format, RecordDelimiter};
+
+fn buffer(size_limit: usize, interval: Duration, codec: Codec) -> StreamBuffer {
+    StreamBuffer::new(
+        BufferSettings {
+            size_limit,
+            interval,
+            framer: RecordFramer::new(Format::Raw, RecordDelimiter::Newline),
+            codec,
+        },
+        Arc::new(IngestCapacity::new(64 * 1024 * 1024)),
+    )
+}
+
+fn body_bytes(parts: Vec<Bytes>, codec: Codec) -> Vec<u8> {
+    let body: Vec<u8> = parts.concat();
+    match codec {
+        Codec::None => body,
+        Codec::Gzip { .. } => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_end(&mut out)
+                .unwrap();
+            out
+        }
+    }
+}
+
+fn records(prefix: &str, count: usize, len: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            let mut record = format!("{prefix}-{i:06}-").into_bytes();
+            record.resize(len, b'x');
+            record
+        })
+        .collect()
+}
+
+fn as_slices(records: &[Vec<u8>]) -> Vec<&[u8]> {
+    records.iter().map(Vec::as_slice).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn size_threshold_seals_a_batch_holding_exactly_what_fits() {
+    // 100 records of 99 bytes + newline = 10,000 bytes: ten fit in a 1,000-byte batch.
+    let buffer = buffer(1_000, Duration::from_secs(900), Codec::Gzip { level: 6 });
+    let input = records("a", 15, 99);
+    assert_eq!(buffer.try_append(&as_slices(&input), 1_000), 15);
+    let batch = buffer.next_batch().await.unwrap();
+    assert_eq!(batch.records(), 10);
+    assert_eq!(batch.raw_len(), 1_000);
+    assert_eq!(batch.oldest_arrival_ms(), 1_000);
+    let codec = Codec::Gzip { level: 6 };
+    let expected: Vec<u8> = input[..10]
+        .iter()
+        .flat_map(|r| [&r[..], b"\n"].concat())
+        .collect();
+    assert_eq!(
+        body_bytes(batch.into_body().await.unwrap(), codec),
+        expected
+    );
+    assert_eq!(buffer.buffered_records(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_buffer_takes_only_what_fits_until_the_delivery_task_takes_a_batch() {
+    let buffer = buffer(1_000, Duration::from_secs(900), Codec::None);
+    let input = records("b", 40, 99);
+    // One open batch plus one sealed batch waiting: 20 records.
+    assert_eq!(buffer.try_append(&as_slices(&input), 0), 20);
+    assert_eq!(buffer.try_append(&as_slices(&input[20..]), 0), 0);
+    let first = buffer.next_batch().await.unwrap();
+    assert_eq!(first.records(), 10);
+    assert_eq!(buffer.try_append(&as_slices(&input[20..]), 0), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_append_resumes_when_space_frees_and_gives_up_after_the_wait() {
+    let buffer = Arc::new(buffer(1_000, Duration::from_secs(900), Codec::None));
+    let input = records("c", 30, 99);
+    let taken = buffer
+        .append(&as_slices(&input), 0, Duration::from_millis(500))
+        .await;
+    assert_eq!(taken, 20, "no one takes batches, so the wait runs out");
+
+    let waiter = {
+        let buffer = Arc::clone(&buffer);
+        let rest = input[20..].to_vec();
+        tokio::spawn(async move {
+            buffer
+                .append(&as_slices(&rest), 0, Duration::from_secs(60))
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    let first = buffer.next_batch().await.unwrap();
+    assert_eq!(first.records(), 10);
+    assert_eq!(waiter.await.unwrap(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn interval_threshold_flushes_the_open_batch_once_its_oldest_record_is_old_enough() {
+    let buffer = Arc::new(buffer(1 << 20, Duration::from_secs(60), Codec::None));
+    let started = tokio::time::Instant::now();
+    assert_eq!(buffer.try_append(&[b"one"], 5), 1);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(buffer.try_append(&[b"two"], 6), 1);
+    let batch = buffer.next_batch().await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(60) && waited < Duration::from_secs(61),
+        "flushed after {waited:?}"
+    );
+    assert_eq!(batch.records(), 2);
+    assert_eq!(batch.oldest_arrival_ms(), 5);
+    assert_eq!(
+        body_bytes(batch.into_body().await.unwrap(), Codec::None),
+        b"one\ntwo\n"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_interval_delivers_at_once() {
+    let buffer = buffer(1 << 20, Duration::ZERO, Codec::None);
+    buffer.try_append(&[b"now"], 0);
+    let batch = tokio::time::timeout(Duration::from_millis(1), buffer.next_batch())
+        .await
+        .expect("a zero interval must not wait")
+        .unwrap();
+    assert_eq!(batch.records(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_hands_out_everything_then_reports_closed() {
+    let buffer = buffer(1_000, Duration::from_secs(900), Codec::Gzip { level: 1 });
+    let input = records("d", 15, 99);
+    buffer.try_append(&as_slices(&input), 0);
+    buffer.close();
+    assert_eq!(
+        buffer.try_append(&as_slices(&input), 0),
+        0,
+        "closed buffers take nothing"
+    );
+    assert_eq!(buffer.next_batch().await.unwrap().records(), 10);
+    assert_eq!(buffer.next_batch().await.unwrap().records(), 5);
+    assert_eq!(buffer.next_batch().await.unwrap_err(), NoBatch::Closed);
+}
+
+#[tokio::test]
+async fn large_gzip_batches_span_many_chunks_and_decode_in_order() {
+    let size_limit = 4 * 1024 * 1024;
+    let buffer = buffer(
+        size_limit,
+        Duration::from_secs(900),
+        Codec::Gzip { level: 6 },
+    );
+    let input = records("e", 30_000, 120);
+    let taken = buffer.try_append(&as_slices(&input), 0);
+    assert_eq!(taken, 30_000);
+    buffer.close();
+    let mut decoded = Vec::new();
+    while let Ok(batch) = buffer.next_batch().await {
+        assert!(batch.raw_len() <= size_limit);
+        decoded.extend(body_bytes(
+            batch.into_body().await.unwrap(),
+            Codec::Gzip { level: 6 },
+        ));
+    }
+    let expected: Vec<u8> = input
+        .iter()
+        .flat_map(|r| [&r[..], b"\n"].concat())
+        .collect();
+    assert_eq!(decoded.len(), expected.len());
+    assert!(decoded == expected, "records out of order or corrupted");
+}

@@ -1,0 +1,129 @@
+//! gzip in independently compressed chunks that concatenate into a single gzip member.
+
+use bytes::Bytes;
+use flate2::{Compress, Compression, FlushCompress};
+
+use super::CompressedChunk;
+
+/// Fixed gzip header: magic, DEFLATE, no flags, no mtime, no extra flags, OS unknown.
+const HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0xff];
+
+/// An empty final DEFLATE block with fixed Huffman codes: closes the stream after chunks
+/// that each ended with a sync flush.
+const FINAL_BLOCK: [u8; 2] = [0x03, 0x00];
+
+/// Raw DEFLATE of `raw` ending in a sync flush (byte-aligned, not final), plus its CRC-32.
+pub(super) fn compress_chunk(raw: &[u8], level: u32) -> CompressedChunk {
+    let crc = crc32fast::hash(raw);
+    let mut compressor = Compress::new(Compression::new(level), false);
+    let mut out = Vec::with_capacity(raw.len() / 3 + 1024);
+    loop {
+        if out.capacity() - out.len() < 1024 {
+            out.reserve(out.capacity().max(4096));
+        }
+        let consumed = compressor.total_in() as usize;
+        compressor
+            .compress_vec(&raw[consumed..], &mut out, FlushCompress::Sync)
+            .expect("DEFLATE on an in-memory buffer with a valid level cannot fail");
+        // The flush is complete once all input is consumed and the output was not filled.
+        if compressor.total_in() as usize == raw.len() && out.len() < out.capacity() {
+            break;
+        }
+    }
+    CompressedChunk {
+        data: Bytes::from(out),
+        crc,
+        raw_len: raw.len(),
+    }
+}
+
+/// Header, chunks, final block and trailer, as one gzip member.
+pub(super) fn assemble(chunks: Vec<CompressedChunk>) -> Vec<Bytes> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut total_len: u64 = 0;
+    let mut parts = Vec::with_capacity(chunks.len() + 2);
+    parts.push(Bytes::from_static(&HEADER));
+    for chunk in chunks {
+        crc.combine(&crc32fast::Hasher::new_with_initial_len(
+            chunk.crc,
+            chunk.raw_len as u64,
+        ));
+        total_len += chunk.raw_len as u64;
+        if !chunk.data.is_empty() {
+            parts.push(chunk.data);
+        }
+    }
+    let mut trailer = Vec::with_capacity(10);
+    trailer.extend_from_slice(&FINAL_BLOCK);
+    trailer.extend_from_slice(&crc.finalize().to_le_bytes());
+    trailer.extend_from_slice(&(total_len as u32).to_le_bytes());
+    parts.push(Bytes::from(trailer));
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn gunzip_single_member(parts: &[Bytes]) -> Vec<u8> {
+        let body: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        let mut decoder = flate2::read::GzDecoder::new(&body[..]);
+        let mut out = Vec::new();
+        decoder.read_to_end(&mut out).unwrap();
+        // GzDecoder stops after the first member: everything must have been in it.
+        let mut rest = Vec::new();
+        decoder.into_inner().read_to_end(&mut rest).unwrap();
+        assert!(
+            rest.is_empty(),
+            "{} bytes after the first gzip member",
+            rest.len()
+        );
+        out
+    }
+
+    fn sample(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..len)
+            .map(|i| {
+                if i % 7 == 0 {
+                    b'\n'
+                } else {
+                    b'a' + rng.u8(0..20)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_concatenate_into_one_valid_member() {
+        let pieces = [
+            sample(100_000, 1),
+            sample(1, 2),
+            Vec::new(),
+            sample(70_001, 3),
+        ];
+        let expected: Vec<u8> = pieces.concat();
+        let chunks = pieces.iter().map(|p| compress_chunk(p, 6)).collect();
+        let parts = assemble(chunks);
+        assert_eq!(gunzip_single_member(&parts), expected);
+    }
+
+    #[test]
+    fn no_chunks_is_an_empty_member() {
+        assert!(gunzip_single_member(&assemble(vec![])).is_empty());
+    }
+
+    #[test]
+    fn every_level_round_trips_and_higher_levels_compress_more() {
+        let data = sample(200_000, 9);
+        let size = |level| {
+            let parts = assemble(vec![compress_chunk(&data, level)]);
+            assert_eq!(gunzip_single_member(&parts), data, "level {level}");
+            parts.iter().map(Bytes::len).sum::<usize>()
+        };
+        let sizes: Vec<usize> = (0..=9).map(size).collect();
+        assert!(sizes[9] < sizes[1], "{sizes:?}");
+        assert!(sizes[1] < sizes[0], "{sizes:?}");
+    }
+}

@@ -1,0 +1,89 @@
+//! Whole-object compression, done in independent chunks so that one object is compressed on
+//! every core at once while its records are still arriving.
+//!
+//! A gzip object is one gzip member (readable by every gzip reader, not only multi-member
+//! aware ones): each chunk is raw DEFLATE ending in a sync flush, the chunks are
+//! concatenated, an empty final block closes the stream, and the trailer's CRC-32 is
+//! combined from the chunks' CRCs. This is how `pigz` parallelises gzip.
+
+mod gzip;
+
+use bytes::Bytes;
+
+use crate::config::Compression;
+
+/// One compressed piece of an object, with what the trailer needs to know about its input.
+#[derive(Debug, Clone)]
+pub struct CompressedChunk {
+    /// Compressed bytes (for [`Codec::None`], the input itself).
+    pub data: Bytes,
+    /// CRC-32 of the uncompressed input (0 when the codec needs none).
+    pub crc: u32,
+    /// Uncompressed length.
+    pub raw_len: usize,
+}
+
+/// A whole-object codec with its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// No compression.
+    None,
+    /// gzip at `level` (0–9).
+    Gzip {
+        /// zlib compression level.
+        level: u32,
+    },
+}
+
+impl Codec {
+    /// The codec a stream's configuration asks for.
+    pub fn from_config(compression: Compression, level: Option<u32>) -> Self {
+        match compression {
+            Compression::None => Codec::None,
+            Compression::Gzip => Codec::Gzip {
+                level: level.unwrap_or(6),
+            },
+        }
+    }
+
+    /// Whether chunks need CPU work (and so belong on the compression pool).
+    pub fn is_identity(self) -> bool {
+        matches!(self, Codec::None)
+    }
+
+    /// Compresses one chunk. CPU-heavy for real codecs: call it off the async reactor.
+    pub fn compress_chunk(self, raw: Vec<u8>) -> CompressedChunk {
+        match self {
+            Codec::None => CompressedChunk {
+                raw_len: raw.len(),
+                crc: 0,
+                data: Bytes::from(raw),
+            },
+            Codec::Gzip { level } => gzip::compress_chunk(&raw, level),
+        }
+    }
+
+    /// The object body from its chunks, in order, without copying them.
+    pub fn assemble(self, chunks: Vec<CompressedChunk>) -> Vec<Bytes> {
+        match self {
+            Codec::None => chunks.into_iter().map(|c| c.data).collect(),
+            Codec::Gzip { .. } => gzip::assemble(chunks),
+        }
+    }
+
+    /// File extension for object keys.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Codec::None => "",
+            Codec::Gzip { .. } => ".gz",
+        }
+    }
+
+    /// `Content-Encoding` for stores that keep HTTP metadata.
+    pub fn content_encoding(self) -> Option<&'static str> {
+        match self {
+            Codec::None => None,
+            Codec::Gzip { .. } => Some("gzip"),
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The pipeline YAML: its shape (these types are the reference), loading with `${ENV}`
+//! substitution, and validation that reports every problem as `FILE:LINE:COLUMN: message`.
+
+mod load;
+mod streams;
+mod validate;
+
+pub use load::{ConfigError, ConfigProblem, load_config, parse_config};
+pub use streams::Streams;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The HTTP API.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Delivery streams by name.
+    pub streams: Streams,
+}
+
+/// Where and how the ingest API listens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Socket address of the API. Default `127.0.0.1:4573`.
+    #[serde(default = "default_listen")]
+    pub listen: Spanned<String>,
+    /// Requests processed at once; further connections wait. Bounds memory spent on request
+    /// bodies (each at most ~6 MiB). Default 64.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: Spanned<u32>,
+    /// How long a put waits for buffer space when a stream's buffers are full before the
+    /// record is refused with `ServiceUnavailableException` ("Slow down."). Default 2000.
+    #[serde(default = "default_backpressure_wait_ms")]
+    pub backpressure_wait_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            backpressure_wait_ms: default_backpressure_wait_ms(),
+        }
+    }
+}
+
+/// One delivery stream: buffering, encoding, compression and where batches go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// When a batch is flushed.
+    #[serde(default)]
+    pub buffer: BufferConfig,
+    /// How records are written into an object. Default `raw`.
+    #[serde(default)]
+    pub format: Format,
+    /// What separates records inside an object. Default `newline`.
+    #[serde(default)]
+    pub record_delimiter: RecordDelimiter,
+    /// Compression of whole objects. Default `none`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Codec level (gzip: 0–9, default 6).
+    #[serde(default)]
+    pub compression_level: Option<Spanned<u32>>,
+    /// Where batches are delivered.
+    pub destination: Destination,
+}
+
+/// Flush thresholds: whichever is reached first flushes the batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Flush when this many MiB (before compression) are buffered. 1–128, default 5.
+    #[serde(default = "default_size_mib")]
+    pub size_mib: Spanned<u32>,
+    /// Flush when the oldest buffered record is this old. 0–900, default 60; 0 delivers as
+    /// soon as possible.
+    #[serde(default = "default_interval_seconds")]
+    pub interval_seconds: Spanned<u32>,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self {
+            size_mib: default_size_mib(),
+            interval_seconds: default_interval_seconds(),
+        }
+    }
+}
+
+/// How records are laid out in an object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// Record bytes as sent, followed by the record delimiter.
+    #[default]
+    Raw,
+}
+
+/// Separator written after each record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordDelimiter {
+    /// `\n` after each record that does not already end with one (NDJSON-friendly).
+    #[default]
+    Newline,
+    /// Records concatenated exactly as sent (Firehose's default).
+    None,
+}
+
+/// Whole-object compression.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Stored as is.
+    #[default]
+    None,
+    /// gzip (RFC 1952), `.gz` extension.
+    Gzip,
+}
+
+/// Where a stream's batches go.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Destination {
+    /// A directory on the local filesystem, laid out like a bucket.
+    Local(LocalDestination),
+    /// An S3-compatible object store.
+    S3(Box<S3Destination>),
+}
+
+/// A local directory destination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalDestination {
+    /// Directory that plays the bucket; created if missing.
+    pub path: Spanned<String>,
+    /// Key prefix, with `!{timestamp:...}` and `!{firehose:random-string}` expressions.
+    /// Without expressions, `YYYY/MM/dd/HH/` is appended, as Firehose does. Default empty.
+    #[serde(default = "empty_prefix")]
+    pub prefix: Spanned<String>,
+    /// First retry delay after a failed write, in milliseconds. Default 200.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Longest retry delay, in seconds. Default 30.
+    #[serde(default = "default_max_backoff_seconds")]
+    pub max_backoff_seconds: u64,
+}
+
+/// An S3-compatible destination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Destination {
+    /// Bucket name.
+    pub bucket: Spanned<String>,
+    /// Endpoint URL for non-AWS stores (MinIO, SeaweedFS, Garage...). Default: AWS, or
+    /// `AWS_ENDPOINT_URL`.
+    #[serde(default)]
+    pub endpoint: Option<Spanned<String>>,
+    /// Signing region. Default: `AWS_REGION`, else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most self-hosted stores.
+    /// Default `false` (virtual-hosted style, as AWS prefers).
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// Access key id. Default: `AWS_ACCESS_KEY_ID`.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Secret access key. Default: `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Session token for temporary credentials. Default: `AWS_SESSION_TOKEN`.
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// Objects at least this large go up as multipart uploads. Default 16.
+    #[serde(default = "default_multipart_threshold_mib")]
+    pub multipart_threshold_mib: Spanned<u32>,
+    /// Part size of multipart uploads, at least 5. Default 8.
+    #[serde(default = "default_multipart_part_mib")]
+    pub multipart_part_mib: Spanned<u32>,
+    /// Timeout of one request to the store. Default 30.
+    #[serde(default = "default_request_timeout_seconds")]
+    pub request_timeout_seconds: u64,
+    /// Key prefix, with `!{timestamp:...}` and `!{firehose:random-string}` expressions.
+    /// Without expressions, `YYYY/MM/dd/HH/` is appended, as Firehose does. Default empty.
+    #[serde(default = "empty_prefix")]
+    pub prefix: Spanned<String>,
+    /// First retry delay after a failed write, in milliseconds. Default 200.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Longest retry delay, in seconds. Default 30.
+    #[serde(default = "default_max_backoff_seconds")]
+    pub max_backoff_seconds: u64,
+}
+
+/// Key layout and retry settings every object destination has.
+#[derive(Debug, Clone)]
+pub struct ObjectLayout<'a> {
+    /// Key prefix template, with its location in the file.
+    pub prefix: &'a Spanned<String>,
+    /// First retry delay.
+    pub initial_backoff: std::time::Duration,
+    /// Longest retry delay.
+    pub max_backoff: std::time::Duration,
+}
+
+impl Destination {
+    /// The settings shared by every object destination.
+    pub fn layout(&self) -> ObjectLayout<'_> {
+        let (prefix, initial_ms, max_s) = match self {
+            Destination::Local(d) => (&d.prefix, d.initial_backoff_ms, d.max_backoff_seconds),
+            Destination::S3(d) => (&d.prefix, d.initial_backoff_ms, d.max_backoff_seconds),
+        };
+        ObjectLayout {
+            prefix,
+            initial_backoff: std::time::Duration::from_millis(initial_ms.max(1)),
+            max_backoff: std::time::Duration::from_secs(max_s.max(1)),
+        }
+    }
+}
+
+fn spanned<T>(value: T) -> Spanned<T> {
+    Spanned {
+        value,
+        referenced: serde_saphyr::Location::UNKNOWN,
+        defined: serde_saphyr::Location::UNKNOWN,
+    }
+}
+
+fn empty_prefix() -> Spanned<String> {
+    spanned(String::new())
+}
+fn default_listen() -> Spanned<String> {
+    spanned("127.0.0.1:4573".to_string())
+}
+fn default_max_concurrent_requests() -> Spanned<u32> {
+    spanned(64)
+}
+fn default_backpressure_wait_ms() -> u64 {
+    2000
+}
+fn default_size_mib() -> Spanned<u32> {
+    spanned(5)
+}
+fn default_interval_seconds() -> Spanned<u32> {
+    spanned(60)
+}
+fn default_multipart_threshold_mib() -> Spanned<u32> {
+    spanned(16)
+}
+fn default_multipart_part_mib() -> Spanned<u32> {
+    spanned(8)
+}
+fn default_request_timeout_seconds() -> u64 {
+    30
+}
+fn default_initial_backoff_ms() -> u64 {
+    200
+}
+fn default_max_backoff_seconds() -> u64 {
+    30
+}

@@ -1,0 +1,142 @@
+//! Checks that need more than types: ranges, names, addresses, prefix expressions.
+
+use std::net::SocketAddr;
+
+use serde_saphyr::{Location, Spanned};
+
+use super::{Compression, Config, ConfigProblem, Destination, StreamConfig};
+use crate::deliver::object_key::KeyTemplate;
+use crate::ingest::stream_name::check_stream_name;
+
+/// Every problem in `config`, in file order.
+pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
+    let mut problems = Vec::new();
+    let server = &config.server;
+    if server.listen.value.parse::<SocketAddr>().is_err() {
+        problems.push(at(
+            &server.listen,
+            format!(
+                "`listen` must be an IP address and port such as 127.0.0.1:4573, got `{}`",
+                server.listen.value
+            ),
+        ));
+    }
+    if server.max_concurrent_requests.value == 0 {
+        problems.push(at(
+            &server.max_concurrent_requests,
+            "`max_concurrent_requests` must be at least 1",
+        ));
+    }
+    if config.streams.0.is_empty() {
+        problems.push(ConfigProblem::at(
+            Location::UNKNOWN,
+            "`streams` is empty: configure at least one delivery stream",
+        ));
+    }
+    for (name, stream) in config.streams.iter() {
+        if let Err(reason) = check_stream_name(&name.value) {
+            problems.push(at(name, format!("stream name `{}`: {reason}", name.value)));
+        }
+        validate_stream(&name.value, stream, &mut problems);
+    }
+    problems.sort_by_key(|p| (p.line, p.column));
+    problems
+}
+
+fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigProblem>) {
+    let size = &stream.buffer.size_mib;
+    if !(1..=128).contains(&size.value) {
+        problems.push(at(
+            size,
+            format!(
+                "stream `{name}`: `buffer.size_mib` must be between 1 and 128, got {}",
+                size.value
+            ),
+        ));
+    }
+    let interval = &stream.buffer.interval_seconds;
+    if interval.value > 900 {
+        problems.push(at(
+            interval,
+            format!(
+                "stream `{name}`: `buffer.interval_seconds` must be between 0 and 900, got {}",
+                interval.value
+            ),
+        ));
+    }
+    if let Some(level) = &stream.compression_level {
+        match stream.compression {
+            Compression::None => problems.push(at(
+                level,
+                format!("stream `{name}`: `compression_level` needs a `compression` codec"),
+            )),
+            Compression::Gzip if level.value > 9 => problems.push(at(
+                level,
+                format!(
+                    "stream `{name}`: gzip `compression_level` must be between 0 and 9, got {}",
+                    level.value
+                ),
+            )),
+            Compression::Gzip => {}
+        }
+    }
+    let prefix = stream.destination.layout().prefix;
+    if let Err(error) = KeyTemplate::parse(&prefix.value) {
+        let location = prefix.referenced;
+        problems.push(ConfigProblem {
+            line: location.line(),
+            column: location.column() + error.offset as u64,
+            message: format!("stream `{name}`: `prefix`: {}", error.message),
+        });
+    }
+    match &stream.destination {
+        Destination::Local(local) => {
+            if local.path.value.trim().is_empty() {
+                problems.push(at(&local.path, format!("stream `{name}`: `path` is empty")));
+            }
+        }
+        Destination::S3(s3) => {
+            if s3.bucket.value.trim().is_empty() {
+                problems.push(at(
+                    &s3.bucket,
+                    format!("stream `{name}`: `bucket` is empty"),
+                ));
+            }
+            if let Some(endpoint) = &s3.endpoint {
+                let url = &endpoint.value;
+                let valid = (url.starts_with("http://") || url.starts_with("https://"))
+                    && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
+                if !valid {
+                    problems.push(at(
+                        endpoint,
+                        format!(
+                            "stream `{name}`: `endpoint` must be an http:// or https:// URL, got `{url}`"
+                        ),
+                    ));
+                }
+            }
+            if s3.multipart_part_mib.value < 5 {
+                problems.push(at(
+                    &s3.multipart_part_mib,
+                    format!(
+                        "stream `{name}`: `multipart_part_mib` must be at least 5 (the S3 minimum), got {}",
+                        s3.multipart_part_mib.value
+                    ),
+                ));
+            }
+            if s3.multipart_threshold_mib.value < 5 {
+                problems.push(at(
+                    &s3.multipart_threshold_mib,
+                    format!(
+                        "stream `{name}`: `multipart_threshold_mib` must be at least 5, got {}",
+                        s3.multipart_threshold_mib.value
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn at<T>(spanned: &Spanned<T>, message: impl Into<String>) -> ConfigProblem {
+    ConfigProblem::at(spanned.referenced, message)
+}

@@ -1,0 +1,115 @@
+//! The delivery loop of one stream: take the next batch, build its object, write it with
+//! retries until the destination confirms.
+
+pub mod object_key;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hydrant_sinks::prelude::*;
+
+use crate::buffer::{SealedBatch, StreamBuffer};
+use object_key::ObjectKeyBuilder;
+
+/// Running totals of one stream's deliveries, for logs and `DescribeDeliveryStream`.
+#[derive(Debug, Default)]
+pub struct DeliveryCounters {
+    /// Records written to the destination.
+    pub records: AtomicU64,
+    /// Objects written.
+    pub objects: AtomicU64,
+    /// Failed write attempts.
+    pub failed_attempts: AtomicU64,
+}
+
+/// Everything the delivery loop of one stream needs.
+pub struct DeliveryLoop {
+    /// Stream name, for logs.
+    pub stream: String,
+    /// Where batches come from.
+    pub buffer: Arc<StreamBuffer>,
+    /// Where objects go.
+    pub sink: Arc<dyn ObjectSink>,
+    /// Key naming.
+    pub keys: ObjectKeyBuilder,
+    /// `Content-Type` of objects.
+    pub content_type: &'static str,
+    /// `Content-Encoding` of objects.
+    pub content_encoding: Option<&'static str>,
+    /// First retry delay.
+    pub initial_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+    /// Totals, shared with the API.
+    pub counters: Arc<DeliveryCounters>,
+}
+
+impl DeliveryLoop {
+    /// Delivers batches until the buffer is closed and drained.
+    pub async fn run(self) {
+        while let Ok(batch) = self.buffer.next_batch().await {
+            self.deliver(batch).await;
+        }
+        tracing::debug!(stream = %self.stream, "delivery loop drained and stopped");
+    }
+
+    async fn deliver(&self, batch: SealedBatch) {
+        let records = batch.records();
+        let raw_len = batch.raw_len();
+        let oldest = DateTime::<Utc>::from_timestamp_millis(batch.oldest_arrival_ms())
+            .unwrap_or_else(Utc::now);
+        let parts = match batch.into_body().await {
+            Ok(parts) => parts,
+            Err(failure) => {
+                tracing::error!(stream = %self.stream, records, "{failure}");
+                return;
+            }
+        };
+        let object = EncodedObject {
+            key: self.keys.key(oldest),
+            parts,
+            content_type: self.content_type,
+            content_encoding: self.content_encoding,
+        };
+        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        loop {
+            match self.sink.put(&object).await {
+                Ok(()) => {
+                    self.counters.records.fetch_add(records, Ordering::Relaxed);
+                    self.counters.objects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        stream = %self.stream,
+                        destination = self.sink.describe(),
+                        key = %object.key,
+                        records,
+                        bytes = object.len(),
+                        uncompressed_bytes = raw_len,
+                        attempts = backoff.attempts() + 1,
+                        "delivered object"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    self.counters
+                        .failed_attempts
+                        .fetch_add(1, Ordering::Relaxed);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        stream = %self.stream,
+                        destination = %error.destination,
+                        key = %error.target,
+                        code = error.kind.code(),
+                        reason = %error.reason,
+                        attempt = backoff.attempts(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        records,
+                        "object write failed; will retry"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Object keys the Firehose way:
+//! `<evaluated prefix>[YYYY/MM/dd/HH/]<stream>-<version>-YYYY-MM-dd-HH-mm-ss-<uuid><ext>`,
+//! all times UTC and taken from the oldest record in the object.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+
+/// Firehose numbers stream versions from 1; Hydrant's streams are configured from a file and
+/// have no update API, so the version stays 1.
+const STREAM_VERSION: u32 = 1;
+
+/// A parsed key prefix such as `logs/!{timestamp:yyyy/MM/dd}/!{firehose:random-string}/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTemplate {
+    segments: Vec<Segment>,
+    has_expressions: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Timestamp(Vec<TimeField>),
+    RandomString,
+}
+
+/// One field of a Java `DateTimeFormatter` pattern, the syntax Firehose prefixes use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TimeField {
+    Literal(String),
+    Year { width: usize },
+    TwoDigitYear,
+    Month { width: usize },
+    Day { width: usize },
+    DayOfYear { width: usize },
+    Hour { width: usize },
+    Minute { width: usize },
+    Second { width: usize },
+}
+
+/// A prefix that cannot be used, with the byte offset of the offending expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct KeyTemplateError {
+    /// Byte offset inside the prefix where the problem starts.
+    pub offset: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl KeyTemplate {
+    /// Parses a prefix. Supported expressions: `!{timestamp:<pattern>}` and
+    /// `!{firehose:random-string}`.
+    pub fn parse(prefix: &str) -> Result<Self, KeyTemplateError> {
+        let mut segments = Vec::new();
+        let mut has_expressions = false;
+        let mut rest = prefix;
+        let mut offset = 0;
+        while let Some(start) = rest.find("!{") {
+            if start > 0 {
+                segments.push(Segment::Literal(rest[..start].to_string()));
+            }
+            let body_start = start + 2;
+            let Some(len) = rest[body_start..].find('}') else {
+                return Err(KeyTemplateError {
+                    offset: offset + start,
+                    message: "unterminated expression: `!{` without a closing `}`".into(),
+                });
+            };
+            let body = &rest[body_start..body_start + len];
+            segments.push(parse_expression(body).map_err(|message| KeyTemplateError {
+                offset: offset + start,
+                message,
+            })?);
+            has_expressions = true;
+            let consumed = body_start + len + 1;
+            offset += consumed;
+            rest = &rest[consumed..];
+        }
+        if !rest.is_empty() {
+            segments.push(Segment::Literal(rest.to_string()));
+        }
+        Ok(Self {
+            segments,
+            has_expressions,
+        })
+    }
+
+    /// Whether the prefix holds expressions; without any, Firehose appends `YYYY/MM/dd/HH/`.
+    pub fn has_expressions(&self) -> bool {
+        self.has_expressions
+    }
+
+    /// Appends the evaluated prefix for an object whose oldest record arrived at `time`.
+    pub fn render_into(&self, time: DateTime<Utc>, out: &mut String) {
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(text) => out.push_str(text),
+                Segment::Timestamp(fields) => render_time(fields, time, out),
+                Segment::RandomString => out.extend(random_alphanumeric(11)),
+            }
+        }
+    }
+}
+
+fn parse_expression(body: &str) -> Result<Segment, String> {
+    let Some((namespace, value)) = body.split_once(':') else {
+        return Err(format!(
+            "expression `!{{{body}}}` needs the form `!{{namespace:value}}`"
+        ));
+    };
+    match namespace {
+        "timestamp" => parse_time_pattern(value).map(Segment::Timestamp),
+        "firehose" => match value {
+            "random-string" => Ok(Segment::RandomString),
+            "error-output-type" => Err(
+                "`!{firehose:error-output-type}` is only allowed in an error output prefix".into(),
+            ),
+            other => Err(format!(
+                "unknown firehose expression `{other}`; expected `random-string`"
+            )),
+        },
+        "partitionKeyFromQuery" | "partitionKeyFromLambda" => Err(format!(
+            "`!{{{namespace}:...}}` needs dynamic partitioning, which this stream does not configure"
+        )),
+        other => Err(format!(
+            "unknown expression namespace `{other}`; expected `timestamp` or `firehose`"
+        )),
+    }
+}
+
+fn parse_time_pattern(pattern: &str) -> Result<Vec<TimeField>, String> {
+    if pattern.is_empty() {
+        return Err("`!{timestamp:}` needs a pattern such as `yyyy/MM/dd`".into());
+    }
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut fields = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\'' {
+            // Quoted literal; `''` is a single quote.
+            let mut literal = String::new();
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    None => {
+                        return Err(format!(
+                            "unterminated quote in timestamp pattern `{pattern}`"
+                        ));
+                    }
+                    Some('\'') if chars.get(i + 1) == Some(&'\'') => {
+                        literal.push('\'');
+                        i += 2;
+                    }
+                    Some('\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(other) => {
+                        literal.push(*other);
+                        i += 1;
+                    }
+                }
+            }
+            if literal.is_empty() {
+                literal.push('\'');
+            }
+            fields.push(TimeField::Literal(literal));
+            continue;
+        }
+        let mut width = 1;
+        while chars.get(i + width) == Some(&c) {
+            width += 1;
+        }
+        let field = match c {
+            'y' | 'u' if width == 2 => TimeField::TwoDigitYear,
+            'y' | 'u' => TimeField::Year { width },
+            'M' if width <= 2 => TimeField::Month { width },
+            'd' if width <= 2 => TimeField::Day { width },
+            'D' if width <= 3 => TimeField::DayOfYear { width },
+            'H' if width <= 2 => TimeField::Hour { width },
+            'm' if width <= 2 => TimeField::Minute { width },
+            's' if width <= 2 => TimeField::Second { width },
+            c if c.is_ascii_alphabetic() => {
+                return Err(format!(
+                    "timestamp pattern letter `{}` is not supported; use y, M, d, D, H, m, s \
+                     and quoted literals",
+                    c.to_string().repeat(width)
+                ));
+            }
+            _ => TimeField::Literal(c.to_string().repeat(width)),
+        };
+        fields.push(field);
+        i += width;
+    }
+    Ok(fields)
+}
+
+fn render_time(fields: &[TimeField], time: DateTime<Utc>, out: &mut String) {
+    for field in fields {
+        let (value, width) = match field {
+            TimeField::Literal(text) => {
+                out.push_str(text);
+                continue;
+            }
+            TimeField::TwoDigitYear => (time.year().rem_euclid(100) as u32, 2),
+            TimeField::Year { width } => (time.year() as u32, *width),
+            TimeField::Month { width } => (time.month(), *width),
+            TimeField::Day { width } => (time.day(), *width),
+            TimeField::DayOfYear { width } => (time.ordinal(), *width),
+            TimeField::Hour { width } => (time.hour(), *width),
+            TimeField::Minute { width } => (time.minute(), *width),
+            TimeField::Second { width } => (time.second(), *width),
+        };
+        let _ = write!(out, "{value:0width$}");
+    }
+}
+
+fn random_alphanumeric(len: usize) -> impl Iterator<Item = char> {
+    (0..len).map(|_| fastrand::alphanumeric().to_ascii_lowercase())
+}
+
+/// Builds keys for one stream's objects.
+#[derive(Debug, Clone)]
+pub struct ObjectKeyBuilder {
+    stream: String,
+    prefix: KeyTemplate,
+    extension: &'static str,
+}
+
+impl ObjectKeyBuilder {
+    /// Keys for `stream` under `prefix`, ending in `extension` (e.g. `.gz`, or empty).
+    pub fn new(stream: &str, prefix: KeyTemplate, extension: &'static str) -> Self {
+        Self {
+            stream: stream.to_string(),
+            prefix,
+            extension,
+        }
+    }
+
+    /// The key of an object whose oldest record arrived at `oldest`.
+    pub fn key(&self, oldest: DateTime<Utc>) -> String {
+        let mut key = String::with_capacity(96 + self.stream.len());
+        self.prefix.render_into(oldest, &mut key);
+        if !self.prefix.has_expressions() {
+            let _ = write!(
+                key,
+                "{:04}/{:02}/{:02}/{:02}/",
+                oldest.year(),
+                oldest.month(),
+                oldest.day(),
+                oldest.hour()
+            );
+        }
+        let _ = write!(
+            key,
+            "{}-{}-{:04}-{:02}-{:02}-{:02}-{:02}-{:02}-",
+            self.stream,
+            STREAM_VERSION,
+            oldest.year(),
+            oldest.month(),
+            oldest.day(),
+            oldest.hour(),
+            oldest.minute(),
+            oldest.second()
+        );
+        push_uuid(&mut key);
+        key.push_str(self.extension);
+        key
+    }
+}
+
+/// A random (version 4) UUID in its usual text form, as Firehose ends its keys with.
+fn push_uuid(out: &mut String) {
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        let _ = write!(out, "{byte:02x}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2016, 2, 5, 7, 8, 9).unwrap()
+    }
+
+    fn split_uuid(key: &str, ext: &str) -> (String, String) {
+        let body = key.strip_suffix(ext).unwrap();
+        let (head, uuid) = body.split_at(body.len() - 36);
+        (head.to_string(), uuid.to_string())
+    }
+
+    #[test]
+    fn static_prefix_gets_the_default_hour_folders() {
+        let builder = ObjectKeyBuilder::new("events", KeyTemplate::parse("raw/").unwrap(), ".gz");
+        let (head, uuid) = split_uuid(&builder.key(at()), ".gz");
+        assert_eq!(head, "raw/2016/02/05/07/events-1-2016-02-05-07-08-09-");
+        let groups: Vec<_> = uuid.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert_eq!(&uuid[14..15], "4", "version nibble");
+    }
+
+    #[test]
+    fn expressions_replace_the_default_folders() {
+        let template =
+            KeyTemplate::parse("logs/dt=!{timestamp:yyyy-MM-dd}/h=!{timestamp:HH}/").unwrap();
+        let builder = ObjectKeyBuilder::new("s", template, "");
+        let (head, _) = split_uuid(&builder.key(at()), "");
+        assert_eq!(head, "logs/dt=2016-02-05/h=07/s-1-2016-02-05-07-08-09-");
+    }
+
+    #[test]
+    fn java_pattern_literals_and_widths() {
+        let template = KeyTemplate::parse("!{timestamp:yy'y'D/M/d/''}").unwrap();
+        let mut out = String::new();
+        template.render_into(at(), &mut out);
+        assert_eq!(out, "16y36/2/5/'");
+    }
+
+    #[test]
+    fn random_string_is_fresh_each_time() {
+        let template = KeyTemplate::parse("!{firehose:random-string}/").unwrap();
+        let render = || {
+            let mut out = String::new();
+            template.render_into(at(), &mut out);
+            out
+        };
+        let (a, b) = (render(), render());
+        assert_eq!(a.len(), 12);
+        assert!(
+            a[..11]
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn bad_expressions_are_reported_with_offsets() {
+        let err = KeyTemplate::parse("a/!{timestamp:yyyy").unwrap_err();
+        assert_eq!(err.offset, 2);
+        let err = KeyTemplate::parse("ab!{firehose:error-output-type}").unwrap_err();
+        assert_eq!(err.offset, 2);
+        assert!(err.message.contains("error output prefix"));
+        assert!(
+            KeyTemplate::parse("!{timestamp:EEE}")
+                .unwrap_err()
+                .message
+                .contains("EEE")
+        );
+        assert!(
+            KeyTemplate::parse("!{nope:x}")
+                .unwrap_err()
+                .message
+                .contains("nope")
+        );
+    }
+}

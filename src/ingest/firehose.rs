@@ -1,0 +1,393 @@
+//! Firehose's data-plane and read-only control-plane operations over AWS JSON 1.1.
+
+use std::borrow::Cow;
+use std::io::Write as _;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::aws_error::{AwsError, AwsErrorType};
+use super::record_limits::*;
+use super::stream_name::check_stream_name;
+use super::{AMZ_JSON, ApiState, now_ms};
+use crate::pipeline::{DeliveryStream, DestinationSummary, Pipeline};
+
+const TARGET_PREFIX: &str = "Firehose_20150804.";
+const SLOW_DOWN: &str = "Slow down.";
+
+/// Dispatches on `X-Amz-Target`.
+pub(super) async fn handle(State(state): State<ApiState>, request: Request) -> Response {
+    match dispatch(&state, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn dispatch(state: &ApiState, request: Request) -> Result<Response, AwsError> {
+    let target = request
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let operation = target.strip_prefix(TARGET_PREFIX).ok_or_else(|| {
+        AwsError::new(
+            AwsErrorType::UnknownOperation,
+            if target.is_empty() {
+                "missing X-Amz-Target header; expected Firehose_20150804.<Operation>".to_string()
+            } else {
+                format!("unknown X-Amz-Target `{target}`; expected Firehose_20150804.<Operation>")
+            },
+        )
+    })?;
+    let body = read_body(request.into_body(), MAX_FIREHOSE_BODY_BYTES).await?;
+    let pipeline = &state.pipeline;
+    match operation {
+        "PutRecord" => put_record(pipeline, &body).await,
+        "PutRecordBatch" => put_record_batch(pipeline, &body).await,
+        "ListDeliveryStreams" => list_delivery_streams(pipeline, &body),
+        "DescribeDeliveryStream" => describe_delivery_stream(pipeline, &body),
+        other => Err(AwsError::new(
+            AwsErrorType::UnknownOperation,
+            format!(
+                "operation `{other}` is not supported; Hydrant serves PutRecord, PutRecordBatch, \
+                 ListDeliveryStreams and DescribeDeliveryStream"
+            ),
+        )),
+    }
+}
+
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, AwsError> {
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        AwsError::new(
+            AwsErrorType::InvalidArgument,
+            format!("cannot read the request body (at most {limit} bytes are accepted): {error}"),
+        )
+    })
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, AwsError> {
+    let body = if body.is_empty() { &b"{}"[..] } else { body };
+    serde_json::from_slice(body).map_err(|error| {
+        AwsError::new(
+            AwsErrorType::Serialization,
+            format!("request body is not a valid JSON request for this operation: {error}"),
+        )
+    })
+}
+
+fn lookup<'p>(
+    pipeline: &'p Pipeline,
+    name: Option<&str>,
+) -> Result<&'p std::sync::Arc<DeliveryStream>, AwsError> {
+    let Some(name) = name else {
+        return Err(AwsError::constraint(
+            "deliveryStreamName",
+            "null",
+            "Member must not be null",
+        ));
+    };
+    if let Err(reason) = check_stream_name(name) {
+        return Err(AwsError::constraint(
+            "deliveryStreamName",
+            name,
+            &format!(
+                "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+ and length 1-64 ({reason})"
+            ),
+        ));
+    }
+    pipeline.stream(name).ok_or_else(|| {
+        AwsError::new(
+            AwsErrorType::ResourceNotFound,
+            format!(
+                "Delivery stream {name} not found. Configured streams: {}",
+                pipeline.sorted_names().join(", ")
+            ),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+struct RecordInput<'a> {
+    #[serde(rename = "Data", borrow, default)]
+    data: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct PutRecordInput<'a> {
+    #[serde(rename = "DeliveryStreamName", borrow, default)]
+    stream: Option<Cow<'a, str>>,
+    #[serde(rename = "Record", borrow, default)]
+    record: Option<RecordInput<'a>>,
+}
+
+#[derive(Deserialize)]
+struct PutRecordBatchInput<'a> {
+    #[serde(rename = "DeliveryStreamName", borrow, default)]
+    stream: Option<Cow<'a, str>>,
+    #[serde(rename = "Records", borrow, default)]
+    records: Option<Vec<RecordInput<'a>>>,
+}
+
+/// Decodes every record's base64 `Data` into one buffer; `ends[i]` is where record `i` ends.
+fn decode_records(
+    records: &[RecordInput<'_>],
+    member: impl Fn(usize) -> String,
+) -> Result<(Vec<u8>, Vec<usize>), AwsError> {
+    let estimate: usize = records
+        .iter()
+        .map(|r| r.data.as_ref().map_or(0, |d| d.len() / 4 * 3 + 3))
+        .sum();
+    let mut data = Vec::with_capacity(estimate);
+    let mut ends = Vec::with_capacity(records.len());
+    for (i, record) in records.iter().enumerate() {
+        let Some(encoded) = record.data.as_deref() else {
+            return Err(AwsError::constraint(
+                &member(i),
+                "null",
+                "Member must not be null",
+            ));
+        };
+        let start = data.len();
+        base64::engine::general_purpose::STANDARD
+            .decode_vec(encoded.as_bytes(), &mut data)
+            .map_err(|error| {
+                AwsError::new(
+                    AwsErrorType::Serialization,
+                    format!("{} is not valid base64: {error}", member(i)),
+                )
+            })?;
+        let len = data.len() - start;
+        if len > MAX_RECORD_BYTES {
+            return Err(AwsError::constraint(
+                &member(i),
+                format_args!("<{len} bytes>"),
+                &format!("Member must have length less than or equal to {MAX_RECORD_BYTES}"),
+            ));
+        }
+        ends.push(data.len());
+    }
+    Ok((data, ends))
+}
+
+fn record_slices<'d>(data: &'d [u8], ends: &[usize]) -> Vec<&'d [u8]> {
+    let mut start = 0;
+    ends.iter()
+        .map(|&end| {
+            let slice = &data[start..end];
+            start = end;
+            slice
+        })
+        .collect()
+}
+
+fn json_response(body: Vec<u8>) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(AMZ_JSON));
+    response
+}
+
+async fn put_record(pipeline: &Pipeline, body: &[u8]) -> Result<Response, AwsError> {
+    let input: PutRecordInput = parse(body)?;
+    let Some(record) = input.record else {
+        return Err(AwsError::constraint(
+            "record",
+            "null",
+            "Member must not be null",
+        ));
+    };
+    let records = [record];
+    let (data, ends) = decode_records(&records, |_| "record.data".to_string())?;
+    let stream = lookup(pipeline, input.stream.as_deref())?;
+    let slices = record_slices(&data, &ends);
+    let taken = stream
+        .buffer
+        .append(&slices, now_ms(), pipeline.backpressure_wait)
+        .await;
+    if taken == 0 {
+        return Err(AwsError::new(AwsErrorType::ServiceUnavailable, SLOW_DOWN));
+    }
+    let seq = stream.record_ids.reserve(1);
+    let mut out = Vec::with_capacity(80);
+    out.extend_from_slice(br#"{"RecordId":""#);
+    stream.record_ids.write(seq, &mut out);
+    out.extend_from_slice(br#"","Encrypted":false}"#);
+    Ok(json_response(out))
+}
+
+async fn put_record_batch(pipeline: &Pipeline, body: &[u8]) -> Result<Response, AwsError> {
+    let input: PutRecordBatchInput = parse(body)?;
+    let Some(records) = input.records else {
+        return Err(AwsError::constraint(
+            "records",
+            "null",
+            "Member must not be null",
+        ));
+    };
+    if records.is_empty() {
+        return Err(AwsError::constraint(
+            "records",
+            "[]",
+            "Member must have length greater than or equal to 1",
+        ));
+    }
+    if records.len() > MAX_BATCH_RECORDS {
+        return Err(AwsError::constraint(
+            "records",
+            format_args!("<{} records>", records.len()),
+            &format!("Member must have length less than or equal to {MAX_BATCH_RECORDS}"),
+        ));
+    }
+    let (data, ends) = decode_records(&records, |i| format!("records.{}.member.data", i + 1))?;
+    if data.len() > MAX_BATCH_BYTES {
+        return Err(AwsError::new(
+            AwsErrorType::InvalidArgument,
+            format!(
+                "PutRecordBatch carries {} bytes of record data; the limit is {MAX_BATCH_BYTES} \
+                 bytes (4 MiB) per call: split the batch",
+                data.len()
+            ),
+        ));
+    }
+    let stream = lookup(pipeline, input.stream.as_deref())?;
+    let slices = record_slices(&data, &ends);
+    let taken = stream
+        .buffer
+        .append(&slices, now_ms(), pipeline.backpressure_wait)
+        .await;
+    let seq = stream.record_ids.reserve(taken as u64);
+    let failed = slices.len() - taken;
+    let mut out = Vec::with_capacity(64 + taken * 48 + failed * 80);
+    let _ = write!(
+        out,
+        r#"{{"FailedPutCount":{failed},"Encrypted":false,"RequestResponses":["#
+    );
+    for i in 0..slices.len() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if i < taken {
+            out.extend_from_slice(br#"{"RecordId":""#);
+            stream.record_ids.write(seq + i as u64, &mut out);
+            out.extend_from_slice(br#""}"#);
+        } else {
+            out.extend_from_slice(
+                br#"{"ErrorCode":"ServiceUnavailableException","ErrorMessage":"Slow down."}"#,
+            );
+        }
+    }
+    out.extend_from_slice(b"]}");
+    Ok(json_response(out))
+}
+
+#[derive(Deserialize)]
+struct ListInput {
+    #[serde(rename = "Limit", default)]
+    limit: Option<i64>,
+    #[serde(rename = "DeliveryStreamType", default)]
+    stream_type: Option<String>,
+    #[serde(rename = "ExclusiveStartDeliveryStreamName", default)]
+    exclusive_start: Option<String>,
+}
+
+fn list_delivery_streams(pipeline: &Pipeline, body: &[u8]) -> Result<Response, AwsError> {
+    let input: ListInput = parse(body)?;
+    let limit = input.limit.unwrap_or(10);
+    if !(1..=10_000).contains(&limit) {
+        return Err(AwsError::constraint(
+            "limit",
+            limit,
+            "Member must have value between 1 and 10000",
+        ));
+    }
+    let direct_put = match input.stream_type.as_deref() {
+        None | Some("DirectPut") => true,
+        Some("KinesisStreamAsSource" | "MSKAsSource" | "DatabaseAsSource") => false,
+        Some(other) => {
+            return Err(AwsError::constraint(
+                "deliveryStreamType",
+                other,
+                "Member must satisfy enum value set: [DirectPut, KinesisStreamAsSource, MSKAsSource, DatabaseAsSource]",
+            ));
+        }
+    };
+    let names: Vec<&String> = if direct_put {
+        pipeline
+            .sorted_names()
+            .iter()
+            .filter(|n| {
+                input
+                    .exclusive_start
+                    .as_ref()
+                    .is_none_or(|start| *n > start)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let limit = limit as usize;
+    let body = json!({
+        "DeliveryStreamNames": names.iter().take(limit).collect::<Vec<_>>(),
+        "HasMoreDeliveryStreams": names.len() > limit,
+    });
+    Ok(json_response(body.to_string().into_bytes()))
+}
+
+#[derive(Deserialize)]
+struct DescribeInput {
+    #[serde(rename = "DeliveryStreamName", default)]
+    stream: Option<String>,
+}
+
+fn describe_delivery_stream(pipeline: &Pipeline, body: &[u8]) -> Result<Response, AwsError> {
+    let input: DescribeInput = parse(body)?;
+    let stream = lookup(pipeline, input.stream.as_deref())?;
+    let summary = &stream.summary;
+    let created = stream.created.timestamp_millis() as f64 / 1000.0;
+    let hints = json!({
+        "SizeInMBs": summary.size_mib,
+        "IntervalInSeconds": summary.interval_seconds,
+    });
+    let (bucket_arn, endpoint) = match &summary.destination {
+        DestinationSummary::Local { path } => (format!("arn:hydrant:local:::{path}"), None),
+        DestinationSummary::S3 { bucket, endpoint } => {
+            (format!("arn:aws:s3:::{bucket}"), endpoint.clone())
+        }
+    };
+    let mut s3 = json!({
+        "RoleARN": "arn:aws:iam::000000000000:role/hydrant",
+        "BucketARN": bucket_arn,
+        "Prefix": summary.prefix,
+        "BufferingHints": hints,
+        "CompressionFormat": summary.compression_format,
+        "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
+        "S3BackupMode": "Disabled",
+    });
+    if let Some(endpoint) = endpoint {
+        s3["HydrantEndpoint"] = json!(endpoint);
+    }
+    let body = json!({
+        "DeliveryStreamDescription": {
+            "DeliveryStreamName": stream.name,
+            "DeliveryStreamARN": format!("arn:aws:firehose:us-east-1:000000000000:deliverystream/{}", stream.name),
+            "DeliveryStreamStatus": "ACTIVE",
+            "DeliveryStreamType": "DirectPut",
+            "VersionId": "1",
+            "CreateTimestamp": created,
+            "DeliveryStreamEncryptionConfiguration": { "Status": "DISABLED" },
+            "Destinations": [{
+                "DestinationId": "destinationId-000000000001",
+                "ExtendedS3DestinationDescription": s3,
+            }],
+            "HasMoreDestinations": false,
+        }
+    });
+    Ok(json_response(body.to_string().into_bytes()))
+}

@@ -1,0 +1,59 @@
+//! The ingest API: Firehose's data plane (AWS JSON 1.1 on `POST /`), a plain NDJSON endpoint
+//! for curl and log shippers, and a health check.
+
+pub mod aws_error;
+mod firehose;
+mod ndjson;
+mod record_limits;
+pub mod stream_name;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio::sync::Semaphore;
+
+use crate::pipeline::Pipeline;
+
+/// `Content-Type` of AWS JSON 1.1 requests and answers.
+pub const AMZ_JSON: &str = "application/x-amz-json-1.1";
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The running streams.
+    pub pipeline: Arc<Pipeline>,
+    /// Bounds requests processed at once (and so memory held in request bodies).
+    pub request_slots: Arc<Semaphore>,
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", post(firehose::handle))
+        .route("/streams/{stream}/records", post(ndjson::handle))
+        .route("/health", get(|| async { "ok\n" }))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_and_tag))
+        .with_state(state)
+}
+
+/// Holds a request slot while the request is processed, and tags every answer with a
+/// request id as AWS services do.
+async fn limit_and_tag(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let _slot = state.request_slots.acquire().await;
+    let mut response = next.run(request).await;
+    let id = format!("{:032x}", fastrand::u128(..));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-amzn-RequestId", value);
+    }
+    response
+}
+
+/// Current time as Unix milliseconds: records' approximate arrival timestamp.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

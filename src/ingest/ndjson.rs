@@ -1,0 +1,90 @@
+//! `POST /streams/{stream}/records`: one record per line, for curl and log shippers.
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::aws_error::{AwsError, AwsErrorType};
+use super::record_limits::{MAX_NDJSON_BODY_BYTES, MAX_RECORD_BYTES};
+use super::stream_name::check_stream_name;
+use super::{ApiState, now_ms};
+
+/// Takes every non-empty line of the body as a record (a trailing `\r` is dropped). Answers
+/// `200 {"accepted": N}`; when the stream's buffers stay full, `503` with the number of
+/// leading lines that were accepted, so a shipper can resend only the rest.
+pub(super) async fn handle(
+    State(state): State<ApiState>,
+    Path(stream_name): Path<String>,
+    request: Request,
+) -> Response {
+    match accept(&state, &stream_name, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn accept(
+    state: &ApiState,
+    stream_name: &str,
+    request: Request,
+) -> Result<Response, AwsError> {
+    if let Err(reason) = check_stream_name(stream_name) {
+        return Err(AwsError::new(
+            AwsErrorType::Validation,
+            format!("stream name `{stream_name}` in the path is invalid: {reason}"),
+        ));
+    }
+    let stream = state.pipeline.stream(stream_name).ok_or_else(|| {
+        AwsError::new(
+            AwsErrorType::ResourceNotFound,
+            format!("Delivery stream {stream_name} not found."),
+        )
+    })?;
+    let body = super::firehose::read_body(request.into_body(), MAX_NDJSON_BODY_BYTES).await?;
+    let mut lines = Vec::new();
+    for (number, line) in body.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        if line.len() > MAX_RECORD_BYTES {
+            return Err(AwsError::new(
+                AwsErrorType::Validation,
+                format!(
+                    "line {} is {} bytes; a record may be at most {MAX_RECORD_BYTES} bytes",
+                    number + 1,
+                    line.len()
+                ),
+            ));
+        }
+        lines.push(line);
+    }
+    let taken = stream
+        .buffer
+        .append(&lines, now_ms(), state.pipeline.backpressure_wait)
+        .await;
+    let (status, body) = if taken == lines.len() {
+        (StatusCode::OK, json!({ "accepted": taken }))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({
+                "__type": AwsErrorType::ServiceUnavailable.name(),
+                "message": "Slow down.",
+                "accepted": taken,
+            }),
+        )
+    };
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if status != StatusCode::OK {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    Ok(response)
+}

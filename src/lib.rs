@@ -1,0 +1,16 @@
+//! Hydrant: a self-hosted, Firehose-compatible delivery pipeline.
+//!
+//! The modules follow a record's path: [`ingest`] (the API) → [`buffer`] (per-stream batches)
+//! → [`encode`] (record layout) → [`compress`] → [`deliver`] (object keys, retries) into a
+//! destination from the `hydrant-sinks` crate. [`config`] is the YAML file, [`pipeline`]
+//! wires one stream together, [`server`] runs it all, [`bench`] is the load generator.
+
+pub mod bench;
+pub mod buffer;
+pub mod compress;
+pub mod config;
+pub mod deliver;
+pub mod encode;
+pub mod ingest;
+pub mod pipeline;
+pub mod server;

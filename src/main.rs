@@ -1,0 +1,76 @@
+//! The `hydrant` command line.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Hydrant: a self-hosted, Firehose-compatible delivery pipeline.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Run {
+        /// Pipeline configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and list every problem as FILE:LINE:COLUMN: message.
+    Validate {
+        /// Pipeline configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Drive a running Hydrant with PutRecordBatch load and report throughput and latency.
+    Bench(hydrant::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("HYDRANT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let result = match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Run { config } => {
+            runtime().and_then(|rt| rt.block_on(hydrant::server::run(&config)))
+        }
+        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(hydrant::bench::run(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn validate(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = hydrant::config::load_config(path)?;
+    println!(
+        "{}: ok ({} delivery stream{})",
+        path.display(),
+        config.streams.0.len(),
+        if config.streams.0.len() == 1 { "" } else { "s" }
+    );
+    Ok(())
+}

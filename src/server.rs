@@ -1,0 +1,87 @@
+//! `hydrant run`: load the configuration, start the streams and the API, and shut down
+//! gracefully (stop taking puts, deliver everything buffered) on SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::load_config;
+use crate::ingest::{ApiState, router};
+use crate::pipeline::Pipeline;
+
+/// Runs the service described by the configuration file at `config_path` until a signal.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    let base_dir = config_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let pipeline = Arc::new(Pipeline::start(&config, base_dir)?);
+    let listen: SocketAddr = config
+        .server
+        .listen
+        .value
+        .parse()
+        .context("server.listen was validated but does not parse")?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}: is another process using it?"))?;
+    let local = listener.local_addr()?;
+    let state = ApiState {
+        pipeline: Arc::clone(&pipeline),
+        request_slots: Arc::new(Semaphore::new(
+            config.server.max_concurrent_requests.value as usize,
+        )),
+    };
+    tracing::info!(
+        streams = pipeline.sorted_names().join(","),
+        "hydrant listening on http://{local}"
+    );
+    println!("hydrant listening on http://{local}");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the API server failed")?;
+    tracing::info!(
+        undelivered_records = pipeline.undelivered_records(),
+        "stopped taking records; delivering what is buffered (signal again to exit at once)"
+    );
+    tokio::select! {
+        () = pipeline.drain() => {
+            tracing::info!("everything buffered was delivered; exiting");
+            Ok(())
+        }
+        () = shutdown_signal() => {
+            let lost = pipeline.undelivered_records();
+            anyhow::bail!("second signal: exiting with {lost} accepted records not delivered")
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!("cannot listen for SIGTERM: {error}");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
