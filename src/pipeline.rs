@@ -176,7 +176,12 @@ impl Pipeline {
     pub fn undelivered_records(&self) -> u64 {
         self.streams
             .values()
-            .map(|s| s.buffer.buffered_records())
+            .map(|s| {
+                s.buffer.buffered_records()
+                    + s.counters
+                        .in_flight_records
+                        .load(std::sync::atomic::Ordering::Relaxed)
+            })
             .sum()
     }
 

