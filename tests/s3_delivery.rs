@@ -308,3 +308,46 @@ async fn refused_writes_are_logged_with_their_reason_and_never_dropped() {
         "log:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_go_up_as_multipart_uploads() {
+    let bucket = new_bucket("multipart");
+    let destination = s3_destination_yaml(&bucket, "big/", None)
+        + "  multipart_threshold_mib: 5\n  multipart_part_mib: 5\n";
+    let streams = format!(
+        "big:\n  buffer: {{ size_mib: 16, interval_seconds: 900 }}\n  destination:\n{}",
+        indent(&destination, 4)
+    );
+    let mut hydrant = Hydrant::start(&streams);
+    // 12 MiB of records that do not repeat, in 3 MiB calls.
+    let mut rng = fastrand::Rng::with_seed(7);
+    let records: Vec<Vec<u8>> = (0..12 * 64)
+        .map(|i| {
+            let mut r = format!("{i:06} ").into_bytes();
+            r.extend((0..16 * 1024 - 8).map(|_| rng.alphanumeric() as u8));
+            r
+        })
+        .collect();
+    for chunk in records.chunks(192) {
+        hydrant.put_all("big", chunk).await;
+    }
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    let s3 = Bucket::new(&bucket);
+    let keys = s3.keys("big/").await;
+    assert_eq!(keys.len(), 1, "one 12 MiB object");
+    let etag = s3.etag(&keys[0]).await;
+    assert!(
+        etag.trim_matches('"').ends_with("-3"),
+        "ETag {etag} is not a 3-part upload"
+    );
+    let (body, _) = s3.get(&keys[0]).await;
+    let expected: Vec<u8> = records
+        .iter()
+        .flat_map(|r| [&r[..], b"\n"].concat())
+        .collect();
+    assert_eq!(body.len(), expected.len());
+    assert!(
+        body == expected,
+        "multipart object differs from what was sent"
+    );
+}

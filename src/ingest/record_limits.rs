@@ -9,8 +9,9 @@ pub const MAX_BATCH_RECORDS: usize = 500;
 /// Most record data in one `PutRecordBatch`, before base64: 4 MiB.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-/// Largest HTTP body read for a Firehose call: 4 MiB of data in base64 plus JSON framing.
-pub const MAX_FIREHOSE_BODY_BYTES: usize = 6 * 1024 * 1024;
+/// Largest HTTP body read for a Firehose call: comfortably above 4 MiB of data in base64 plus
+/// JSON framing, so oversized batches get the precise 4 MiB message.
+pub const MAX_FIREHOSE_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// Largest body of the NDJSON endpoint.
 pub const MAX_NDJSON_BODY_BYTES: usize = 16 * 1024 * 1024;

@@ -162,6 +162,12 @@ impl Bucket {
         keys
     }
 
+    /// The ETag of `key`; multipart uploads end theirs in `-<parts>`.
+    pub async fn etag(&self, key: &str) -> String {
+        let meta = self.store.head(&ObjectPath::from(key)).await.unwrap();
+        meta.e_tag.unwrap_or_default()
+    }
+
     /// The bytes of `key` and its content encoding.
     pub async fn get(&self, key: &str) -> (Vec<u8>, Option<String>) {
         let result = self.store.get(&ObjectPath::from(key)).await.unwrap();
