@@ -75,6 +75,11 @@ impl RecordIds {
         self.next.fetch_add(count, Ordering::Relaxed)
     }
 
+    /// Ids handed out so far: the number of records accepted.
+    pub fn issued(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
     /// Writes the id of sequence number `seq` (32 hex digits) into `out`.
     pub fn write(&self, seq: u64, out: &mut Vec<u8>) {
         const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -1,16 +1,141 @@
-//! The load generator: drives a running Hydrant's HTTP API with concurrent PutRecordBatch
-//! calls of realistic JSON records and reports records/s, MiB/s, latency percentiles and
-//! the service's peak memory.
+//! The load generator (`hydrant bench`): starts a Hydrant service from a configuration file
+//! (or targets a running one), drives its HTTP API with concurrent `PutRecordBatch` calls of
+//! realistic JSON records, waits until everything accepted has been delivered, and reports
+//! records/s, MiB/s, call latency percentiles and the service's peak RSS, next to a ceiling
+//! measured in the same run: flate2 compressing the same bytes on one core, in process.
+
+mod corpus;
+mod driver;
+mod service;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use corpus::Corpus;
+use service::Service;
 
 /// Options of `hydrant bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Base URL of the Hydrant API.
-    #[arg(long, default_value = "http://127.0.0.1:4573")]
-    pub endpoint: String,
+    /// Configuration of the service to start and measure (a child `hydrant run`).
+    #[arg(long, conflicts_with = "endpoint")]
+    pub config: Option<PathBuf>,
+    /// Base URL of an already running service (no RSS figure unless `--pid` is given).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Process id of the running service, for its peak RSS.
+    #[arg(long, requires = "endpoint")]
+    pub pid: Option<u32>,
+    /// Delivery stream to put into.
+    #[arg(long, default_value = "bench")]
+    pub stream: String,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Records per PutRecordBatch call.
+    #[arg(long, default_value_t = 500)]
+    pub records_per_call: usize,
+    /// Approximate size of each JSON record in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub record_bytes: usize,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// gzip level of the in-process ceiling measurement (match the stream's level).
+    #[arg(long, default_value_t = 6)]
+    pub gzip_level: u32,
+    /// Print the report as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// Runs the load generator.
+/// Runs the load generator and prints its report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("load generator against {} not built yet", args.endpoint)
+    anyhow::ensure!(
+        (1..=500).contains(&args.records_per_call),
+        "--records-per-call must be 1 to 500"
+    );
+    let corpus = Corpus::generate(&args.stream, args.records_per_call, args.record_bytes);
+    eprintln!(
+        "bench: {} distinct request bodies of {} records (~{} bytes each)",
+        corpus.bodies.len(),
+        args.records_per_call,
+        corpus.mean_record_bytes()
+    );
+    let ceiling_mib_s = tokio::task::spawn_blocking({
+        let data = corpus.framed_records();
+        let level = args.gzip_level;
+        move || corpus::gzip_ceiling_mib_s(&data, level)
+    })
+    .await?;
+    eprintln!(
+        "bench: single-core gzip -{} ceiling {ceiling_mib_s:.1} MiB/s",
+        args.gzip_level
+    );
+
+    let mut service = match (&args.config, &args.endpoint) {
+        (Some(config), _) => Service::start(config)?,
+        (None, Some(endpoint)) => Service::external(endpoint, args.pid),
+        (None, None) => anyhow::bail!("give --config (start a service) or --endpoint"),
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let before = service.stats(&client, &args.stream).await?;
+    let started = Instant::now();
+    let sent = driver::drive(
+        &client,
+        service.base_url(),
+        &corpus,
+        args.concurrency,
+        Duration::from_secs(args.seconds),
+    )
+    .await?;
+    let send_elapsed = started.elapsed();
+    let target = before.accepted + sent.accepted_records;
+    let delivered_at = service
+        .wait_delivered(&client, &args.stream, target, Duration::from_secs(300))
+        .await
+        .context("waiting for the service to deliver what it accepted")?;
+    let end_to_end = delivered_at.duration_since(started);
+    let peak_rss = service.peak_rss_bytes();
+    service.stop();
+
+    let mib = sent.accepted_bytes as f64 / (1024.0 * 1024.0);
+    let report = serde_json::json!({
+        "concurrency": args.concurrency,
+        "records_per_call": args.records_per_call,
+        "record_bytes": corpus.mean_record_bytes(),
+        "calls": sent.calls,
+        "accepted_records": sent.accepted_records,
+        "refused_records": sent.refused_records,
+        "accepted_mib": mib,
+        "ingest_records_per_s": sent.accepted_records as f64 / send_elapsed.as_secs_f64(),
+        "ingest_mib_per_s": mib / send_elapsed.as_secs_f64(),
+        "end_to_end_mib_per_s": mib / end_to_end.as_secs_f64(),
+        "end_to_end_seconds": end_to_end.as_secs_f64(),
+        "p50_call_ms": sent.latency_percentile(50.0).as_secs_f64() * 1000.0,
+        "p99_call_ms": sent.latency_percentile(99.0).as_secs_f64() * 1000.0,
+        "gzip_ceiling_mib_per_s": ceiling_mib_s,
+        "end_to_end_vs_ceiling": mib / end_to_end.as_secs_f64() / ceiling_mib_s,
+        "peak_rss_mib": peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(report: &serde_json::Value) {
+    let object = report.as_object().expect("report is an object");
+    for (key, value) in object {
+        match value.as_f64() {
+            Some(number) if value.is_f64() => println!("{key:>26}  {number:.2}"),
+            _ => println!("{key:>26}  {value}"),
+        }
+    }
 }

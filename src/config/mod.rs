@@ -267,3 +267,70 @@ fn default_initial_backoff_ms() -> u64 {
 fn default_max_backoff_seconds() -> u64 {
     30
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        parse_config(text, "test.yaml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = parse("streams:\n  s:\n    destination:\n      s3: { bucket: b }\n");
+        assert_eq!(config.server.listen.value, "127.0.0.1:4573");
+        assert_eq!(config.server.max_concurrent_requests.value, 64);
+        assert_eq!(config.server.backpressure_wait_ms, 2000);
+        let (name, stream) = config.streams.iter().next().unwrap();
+        assert_eq!(name.value, "s");
+        assert_eq!(stream.buffer.size_mib.value, 5);
+        assert_eq!(stream.buffer.interval_seconds.value, 60);
+        assert_eq!(stream.format, Format::Raw);
+        assert_eq!(stream.record_delimiter, RecordDelimiter::Newline);
+        assert_eq!(stream.compression, Compression::None);
+        let Destination::S3(s3) = &stream.destination else {
+            panic!("expected s3")
+        };
+        assert_eq!(s3.multipart_threshold_mib.value, 16);
+        assert_eq!(s3.multipart_part_mib.value, 8);
+        assert_eq!(s3.request_timeout_seconds, 30);
+        assert!(!s3.force_path_style);
+        let layout = stream.destination.layout();
+        assert_eq!(layout.prefix.value, "");
+        assert_eq!(
+            layout.initial_backoff,
+            std::time::Duration::from_millis(200)
+        );
+        assert_eq!(layout.max_backoff, std::time::Duration::from_secs(30));
+    }
+
+    #[test]
+    fn streams_keep_file_order_and_duplicates_are_rejected() {
+        let config = parse(
+            "streams:\n  zeta: { destination: { local: { path: a } } }\n  alpha: { destination: { local: { path: b } } }\n",
+        );
+        let names: Vec<_> = config
+            .streams
+            .iter()
+            .map(|(n, _)| n.value.as_str())
+            .collect();
+        assert_eq!(names, ["zeta", "alpha"]);
+        let error = parse_config(
+            "streams:\n  a: { destination: { local: { path: a } } }\n  a: { destination: { local: { path: b } } }\n",
+            "dup.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("dup.yaml:3:"), "{error}");
+        assert!(error.to_lowercase().contains("duplicate"), "{error}");
+    }
+
+    #[test]
+    fn an_empty_streams_mapping_is_a_problem() {
+        let error = parse_config("streams: {}\n", "empty.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("at least one delivery stream"), "{error}");
+    }
+}

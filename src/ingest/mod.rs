@@ -5,6 +5,7 @@ pub mod aws_error;
 mod firehose;
 mod ndjson;
 mod record_limits;
+mod stats;
 pub mod stream_name;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", post(firehose::handle))
         .route("/streams/{stream}/records", post(ndjson::handle))
+        .route("/streams/{stream}/stats", get(stats::handle))
         .route("/health", get(|| async { "ok\n" }))
         .layer(middleware::from_fn_with_state(state.clone(), limit_and_tag))
         .with_state(state)

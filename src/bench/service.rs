@@ -1,0 +1,139 @@
+//! The measured service: a child `hydrant run` (so its memory is its own) or a running one.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// The service under load.
+pub struct Service {
+    base_url: String,
+    child: Option<Child>,
+    pid: Option<u32>,
+}
+
+/// A stream's totals as `GET /streams/{stream}/stats` reports them.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamStats {
+    /// Records accepted so far.
+    pub accepted: u64,
+    /// Records delivered so far.
+    pub delivered: u64,
+}
+
+impl Service {
+    /// Starts `hydrant run --config <config>` and waits for its address.
+    pub fn start(config: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the hydrant executable")?;
+        let mut child = Command::new(exe)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env(
+                "HYDRANT_LOG",
+                std::env::var("HYDRANT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .spawn()
+            .context("starting the service")?;
+        let stdout = child.stdout.take().context("service stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let base_url = line
+            .trim()
+            .strip_prefix("hydrant listening on ")
+            .with_context(|| format!("the service did not start (it printed {line:?})"))?
+            .to_string();
+        let pid = Some(child.id());
+        Ok(Self {
+            base_url,
+            child: Some(child),
+            pid,
+        })
+    }
+
+    /// A service someone else started.
+    pub fn external(base_url: &str, pid: Option<u32>) -> Self {
+        Self {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            child: None,
+            pid,
+        }
+    }
+
+    /// The API's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The stream's totals now.
+    pub async fn stats(
+        &self,
+        client: &reqwest::Client,
+        stream: &str,
+    ) -> anyhow::Result<StreamStats> {
+        let url = format!("{}/streams/{stream}/stats", self.base_url);
+        let stats: serde_json::Value = client.get(&url).send().await?.json().await?;
+        let field = |name: &str| {
+            stats[name]
+                .as_u64()
+                .with_context(|| format!("{url} lacks {name}: {stats}"))
+        };
+        Ok(StreamStats {
+            accepted: field("accepted_records")?,
+            delivered: field("delivered_records")?,
+        })
+    }
+
+    /// Waits until `target` records of `stream` are delivered; returns when that was seen.
+    pub async fn wait_delivered(
+        &self,
+        client: &reqwest::Client,
+        stream: &str,
+        target: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.stats(client, stream).await?;
+            if stats.delivered >= target {
+                return Ok(Instant::now());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {} of {target} records delivered after {timeout:?}",
+                stats.delivered
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The service's peak resident memory (`VmHWM`), on Linux.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Stops a service this run started (SIGTERM, then waits).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! `GET /streams/{stream}/stats`: a stream's running totals, for operators and the load
+//! generator (which waits for delivered to catch up with accepted).
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::ApiState;
+use super::aws_error::{AwsError, AwsErrorType};
+
+pub(super) async fn handle(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    let Some(stream) = state.pipeline.stream(&name) else {
+        return AwsError::new(
+            AwsErrorType::ResourceNotFound,
+            format!("Delivery stream {name} not found."),
+        )
+        .into_response();
+    };
+    let counters = &stream.counters;
+    Json(json!({
+        "accepted_records": stream.record_ids.issued(),
+        "buffered_records": stream.buffer.buffered_records(),
+        "in_flight_records": counters.in_flight_records.load(Ordering::Relaxed),
+        "delivered_records": counters.records.load(Ordering::Relaxed),
+        "delivered_objects": counters.objects.load(Ordering::Relaxed),
+        "failed_attempts": counters.failed_attempts.load(Ordering::Relaxed),
+    }))
+    .into_response()
+}
