@@ -351,3 +351,28 @@ async fn large_objects_go_up_as_multipart_uploads() {
         "multipart object differs from what was sent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_endpoint_come_from_the_standard_aws_environment() {
+    let bucket = new_bucket("envcreds");
+    let s = servers();
+    let streams = format!(
+        "env:\n  destination:\n    s3:\n      bucket: {bucket}\n      force_path_style: true\n"
+    );
+    let mut hydrant = Hydrant::start_with_env(
+        &streams,
+        &[
+            ("AWS_ACCESS_KEY_ID", s.access_key.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", s.secret_key.as_str()),
+            ("AWS_ENDPOINT_URL", s.s3_endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    hydrant.put_all("env", &[b"from-env".to_vec()]).await;
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    let s3 = Bucket::new(&bucket);
+    let keys = s3.keys("").await;
+    assert_eq!(keys.len(), 1);
+    assert_eq!(s3.get(&keys[0]).await.0, b"from-env\n");
+}

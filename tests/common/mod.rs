@@ -222,6 +222,11 @@ impl Hydrant {
     /// Starts the real binary with `config` (YAML; `listen` is added) and waits until it
     /// announces its address.
     pub fn start(streams_yaml: &str) -> Self {
+        Self::start_with_env(streams_yaml, &[])
+    }
+
+    /// Like [`Hydrant::start`], with extra environment variables for the process.
+    pub fn start_with_env(streams_yaml: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "server:\n  listen: 127.0.0.1:0\n  backpressure_wait_ms: 200\nstreams:\n{}",
@@ -229,16 +234,21 @@ impl Hydrant {
         );
         let config_path = dir.path().join("hydrant.yaml");
         std::fs::write(&config_path, config).unwrap();
-        Self::start_with_file(&config_path, dir)
+        Self::launch(&config_path, dir, env)
     }
 
     /// Starts the real binary with an existing configuration file.
     pub fn start_with_file(config_path: &Path, dir: tempfile::TempDir) -> Self {
+        Self::launch(config_path, dir, &[])
+    }
+
+    fn launch(config_path: &Path, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         let log_path = dir.path().join("hydrant.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_hydrant"))
             .args(["run", "--config"])
             .arg(config_path)
             .env("HYDRANT_LOG", "info,hydrant=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()

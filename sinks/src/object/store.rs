@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, ClientOptions, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
-    RetryConfig, WriteMultipart,
+    Attribute, Attributes, ClientConfigKey, ObjectStore, PutMultipartOptions, PutOptions,
+    PutPayload, RetryConfig, WriteMultipart,
 };
 
 use super::{EncodedObject, ObjectSink, S3Options};
@@ -82,14 +82,26 @@ impl ObjectStoreSink {
                 retry_timeout: Duration::from_secs(10),
                 ..RetryConfig::default()
             })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout(options.request_timeout)
-                    .with_connect_timeout(Duration::from_secs(5)),
+            // Set key by key: replacing the client options wholesale would drop what
+            // `from_env` read (AWS_ALLOW_HTTP, proxies, ...).
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                format!("{}ms", options.request_timeout.as_millis()),
+            )
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                "5s",
             );
-        // After the client options, which would otherwise reset it.
-        if let Some(endpoint) = &options.endpoint {
-            builder = builder.with_allow_http(endpoint.starts_with("http://"));
+        let endpoint = options
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+            .or_else(|| std::env::var("AWS_ENDPOINT").ok());
+        if endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+        {
+            builder = builder.with_allow_http(true);
         }
         let store = builder.build().map_err(|e| SinkError {
             kind: SinkErrorKind::Rejected,
