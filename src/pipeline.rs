@@ -21,7 +21,7 @@ const MIB: usize = 1024 * 1024;
 
 /// Uncompressed bytes allowed to wait for the compression pool across all streams, on top of
 /// one chunk per stream.
-const COMPRESSION_BUDGET_BASE: usize = 32 * MIB;
+const COMPRESSION_BUDGET_BASE: usize = 8 * MIB;
 
 /// Where a stream delivers, as `DescribeDeliveryStream` reports it.
 #[derive(Debug, Clone)]

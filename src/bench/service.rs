@@ -110,6 +110,23 @@ impl Service {
         }
     }
 
+    /// Samples the stream's delivered-records counter every 250 ms for `duration`.
+    pub async fn sample_delivered(
+        &self,
+        client: &reqwest::Client,
+        stream: &str,
+        duration: Duration,
+    ) -> anyhow::Result<Vec<(Duration, u64)>> {
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        while started.elapsed() < duration {
+            let stats = self.stats(client, stream).await?;
+            samples.push((started.elapsed(), stats.delivered));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(samples)
+    }
+
     /// The service's peak resident memory (`VmHWM`), on Linux.
     pub fn peak_rss_bytes(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
@@ -136,4 +153,13 @@ impl Drop for Service {
             let _ = child.wait();
         }
     }
+}
+
+/// Records per second delivered between the first sample after a quarter of `duration` and
+/// the last sample.
+pub fn steady_rate(samples: &[(Duration, u64)], duration: Duration) -> Option<f64> {
+    let first = samples.iter().find(|(at, _)| *at >= duration / 4)?;
+    let last = samples.last()?;
+    let seconds = (last.0 - first.0).as_secs_f64();
+    (seconds > 0.0).then(|| (last.1 - first.1) as f64 / seconds)
 }
