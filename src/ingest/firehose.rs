@@ -186,6 +186,24 @@ fn record_slices<'d>(data: &'d [u8], ends: &[usize]) -> Vec<&'d [u8]> {
         .collect()
 }
 
+/// Appends decoded records to the named stream; returns the stream, how many records (a
+/// prefix) were taken, and the sequence number of the first one's id.
+async fn append<'p>(
+    pipeline: &'p Pipeline,
+    stream_name: Option<&str>,
+    data: &[u8],
+    ends: &[usize],
+) -> Result<(&'p std::sync::Arc<DeliveryStream>, usize, u64), AwsError> {
+    let stream = lookup(pipeline, stream_name)?;
+    let slices = record_slices(data, ends);
+    let taken = stream
+        .buffer
+        .append(&slices, now_ms(), pipeline.backpressure_wait)
+        .await;
+    let seq = stream.record_ids.reserve(taken as u64);
+    Ok((stream, taken, seq))
+}
+
 fn json_response(body: Vec<u8>) -> Response {
     let mut response = (StatusCode::OK, body).into_response();
     response
@@ -203,18 +221,11 @@ async fn put_record(pipeline: &Pipeline, body: &[u8]) -> Result<Response, AwsErr
             "Member must not be null",
         ));
     };
-    let records = [record];
-    let (data, ends) = decode_records(&records, |_| "record.data".to_string())?;
-    let stream = lookup(pipeline, input.stream.as_deref())?;
-    let slices = record_slices(&data, &ends);
-    let taken = stream
-        .buffer
-        .append(&slices, now_ms(), pipeline.backpressure_wait)
-        .await;
+    let (data, ends) = decode_records(&[record], |_| "record.data".to_string())?;
+    let (stream, taken, seq) = append(pipeline, input.stream.as_deref(), &data, &ends).await?;
     if taken == 0 {
         return Err(AwsError::new(AwsErrorType::ServiceUnavailable, SLOW_DOWN));
     }
-    let seq = stream.record_ids.reserve(1);
     let mut out = Vec::with_capacity(80);
     out.extend_from_slice(br#"{"RecordId":""#);
     stream.record_ids.write(seq, &mut out);
@@ -256,20 +267,14 @@ async fn put_record_batch(pipeline: &Pipeline, body: &[u8]) -> Result<Response, 
             ),
         ));
     }
-    let stream = lookup(pipeline, input.stream.as_deref())?;
-    let slices = record_slices(&data, &ends);
-    let taken = stream
-        .buffer
-        .append(&slices, now_ms(), pipeline.backpressure_wait)
-        .await;
-    let seq = stream.record_ids.reserve(taken as u64);
-    let failed = slices.len() - taken;
+    let (stream, taken, seq) = append(pipeline, input.stream.as_deref(), &data, &ends).await?;
+    let failed = ends.len() - taken;
     let mut out = Vec::with_capacity(64 + taken * 48 + failed * 80);
     let _ = write!(
         out,
         r#"{{"FailedPutCount":{failed},"Encrypted":false,"RequestResponses":["#
     );
-    for i in 0..slices.len() {
+    for i in 0..ends.len() {
         if i > 0 {
             out.push(b',');
         }
