@@ -14,3 +14,4 @@ pub mod encode;
 pub mod ingest;
 pub mod pipeline;
 pub mod server;
+pub mod spool;

@@ -1,0 +1,313 @@
+//! The spool: each stream's write-ahead log on disk.
+//!
+//! Ingest appends each accepted record as a checksummed frame to the stream's current segment
+//! file and acknowledges the put only once the frame is durable. One flusher thread per
+//! stream writes whatever the waiting puts have queued with a single `write` and a single
+//! `fdatasync` (group commit), so one disk flush covers every put waiting on it. The delivery
+//! path reads records back from the spool; a batch's record range is journaled before it is
+//! written to the destination, and the checkpoint advances only after the destination
+//! confirms, when fully delivered segments are deleted.
+
+mod frame;
+pub mod journal;
+mod reader;
+mod segments;
+mod writer;
+
+pub use journal::SeqRange;
+pub use reader::{RecordChunk, SpoolReader};
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use journal::Journal;
+use segments::Segment;
+use writer::WriterState;
+
+/// When appended records are flushed to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// A put is acknowledged after `fdatasync` of the group holding it: nothing acknowledged
+    /// is lost even if the machine loses power.
+    Always,
+    /// A put is acknowledged once written to the OS; the file is synced at this interval.
+    /// A process crash loses nothing; a machine crash can lose the last interval.
+    Interval(Duration),
+}
+
+/// Settings of one stream's spool.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    /// The stream's spool directory.
+    pub dir: PathBuf,
+    /// Flush policy.
+    pub fsync: FsyncPolicy,
+    /// Most bytes of segments on disk; beyond that, puts are refused ("Slow down.").
+    pub max_bytes: u64,
+}
+
+/// Why the spool could not take or keep records.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpoolError {
+    /// The spool directory cannot be used.
+    #[error("spool directory {}: {reason}", dir.display())]
+    Directory {
+        /// The directory.
+        dir: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// Writing or syncing a segment failed (disk full, I/O error).
+    #[error("writing the spool in {}: {reason}", dir.display())]
+    Write {
+        /// The directory.
+        dir: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The spool is shutting down.
+    #[error("the spool is closed")]
+    Closed,
+}
+
+/// What an append achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Sequence number of the first accepted record.
+    pub first_seq: u64,
+    /// Records accepted (a prefix of those offered); the rest did not fit in the spool.
+    pub accepted: usize,
+}
+
+/// One stream's spool.
+#[derive(Debug)]
+pub struct StreamSpool {
+    settings: SpoolSettings,
+    incarnation: u64,
+    segment_bytes: u64,
+    writer: Mutex<WriterState>,
+    wake_flusher: Condvar,
+    /// Every record below this sequence number is written (readable).
+    written: watch::Sender<u64>,
+    /// Every record below this sequence number is on stable storage.
+    synced: watch::Sender<u64>,
+    disk_bytes: AtomicU64,
+    segments: Mutex<Vec<Segment>>,
+    journal: Mutex<Journal>,
+    closed: AtomicBool,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    start_seq: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl StreamSpool {
+    /// Opens the spool in `settings.dir` (creating it), recovers it (cuts torn frames off the
+    /// last segment, drops segments already delivered) and starts its flusher thread.
+    pub fn open(settings: SpoolSettings) -> Result<Arc<Self>, SpoolError> {
+        let dir = settings.dir.clone();
+        let directory_error = |reason: String| SpoolError::Directory {
+            dir: dir.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| directory_error(format!("cannot create it: {e}")))?;
+        let incarnation = segments::incarnation(&dir).map_err(|e| {
+            directory_error(format!(
+                "cannot read or write its spool.id (is it writable?): {e}"
+            ))
+        })?;
+        let journal = Journal::open(&dir)
+            .map_err(|e| directory_error(format!("cannot open the batch journal: {e}")))?;
+        let checkpoint = journal.delivered_through();
+        let recovered = segments::recover(&dir, checkpoint)
+            .map_err(|e| directory_error(format!("cannot recover segments: {e}")))?;
+        let segment_bytes = (settings.max_bytes / 8).clamp(1 << 20, 64 << 20);
+        let next_seq = recovered.next_seq;
+        let disk_bytes = recovered.segments.iter().map(|s| s.bytes).sum();
+        let start_seq = checkpoint.map_or(
+            recovered.segments.first().map_or(next_seq, |s| s.first_seq),
+            |c| c + 1,
+        );
+        let spool = Arc::new(Self {
+            incarnation,
+            segment_bytes,
+            writer: Mutex::new(WriterState::new(next_seq)),
+            wake_flusher: Condvar::new(),
+            written: watch::Sender::new(next_seq),
+            synced: watch::Sender::new(next_seq),
+            disk_bytes: AtomicU64::new(disk_bytes),
+            segments: Mutex::new(recovered.segments),
+            journal: Mutex::new(journal),
+            closed: AtomicBool::new(false),
+            flusher: Mutex::new(None),
+            start_seq,
+            settings,
+        });
+        let active = recovered.active;
+        let flusher = {
+            let spool = Arc::clone(&spool);
+            std::thread::Builder::new()
+                .name("hydrant-spool".into())
+                .spawn(move || writer::run_flusher(&spool, active))
+                .map_err(|e| directory_error(format!("cannot start the flusher thread: {e}")))?
+        };
+        *lock(&spool.flusher) = Some(flusher);
+        Ok(spool)
+    }
+
+    /// The spool's directory.
+    pub fn dir(&self) -> &Path {
+        &self.settings.dir
+    }
+
+    /// A random id fixed when the spool directory was created: keeps object keys derived
+    /// from sequence numbers unique even if the spool is wiped and numbering restarts.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Sequence number of the first record not yet delivered when the spool was opened.
+    pub fn start_seq(&self) -> u64 {
+        self.start_seq
+    }
+
+    /// Bytes of segment files on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes.load(Ordering::Acquire)
+    }
+
+    /// Appends `records` (in order, all with `arrival_ms`) and waits until they are durable
+    /// under the fsync policy. Records that would take the spool past its size limit are not
+    /// taken: `accepted` says how many were.
+    pub async fn append(&self, records: &[&[u8]], arrival_ms: i64) -> Result<Appended, SpoolError> {
+        let (first_seq, accepted, mut done) = {
+            let mut state = lock(&self.writer);
+            if state.shutdown {
+                return Err(SpoolError::Closed);
+            }
+            let budget = self
+                .settings
+                .max_bytes
+                .saturating_sub(self.disk_bytes() + state.pending_bytes);
+            let first_seq = state.next_seq;
+            let mut used = 0u64;
+            let mut accepted = 0;
+            for record in records {
+                let len = frame::frame_len(record.len()) as u64;
+                if used + len > budget {
+                    break;
+                }
+                frame::encode(state.next_seq, arrival_ms, record, &mut state.group.buf);
+                state.next_seq += 1;
+                state.group.records += 1;
+                used += len;
+                accepted += 1;
+            }
+            if accepted == 0 {
+                return Ok(Appended {
+                    first_seq,
+                    accepted,
+                });
+            }
+            state.pending_bytes += used;
+            (first_seq, accepted, state.group.done.subscribe())
+        };
+        self.wake_flusher.notify_one();
+        let result = done
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| SpoolError::Closed)?
+            .clone()
+            .expect("waited for Some");
+        result.map(|()| Appended {
+            first_seq,
+            accepted,
+        })
+    }
+
+    /// Waits until every record up to `seq` is on stable storage (at once under `Always`).
+    pub async fn sync_through(&self, seq: u64) -> Result<(), SpoolError> {
+        if *self.synced.borrow() > seq {
+            return Ok(());
+        }
+        {
+            let mut state = lock(&self.writer);
+            state.sync_wanted = state.sync_wanted.max(seq + 1);
+        }
+        self.wake_flusher.notify_one();
+        let mut synced = self.synced.subscribe();
+        synced
+            .wait_for(|s| *s > seq)
+            .await
+            .map(|_| ())
+            .map_err(|_| SpoolError::Closed)
+    }
+
+    /// A reader of records from `start_seq` on.
+    pub fn reader(self: &Arc<Self>, start_seq: u64) -> SpoolReader {
+        SpoolReader::new(Arc::clone(self), start_seq)
+    }
+
+    /// Batches journaled as sealed but not confirmed delivered, to be rebuilt exactly.
+    pub fn pending_sealed(&self) -> Vec<SeqRange> {
+        lock(&self.journal).pending_sealed()
+    }
+
+    /// Durably records that `range` is about to be written to the destination as one batch.
+    pub async fn record_sealed(&self, range: SeqRange) -> Result<(), SpoolError> {
+        self.sync_through(range.last).await?;
+        lock(&self.journal)
+            .record_sealed(range)
+            .map_err(|e| self.write_error(format!("journal: {e}")))
+    }
+
+    /// Moves the checkpoint past `range` and deletes segments no longer needed.
+    pub fn record_delivered(&self, range: SeqRange) -> Result<(), SpoolError> {
+        lock(&self.journal)
+            .record_delivered(range)
+            .map_err(|e| self.write_error(format!("journal: {e}")))?;
+        let freed = segments::delete_delivered(&mut lock(&self.segments), range.last);
+        if freed > 0 {
+            self.disk_bytes.fetch_sub(freed, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Stops taking records, writes what is queued, syncs, and stops the flusher.
+    pub fn close(&self) {
+        lock(&self.writer).shutdown = true;
+        self.wake_flusher.notify_all();
+        if let Some(flusher) = lock(&self.flusher).take() {
+            let _ = flusher.join();
+        }
+        self.closed.store(true, Ordering::Release);
+        // Wake readers waiting for data so they see the spool is closed.
+        self.written.send_modify(|_| {});
+    }
+
+    fn write_error(&self, reason: String) -> SpoolError {
+        SpoolError::Write {
+            dir: self.settings.dir.clone(),
+            reason,
+        }
+    }
+}
+
+impl Drop for StreamSpool {
+    fn drop(&mut self) {
+        lock(&self.writer).shutdown = true;
+        self.wake_flusher.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+use std::time::Duration;
+
+use super::*;
+
+fn settings(dir: &Path, fsync: FsyncPolicy, max_bytes: u64) -> SpoolSettings {
+    SpoolSettings {
+        dir: dir.to_path_buf(),
+        fsync,
+        max_bytes,
+    }
+}
+
+async fn read_all(spool: &Arc<StreamSpool>, from: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut reader = spool.reader(from);
+    let end = *spool.written.borrow();
+    let mut out = Vec::new();
+    while reader.next_seq() < end {
+        let chunk = reader.read(1 << 20).await.unwrap().unwrap();
+        for (seq, _, range) in &chunk.records {
+            out.push((*seq, chunk.data[range.clone()].to_vec()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn appended_records_are_read_back_in_order_across_segments_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let records: Vec<Vec<u8>> = (0..3000)
+        .map(|i| format!("record-{i}").repeat(50).into_bytes())
+        .collect();
+    {
+        // 8 MiB spool: 1 MiB segments, so ~1.1 MB of records spans two segments.
+        let spool = StreamSpool::open(settings(dir.path(), FsyncPolicy::Always, 8 << 20)).unwrap();
+        for chunk in records.chunks(100) {
+            let slices: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+            let appended = spool.append(&slices, 1).await.unwrap();
+            assert_eq!(appended.accepted, slices.len());
+        }
+        assert!(lock(&spool.segments).len() >= 2, "expected a segment roll");
+        let read = read_all(&spool, 0).await;
+        assert_eq!(read.len(), records.len());
+        assert!(
+            read.iter()
+                .enumerate()
+                .all(|(i, (seq, data))| *seq == i as u64 && *data == records[i])
+        );
+        spool.close();
+    }
+    let spool = StreamSpool::open(settings(dir.path(), FsyncPolicy::Always, 8 << 20)).unwrap();
+    assert_eq!(spool.start_seq(), 0);
+    assert_eq!(*spool.written.borrow(), 3000);
+    let appended = spool.append(&[b"after restart"], 2).await.unwrap();
+    assert_eq!(appended.first_seq, 3000);
+    spool.close();
+}
+
+#[tokio::test]
+async fn a_full_spool_takes_a_prefix_and_frees_space_once_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = StreamSpool::open(settings(dir.path(), FsyncPolicy::Always, 4 << 20)).unwrap();
+    let record = vec![7u8; 100_000];
+    let mut accepted = 0;
+    loop {
+        let appended = spool.append(&[&record, &record], 0).await.unwrap();
+        accepted += appended.accepted;
+        if appended.accepted < 2 {
+            break;
+        }
+    }
+    assert!(spool.disk_bytes() <= 4 << 20);
+    assert!((38..=42).contains(&accepted), "accepted {accepted}");
+    assert_eq!(spool.append(&[&record], 0).await.unwrap().accepted, 0);
+    spool
+        .record_delivered(SeqRange {
+            first: 0,
+            last: accepted as u64 - 1,
+        })
+        .unwrap();
+    assert!(spool.disk_bytes() < 2 << 20, "{}", spool.disk_bytes());
+    assert_eq!(spool.append(&[&record], 0).await.unwrap().accepted, 1);
+    spool.close();
+}
+
+#[tokio::test]
+async fn interval_policy_acks_after_write_and_syncs_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = StreamSpool::open(settings(
+        dir.path(),
+        FsyncPolicy::Interval(Duration::from_secs(3600)),
+        8 << 20,
+    ))
+    .unwrap();
+    spool.append(&[b"a", b"b"], 0).await.unwrap();
+    assert_eq!(*spool.written.borrow(), 2);
+    assert_eq!(
+        *spool.synced.borrow(),
+        0,
+        "an hour-long interval has not elapsed"
+    );
+    tokio::time::timeout(Duration::from_secs(10), spool.sync_through(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*spool.synced.borrow(), 2);
+    spool.close();
+}
+
+#[test]
+fn an_unwritable_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let error = StreamSpool::open(settings(
+        &blocker.join("spool"),
+        FsyncPolicy::Always,
+        1 << 20,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("spool directory"), "{error}");
+    assert!(error.contains("cannot create it"), "{error}");
+}
+
+mod model {
+    use std::io::Write as _;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Append records of these sizes.
+        Append(Vec<usize>),
+        /// Mark the next `n` undelivered records delivered.
+        Deliver(usize),
+        /// Stop the process (everything acknowledged is written) and start again.
+        Restart,
+        /// Stop, leave a torn frame (these many garbage bytes) at the end, start again.
+        TornRestart(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => prop::collection::vec(prop_oneof![0usize..64, 1000usize..40_000], 1..20).prop_map(Op::Append),
+            2 => (0usize..40).prop_map(Op::Deliver),
+            1 => Just(Op::Restart),
+            1 => (1usize..60).prop_map(Op::TornRestart),
+        ]
+    }
+
+    fn record(seq: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (seq * 31 + i) as u8).collect()
+    }
+
+    fn open(dir: &Path) -> Arc<StreamSpool> {
+        StreamSpool::open(SpoolSettings {
+            dir: dir.to_path_buf(),
+            fsync: FsyncPolicy::Interval(Duration::from_secs(3600)),
+            // Small, so segments (1 MiB) roll and are deleted, and the spool sometimes fills.
+            max_bytes: 4 << 20,
+        })
+        .unwrap()
+    }
+
+    fn last_segment(dir: &Path) -> std::path::PathBuf {
+        let mut segments: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        segments.sort();
+        segments.pop().unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn recovery_yields_exactly_the_undelivered_records_in_order(ops in prop::collection::vec(op(), 1..30)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut spool = open(dir.path());
+                let mut appended: Vec<Vec<u8>> = Vec::new();
+                let mut delivered = 0usize;
+                for op in ops {
+                    match op {
+                        Op::Append(sizes) => {
+                            let records: Vec<Vec<u8>> = sizes
+                                .iter()
+                                .enumerate()
+                                .map(|(i, len)| record(appended.len() + i, *len))
+                                .collect();
+                            let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+                            let result = spool.append(&slices, 5).await.unwrap();
+                            prop_assert_eq!(result.first_seq, appended.len() as u64);
+                            prop_assert!(spool.disk_bytes() <= 4 << 20);
+                            appended.extend(records.into_iter().take(result.accepted));
+                        }
+                        Op::Deliver(n) => {
+                            let n = n.min(appended.len() - delivered);
+                            if n > 0 {
+                                spool.record_delivered(SeqRange {
+                                    first: delivered as u64,
+                                    last: (delivered + n - 1) as u64,
+                                }).unwrap();
+                                delivered += n;
+                            }
+                        }
+                        Op::Restart | Op::TornRestart(_) => {
+                            spool.close();
+                            drop(spool);
+                            if let Op::TornRestart(garbage) = op {
+                                let mut file = std::fs::OpenOptions::new()
+                                    .append(true)
+                                    .open(last_segment(dir.path()))
+                                    .unwrap();
+                                file.write_all(&vec![0xA5; garbage]).unwrap();
+                            }
+                            spool = open(dir.path());
+                            prop_assert_eq!(spool.start_seq(), delivered as u64);
+                            let read = read_all(&spool, spool.start_seq()).await;
+                            prop_assert_eq!(read.len(), appended.len() - delivered);
+                            for (seq, data) in read {
+                                prop_assert_eq!(&data, &appended[seq as usize]);
+                            }
+                        }
+                    }
+                }
+                spool.close();
+                Ok(())
+            })?;
+        }
+    }
+}

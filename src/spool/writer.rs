@@ -1,0 +1,224 @@
+//! Group commit: puts queue frames into the current group; the flusher thread writes each
+//! group with one `write` and (under `fsync: always`) one `fdatasync`, then wakes them all.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::segments::{self, ActiveSegment, Segment};
+use super::{FsyncPolicy, SpoolError, StreamSpool, lock};
+
+/// The outcome every put of a group waits for.
+pub type GroupResult = Option<Result<(), SpoolError>>;
+
+/// Frames queued by puts, written together.
+#[derive(Debug)]
+pub struct Group {
+    /// Encoded frames.
+    pub buf: Vec<u8>,
+    /// Sequence number of the first frame.
+    pub first_seq: u64,
+    /// Frames in `buf`.
+    pub records: u64,
+    /// Signalled once the group is durable (or failed).
+    pub done: watch::Sender<GroupResult>,
+}
+
+impl Group {
+    fn new(first_seq: u64) -> Self {
+        Self {
+            buf: Vec::new(),
+            first_seq,
+            records: 0,
+            done: watch::Sender::new(None),
+        }
+    }
+}
+
+/// State shared by puts and the flusher.
+#[derive(Debug)]
+pub struct WriterState {
+    /// Sequence number of the next record.
+    pub next_seq: u64,
+    /// The group puts are joining.
+    pub group: Group,
+    /// Bytes queued or being written, not yet counted on disk.
+    pub pending_bytes: u64,
+    /// A sync of everything below this sequence number was asked for.
+    pub sync_wanted: u64,
+    /// No more puts; the flusher writes what is queued and exits.
+    pub shutdown: bool,
+}
+
+impl WriterState {
+    /// State of a spool whose next record is `next_seq`.
+    pub fn new(next_seq: u64) -> Self {
+        Self {
+            next_seq,
+            group: Group::new(next_seq),
+            pending_bytes: 0,
+            sync_wanted: 0,
+            shutdown: false,
+        }
+    }
+}
+
+struct Flusher<'a> {
+    spool: &'a StreamSpool,
+    file: File,
+    file_bytes: u64,
+    unsynced: bool,
+    last_sync: Instant,
+}
+
+/// The flusher thread's body.
+pub fn run_flusher(spool: &StreamSpool, active: ActiveSegment) {
+    let mut flusher = Flusher {
+        spool,
+        file: active.file,
+        file_bytes: active.bytes,
+        unsynced: false,
+        last_sync: Instant::now(),
+    };
+    let idle_wait = match spool.settings.fsync {
+        FsyncPolicy::Always => Duration::from_secs(1),
+        FsyncPolicy::Interval(interval) => interval.max(Duration::from_millis(1)),
+    };
+    loop {
+        let (group, sync_wanted, shutdown) = {
+            let mut state = lock(&spool.writer);
+            while state.group.records == 0 && !state.shutdown && !flusher.sync_due(&state) {
+                state = spool
+                    .wake_flusher
+                    .wait_timeout(state, idle_wait)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            let next = Group::new(state.next_seq);
+            let group = std::mem::replace(&mut state.group, next);
+            (group, state.sync_wanted, state.shutdown)
+        };
+        if group.records > 0 {
+            flusher.write_group(group);
+        }
+        if flusher.unsynced
+            && (shutdown
+                || sync_wanted > *spool.synced.borrow()
+                || flusher.last_sync.elapsed() >= idle_wait)
+        {
+            flusher.sync();
+        }
+        if shutdown && lock(&spool.writer).group.records == 0 {
+            flusher.sync();
+            return;
+        }
+    }
+}
+
+impl Flusher<'_> {
+    fn sync_due(&self, state: &WriterState) -> bool {
+        self.unsynced
+            && (state.sync_wanted > *self.spool.synced.borrow()
+                || matches!(self.spool.settings.fsync, FsyncPolicy::Interval(i) if self.last_sync.elapsed() >= i))
+    }
+
+    fn write_group(&mut self, group: Group) {
+        let len = group.buf.len() as u64;
+        let end_seq = group.first_seq + group.records;
+        let result = self
+            .roll_if_full(group.first_seq)
+            .and_then(|()| self.file.write_all(&group.buf))
+            .and_then(|()| match self.spool.settings.fsync {
+                FsyncPolicy::Always => self.file.sync_data(),
+                FsyncPolicy::Interval(_) => Ok(()),
+            });
+        match result {
+            Ok(()) => {
+                self.file_bytes += len;
+                self.spool.disk_bytes.fetch_add(len, Ordering::AcqRel);
+                if let Some(last) = lock(&self.spool.segments).last_mut() {
+                    last.bytes = self.file_bytes;
+                }
+                lock(&self.spool.writer).pending_bytes -= len;
+                self.spool.written.send_replace(end_seq);
+                match self.spool.settings.fsync {
+                    FsyncPolicy::Always => {
+                        self.spool.synced.send_replace(end_seq);
+                        self.last_sync = Instant::now();
+                    }
+                    FsyncPolicy::Interval(_) => self.unsynced = true,
+                }
+                group.done.send_replace(Some(Ok(())));
+            }
+            Err(error) => self.fail(group, &error),
+        }
+    }
+
+    /// A failed write leaves the file as it was and fails this group and the one queued
+    /// behind it (whose sequence numbers followed it); numbering resumes where it failed.
+    fn fail(&mut self, group: Group, error: &std::io::Error) {
+        let _ = self.file.set_len(self.file_bytes);
+        let spool = self.spool;
+        let failure = SpoolError::Write {
+            dir: spool.settings.dir.clone(),
+            reason: error.to_string(),
+        };
+        tracing::error!(
+            spool = %spool.settings.dir.display(),
+            records = group.records,
+            "spool write failed; the puts are answered with ServiceUnavailableException: {error}"
+        );
+        let queued = {
+            let mut state = lock(&spool.writer);
+            state.next_seq = group.first_seq;
+            state.pending_bytes = 0;
+            std::mem::replace(&mut state.group, Group::new(group.first_seq))
+        };
+        group.done.send_replace(Some(Err(failure.clone())));
+        queued.done.send_replace(Some(Err(failure)));
+    }
+
+    fn sync(&mut self) {
+        if !self.unsynced {
+            return;
+        }
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.unsynced = false;
+                self.last_sync = Instant::now();
+                self.spool.synced.send_replace(*self.spool.written.borrow());
+            }
+            Err(error) => tracing::error!(
+                spool = %self.spool.settings.dir.display(),
+                "spool fsync failed; will retry: {error}"
+            ),
+        }
+    }
+
+    /// Starts a new segment at `first_seq` once the current one is full.
+    fn roll_if_full(&mut self, first_seq: u64) -> std::io::Result<()> {
+        if self.file_bytes < self.spool.segment_bytes {
+            return Ok(());
+        }
+        self.file.sync_data()?;
+        if self.unsynced {
+            self.unsynced = false;
+            self.spool.synced.send_replace(*self.spool.written.borrow());
+        }
+        let dir = &self.spool.settings.dir;
+        let path = segments::segment_path(dir, first_seq);
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        segments::sync_dir(dir)?;
+        self.file = file;
+        self.file_bytes = 0;
+        lock(&self.spool.segments).push(Segment {
+            first_seq,
+            path,
+            bytes: 0,
+        });
+        Ok(())
+    }
+}
