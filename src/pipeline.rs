@@ -12,10 +12,11 @@ use tokio::task::JoinHandle;
 
 use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
 use crate::compress::Codec;
-use crate::config::{Config, Destination, StreamConfig};
+use crate::config::{Config, Destination, FsyncConfig, StreamConfig};
 use crate::deliver::object_key::{KeyTemplate, ObjectKeyBuilder};
 use crate::deliver::{DeliveryCounters, DeliveryLoop};
 use crate::encode::RecordFramer;
+use crate::spool::{FsyncPolicy, SpoolError, SpoolSettings, StreamSpool};
 
 const MIB: usize = 1024 * 1024;
 
@@ -59,25 +60,27 @@ pub struct StreamSummary {
 #[derive(Debug)]
 pub struct RecordIds {
     run: u64,
-    next: AtomicU64,
+    issued: AtomicU64,
 }
 
 impl RecordIds {
-    fn new() -> Self {
+    /// Ids whose first half is `run`: the spool's incarnation, or a random number per
+    /// process run without a spool.
+    fn new(run: u64) -> Self {
         Self {
-            run: fastrand::u64(..),
-            next: AtomicU64::new(0),
+            run,
+            issued: AtomicU64::new(0),
         }
     }
 
-    /// Reserves `count` consecutive ids; returns the first sequence number.
-    pub fn reserve(&self, count: u64) -> u64 {
-        self.next.fetch_add(count, Ordering::Relaxed)
+    /// Counts `count` more accepted records.
+    fn count(&self, count: u64) {
+        self.issued.fetch_add(count, Ordering::Relaxed);
     }
 
-    /// Ids handed out so far: the number of records accepted.
+    /// Ids handed out by this process: the number of records it accepted.
     pub fn issued(&self) -> u64 {
-        self.next.load(Ordering::Relaxed)
+        self.issued.load(Ordering::Relaxed)
     }
 
     /// Writes the id of sequence number `seq` (32 hex digits) into `out`.
@@ -89,6 +92,15 @@ impl RecordIds {
             }
         }
     }
+}
+
+/// Records a put got into a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// Sequence number (and so record id) of the first accepted record.
+    pub first_seq: u64,
+    /// How many records, a prefix of those offered, were accepted.
+    pub count: usize,
 }
 
 /// One running delivery stream.
@@ -106,6 +118,62 @@ pub struct DeliveryStream {
     pub created: DateTime<Utc>,
     /// Record id source.
     pub record_ids: RecordIds,
+    /// The stream's spool; `None` when records are held in memory only.
+    pub spool: Option<Arc<StreamSpool>>,
+}
+
+impl DeliveryStream {
+    /// Takes `records` (all arriving at `arrival_ms`): into the spool, acknowledged once
+    /// durable, or straight into the buffer without a spool. Waits up to `wait` for space
+    /// when full; returns the accepted prefix.
+    pub async fn accept(
+        &self,
+        records: &[&[u8]],
+        arrival_ms: i64,
+        wait: Duration,
+    ) -> Result<Accepted, SpoolError> {
+        let accepted = match &self.spool {
+            None => {
+                let (first_seq, count) = self.buffer.append(records, arrival_ms, wait).await;
+                Accepted { first_seq, count }
+            }
+            Some(spool) => {
+                let deadline = tokio::time::Instant::now() + wait;
+                let mut first_seq = None;
+                let mut count = 0;
+                loop {
+                    let freed = spool.space_freed();
+                    tokio::pin!(freed);
+                    freed.as_mut().enable();
+                    let appended = spool.append(&records[count..], arrival_ms).await?;
+                    first_seq.get_or_insert(appended.first_seq);
+                    count += appended.accepted;
+                    if count == records.len()
+                        || tokio::time::timeout_at(deadline, freed).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                Accepted {
+                    first_seq: first_seq.unwrap_or(0),
+                    count,
+                }
+            }
+        };
+        self.record_ids.count(accepted.count as u64);
+        Ok(accepted)
+    }
+
+    /// Records accepted but not yet delivered.
+    pub fn undelivered(&self) -> u64 {
+        match &self.spool {
+            Some(spool) => spool.undelivered(),
+            None => {
+                self.buffer.buffered_records()
+                    + self.counters.in_flight_records.load(Ordering::Relaxed)
+            }
+        }
+    }
 }
 
 /// All streams of a running service, and the delivery tasks behind them.
@@ -116,16 +184,28 @@ pub struct Pipeline {
     pub backpressure_wait: Duration,
     capacity: Arc<IngestCapacity>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    spooled: bool,
 }
 
-/// A stream whose destination could not be set up.
+/// A stream that could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("stream `{stream}`: cannot set up its destination: {source}")]
-pub struct PipelineError {
-    /// The stream.
-    pub stream: String,
-    /// Why.
-    pub source: SinkError,
+pub enum PipelineError {
+    /// Its destination.
+    #[error("stream `{stream}`: cannot set up its destination: {source}")]
+    Destination {
+        /// The stream.
+        stream: String,
+        /// Why.
+        source: SinkError,
+    },
+    /// Its spool.
+    #[error("stream `{stream}`: cannot open its spool: {source}")]
+    Spool {
+        /// The stream.
+        stream: String,
+        /// Why.
+        source: SpoolError,
+    },
 }
 
 impl Pipeline {
@@ -138,16 +218,43 @@ impl Pipeline {
         ));
         let mut streams = HashMap::new();
         let mut tasks = Vec::new();
+        let spool_root = base_dir.join(&config.spool.path.value);
+        let fsync = match config.spool.fsync {
+            FsyncConfig::Always => Some(FsyncPolicy::Always),
+            FsyncConfig::IntervalMs(ms) => Some(FsyncPolicy::Interval(Duration::from_millis(ms))),
+            FsyncConfig::Disabled => None,
+        };
         for (name, stream_config) in config.streams.iter() {
             let name = name.value.clone();
             let sink = build_sink(&stream_config.destination, base_dir).map_err(|source| {
-                PipelineError {
+                PipelineError::Destination {
                     stream: name.clone(),
                     source,
                 }
             })?;
+            let spool = match fsync {
+                None => None,
+                Some(fsync) => Some(
+                    StreamSpool::open(SpoolSettings {
+                        dir: spool_root.join(&name),
+                        fsync,
+                        max_bytes: config.spool.max_mib.value * MIB as u64,
+                    })
+                    .map_err(|source| PipelineError::Spool {
+                        stream: name.clone(),
+                        source,
+                    })?,
+                ),
+            };
             let (stream, delivery) =
-                build_stream(&name, stream_config, sink, Arc::clone(&capacity));
+                build_stream(&name, stream_config, sink, Arc::clone(&capacity), spool);
+            if let Some(spool) = &stream.spool {
+                tasks.push(tokio::spawn(feed_from_spool(
+                    name.clone(),
+                    Arc::clone(spool),
+                    Arc::clone(&stream.buffer),
+                )));
+            }
             tasks.push(tokio::spawn(delivery.run()));
             streams.insert(name, Arc::new(stream));
         }
@@ -159,6 +266,7 @@ impl Pipeline {
             backpressure_wait: Duration::from_millis(config.server.backpressure_wait_ms),
             capacity,
             tasks: std::sync::Mutex::new(tasks),
+            spooled: fsync.is_some(),
         })
     }
 
@@ -179,27 +287,56 @@ impl Pipeline {
 
     /// Records accepted but not yet delivered, over all streams.
     pub fn undelivered_records(&self) -> u64 {
-        self.streams
-            .values()
-            .map(|s| {
-                s.buffer.buffered_records()
-                    + s.counters
-                        .in_flight_records
-                        .load(std::sync::atomic::Ordering::Relaxed)
-            })
-            .sum()
+        self.streams.values().map(|s| s.undelivered()).sum()
     }
 
-    /// Closes every buffer and waits until everything buffered has been delivered.
+    /// Whether accepted records are kept in a spool (and so survive an early exit).
+    pub fn is_spooled(&self) -> bool {
+        self.spooled
+    }
+
+    /// Stops taking records and waits until everything accepted has been delivered.
     pub async fn drain(&self) {
         for stream in self.streams.values() {
-            stream.buffer.close();
+            match &stream.spool {
+                // The feeder reads the spool to its end, then closes the buffer.
+                Some(spool) => {
+                    let spool = Arc::clone(spool);
+                    let _ = tokio::task::spawn_blocking(move || spool.close()).await;
+                }
+                None => stream.buffer.close(),
+            }
         }
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for task in tasks {
             let _ = task.await;
         }
     }
+}
+
+/// Moves records from a stream's spool into its buffer, in order, as they become durable;
+/// closes the buffer once the spool is closed and read to its end.
+async fn feed_from_spool(stream: String, spool: Arc<StreamSpool>, buffer: Arc<StreamBuffer>) {
+    let mut reader = spool.reader(spool.start_seq());
+    loop {
+        match reader.read(1 << 20).await {
+            Ok(Some(chunk)) => {
+                if buffer.append_spooled(&chunk).await < chunk.len() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(error) => {
+                tracing::error!(
+                    stream = %stream,
+                    next_seq = reader.next_seq(),
+                    "cannot read the spool; delivery of this stream stops here: {error}"
+                );
+                break;
+            }
+        }
+    }
+    buffer.close();
 }
 
 fn build_sink(
@@ -231,6 +368,7 @@ fn build_stream(
     config: &StreamConfig,
     sink: Arc<dyn ObjectSink>,
     capacity: Arc<IngestCapacity>,
+    spool: Option<Arc<StreamSpool>>,
 ) -> (DeliveryStream, DeliveryLoop) {
     let framer = RecordFramer::new(config.format, config.record_delimiter);
     let codec = Codec::from_config(
@@ -244,6 +382,9 @@ fn build_stream(
         codec,
     };
     let buffer = Arc::new(StreamBuffer::new(settings, capacity));
+    if let Some(spool) = &spool {
+        buffer.resume(spool.start_seq(), spool.pending_sealed());
+    }
     let counters = Arc::new(DeliveryCounters::default());
     let layout = config.destination.layout();
     let template = KeyTemplate::parse(&layout.prefix.value)
@@ -258,6 +399,7 @@ fn build_stream(
         initial_backoff: layout.initial_backoff,
         max_backoff: layout.max_backoff,
         counters: Arc::clone(&counters),
+        spool: spool.clone(),
     };
     let summary = StreamSummary {
         destination: match &config.destination {
@@ -284,7 +426,12 @@ fn build_stream(
         counters,
         summary,
         created: Utc::now(),
-        record_ids: RecordIds::new(),
+        record_ids: RecordIds::new(
+            spool
+                .as_ref()
+                .map_or_else(|| fastrand::u64(..), |s| s.incarnation()),
+        ),
+        spool,
     };
     (stream, delivery)
 }

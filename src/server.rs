@@ -56,8 +56,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             Ok(())
         }
         () = shutdown_signal() => {
-            let lost = pipeline.undelivered_records();
-            anyhow::bail!("second signal: exiting with {lost} accepted records not delivered")
+            let pending = pipeline.undelivered_records();
+            if pipeline.is_spooled() {
+                tracing::warn!("second signal: exiting with {pending} accepted records not yet delivered; they stay in the spool and are delivered at the next start");
+                Ok(())
+            } else {
+                anyhow::bail!("second signal: exiting with {pending} accepted records not delivered (the spool is disabled, so they are lost)")
+            }
         }
     }
 }

@@ -20,7 +20,8 @@ async fn boto3_puts_lists_and_describes_like_firehose() {
         indent(&s3_destination_yaml(&bucket, "sdk/", None), 4),
         indent(&down, 4),
     );
-    let hydrant = Hydrant::start(&streams);
+    // A small spool, so the stream whose destination is down fills up quickly.
+    let hydrant = Hydrant::start_full("spool:\n  max_mib: 8\n", &streams, &[]);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/firehose_boto3.py"

@@ -11,6 +11,6 @@ pub mod retry;
 /// Everything a sink author or the engine needs in one import.
 pub mod prelude {
     pub use crate::error::{SinkError, SinkErrorKind};
-    pub use crate::object::{EncodedObject, ObjectSink, ObjectStoreSink, S3Options};
+    pub use crate::object::{EncodedObject, ObjectSink, ObjectStoreSink, S3Options, WriteMode};
     pub use crate::retry::Backoff;
 }

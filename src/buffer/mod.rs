@@ -13,6 +13,7 @@ mod open_batch;
 pub use capacity::IngestCapacity;
 pub use open_batch::{BatchFailure, SealedBatch};
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::compress::Codec;
 use crate::encode::RecordFramer;
+use crate::spool::{RecordChunk, SeqRange};
 use open_batch::OpenBatch;
 
 /// Thresholds and codecs of one stream's buffer.
@@ -60,6 +62,18 @@ struct BufferState {
     open: OpenBatch,
     sealed: Option<SealedBatch>,
     closed: bool,
+    /// Sequence number the next record gets (memory mode) or must have (spool mode).
+    next_seq: u64,
+    /// Batches journaled before a restart, to be rebuilt with exactly these boundaries.
+    replay: VecDeque<SeqRange>,
+}
+
+/// Whether a record could be taken.
+enum Pushed {
+    /// Taken; `true` when the delivery task should look again.
+    Taken(bool),
+    /// The buffer is full.
+    Full,
 }
 
 impl StreamBuffer {
@@ -76,9 +90,19 @@ impl StreamBuffer {
                 open: OpenBatch::new(chunk_size),
                 sealed: None,
                 closed: false,
+                next_seq: 0,
+                replay: VecDeque::new(),
             }),
             batch_ready: Notify::new(),
         }
+    }
+
+    /// Starts numbering at `next_seq` and rebuilds the journaled batches `replay` (in order,
+    /// contiguous from `next_seq`) before forming new ones. Call before the first record.
+    pub fn resume(&self, next_seq: u64, replay: Vec<SeqRange>) {
+        let mut state = self.lock();
+        state.next_seq = next_seq;
+        state.replay = replay.into();
     }
 
     /// The settings this buffer was created with.
@@ -94,38 +118,108 @@ impl StreamBuffer {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends as many of `records` (in order) as fit now, stamped with `arrival_ms`;
-    /// returns how many were taken. Never waits.
+    /// Adds one record to the open batch, sealing it first when the record does not fit, or
+    /// after it when it ends a journaled batch.
+    fn push(
+        &self,
+        state: &mut BufferState,
+        data: &[u8],
+        arrival_ms: i64,
+        arrived: Instant,
+    ) -> Pushed {
+        if !self.settings.codec.is_identity() && !self.capacity.has_room_for_compression() {
+            return Pushed::Full;
+        }
+        let seq = state.next_seq;
+        let mut wake = state.open.is_empty();
+        let replay_end = state.replay.front().map(|r| r.last);
+        match replay_end {
+            Some(last) if seq == last && state.sealed.is_some() => return Pushed::Full,
+            Some(_) => {}
+            None => {
+                let framed = self.settings.framer.framed_len(data);
+                if !state.open.is_empty()
+                    && state.open.raw_len() + framed > self.settings.size_limit
+                {
+                    if state.sealed.is_some() {
+                        return Pushed::Full;
+                    }
+                    let full = std::mem::replace(&mut state.open, OpenBatch::new(self.chunk_size));
+                    state.sealed = Some(full.seal(self.settings.codec, &self.capacity, false));
+                    wake = true;
+                }
+            }
+        }
+        let settings = &self.settings;
+        state.open.append(
+            seq,
+            data,
+            arrival_ms,
+            arrived,
+            &settings.framer,
+            settings.codec,
+            &self.capacity,
+        );
+        state.next_seq += 1;
+        if replay_end == Some(seq) {
+            state.replay.pop_front();
+            let full = std::mem::replace(&mut state.open, OpenBatch::new(self.chunk_size));
+            state.sealed = Some(full.seal(settings.codec, &self.capacity, true));
+            wake = true;
+        }
+        Pushed::Taken(wake)
+    }
+
+    /// Appends as many of `records` (in order) as fit now, numbering them and stamping them
+    /// with `arrival_ms`; returns how many were taken. Never waits.
     pub fn try_append(&self, records: &[&[u8]], arrival_ms: i64) -> usize {
+        self.try_append_numbered(records, arrival_ms).1
+    }
+
+    /// [`try_append`](Self::try_append), also returning the first record's number.
+    fn try_append_numbered(&self, records: &[&[u8]], arrival_ms: i64) -> (u64, usize) {
+        let mut state = self.lock();
+        let first_seq = state.next_seq;
+        if state.closed {
+            return (first_seq, 0);
+        }
+        let now = Instant::now();
+        let mut taken = 0;
+        let mut wake_delivery = false;
+        for record in records {
+            match self.push(&mut state, record, arrival_ms, now) {
+                Pushed::Taken(wake) => wake_delivery |= wake,
+                Pushed::Full => break,
+            }
+            taken += 1;
+        }
+        drop(state);
+        if wake_delivery {
+            self.batch_ready.notify_one();
+        }
+        (first_seq, taken)
+    }
+
+    /// Appends records read from the spool, from `chunk.records[from..]`, as many as fit now;
+    /// returns how many were taken. Their age counts from their recorded arrival.
+    pub fn try_append_spooled(&self, chunk: &RecordChunk, from: usize) -> usize {
         let mut state = self.lock();
         if state.closed {
             return 0;
         }
+        let now = Instant::now();
+        let now_ms = chrono::Utc::now().timestamp_millis();
         let mut taken = 0;
         let mut wake_delivery = false;
-        for record in records {
-            if !self.capacity.has_room_for_compression() && !self.settings.codec.is_identity() {
-                break;
+        for (seq, arrival_ms, range) in &chunk.records[from..] {
+            debug_assert_eq!(*seq, state.next_seq, "spooled records arrive in order");
+            state.next_seq = *seq;
+            let age = Duration::from_millis(now_ms.saturating_sub(*arrival_ms).max(0) as u64);
+            let arrived = now.checked_sub(age).unwrap_or(now);
+            match self.push(&mut state, &chunk.data[range.clone()], *arrival_ms, arrived) {
+                Pushed::Taken(wake) => wake_delivery |= wake,
+                Pushed::Full => break,
             }
-            let framed = self.settings.framer.framed_len(record);
-            if !state.open.is_empty() && state.open.raw_len() + framed > self.settings.size_limit {
-                if state.sealed.is_some() {
-                    break;
-                }
-                let full = std::mem::replace(&mut state.open, OpenBatch::new(self.chunk_size));
-                state.sealed = Some(full.seal(self.settings.codec, &self.capacity));
-                wake_delivery = true;
-            }
-            if state.open.is_empty() {
-                wake_delivery = true;
-            }
-            state.open.append(
-                record,
-                arrival_ms,
-                &self.settings.framer,
-                self.settings.codec,
-                &self.capacity,
-            );
             taken += 1;
         }
         drop(state);
@@ -136,22 +230,44 @@ impl StreamBuffer {
     }
 
     /// Appends `records`, waiting up to `wait` for space when the buffer is full; returns
-    /// how many (a prefix) were taken.
-    pub async fn append(&self, records: &[&[u8]], arrival_ms: i64, wait: Duration) -> usize {
+    /// the first record's number and how many (a prefix) were taken.
+    pub async fn append(&self, records: &[&[u8]], arrival_ms: i64, wait: Duration) -> (u64, usize) {
         let deadline = Instant::now() + wait;
+        let (first_seq, mut taken) = self.try_append_numbered(records, arrival_ms);
+        loop {
+            if taken == records.len() || self.is_closed() {
+                return (first_seq, taken);
+            }
+            let freed = self.capacity.freed();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            taken += self.try_append(&records[taken..], arrival_ms);
+            if taken == records.len() {
+                return (first_seq, taken);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                // One last try: space may have been freed just as the wait ran out.
+                return (
+                    first_seq,
+                    taken + self.try_append(&records[taken..], arrival_ms),
+                );
+            }
+        }
+    }
+
+    /// Appends every record of `chunk`, waiting for space as long as it takes; returns how
+    /// many were taken (fewer only if the buffer was closed).
+    pub async fn append_spooled(&self, chunk: &RecordChunk) -> usize {
         let mut taken = 0;
         loop {
             let freed = self.capacity.freed();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            taken += self.try_append(&records[taken..], arrival_ms);
-            if taken == records.len() || self.is_closed() {
+            taken += self.try_append_spooled(chunk, taken);
+            if taken == chunk.len() || self.is_closed() {
                 return taken;
             }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                // One last try: space may have been freed just as the wait ran out.
-                return taken + self.try_append(&records[taken..], arrival_ms);
-            }
+            freed.await;
         }
     }
 
@@ -163,6 +279,7 @@ impl StreamBuffer {
     pub fn close(&self) {
         self.lock().closed = true;
         self.batch_ready.notify_one();
+        self.capacity.notify_freed();
     }
 
     /// Number of records buffered (open and sealed-but-not-taken).
@@ -172,7 +289,9 @@ impl StreamBuffer {
     }
 
     /// Waits for the next batch to deliver: a sealed one, or the open one once its oldest
-    /// record is `interval` old (at once when closed).
+    /// record is `interval` old (at once when closed). While journaled batches are being
+    /// rebuilt, only their exact boundaries seal; a partly rebuilt one is left to the spool
+    /// at shutdown.
     pub async fn next_batch(&self) -> Result<SealedBatch, NoBatch> {
         loop {
             let notified = self.batch_ready.notified();
@@ -185,7 +304,10 @@ impl StreamBuffer {
                     self.capacity.notify_freed();
                     return Ok(sealed);
                 }
+                let replaying = !state.replay.is_empty();
                 match state.open.oldest_instant() {
+                    _ if replaying && state.closed => return Err(NoBatch::Closed),
+                    Some(_) if replaying => None,
                     Some(oldest)
                         if state.closed || oldest + self.settings.interval <= Instant::now() =>
                     {
@@ -193,7 +315,7 @@ impl StreamBuffer {
                             std::mem::replace(&mut state.open, OpenBatch::new(self.chunk_size));
                         drop(state);
                         self.capacity.notify_freed();
-                        return Ok(open.seal(self.settings.codec, &self.capacity));
+                        return Ok(open.seal(self.settings.codec, &self.capacity, false));
                     }
                     Some(oldest) => Some(oldest + self.settings.interval),
                     None if state.closed => return Err(NoBatch::Closed),

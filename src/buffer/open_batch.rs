@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::IngestCapacity;
 use crate::compress::{Codec, CompressedChunk};
 use crate::encode::RecordFramer;
+use crate::spool::SeqRange;
 
 #[derive(Debug)]
 enum ChunkSlot {
@@ -26,6 +27,8 @@ pub(super) struct OpenBatch {
     raw_len: usize,
     records: u64,
     oldest: Option<(i64, Instant)>,
+    first_seq: u64,
+    last_seq: u64,
 }
 
 impl OpenBatch {
@@ -37,6 +40,8 @@ impl OpenBatch {
             raw_len: 0,
             records: 0,
             oldest: None,
+            first_seq: 0,
+            last_seq: 0,
         }
     }
 
@@ -56,18 +61,24 @@ impl OpenBatch {
         self.oldest.map(|(_, instant)| instant)
     }
 
+    /// Appends record `seq`; `arrived` is when its age (for the interval threshold) began.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn append(
         &mut self,
+        seq: u64,
         record: &[u8],
         arrival_ms: i64,
+        arrived: Instant,
         framer: &RecordFramer,
         codec: Codec,
         capacity: &Arc<IngestCapacity>,
     ) {
         if self.oldest.is_none() {
-            self.oldest = Some((arrival_ms, Instant::now()));
+            self.oldest = Some((arrival_ms, arrived));
+            self.first_seq = seq;
             self.pending.reserve(self.chunk_size + self.chunk_size / 8);
         }
+        self.last_seq = seq;
         let before = self.pending.len();
         framer.append(record, &mut self.pending);
         self.raw_len += self.pending.len() - before;
@@ -101,7 +112,12 @@ impl OpenBatch {
     }
 
     /// Closes the batch to new records and starts compressing its tail.
-    pub(super) fn seal(mut self, codec: Codec, capacity: &Arc<IngestCapacity>) -> SealedBatch {
+    pub(super) fn seal(
+        mut self,
+        codec: Codec,
+        capacity: &Arc<IngestCapacity>,
+        replayed: bool,
+    ) -> SealedBatch {
         self.dispatch_pending(codec, capacity);
         SealedBatch {
             codec,
@@ -109,6 +125,11 @@ impl OpenBatch {
             raw_len: self.raw_len,
             records: self.records,
             oldest_arrival_ms: self.oldest.map_or(0, |(ms, _)| ms),
+            range: SeqRange {
+                first: self.first_seq,
+                last: self.last_seq,
+            },
+            replayed,
         }
     }
 }
@@ -121,6 +142,8 @@ pub struct SealedBatch {
     raw_len: usize,
     records: u64,
     oldest_arrival_ms: i64,
+    range: SeqRange,
+    replayed: bool,
 }
 
 /// A batch whose body could not be produced.
@@ -142,6 +165,16 @@ impl SealedBatch {
     /// Uncompressed size of the framed records.
     pub fn raw_len(&self) -> usize {
         self.raw_len
+    }
+
+    /// Sequence numbers of its first and last records.
+    pub fn range(&self) -> SeqRange {
+        self.range
+    }
+
+    /// Whether this batch rebuilds one journaled before a restart.
+    pub fn replayed(&self) -> bool {
+        self.replayed
     }
 
     /// Arrival time (Unix ms) of the oldest record: the object key's timestamp.

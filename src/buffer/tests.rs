@@ -85,9 +85,10 @@ async fn a_full_buffer_takes_only_what_fits_until_the_delivery_task_takes_a_batc
 async fn waiting_append_resumes_when_space_frees_and_gives_up_after_the_wait() {
     let buffer = Arc::new(buffer(1_000, Duration::from_secs(900), Codec::None));
     let input = records("c", 30, 99);
-    let taken = buffer
+    let (first_seq, taken) = buffer
         .append(&as_slices(&input), 0, Duration::from_millis(500))
         .await;
+    assert_eq!(first_seq, 0);
     assert_eq!(taken, 20, "no one takes batches, so the wait runs out");
 
     let waiter = {
@@ -97,6 +98,7 @@ async fn waiting_append_resumes_when_space_frees_and_gives_up_after_the_wait() {
             buffer
                 .append(&as_slices(&rest), 0, Duration::from_secs(60))
                 .await
+                .1
         })
     };
     tokio::task::yield_now().await;
@@ -179,4 +181,85 @@ async fn large_gzip_batches_span_many_chunks_and_decode_in_order() {
         .collect();
     assert_eq!(decoded.len(), expected.len());
     assert!(decoded == expected, "records out of order or corrupted");
+}
+
+fn spooled_chunk(first_seq: u64, count: usize, len: usize) -> crate::spool::RecordChunk {
+    let mut chunk = crate::spool::RecordChunk::default();
+    for i in 0..count {
+        let start = chunk.data.len();
+        chunk
+            .data
+            .extend(std::iter::repeat_n(b'a' + (i % 26) as u8, len));
+        chunk.records.push((
+            first_seq + i as u64,
+            1_000 + i as i64,
+            start..chunk.data.len(),
+        ));
+    }
+    chunk
+}
+
+#[tokio::test(start_paused = true)]
+async fn journaled_batches_are_rebuilt_with_their_exact_boundaries() {
+    use crate::spool::SeqRange;
+    // A 1,000-byte limit would cut after 10 records of 99 bytes; the journal says otherwise.
+    let buffer = buffer(1_000, Duration::from_secs(900), Codec::None);
+    buffer.resume(
+        100,
+        vec![
+            SeqRange {
+                first: 100,
+                last: 114,
+            },
+            SeqRange {
+                first: 115,
+                last: 116,
+            },
+        ],
+    );
+    let chunk = spooled_chunk(100, 30, 99);
+    // 100..=114 seal as one batch; 115 joins the next; 116 would seal it but the sealed
+    // slot is taken.
+    assert_eq!(buffer.try_append_spooled(&chunk, 0), 16);
+    let first = buffer.next_batch().await.unwrap();
+    assert_eq!(
+        first.range(),
+        SeqRange {
+            first: 100,
+            last: 114
+        }
+    );
+    assert!(first.replayed());
+    // 116 seals the second replayed batch; 117..=126 fill 1,000 bytes; 127 would not fit.
+    assert_eq!(buffer.try_append_spooled(&chunk, 16), 11);
+    let second = buffer.next_batch().await.unwrap();
+    assert_eq!(
+        second.range(),
+        SeqRange {
+            first: 115,
+            last: 116
+        }
+    );
+    assert_eq!(buffer.try_append_spooled(&chunk, 27), 3);
+    let third = buffer.next_batch().await.unwrap();
+    assert_eq!(
+        third.range(),
+        SeqRange {
+            first: 117,
+            last: 126
+        },
+        "then the size limit applies again"
+    );
+    assert!(!third.replayed());
+    assert_eq!(third.oldest_arrival_ms(), 1_017);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partly_rebuilt_batch_is_left_to_the_spool_at_shutdown() {
+    use crate::spool::SeqRange;
+    let buffer = buffer(1 << 20, Duration::ZERO, Codec::None);
+    buffer.resume(0, vec![SeqRange { first: 0, last: 9 }]);
+    assert_eq!(buffer.try_append_spooled(&spooled_chunk(0, 5, 10), 0), 5);
+    buffer.close();
+    assert_eq!(buffer.next_batch().await.unwrap_err(), NoBatch::Closed);
 }

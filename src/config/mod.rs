@@ -18,6 +18,9 @@ pub struct Config {
     /// The HTTP API.
     #[serde(default)]
     pub server: ServerConfig,
+    /// The on-disk spool that makes acknowledged records durable.
+    #[serde(default)]
+    pub spool: SpoolConfig,
     /// Delivery streams by name.
     pub streams: Streams,
 }
@@ -47,6 +50,49 @@ impl Default for ServerConfig {
             backpressure_wait_ms: default_backpressure_wait_ms(),
         }
     }
+}
+
+/// Where and how accepted records are made durable before the put is acknowledged.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of the spool (one subdirectory per stream), relative to the configuration
+    /// file. Default `hydrant-spool`.
+    #[serde(default = "default_spool_path")]
+    pub path: Spanned<String>,
+    /// `always` (default): acknowledge after fdatasync, nothing acknowledged is ever lost;
+    /// `{ interval_ms: N }`: acknowledge after the write, sync every N ms (a machine crash
+    /// can lose the last N ms; a process crash loses nothing); `disabled`: no spool,
+    /// records are held in memory until delivered (a crash loses them).
+    #[serde(default)]
+    pub fsync: FsyncConfig,
+    /// Most MiB of spooled, undelivered records per stream; beyond that puts are refused
+    /// with "Slow down.". Default 1024.
+    #[serde(default = "default_spool_max_mib")]
+    pub max_mib: Spanned<u64>,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            path: default_spool_path(),
+            fsync: FsyncConfig::default(),
+            max_mib: default_spool_max_mib(),
+        }
+    }
+}
+
+/// The spool's flush policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncConfig {
+    /// fdatasync before every acknowledgement (grouped across concurrent puts).
+    #[default]
+    Always,
+    /// Sync at this interval; acknowledge after the write.
+    IntervalMs(u64),
+    /// No spool at all.
+    Disabled,
 }
 
 /// One delivery stream: buffering, encoding, compression and where batches go.
@@ -236,6 +282,12 @@ fn spanned<T>(value: T) -> Spanned<T> {
 
 fn empty_prefix() -> Spanned<String> {
     spanned(String::new())
+}
+fn default_spool_path() -> Spanned<String> {
+    spanned("hydrant-spool".to_string())
+}
+fn default_spool_max_mib() -> Spanned<u64> {
+    spanned(1024)
 }
 fn default_listen() -> Spanned<String> {
     spanned("127.0.0.1:4573".to_string())

@@ -27,6 +27,29 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             "`max_concurrent_requests` must be at least 1",
         ));
     }
+    let spool = &config.spool;
+    if spool.fsync != super::FsyncConfig::Disabled {
+        if spool.path.value.trim().is_empty() {
+            problems.push(at(&spool.path, "`spool.path` is empty"));
+        }
+        if spool.max_mib.value < 8 {
+            problems.push(at(
+                &spool.max_mib,
+                format!(
+                    "`spool.max_mib` must be at least 8, got {}",
+                    spool.max_mib.value
+                ),
+            ));
+        }
+    }
+    if let super::FsyncConfig::IntervalMs(ms) = spool.fsync
+        && !(1..=60_000).contains(&ms)
+    {
+        problems.push(ConfigProblem::at(
+            Location::UNKNOWN,
+            format!("`spool.fsync.interval_ms` must be between 1 and 60000, got {ms}"),
+        ));
+    }
     if config.streams.0.is_empty() {
         problems.push(ConfigProblem::at(
             Location::UNKNOWN,

@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use hydrant_sinks::prelude::*;
 
 use crate::buffer::{SealedBatch, StreamBuffer};
-use object_key::ObjectKeyBuilder;
+use crate::spool::StreamSpool;
+use object_key::{ObjectKeyBuilder, batch_seed};
 
 /// Running totals of one stream's deliveries, for logs and `DescribeDeliveryStream`.
 #[derive(Debug, Default)]
@@ -46,6 +47,10 @@ pub struct DeliveryLoop {
     pub max_backoff: Duration,
     /// Totals, shared with the API.
     pub counters: Arc<DeliveryCounters>,
+    /// The stream's spool: batches are journaled before they are written, keys derive from
+    /// their record range, writes never replace, and the checkpoint advances on success.
+    /// `None` when the spool is disabled.
+    pub spool: Option<Arc<StreamSpool>>,
 }
 
 impl DeliveryLoop {
@@ -65,6 +70,7 @@ impl DeliveryLoop {
             .store(records, Ordering::Relaxed);
         let oldest = DateTime::<Utc>::from_timestamp_millis(batch.oldest_arrival_ms())
             .unwrap_or_else(Utc::now);
+        let range = batch.range();
         let parts = match batch.into_body().await {
             Ok(parts) => parts,
             Err(failure) => {
@@ -73,16 +79,48 @@ impl DeliveryLoop {
                 return;
             }
         };
+        let (mut rng, mode) = match &self.spool {
+            Some(spool) => (
+                fastrand::Rng::with_seed(batch_seed(spool.incarnation(), range.first, range.last)),
+                WriteMode::CreateOnly,
+            ),
+            None => (fastrand::Rng::new(), WriteMode::Overwrite),
+        };
         let object = EncodedObject {
-            key: self.keys.key(oldest),
+            key: self.keys.key(oldest, &mut rng),
             parts,
             content_type: self.content_type,
             content_encoding: self.content_encoding,
         };
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        if let Some(spool) = &self.spool {
+            while let Err(error) = spool.record_sealed(range).await {
+                let delay = backoff.next_delay();
+                tracing::error!(stream = %self.stream, key = %object.key, "cannot journal the batch before writing it; will retry: {error}");
+                tokio::time::sleep(delay).await;
+            }
+        }
         loop {
-            match self.sink.put(&object).await {
+            let outcome = match self.sink.put(&object, mode).await {
+                Err(error) if error.kind == SinkErrorKind::AlreadyExists => {
+                    tracing::info!(
+                        stream = %self.stream,
+                        key = %object.key,
+                        first_seq = range.first,
+                        last_seq = range.last,
+                        "object already written before a restart; not writing it again"
+                    );
+                    Ok(())
+                }
+                other => other,
+            };
+            match outcome {
                 Ok(()) => {
+                    if let Some(spool) = &self.spool
+                        && let Err(error) = spool.record_delivered(range)
+                    {
+                        tracing::error!(stream = %self.stream, key = %object.key, "cannot advance the checkpoint (the batch will be checked again after a restart): {error}");
+                    }
                     self.counters.in_flight_records.store(0, Ordering::Relaxed);
                     self.counters.records.fetch_add(records, Ordering::Relaxed);
                     self.counters.objects.fetch_add(1, Ordering::Relaxed);
@@ -93,6 +131,8 @@ impl DeliveryLoop {
                         records,
                         bytes = object.len(),
                         uncompressed_bytes = raw_len,
+                        first_seq = range.first,
+                        last_seq = range.last,
                         attempts = backoff.attempts() + 1,
                         "delivered object"
                     );

@@ -91,13 +91,16 @@ impl KeyTemplate {
         self.has_expressions
     }
 
-    /// Appends the evaluated prefix for an object whose oldest record arrived at `time`.
-    pub fn render_into(&self, time: DateTime<Utc>, out: &mut String) {
+    /// Appends the evaluated prefix for an object whose oldest record arrived at `time`,
+    /// drawing random strings from `rng`.
+    pub fn render_into(&self, time: DateTime<Utc>, rng: &mut fastrand::Rng, out: &mut String) {
         for segment in &self.segments {
             match segment {
                 Segment::Literal(text) => out.push_str(text),
                 Segment::Timestamp(fields) => render_time(fields, time, out),
-                Segment::RandomString => out.extend(random_alphanumeric(11)),
+                Segment::RandomString => {
+                    out.extend((0..11).map(|_| rng.alphanumeric().to_ascii_lowercase()));
+                }
             }
         }
     }
@@ -217,10 +220,6 @@ fn render_time(fields: &[TimeField], time: DateTime<Utc>, out: &mut String) {
     }
 }
 
-fn random_alphanumeric(len: usize) -> impl Iterator<Item = char> {
-    (0..len).map(|_| fastrand::alphanumeric().to_ascii_lowercase())
-}
-
 /// Builds keys for one stream's objects.
 #[derive(Debug, Clone)]
 pub struct ObjectKeyBuilder {
@@ -239,10 +238,12 @@ impl ObjectKeyBuilder {
         }
     }
 
-    /// The key of an object whose oldest record arrived at `oldest`.
-    pub fn key(&self, oldest: DateTime<Utc>) -> String {
+    /// The key of an object whose oldest record arrived at `oldest`. Its random parts come
+    /// from `rng`: seeded from the object's record range, the same batch always gets the
+    /// same key, which is what makes a replayed write detectable.
+    pub fn key(&self, oldest: DateTime<Utc>, rng: &mut fastrand::Rng) -> String {
         let mut key = String::with_capacity(96 + self.stream.len());
-        self.prefix.render_into(oldest, &mut key);
+        self.prefix.render_into(oldest, rng, &mut key);
         if !self.prefix.has_expressions() {
             let _ = write!(
                 key,
@@ -265,15 +266,27 @@ impl ObjectKeyBuilder {
             oldest.minute(),
             oldest.second()
         );
-        push_uuid(&mut key);
+        push_uuid(rng, &mut key);
         key.push_str(self.extension);
         key
     }
 }
 
+/// A seed for the random parts of the key of the batch holding records `first..=last` of
+/// the spool `incarnation`: equal inputs, equal keys; any difference, unrelated keys.
+pub fn batch_seed(incarnation: u64, first: u64, last: u64) -> u64 {
+    // SplitMix64 finaliser over the three values.
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    mix(mix(mix(incarnation) ^ first) ^ last.rotate_left(32))
+}
+
 /// A random (version 4) UUID in its usual text form, as Firehose ends its keys with.
-fn push_uuid(out: &mut String) {
-    let mut bytes = fastrand::u128(..).to_be_bytes();
+fn push_uuid(rng: &mut fastrand::Rng, out: &mut String) {
+    let mut bytes = rng.u128(..).to_be_bytes();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     for (i, byte) in bytes.iter().enumerate() {
@@ -302,7 +315,7 @@ mod tests {
     #[test]
     fn static_prefix_gets_the_default_hour_folders() {
         let builder = ObjectKeyBuilder::new("events", KeyTemplate::parse("raw/").unwrap(), ".gz");
-        let (head, uuid) = split_uuid(&builder.key(at()), ".gz");
+        let (head, uuid) = split_uuid(&builder.key(at(), &mut fastrand::Rng::new()), ".gz");
         assert_eq!(head, "raw/2016/02/05/07/events-1-2016-02-05-07-08-09-");
         let groups: Vec<_> = uuid.split('-').map(str::len).collect();
         assert_eq!(groups, [8, 4, 4, 4, 12]);
@@ -314,7 +327,7 @@ mod tests {
         let template =
             KeyTemplate::parse("logs/dt=!{timestamp:yyyy-MM-dd}/h=!{timestamp:HH}/").unwrap();
         let builder = ObjectKeyBuilder::new("s", template, "");
-        let (head, _) = split_uuid(&builder.key(at()), "");
+        let (head, _) = split_uuid(&builder.key(at(), &mut fastrand::Rng::new()), "");
         assert_eq!(head, "logs/dt=2016-02-05/h=07/s-1-2016-02-05-07-08-09-");
     }
 
@@ -322,16 +335,17 @@ mod tests {
     fn java_pattern_literals_and_widths() {
         let template = KeyTemplate::parse("!{timestamp:yy'y'D/M/d/''}").unwrap();
         let mut out = String::new();
-        template.render_into(at(), &mut out);
+        template.render_into(at(), &mut fastrand::Rng::new(), &mut out);
         assert_eq!(out, "16y36/2/5/'");
     }
 
     #[test]
     fn random_string_is_fresh_each_time() {
         let template = KeyTemplate::parse("!{firehose:random-string}/").unwrap();
-        let render = || {
+        let mut rng = fastrand::Rng::new();
+        let mut render = || {
             let mut out = String::new();
-            template.render_into(at(), &mut out);
+            template.render_into(at(), &mut rng, &mut out);
             out
         };
         let (a, b) = (render(), render());
@@ -342,6 +356,25 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         );
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn keys_seeded_from_a_batch_range_repeat_exactly() {
+        let template = KeyTemplate::parse("p/!{firehose:random-string}/").unwrap();
+        let builder = ObjectKeyBuilder::new("s", template, ".gz");
+        let key = |first, last| {
+            builder.key(
+                at(),
+                &mut fastrand::Rng::with_seed(batch_seed(7, first, last)),
+            )
+        };
+        assert_eq!(key(10, 20), key(10, 20));
+        assert_ne!(key(10, 20), key(10, 21));
+        assert_ne!(key(10, 20), key(11, 20));
+        assert_ne!(
+            key(10, 20),
+            builder.key(at(), &mut fastrand::Rng::with_seed(batch_seed(8, 10, 20)))
+        );
     }
 
     #[test]

@@ -196,12 +196,21 @@ async fn append<'p>(
 ) -> Result<(&'p std::sync::Arc<DeliveryStream>, usize, u64), AwsError> {
     let stream = lookup(pipeline, stream_name)?;
     let slices = record_slices(data, ends);
-    let taken = stream
-        .buffer
-        .append(&slices, now_ms(), pipeline.backpressure_wait)
-        .await;
-    let seq = stream.record_ids.reserve(taken as u64);
-    Ok((stream, taken, seq))
+    let accepted = stream
+        .accept(&slices, now_ms(), pipeline.backpressure_wait)
+        .await
+        .map_err(|error| spool_unavailable(&stream.name, &error))?;
+    Ok((stream, accepted.count, accepted.first_seq))
+}
+
+/// A put the spool could not make durable (disk full, I/O error): the records were not
+/// accepted, so the producer must retry.
+pub(super) fn spool_unavailable(stream: &str, error: &crate::spool::SpoolError) -> AwsError {
+    tracing::error!(stream, "refusing a put: {error}");
+    AwsError::new(
+        AwsErrorType::ServiceUnavailable,
+        format!("the records could not be stored durably ({error}); retry later"),
+    )
 }
 
 fn json_response(body: Vec<u8>) -> Response {

@@ -61,9 +61,10 @@ async fn accept(
         lines.push(line);
     }
     let taken = stream
-        .buffer
-        .append(&lines, now_ms(), state.pipeline.backpressure_wait)
-        .await;
+        .accept(&lines, now_ms(), state.pipeline.backpressure_wait)
+        .await
+        .map_err(|error| super::firehose::spool_unavailable(stream_name, &error))?
+        .count;
     let (status, body) = if taken == lines.len() {
         (StatusCode::OK, json!({ "accepted": taken }))
     } else {

@@ -101,6 +101,7 @@ pub struct StreamSpool {
     closed: AtomicBool,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
     start_seq: u64,
+    space_freed: tokio::sync::Notify,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,6 +151,7 @@ impl StreamSpool {
             closed: AtomicBool::new(false),
             flusher: Mutex::new(None),
             start_seq,
+            space_freed: tokio::sync::Notify::new(),
             settings,
         });
         let active = recovered.active;
@@ -278,8 +280,22 @@ impl StreamSpool {
         let freed = segments::delete_delivered(&mut lock(&self.segments), range.last);
         if freed > 0 {
             self.disk_bytes.fetch_sub(freed, Ordering::AcqRel);
+            self.space_freed.notify_waiters();
         }
         Ok(())
+    }
+
+    /// Resolves when delivered segments were deleted, freeing space for puts.
+    pub fn space_freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.space_freed.notified()
+    }
+
+    /// Records written but not yet delivered.
+    pub fn undelivered(&self) -> u64 {
+        let next = lock(&self.journal)
+            .delivered_through()
+            .map_or(self.start_seq, |d| d + 1);
+        self.written.borrow().saturating_sub(next)
     }
 
     /// Stops taking records, writes what is queued, syncs, and stops the flusher.

@@ -227,9 +227,25 @@ impl Hydrant {
 
     /// Like [`Hydrant::start`], with extra environment variables for the process.
     pub fn start_with_env(streams_yaml: &str, env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_full("", streams_yaml, env)
+    }
+
+    /// Starts the real binary with extra top-level sections (`spool:` ...), streams and
+    /// environment variables.
+    pub fn start_full(top_yaml: &str, streams_yaml: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), top_yaml, streams_yaml, env)
+    }
+
+    /// Starts the real binary in `dir` (which holds the configuration, the spool and local
+    /// destinations), so a later process can continue from what this one left.
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        top_yaml: &str,
+        streams_yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let config = format!(
-            "server:\n  listen: 127.0.0.1:0\n  backpressure_wait_ms: 200\nstreams:\n{}",
+            "server:\n  listen: 127.0.0.1:0\n  backpressure_wait_ms: 200\n{top_yaml}streams:\n{}",
             indent(streams_yaml, 2)
         );
         let config_path = dir.path().join("hydrant.yaml");
@@ -371,6 +387,16 @@ impl Hydrant {
 
     fn pid(&self) -> String {
         self.child.as_ref().unwrap().id().to_string()
+    }
+
+    /// Kills the process (SIGKILL) and waits for it; returns its directory for a restart.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let placeholder = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, placeholder)
     }
 
     /// Sends SIGTERM without waiting.

@@ -38,12 +38,23 @@ impl EncodedObject {
     }
 }
 
+/// Whether a write may replace an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Replace whatever is there.
+    Overwrite,
+    /// Write only if no object has the key (`If-None-Match: *`); otherwise fail with
+    /// [`SinkErrorKind::AlreadyExists`](crate::error::SinkErrorKind::AlreadyExists). Makes a
+    /// replayed write of a deterministic key a no-op.
+    CreateOnly,
+}
+
 /// A destination that stores whole objects under keys.
 #[async_trait]
 pub trait ObjectSink: Send + Sync {
-    /// Writes `object`, replacing nothing the caller did not ask to replace. One attempt: the
-    /// caller owns retries, so it can log each one and keep its own deadline.
-    async fn put(&self, object: &EncodedObject) -> Result<(), SinkError>;
+    /// Writes `object` under `mode`. One attempt: the caller owns retries, so it can log each
+    /// one and keep its own deadline.
+    async fn put(&self, object: &EncodedObject, mode: WriteMode) -> Result<(), SinkError>;
 
     /// A human-readable name for logs: `s3://bucket` or `file:///path`.
     fn describe(&self) -> &str;

@@ -8,11 +8,11 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, ClientConfigKey, ObjectStore, PutMultipartOptions, PutOptions,
-    PutPayload, RetryConfig, WriteMultipart,
+    Attribute, Attributes, ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
 };
 
-use super::{EncodedObject, ObjectSink, S3Options};
+use super::{EncodedObject, ObjectSink, S3Options, WriteMode};
 use crate::error::{SinkError, SinkErrorKind};
 
 /// Parts of a multipart upload sent at once.
@@ -153,7 +153,28 @@ impl ObjectStoreSink {
         }
     }
 
-    async fn put_multipart(&self, path: &Path, object: &EncodedObject) -> Result<(), SinkError> {
+    async fn put_multipart(
+        &self,
+        path: &Path,
+        object: &EncodedObject,
+        mode: WriteMode,
+    ) -> Result<(), SinkError> {
+        if mode == WriteMode::CreateOnly {
+            // Multipart uploads cannot be conditional everywhere; one writer per key makes
+            // a check first equivalent.
+            match self.store.head(path).await {
+                Ok(_) => {
+                    return Err(SinkError {
+                        kind: SinkErrorKind::AlreadyExists,
+                        destination: self.description.clone(),
+                        target: object.key.clone(),
+                        reason: "an object with this key already exists".into(),
+                    });
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error(&object.key, e)),
+            }
+        }
         let options = PutMultipartOptions {
             attributes: self.attributes(object),
             ..Default::default()
@@ -181,7 +202,7 @@ impl ObjectStoreSink {
 
 #[async_trait]
 impl ObjectSink for ObjectStoreSink {
-    async fn put(&self, object: &EncodedObject) -> Result<(), SinkError> {
+    async fn put(&self, object: &EncodedObject, mode: WriteMode) -> Result<(), SinkError> {
         let path = Path::parse(&object.key).map_err(|e| SinkError {
             kind: SinkErrorKind::Rejected,
             destination: self.description.clone(),
@@ -189,11 +210,15 @@ impl ObjectSink for ObjectStoreSink {
             reason: format!("invalid object key: {e}"),
         })?;
         if object.len() >= self.multipart_threshold_bytes {
-            return self.put_multipart(&path, object).await;
+            return self.put_multipart(&path, object, mode).await;
         }
         let payload: PutPayload = object.parts.iter().cloned().collect();
         let options = PutOptions {
             attributes: self.attributes(object),
+            mode: match mode {
+                WriteMode::Overwrite => PutMode::Overwrite,
+                WriteMode::CreateOnly => PutMode::Create,
+            },
             ..Default::default()
         };
         self.store
@@ -289,9 +314,17 @@ mod tests {
             content_type: "text/plain",
             content_encoding: None,
         };
-        sink.put(&object).await.unwrap();
+        sink.put(&object, WriteMode::CreateOnly).await.unwrap();
         let written = std::fs::read(dir.join("a/b/object.txt")).unwrap();
         assert_eq!(written, b"hello world");
+        let again = sink.put(&object, WriteMode::CreateOnly).await.unwrap_err();
+        assert_eq!(again.kind, SinkErrorKind::AlreadyExists);
+        let replaced = EncodedObject {
+            parts: vec![Bytes::from_static(b"new")],
+            ..object.clone()
+        };
+        sink.put(&replaced, WriteMode::Overwrite).await.unwrap();
+        assert_eq!(std::fs::read(dir.join("a/b/object.txt")).unwrap(), b"new");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
