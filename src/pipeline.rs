@@ -191,20 +191,20 @@ pub struct Pipeline {
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// Its destination.
-    #[error("stream `{stream}`: cannot set up its destination: {source}")]
+    #[error("stream `{stream}`: cannot set up its destination: {error}")]
     Destination {
         /// The stream.
         stream: String,
         /// Why.
-        source: SinkError,
+        error: SinkError,
     },
     /// Its spool.
-    #[error("stream `{stream}`: cannot open its spool: {source}")]
+    #[error("stream `{stream}`: cannot open its spool: {error}")]
     Spool {
         /// The stream.
         stream: String,
         /// Why.
-        source: SpoolError,
+        error: SpoolError,
     },
 }
 
@@ -226,10 +226,10 @@ impl Pipeline {
         };
         for (name, stream_config) in config.streams.iter() {
             let name = name.value.clone();
-            let sink = build_sink(&stream_config.destination, base_dir).map_err(|source| {
+            let sink = build_sink(&stream_config.destination, base_dir).map_err(|error| {
                 PipelineError::Destination {
                     stream: name.clone(),
-                    source,
+                    error,
                 }
             })?;
             let spool = match fsync {
@@ -240,9 +240,9 @@ impl Pipeline {
                         fsync,
                         max_bytes: config.spool.max_mib.value * MIB as u64,
                     })
-                    .map_err(|source| PipelineError::Spool {
+                    .map_err(|error| PipelineError::Spool {
                         stream: name.clone(),
-                        source,
+                        error,
                     })?,
                 ),
             };

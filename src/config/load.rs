@@ -33,12 +33,12 @@ impl ConfigProblem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read configuration file {}: {source}", path.display())]
+    #[error("cannot read configuration file {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file was read but is not a valid configuration.
     #[error("{}", render_problems(source_name, problems))]
@@ -83,9 +83,9 @@ impl fmt::Display for ConfigProblem {
 
 /// Reads, parses and validates the configuration file at `path`.
 pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse_config(&text, &path.display().to_string())
 }

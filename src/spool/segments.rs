@@ -81,7 +81,7 @@ fn list(dir: &Path) -> std::io::Result<Vec<Segment>> {
         segments.push(Segment {
             first_seq,
             path: entry.path(),
-            bytes: entry.metadata()?.len(),
+            bytes: std::fs::metadata(entry.path())?.len(),
         });
     }
     segments.sort_by_key(|s| s.first_seq);

@@ -386,7 +386,12 @@ impl Hydrant {
     }
 
     fn pid(&self) -> String {
-        self.child.as_ref().unwrap().id().to_string()
+        self.process_id().to_string()
+    }
+
+    /// The process id of the running service.
+    pub fn process_id(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 
     /// Kills the process (SIGKILL) and waits for it; returns its directory for a restart.
@@ -466,24 +471,67 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Forwards connections on `port` to `upstream` (an `http://host:port` URL) until dropped:
-/// brings a "down" destination back for outage tests while the real server does the work.
-pub async fn forward(port: u16, upstream: &str) -> tokio::task::JoinHandle<()> {
+/// Forwards connections on `port` to `upstream` (an `http://host:port` URL) until stopped
+/// or dropped: a destination that can be taken down and brought back for outage tests while
+/// the real server does the work.
+pub struct Forwarder {
+    task: tokio::task::JoinHandle<()>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Forwarder {
+    /// Stops listening and cuts every open connection.
+    pub fn stop(&self) {
+        self.task.abort();
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts forwarding `port` to `upstream`.
+pub async fn forward(port: u16, upstream: &str) -> Forwarder {
     let upstream = upstream
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket
+        .bind(([127, 0, 0, 1], port).into())
         .expect("bind the forwarding port");
-    tokio::spawn(async move {
+    let listener = socket.listen(128).unwrap();
+    let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+        Default::default();
+    let tracked = std::sync::Arc::clone(&connections);
+    let task = tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
             let upstream = upstream.clone();
-            tokio::spawn(async move {
+            let connection = tokio::spawn(async move {
                 if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 }
             });
+            tracked.lock().unwrap().push(connection);
         }
-    })
+    });
+    Forwarder { task, connections }
+}
+
+/// The resident memory (VmRSS) of process `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }

@@ -1,0 +1,351 @@
+//! Nothing acknowledged is lost: kill -9 at random moments, destination outages under load,
+//! a full spool, and a full disk.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use serde_json::{Value, json};
+
+fn record(id: &str) -> Vec<u8> {
+    let mut record = format!(r#"{{"id":"{id}","pad":""#).into_bytes();
+    record.resize(300, b'p');
+    record.extend_from_slice(b"\"}");
+    record
+}
+
+/// Producers that put uniquely numbered records until stopped, remembering which ids were
+/// acknowledged and which were attempted.
+struct Producers {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<HashSet<String>>>,
+    attempted: Arc<Mutex<HashSet<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Producers {
+    fn start(count: usize, stream: &str, base_url: Arc<Mutex<String>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(HashSet::new()));
+        let attempted = Arc::new(Mutex::new(HashSet::new()));
+        let client = reqwest::Client::new();
+        let tasks = (0..count)
+            .map(|producer| {
+                let (stop, acked, attempted) = (stop.clone(), acked.clone(), attempted.clone());
+                let (client, base_url, stream) = (client.clone(), base_url.clone(), stream.to_string());
+                tokio::spawn(async move {
+                    let mut next = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let ids: Vec<String> = (next..next + 50).map(|n| format!("p{producer}-{n}")).collect();
+                        next += 50;
+                        attempted.lock().unwrap().extend(ids.iter().cloned());
+                        let records: Vec<Value> = ids
+                            .iter()
+                            .map(|id| json!({ "Data": base64::engine::general_purpose::STANDARD.encode(record(id)) }))
+                            .collect();
+                        let url = format!("{}/", base_url.lock().unwrap());
+                        let answer = client
+                            .post(url)
+                            .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
+                            .header("content-type", "application/x-amz-json-1.1")
+                            .body(json!({ "DeliveryStreamName": stream, "Records": records }).to_string())
+                            .timeout(Duration::from_secs(10))
+                            .send()
+                            .await;
+                        let Ok(answer) = answer else {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        };
+                        let Ok(text) = answer.text().await else { continue };
+                        let Ok(value) = serde_json::from_str::<Value>(&text) else { continue };
+                        let Some(responses) = value["RequestResponses"].as_array() else {
+                            continue;
+                        };
+                        let mut acked = acked.lock().unwrap();
+                        for (id, response) in ids.iter().zip(responses) {
+                            if response.get("RecordId").is_some() {
+                                acked.insert(id.clone());
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            acked,
+            attempted,
+            tasks,
+        }
+    }
+
+    async fn stop(self) -> (HashSet<String>, HashSet<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        let attempted = self.attempted.lock().unwrap().clone();
+        (acked, attempted)
+    }
+}
+
+/// Every id in the delivered objects under `prefix`, with how often it appears.
+async fn delivered_ids(bucket: &Bucket, prefix: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for key in bucket.keys(prefix).await {
+        let body = gunzip(&bucket.get(&key).await.0);
+        for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let value: Value =
+                serde_json::from_slice(line).expect("a delivered line is one record");
+            *counts
+                .entry(value["id"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn check_exactly_once(
+    delivered: &HashMap<String, usize>,
+    acked: &HashSet<String>,
+    attempted: &HashSet<String>,
+) {
+    let duplicated: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "{} ids delivered more than once, e.g. {:?}",
+        duplicated.len(),
+        duplicated.first()
+    );
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|id| !delivered.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged ids never delivered, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    let unknown: Vec<_> = delivered
+        .keys()
+        .filter(|id| !attempted.contains(*id))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "delivered ids no producer sent: {unknown:?}"
+    );
+}
+
+fn streams(bucket: &str, destination: &str) -> String {
+    format!(
+        "durable:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  compression: gzip\n  destination:\n{}",
+        indent(
+            &s3_destination_yaml(bucket, "d/", None).replace(&servers().s3_endpoint, destination),
+            4
+        )
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_records_survive_kill_9_at_random_moments_exactly_once() {
+    let bucket = new_bucket("kill");
+    let streams = streams(&bucket, &servers().s3_endpoint);
+    let mut hydrant = Hydrant::start_full("", &streams, &[]);
+    let base_url = Arc::new(Mutex::new(hydrant.base_url.clone()));
+    let producers = Producers::start(4, "durable", base_url.clone());
+    let mut rng = fastrand::Rng::with_seed(0x6b11);
+    let mut kills = 0;
+    for _ in 0..6 {
+        // A random moment: the chaos is the point here, nothing is being waited for.
+        tokio::time::sleep(Duration::from_millis(rng.u64(200..1200))).await;
+        let dir = hydrant.kill();
+        kills += 1;
+        hydrant = Hydrant::start_in(dir, "", &streams, &[]);
+        *base_url.lock().unwrap() = hydrant.base_url.clone();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, attempted) = producers.stop().await;
+    assert!(kills >= 5);
+    assert!(
+        acked.len() > 1000,
+        "only {} records acknowledged",
+        acked.len()
+    );
+    let status = hydrant.terminate();
+    assert!(status.success(), "{}", hydrant.log());
+
+    let delivered = delivered_ids(&Bucket::new(&bucket), "d/").await;
+    check_exactly_once(&delivered, &acked, &attempted);
+    let log = hydrant.log();
+    assert!(log.contains("hydrant listening"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outage_longer_than_the_flush_interval_loses_and_duplicates_nothing() {
+    let bucket = new_bucket("outage-load");
+    let port = free_port();
+    let mut forwarder = forward(port, &servers().s3_endpoint).await;
+    let streams = streams(&bucket, &format!("http://127.0.0.1:{port}"));
+    let mut hydrant = Hydrant::start_full("", &streams, &[]);
+    let producers = Producers::start(4, "durable", Arc::new(Mutex::new(hydrant.base_url.clone())));
+    let s3 = Bucket::new(&bucket);
+    eventually(
+        Duration::from_secs(20),
+        "deliveries before the outage",
+        || async { (!s3.keys("d/").await.is_empty()).then_some(()) },
+    )
+    .await;
+
+    forwarder.stop();
+    hydrant
+        .wait_for_log("object write failed", Duration::from_secs(20))
+        .await;
+    let before = s3.keys("d/").await.len();
+    // Three flush intervals of outage under load.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        s3.keys("d/").await.len(),
+        before,
+        "nothing can be written during the outage"
+    );
+
+    forwarder = forward(port, &servers().s3_endpoint).await;
+    let (acked, attempted) = producers.stop().await;
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    drop(forwarder);
+    let delivered = delivered_ids(&s3, "d/").await;
+    check_exactly_once(&delivered, &acked, &attempted);
+    assert_eq!(
+        delivered.len(),
+        acked.len(),
+        "every acknowledged record, and only those"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_answers_slow_down_keeps_memory_bounded_and_resumes_after_draining() {
+    let bucket = new_bucket("fullspool");
+    let port = free_port();
+    let streams = streams(&bucket, &format!("http://127.0.0.1:{port}"));
+    let mut hydrant = Hydrant::start_full("spool:\n  max_mib: 8\n", &streams, &[]);
+    let big = |i: usize| {
+        let mut r = format!(r#"{{"id":"big-{i}","pad":""#).into_bytes();
+        r.resize(1_000_000, b'x');
+        r.extend_from_slice(b"\"}");
+        r
+    };
+    // Offer over ten times the spool's size while the destination is down.
+    let mut acked = HashSet::new();
+    let mut refused = 0;
+    for call in 0..25 {
+        let records: Vec<Vec<u8>> = (0..4).map(|i| big(call * 4 + i)).collect();
+        let answer = hydrant.put_batch("durable", &records).await;
+        for (i, response) in answer["RequestResponses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            match response.get("RecordId") {
+                Some(_) => {
+                    acked.insert(format!("big-{}", call * 4 + i));
+                }
+                None => {
+                    assert_eq!(response["ErrorCode"], "ServiceUnavailableException");
+                    assert_eq!(response["ErrorMessage"], "Slow down.");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(refused > 85, "only {refused} records refused");
+    assert!(
+        (6..=9).contains(&acked.len()),
+        "{} records of 1 MB fit in an 8 MiB spool",
+        acked.len()
+    );
+    let rss = rss_bytes(hydrant.process_id());
+    assert!(
+        rss < 150 << 20,
+        "RSS {} MiB after offering 100 MB",
+        rss >> 20
+    );
+
+    let _forwarder = forward(port, &servers().s3_endpoint).await;
+    let more: Vec<Vec<u8>> = (10_000..10_010).map(big).collect();
+    for chunk in more.chunks(3) {
+        hydrant.put_all("durable", chunk).await;
+    }
+    acked.extend((10_000..10_010).map(|i| format!("big-{i}")));
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    let delivered = delivered_ids(&Bucket::new(&bucket), "d/").await;
+    let attempted: HashSet<String> = (0..100)
+        .chain(10_000..10_010)
+        .map(|i| format!("big-{i}"))
+        .collect();
+    check_exactly_once(&delivered, &acked, &attempted);
+    assert_eq!(delivered.len(), acked.len());
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_503_and_logs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("hydrant-spool/events");
+    std::fs::create_dir_all(&spool).unwrap();
+    // Writes to /dev/full fail with ENOSPC, as on a full disk.
+    std::os::unix::fs::symlink("/dev/full", spool.join(format!("{:020}.seg", 0))).unwrap();
+    let streams = "events:\n  destination:\n    local: { path: out }\n";
+    let hydrant = Hydrant::start_in(dir, "", streams, &[]);
+    let (status, answer) = hydrant
+        .call(
+            "PutRecord",
+            &json!({ "DeliveryStreamName": "events", "Record": { "Data": base64::engine::general_purpose::STANDARD.encode(b"x") } }),
+        )
+        .await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["__type"], "ServiceUnavailableException");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{answer}"
+    );
+    let (status, _) = hydrant.post_ndjson("events", "{}\n").await;
+    assert_eq!(status, 503, "still refusing, still serving");
+    let log = hydrant
+        .wait_for_log("spool write failed", Duration::from_secs(5))
+        .await;
+    assert!(log.contains("No space left on device"), "{log}");
+}
+
+#[test]
+fn an_unwritable_spool_directory_stops_start_up_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("blocker"), b"a file, not a directory").unwrap();
+    let config = dir.path().join("hydrant.yaml");
+    std::fs::write(
+        &config,
+        "spool:\n  path: blocker/spool\nstreams:\n  s:\n    destination:\n      local: { path: out }\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hydrant"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("stream `s`: cannot open its spool"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("blocker/spool/s"), "{stderr}");
+}
