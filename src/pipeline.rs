@@ -389,11 +389,19 @@ fn build_stream(
     let layout = config.destination.layout();
     let template = KeyTemplate::parse(&layout.prefix.value)
         .expect("prefixes are validated when the configuration is loaded");
+    let error_template = KeyTemplate::parse_error_prefix(&layout.error_output_prefix.value)
+        .expect("error output prefixes are validated when the configuration is loaded");
     let delivery = DeliveryLoop {
         stream: name.to_string(),
         buffer: Arc::clone(&buffer),
         sink,
         keys: ObjectKeyBuilder::new(name, template, codec.extension()),
+        error_keys: ObjectKeyBuilder::for_errors(
+            name,
+            error_template,
+            crate::deliver::OBJECT_STORE_FAILED,
+        ),
+        retry_duration: Duration::from_secs(layout.retry_duration.value),
         content_type: framer.content_type(),
         content_encoding: codec.content_encoding(),
         initial_backoff: layout.initial_backoff,

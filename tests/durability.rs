@@ -349,3 +349,81 @@ fn an_unwritable_spool_directory_stops_start_up_with_a_clear_error() {
     );
     assert!(stderr.contains("blocker/spool/s"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_go_to_the_error_output_after_the_retry_duration_and_the_checkpoint_moves_on() {
+    let bucket = new_bucket("errout");
+    let port = free_port();
+    let destination = s3_destination_yaml(&bucket, "d/", None)
+        .replace(&servers().s3_endpoint, &format!("http://127.0.0.1:{port}"))
+        + "  retry_duration_seconds: 1\n";
+    let streams = format!(
+        "durable:\n  buffer: {{ size_mib: 1, interval_seconds: 0 }}\n  compression: gzip\n  destination:\n{}",
+        indent(&destination, 4)
+    );
+    let started_ms = chrono::Utc::now().timestamp_millis();
+    let mut hydrant = Hydrant::start_full("", &streams, &[]);
+    let records: Vec<Vec<u8>> = (0..5).map(|i| record(&format!("e{i}"))).collect();
+    hydrant.put_all("durable", &records).await;
+    hydrant
+        .wait_for_log("retry duration exhausted", Duration::from_secs(20))
+        .await;
+    let forwarder = forward(port, &servers().s3_endpoint).await;
+    let s3 = Bucket::new(&bucket);
+    let keys = eventually(
+        Duration::from_secs(20),
+        "the error output object",
+        || async {
+            let keys = s3.keys("s3-failed/").await;
+            (!keys.is_empty()).then_some(keys)
+        },
+    )
+    .await;
+    assert_eq!(keys.len(), 1);
+    let key = &keys[0];
+    let today = chrono::Utc::now().format("s3-failed/%Y/%m/%d/").to_string();
+    assert!(key.starts_with(&today), "{key}");
+    assert!(key.contains("/durable-1-"), "{key}");
+    let (body, _) = s3.get(key).await;
+    let lines: Vec<Value> = body
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    let ended = chrono::Utc::now().timestamp_millis();
+    for (line, record) in lines.iter().zip(&records) {
+        assert!(line["attemptsMade"].as_u64().unwrap() >= 2, "{line}");
+        assert_eq!(line["errorCode"], "S3.ServiceUnavailable");
+        assert!(
+            line["errorMessage"]
+                .as_str()
+                .unwrap()
+                .contains("Connection refused"),
+            "{line}"
+        );
+        let arrival = line["arrivalTimestamp"].as_i64().unwrap();
+        let ending = line["attemptEndingTimestamp"].as_i64().unwrap();
+        assert!(
+            started_ms <= arrival && arrival + 1000 <= ending && ending <= ended,
+            "{line}"
+        );
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(line["rawData"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(&raw, record);
+    }
+    assert!(
+        s3.keys("d/").await.is_empty(),
+        "the batch went to the error output instead"
+    );
+
+    // The checkpoint moved on: a restart delivers nothing again.
+    assert!(hydrant.terminate().success());
+    let dir = hydrant.kill();
+    let mut hydrant = Hydrant::start_in(dir, "", &streams, &[]);
+    assert!(hydrant.terminate().success());
+    assert!(s3.keys("d/").await.is_empty());
+    assert_eq!(s3.keys("s3-failed/").await.len(), 1);
+    drop(forwarder);
+}

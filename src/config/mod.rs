@@ -176,7 +176,7 @@ pub enum Compression {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Destination {
     /// A directory on the local filesystem, laid out like a bucket.
-    Local(LocalDestination),
+    Local(Box<LocalDestination>),
     /// An S3-compatible object store.
     S3(Box<S3Destination>),
 }
@@ -191,6 +191,15 @@ pub struct LocalDestination {
     /// Without expressions, `YYYY/MM/dd/HH/` is appended, as Firehose does. Default empty.
     #[serde(default = "empty_prefix")]
     pub prefix: Spanned<String>,
+    /// Where batches go once `retry_duration_seconds` of failed writes have passed: JSON
+    /// lines, one per record, under this prefix (`!{firehose:error-output-type}` is
+    /// `s3-failed`). Default `!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd/HH}/`.
+    #[serde(default = "default_error_output_prefix")]
+    pub error_output_prefix: Spanned<String>,
+    /// How long a failing batch is retried before it goes to the error output (with the
+    /// spool; without it, batches are retried until they succeed). 0–604800, default 86400.
+    #[serde(default = "default_retry_duration_seconds")]
+    pub retry_duration_seconds: Spanned<u64>,
     /// First retry delay after a failed write, in milliseconds. Default 200.
     #[serde(default = "default_initial_backoff_ms")]
     pub initial_backoff_ms: u64,
@@ -238,6 +247,15 @@ pub struct S3Destination {
     /// Without expressions, `YYYY/MM/dd/HH/` is appended, as Firehose does. Default empty.
     #[serde(default = "empty_prefix")]
     pub prefix: Spanned<String>,
+    /// Where batches go once `retry_duration_seconds` of failed writes have passed: JSON
+    /// lines, one per record, under this prefix (`!{firehose:error-output-type}` is
+    /// `s3-failed`). Default `!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd/HH}/`.
+    #[serde(default = "default_error_output_prefix")]
+    pub error_output_prefix: Spanned<String>,
+    /// How long a failing batch is retried before it goes to the error output (with the
+    /// spool; without it, batches are retried until they succeed). 0–604800, default 86400.
+    #[serde(default = "default_retry_duration_seconds")]
+    pub retry_duration_seconds: Spanned<u64>,
     /// First retry delay after a failed write, in milliseconds. Default 200.
     #[serde(default = "default_initial_backoff_ms")]
     pub initial_backoff_ms: u64,
@@ -251,6 +269,10 @@ pub struct S3Destination {
 pub struct ObjectLayout<'a> {
     /// Key prefix template, with its location in the file.
     pub prefix: &'a Spanned<String>,
+    /// Error output prefix template.
+    pub error_output_prefix: &'a Spanned<String>,
+    /// How long a failing batch is retried.
+    pub retry_duration: &'a Spanned<u64>,
     /// First retry delay.
     pub initial_backoff: std::time::Duration,
     /// Longest retry delay.
@@ -260,12 +282,26 @@ pub struct ObjectLayout<'a> {
 impl Destination {
     /// The settings shared by every object destination.
     pub fn layout(&self) -> ObjectLayout<'_> {
-        let (prefix, initial_ms, max_s) = match self {
-            Destination::Local(d) => (&d.prefix, d.initial_backoff_ms, d.max_backoff_seconds),
-            Destination::S3(d) => (&d.prefix, d.initial_backoff_ms, d.max_backoff_seconds),
+        let (prefix, error_output_prefix, retry_duration, initial_ms, max_s) = match self {
+            Destination::Local(d) => (
+                &d.prefix,
+                &d.error_output_prefix,
+                &d.retry_duration_seconds,
+                d.initial_backoff_ms,
+                d.max_backoff_seconds,
+            ),
+            Destination::S3(d) => (
+                &d.prefix,
+                &d.error_output_prefix,
+                &d.retry_duration_seconds,
+                d.initial_backoff_ms,
+                d.max_backoff_seconds,
+            ),
         };
         ObjectLayout {
             prefix,
+            error_output_prefix,
+            retry_duration,
             initial_backoff: std::time::Duration::from_millis(initial_ms.max(1)),
             max_backoff: std::time::Duration::from_secs(max_s.max(1)),
         }
@@ -282,6 +318,12 @@ fn spanned<T>(value: T) -> Spanned<T> {
 
 fn empty_prefix() -> Spanned<String> {
     spanned(String::new())
+}
+fn default_error_output_prefix() -> Spanned<String> {
+    spanned("!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd/HH}/".to_string())
+}
+fn default_retry_duration_seconds() -> Spanned<u64> {
+    spanned(86_400)
 }
 fn default_spool_path() -> Spanned<String> {
     spanned("hydrant-spool".to_string())
@@ -376,6 +418,47 @@ mod tests {
         .to_string();
         assert!(error.starts_with("dup.yaml:3:"), "{error}");
         assert!(error.to_lowercase().contains("duplicate"), "{error}");
+    }
+
+    #[test]
+    fn spool_and_retry_settings_have_documented_defaults_and_limits() {
+        let config = parse("streams:\n  s:\n    destination:\n      local: { path: x }\n");
+        assert_eq!(config.spool.path.value, "hydrant-spool");
+        assert_eq!(config.spool.fsync, FsyncConfig::Always);
+        assert_eq!(config.spool.max_mib.value, 1024);
+        let layout = config.streams.0[0].1.destination.layout();
+        assert_eq!(layout.retry_duration.value, 86_400);
+        assert_eq!(
+            layout.error_output_prefix.value,
+            "!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd/HH}/"
+        );
+        let config = parse(
+            "spool:\n  fsync: { interval_ms: 10 }\nstreams:\n  s:\n    destination:\n      local: { path: x }\n",
+        );
+        assert_eq!(config.spool.fsync, FsyncConfig::IntervalMs(10));
+        let config = parse(
+            "spool: { fsync: disabled }\nstreams:\n  s:\n    destination:\n      local: { path: x }\n",
+        );
+        assert_eq!(config.spool.fsync, FsyncConfig::Disabled);
+
+        let error = parse_config(
+            "spool: { max_mib: 2 }\nstreams:\n  s:\n    destination:\n      local:\n        path: x\n        retry_duration_seconds: 700000\n        error_output_prefix: \"bad/!{nope:x}/\"\n",
+            "r.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("r.yaml:1:19: `spool.max_mib` must be at least 8"),
+            "{error}"
+        );
+        assert!(
+            error.contains("r.yaml:7:33: stream `s`: `retry_duration_seconds`"),
+            "{error}"
+        );
+        assert!(
+            error.contains("`error_output_prefix`: unknown expression namespace `nope`"),
+            "{error}"
+        );
     }
 
     #[test]

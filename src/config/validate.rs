@@ -103,7 +103,25 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
             Compression::Gzip => {}
         }
     }
-    let prefix = stream.destination.layout().prefix;
+    let layout = stream.destination.layout();
+    if let Err(error) = KeyTemplate::parse_error_prefix(&layout.error_output_prefix.value) {
+        let location = layout.error_output_prefix.referenced;
+        problems.push(ConfigProblem {
+            line: location.line(),
+            column: location.column() + error.offset as u64,
+            message: format!("stream `{name}`: `error_output_prefix`: {}", error.message),
+        });
+    }
+    if layout.retry_duration.value > 604_800 {
+        problems.push(at(
+            layout.retry_duration,
+            format!(
+                "stream `{name}`: `retry_duration_seconds` must be between 0 and 604800 (7 days), got {}",
+                layout.retry_duration.value
+            ),
+        ));
+    }
+    let prefix = layout.prefix;
     if let Err(error) = KeyTemplate::parse(&prefix.value) {
         let location = prefix.referenced;
         problems.push(ConfigProblem {

@@ -3,12 +3,17 @@
 
 pub mod object_key;
 
+mod error_output;
+
+pub use error_output::OBJECT_STORE_FAILED;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hydrant_sinks::prelude::*;
+use tokio::time::Instant;
 
 use crate::buffer::{SealedBatch, StreamBuffer};
 use crate::spool::StreamSpool;
@@ -37,6 +42,10 @@ pub struct DeliveryLoop {
     pub sink: Arc<dyn ObjectSink>,
     /// Key naming.
     pub keys: ObjectKeyBuilder,
+    /// Key naming of error output objects.
+    pub error_keys: ObjectKeyBuilder,
+    /// How long a failing batch is retried before it goes to the error output.
+    pub retry_duration: Duration,
     /// `Content-Type` of objects.
     pub content_type: &'static str,
     /// `Content-Encoding` of objects.
@@ -93,6 +102,7 @@ impl DeliveryLoop {
             content_encoding: self.content_encoding,
         };
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        let give_up_at = Instant::now() + self.retry_duration;
         if let Some(spool) = &self.spool {
             while let Err(error) = spool.record_sealed(range).await {
                 let delay = backoff.next_delay();
@@ -142,7 +152,29 @@ impl DeliveryLoop {
                     self.counters
                         .failed_attempts
                         .fetch_add(1, Ordering::Relaxed);
-                    let delay = backoff.next_delay();
+                    if let Some(spool) = &self.spool
+                        && Instant::now() >= give_up_at
+                    {
+                        let attempts = backoff.attempts() + 1;
+                        tracing::error!(
+                            stream = %self.stream,
+                            key = %object.key,
+                            code = error.kind.code(),
+                            reason = %error.reason,
+                            attempts,
+                            records,
+                            "retry duration exhausted; sending the batch to the error output"
+                        );
+                        self.write_error_output(spool, range, oldest, &error, attempts)
+                            .await;
+                        self.counters.in_flight_records.store(0, Ordering::Relaxed);
+                        return;
+                    }
+                    let mut delay = backoff.next_delay();
+                    if self.spool.is_some() {
+                        let left = give_up_at.saturating_duration_since(Instant::now());
+                        delay = delay.min(left.max(Duration::from_millis(10)));
+                    }
                     tracing::warn!(
                         stream = %self.stream,
                         destination = %error.destination,

@@ -22,6 +22,7 @@ enum Segment {
     Literal(String),
     Timestamp(Vec<TimeField>),
     RandomString,
+    ErrorOutputType,
 }
 
 /// One field of a Java `DateTimeFormatter` pattern, the syntax Firehose prefixes use.
@@ -52,6 +53,15 @@ impl KeyTemplate {
     /// Parses a prefix. Supported expressions: `!{timestamp:<pattern>}` and
     /// `!{firehose:random-string}`.
     pub fn parse(prefix: &str) -> Result<Self, KeyTemplateError> {
+        Self::parse_with(prefix, false)
+    }
+
+    /// Parses an error output prefix, which may also hold `!{firehose:error-output-type}`.
+    pub fn parse_error_prefix(prefix: &str) -> Result<Self, KeyTemplateError> {
+        Self::parse_with(prefix, true)
+    }
+
+    fn parse_with(prefix: &str, error_prefix: bool) -> Result<Self, KeyTemplateError> {
         let mut segments = Vec::new();
         let mut has_expressions = false;
         let mut rest = prefix;
@@ -68,9 +78,11 @@ impl KeyTemplate {
                 });
             };
             let body = &rest[body_start..body_start + len];
-            segments.push(parse_expression(body).map_err(|message| KeyTemplateError {
-                offset: offset + start,
-                message,
+            segments.push(parse_expression(body, error_prefix).map_err(|message| {
+                KeyTemplateError {
+                    offset: offset + start,
+                    message,
+                }
             })?);
             has_expressions = true;
             let consumed = body_start + len + 1;
@@ -94,9 +106,22 @@ impl KeyTemplate {
     /// Appends the evaluated prefix for an object whose oldest record arrived at `time`,
     /// drawing random strings from `rng`.
     pub fn render_into(&self, time: DateTime<Utc>, rng: &mut fastrand::Rng, out: &mut String) {
+        self.render_error_into(time, rng, "", out);
+    }
+
+    /// Like [`render_into`](Self::render_into), with `error_type` for
+    /// `!{firehose:error-output-type}`.
+    pub fn render_error_into(
+        &self,
+        time: DateTime<Utc>,
+        rng: &mut fastrand::Rng,
+        error_type: &str,
+        out: &mut String,
+    ) {
         for segment in &self.segments {
             match segment {
                 Segment::Literal(text) => out.push_str(text),
+                Segment::ErrorOutputType => out.push_str(error_type),
                 Segment::Timestamp(fields) => render_time(fields, time, out),
                 Segment::RandomString => {
                     out.extend((0..11).map(|_| rng.alphanumeric().to_ascii_lowercase()));
@@ -106,7 +131,7 @@ impl KeyTemplate {
     }
 }
 
-fn parse_expression(body: &str) -> Result<Segment, String> {
+fn parse_expression(body: &str, error_prefix: bool) -> Result<Segment, String> {
     let Some((namespace, value)) = body.split_once(':') else {
         return Err(format!(
             "expression `!{{{body}}}` needs the form `!{{namespace:value}}`"
@@ -116,6 +141,7 @@ fn parse_expression(body: &str) -> Result<Segment, String> {
         "timestamp" => parse_time_pattern(value).map(Segment::Timestamp),
         "firehose" => match value {
             "random-string" => Ok(Segment::RandomString),
+            "error-output-type" if error_prefix => Ok(Segment::ErrorOutputType),
             "error-output-type" => Err(
                 "`!{firehose:error-output-type}` is only allowed in an error output prefix".into(),
             ),
@@ -226,6 +252,7 @@ pub struct ObjectKeyBuilder {
     stream: String,
     prefix: KeyTemplate,
     extension: &'static str,
+    error_type: &'static str,
 }
 
 impl ObjectKeyBuilder {
@@ -235,6 +262,18 @@ impl ObjectKeyBuilder {
             stream: stream.to_string(),
             prefix,
             extension,
+            error_type: "",
+        }
+    }
+
+    /// Keys for error output objects of kind `error_type` (e.g. `s3-failed`) under the
+    /// error output `prefix`.
+    pub fn for_errors(stream: &str, prefix: KeyTemplate, error_type: &'static str) -> Self {
+        Self {
+            stream: stream.to_string(),
+            prefix,
+            extension: "",
+            error_type,
         }
     }
 
@@ -243,7 +282,8 @@ impl ObjectKeyBuilder {
     /// same key, which is what makes a replayed write detectable.
     pub fn key(&self, oldest: DateTime<Utc>, rng: &mut fastrand::Rng) -> String {
         let mut key = String::with_capacity(96 + self.stream.len());
-        self.prefix.render_into(oldest, rng, &mut key);
+        self.prefix
+            .render_error_into(oldest, rng, self.error_type, &mut key);
         if !self.prefix.has_expressions() {
             let _ = write!(
                 key,

@@ -259,6 +259,26 @@ impl StreamSpool {
         SpoolReader::new(Arc::clone(self), start_seq)
     }
 
+    /// Every record of `range`, read back (for the error output).
+    pub async fn read_range(self: &Arc<Self>, range: SeqRange) -> std::io::Result<RecordChunk> {
+        let mut reader = self.reader(range.first);
+        let mut all = RecordChunk::default();
+        while reader.next_seq() <= range.last {
+            let Some(chunk) = reader.read(8 << 20).await? else {
+                break;
+            };
+            for (seq, arrival, span) in chunk.records {
+                if seq > range.last {
+                    break;
+                }
+                let start = all.data.len();
+                all.data.extend_from_slice(&chunk.data[span]);
+                all.records.push((seq, arrival, start..all.data.len()));
+            }
+        }
+        Ok(all)
+    }
+
     /// Batches journaled as sealed but not confirmed delivered, to be rebuilt exactly.
     pub fn pending_sealed(&self) -> Vec<SeqRange> {
         lock(&self.journal).pending_sealed()

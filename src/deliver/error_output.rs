@@ -1,0 +1,106 @@
+//! The error output: when a batch cannot be written within its retry duration, each of its
+//! records goes, with the reason, to an error object under the error output prefix, in
+//! Firehose's format, and the checkpoint moves on.
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use hydrant_sinks::prelude::*;
+
+use super::DeliveryLoop;
+use super::object_key::batch_seed;
+use crate::spool::{SeqRange, StreamSpool};
+
+/// `!{firehose:error-output-type}` of records an object store refused.
+pub const OBJECT_STORE_FAILED: &str = "s3-failed";
+
+/// One error record per input record, as JSON lines.
+pub fn error_lines(
+    records: &crate::spool::RecordChunk,
+    error: &SinkError,
+    attempts: u32,
+    ended_ms: i64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.data.len() * 4 / 3 + records.len() * 256);
+    for (_, arrival_ms, span) in &records.records {
+        let line = serde_json::json!({
+            "attemptsMade": attempts,
+            "arrivalTimestamp": arrival_ms,
+            "errorCode": error.kind.code(),
+            "errorMessage": error.to_string(),
+            "attemptEndingTimestamp": ended_ms,
+            "rawData": base64::engine::general_purpose::STANDARD.encode(&records.data[span.clone()]),
+        });
+        let _ = serde_json::to_writer(&mut out, &line);
+        let _ = out.write_all(b"\n");
+    }
+    out
+}
+
+impl DeliveryLoop {
+    /// Writes the batch `range` to the error output, retrying until the destination takes
+    /// it, then advances the checkpoint past it.
+    pub(super) async fn write_error_output(
+        &self,
+        spool: &Arc<StreamSpool>,
+        range: SeqRange,
+        oldest: DateTime<Utc>,
+        error: &SinkError,
+        attempts: u32,
+    ) {
+        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        let records = loop {
+            match spool.read_range(range).await {
+                Ok(records) => break records,
+                Err(read_error) => {
+                    tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot read the batch back from the spool for the error output; will retry: {read_error}");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        };
+        let body = error_lines(&records, error, attempts, Utc::now().timestamp_millis());
+        let mut rng = fastrand::Rng::with_seed(batch_seed(
+            spool.incarnation() ^ 0x6572_726f_7273,
+            range.first,
+            range.last,
+        ));
+        let object = EncodedObject {
+            key: self.error_keys.key(oldest, &mut rng),
+            parts: vec![Bytes::from(body)],
+            content_type: "application/x-ndjson",
+            content_encoding: None,
+        };
+        loop {
+            match self.sink.put(&object, WriteMode::CreateOnly).await {
+                Ok(()) => break,
+                Err(e) if e.kind == SinkErrorKind::AlreadyExists => break,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        stream = %self.stream,
+                        key = %e.target,
+                        code = e.kind.code(),
+                        reason = %e.reason,
+                        attempt = backoff.attempts(),
+                        "error output write failed; will retry"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        tracing::warn!(
+            stream = %self.stream,
+            key = %object.key,
+            records = records.len(),
+            first_seq = range.first,
+            last_seq = range.last,
+            "batch written to the error output"
+        );
+        if let Err(e) = spool.record_delivered(range) {
+            tracing::error!(stream = %self.stream, "cannot advance the checkpoint past the error output: {e}");
+        }
+    }
+}
