@@ -317,7 +317,7 @@ impl Pipeline {
 /// Moves records from a stream's spool into its buffer, in order, as they become durable;
 /// closes the buffer once the spool is closed and read to its end.
 async fn feed_from_spool(stream: String, spool: Arc<StreamSpool>, buffer: Arc<StreamBuffer>) {
-    let mut reader = spool.reader(spool.start_seq());
+    let mut reader = spool.delivery_reader();
     loop {
         match reader.read(1 << 20).await {
             Ok(Some(chunk)) => {

@@ -184,19 +184,17 @@ async fn large_gzip_batches_span_many_chunks_and_decode_in_order() {
 }
 
 fn spooled_chunk(first_seq: u64, count: usize, len: usize) -> crate::spool::RecordChunk {
-    let mut chunk = crate::spool::RecordChunk::default();
+    let mut data = Vec::new();
+    let mut records = Vec::new();
     for i in 0..count {
-        let start = chunk.data.len();
-        chunk
-            .data
-            .extend(std::iter::repeat_n(b'a' + (i % 26) as u8, len));
-        chunk.records.push((
-            first_seq + i as u64,
-            1_000 + i as i64,
-            start..chunk.data.len(),
-        ));
+        let start = data.len();
+        data.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, len));
+        records.push((first_seq + i as u64, 1_000 + i as i64, start..data.len()));
     }
-    chunk
+    crate::spool::RecordChunk {
+        data: data.into(),
+        records,
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -18,7 +18,7 @@ pub use journal::SeqRange;
 pub use reader::{RecordChunk, SpoolReader};
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -102,7 +102,22 @@ pub struct StreamSpool {
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
     start_seq: u64,
     space_freed: tokio::sync::Notify,
+    /// Groups recently written, so the reader takes fresh records from memory instead of
+    /// reading them back from the file.
+    tail: Mutex<std::collections::VecDeque<CachedGroup>>,
+    tail_bytes: AtomicUsize,
 }
+
+/// A written group kept in memory for the reader.
+#[derive(Debug)]
+struct CachedGroup {
+    first_seq: u64,
+    records: u64,
+    data: bytes::Bytes,
+}
+
+/// Most bytes of written groups kept in memory for the reader.
+const TAIL_CACHE_BYTES: usize = 16 << 20;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -152,6 +167,8 @@ impl StreamSpool {
             flusher: Mutex::new(None),
             start_seq,
             space_freed: tokio::sync::Notify::new(),
+            tail: Mutex::new(std::collections::VecDeque::new()),
+            tail_bytes: AtomicUsize::new(0),
             settings,
         });
         let active = recovered.active;
@@ -256,13 +273,41 @@ impl StreamSpool {
 
     /// A reader of records from `start_seq` on.
     pub fn reader(self: &Arc<Self>, start_seq: u64) -> SpoolReader {
-        SpoolReader::new(Arc::clone(self), start_seq)
+        SpoolReader::new(Arc::clone(self), start_seq, false)
+    }
+
+    /// The stream's main reader, from where delivery stopped: it also drops cached groups it
+    /// has read.
+    pub fn delivery_reader(self: &Arc<Self>) -> SpoolReader {
+        SpoolReader::new(Arc::clone(self), self.start_seq, true)
+    }
+
+    /// Keeps a just-written group in memory for the reader, within the cache's budget.
+    fn cache_group(&self, first_seq: u64, records: u64, data: bytes::Bytes) {
+        let mut tail = lock(&self.tail);
+        let len = data.len();
+        tail.push_back(CachedGroup {
+            first_seq,
+            records,
+            data,
+        });
+        let mut total = self.tail_bytes.fetch_add(len, Ordering::AcqRel) + len;
+        while total > TAIL_CACHE_BYTES {
+            let Some(dropped) = tail.pop_front() else {
+                break;
+            };
+            total = self
+                .tail_bytes
+                .fetch_sub(dropped.data.len(), Ordering::AcqRel)
+                - dropped.data.len();
+        }
     }
 
     /// Every record of `range`, read back (for the error output).
     pub async fn read_range(self: &Arc<Self>, range: SeqRange) -> std::io::Result<RecordChunk> {
         let mut reader = self.reader(range.first);
-        let mut all = RecordChunk::default();
+        let mut data = Vec::new();
+        let mut records = Vec::new();
         while reader.next_seq() <= range.last {
             let Some(chunk) = reader.read(8 << 20).await? else {
                 break;
@@ -271,12 +316,15 @@ impl StreamSpool {
                 if seq > range.last {
                     break;
                 }
-                let start = all.data.len();
-                all.data.extend_from_slice(&chunk.data[span]);
-                all.records.push((seq, arrival, start..all.data.len()));
+                let start = data.len();
+                data.extend_from_slice(&chunk.data[span]);
+                records.push((seq, arrival, start..data.len()));
             }
         }
-        Ok(all)
+        Ok(RecordChunk {
+            data: data.into(),
+            records,
+        })
     }
 
     /// Batches journaled as sealed but not confirmed delivered, to be rebuilt exactly.

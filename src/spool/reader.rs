@@ -6,14 +6,16 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
+
 use super::segments::read_full;
 use super::{StreamSpool, frame, lock};
 
-/// Records read in one go: their payloads back to back, and where each one is.
+/// Records read in one go: a buffer holding their payloads, and where each one is.
 #[derive(Debug, Default)]
 pub struct RecordChunk {
-    /// Payloads, concatenated.
-    pub data: Vec<u8>,
+    /// Payloads (from disk: back to back; from the write cache: frames as written).
+    pub data: Bytes,
     /// `(seq, arrival_ms, range in data)` per record, in sequence order.
     pub records: Vec<(u64, i64, Range<usize>)>,
 }
@@ -39,14 +41,18 @@ pub struct SpoolReader {
     spool: Arc<StreamSpool>,
     next_seq: u64,
     segment: Option<OpenSegment>,
+    evicts: bool,
 }
 
 impl SpoolReader {
-    pub(super) fn new(spool: Arc<StreamSpool>, next_seq: u64) -> Self {
+    /// A reader from `next_seq`; with `evicts`, it is the stream's main reader and drops
+    /// cached groups once it has read them.
+    pub(super) fn new(spool: Arc<StreamSpool>, next_seq: u64, evicts: bool) -> Self {
         Self {
             spool,
             next_seq,
             segment: None,
+            evicts,
         }
     }
 
@@ -73,11 +79,60 @@ impl SpoolReader {
         }
     }
 
-    /// Reads records `next_seq..end` (at most about `max_bytes`) from the segment files.
+    /// Reads records `next_seq..end` (at most about `max_bytes`): from the cache of recently
+    /// written groups when they are still there, else from the segment files.
     fn read_available(&mut self, end: u64, max_bytes: usize) -> std::io::Result<RecordChunk> {
-        let mut chunk = RecordChunk::default();
+        if let Some(chunk) = self.read_cached() {
+            return Ok(chunk);
+        }
+        self.read_from_disk(end, max_bytes)
+    }
+
+    /// The rest of the cached group holding `next_seq`, without copying it.
+    fn read_cached(&mut self) -> Option<RecordChunk> {
+        let mut tail = lock(&self.spool.tail);
+        if self.evicts {
+            while tail
+                .front()
+                .is_some_and(|g| g.first_seq + g.records <= self.next_seq)
+            {
+                let dropped = tail.pop_front().expect("checked front");
+                self.spool
+                    .tail_bytes
+                    .fetch_sub(dropped.data.len(), Ordering::AcqRel);
+            }
+        }
+        let group = tail
+            .iter()
+            .find(|g| g.first_seq <= self.next_seq && self.next_seq < g.first_seq + g.records)?;
+        let data = group.data.clone();
+        drop(tail);
+        // The file position no longer matches; reopen if the disk is needed again.
+        self.segment = None;
+        let mut records = Vec::new();
+        let mut offset = 0;
+        while offset + frame::HEADER_LEN <= data.len() {
+            let header: &[u8; frame::HEADER_LEN] = data[offset..offset + frame::HEADER_LEN]
+                .try_into()
+                .expect("header length");
+            let parsed = frame::decode_header(header);
+            let start = offset + frame::HEADER_LEN;
+            let stop = start + parsed.len as usize;
+            if parsed.seq >= self.next_seq {
+                records.push((parsed.seq, parsed.arrival_ms, start..stop));
+            }
+            offset = stop;
+        }
+        self.next_seq = records.last().map_or(self.next_seq, |r| r.0 + 1);
+        Some(RecordChunk { data, records })
+    }
+
+    /// Reads records `next_seq..end` (at most about `max_bytes`) from the segment files.
+    fn read_from_disk(&mut self, end: u64, max_bytes: usize) -> std::io::Result<RecordChunk> {
+        let mut data: Vec<u8> = Vec::new();
+        let mut records = Vec::new();
         let mut header = [0u8; frame::HEADER_LEN];
-        while self.next_seq < end && chunk.data.len() < max_bytes {
+        while self.next_seq < end && data.len() < max_bytes {
             if self.segment.is_none() {
                 self.open_segment_for(self.next_seq, false)?;
             }
@@ -90,16 +145,16 @@ impl SpoolReader {
                 continue;
             }
             let parsed = frame::decode_header(&header);
-            let start = chunk.data.len();
-            chunk.data.resize(start + parsed.len as usize, 0);
+            let start = data.len();
+            data.resize(start + parsed.len as usize, 0);
             let read = if got == frame::HEADER_LEN {
-                read_full(&mut segment.reader, &mut chunk.data[start..])?
+                read_full(&mut segment.reader, &mut data[start..])?
             } else {
                 0
             };
             let intact = got == frame::HEADER_LEN
                 && read == parsed.len as usize
-                && frame::verify(&parsed, &chunk.data[start..]);
+                && frame::verify(&parsed, &data[start..]);
             if !intact || parsed.seq > self.next_seq {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -112,15 +167,16 @@ impl SpoolReader {
             }
             if parsed.seq < self.next_seq {
                 // Before the start point (already delivered): skip.
-                chunk.data.truncate(start);
+                data.truncate(start);
                 continue;
             }
-            chunk
-                .records
-                .push((parsed.seq, parsed.arrival_ms, start..chunk.data.len()));
+            records.push((parsed.seq, parsed.arrival_ms, start..data.len()));
             self.next_seq += 1;
         }
-        Ok(chunk)
+        Ok(RecordChunk {
+            data: data.into(),
+            records,
+        })
     }
 
     /// Opens the segment holding `seq`: the last one starting at or before it, or with

@@ -125,7 +125,7 @@ impl Flusher<'_> {
                 || matches!(self.spool.settings.fsync, FsyncPolicy::Interval(i) if self.last_sync.elapsed() >= i))
     }
 
-    fn write_group(&mut self, group: Group) {
+    fn write_group(&mut self, mut group: Group) {
         let len = group.buf.len() as u64;
         let end_seq = group.first_seq + group.records;
         let result = self
@@ -143,6 +143,8 @@ impl Flusher<'_> {
                     last.bytes = self.file_bytes;
                 }
                 lock(&self.spool.writer).pending_bytes -= len;
+                let data = std::mem::take(&mut group.buf).into();
+                self.spool.cache_group(group.first_seq, group.records, data);
                 self.spool.written.send_replace(end_seq);
                 match self.spool.settings.fsync {
                     FsyncPolicy::Always => {
