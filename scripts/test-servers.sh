@@ -5,6 +5,7 @@
 # Installs are cached under $HYDRANT_TEST_HOME (default ~/.cache/hydrant) and reused.
 #
 #   scripts/test-servers.sh ensure   install if needed, start if not running, print settings
+#   scripts/test-servers.sh fresh    like ensure, but always a new server with empty storage
 #   scripts/test-servers.sh stop     stop the servers this script started
 #   scripts/test-servers.sh bucket NAME   create a bucket (idempotent)
 set -euo pipefail
@@ -68,11 +69,14 @@ start_s3() {
         log "an S3 server with the test credentials already answers on $ENDPOINT; reusing it"
         return
     fi
+    # Test data is throwaway; every bucket takes volumes, so start from empty storage.
+    rm -rf "$RUN_DIR/seaweedfs"
     mkdir -p "$RUN_DIR/seaweedfs"
     log "starting SeaweedFS on $ENDPOINT"
     AWS_ACCESS_KEY_ID="$ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$SECRET_KEY" \
         nohup "$VENV/bin/weed" mini -dir="$RUN_DIR/seaweedfs" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
         -s3.port="$S3_PORT" -webdav=false -admin.ui=false \
+        -master.volumeSizeLimitMB=64 -volume.max=2000 \
         -s3.port.iceberg=0 -s3.port.lance=0 \
         > "$RUN_DIR/weed.log" 2>&1 &
     echo $! > "$RUN_DIR/weed.pid"
@@ -108,14 +112,24 @@ stop_s3() {
     rm -f "$RUN_DIR/weed.pid"
 }
 
+print_settings() {
+    echo "HYDRANT_TEST_S3_ENDPOINT=$ENDPOINT"
+    echo "HYDRANT_TEST_S3_ACCESS_KEY=$ACCESS_KEY"
+    echo "HYDRANT_TEST_S3_SECRET_KEY=$SECRET_KEY"
+    echo "HYDRANT_TEST_PYTHON=$PYTHON"
+}
+
 case "${1:-}" in
+    fresh)
+        install_tools
+        stop_s3
+        start_s3
+        print_settings
+        ;;
     ensure)
         install_tools
         start_s3
-        echo "HYDRANT_TEST_S3_ENDPOINT=$ENDPOINT"
-        echo "HYDRANT_TEST_S3_ACCESS_KEY=$ACCESS_KEY"
-        echo "HYDRANT_TEST_S3_SECRET_KEY=$SECRET_KEY"
-        echo "HYDRANT_TEST_PYTHON=$PYTHON"
+        print_settings
         ;;
     stop)
         stop_s3
@@ -124,7 +138,7 @@ case "${1:-}" in
         s3_call bucket "${2:?bucket name}"
         ;;
     *)
-        echo "usage: $0 ensure|stop|bucket NAME" >&2
+        echo "usage: $0 ensure|fresh|stop|bucket NAME" >&2
         exit 2
         ;;
 esac

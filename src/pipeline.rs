@@ -103,6 +103,23 @@ pub struct Accepted {
     pub count: usize,
 }
 
+/// Records admitted into a stream, to be acknowledged once [`durable`](Self::durable).
+#[derive(Debug)]
+pub struct Admission {
+    accepted: Accepted,
+    pending: Vec<crate::spool::Enqueued>,
+}
+
+impl Admission {
+    /// Waits until the admitted records are durable; returns them.
+    pub async fn durable(self) -> Result<Accepted, SpoolError> {
+        for enqueued in self.pending {
+            enqueued.durable().await?;
+        }
+        Ok(self.accepted)
+    }
+}
+
 /// One running delivery stream.
 #[derive(Debug)]
 pub struct DeliveryStream {
@@ -123,45 +140,54 @@ pub struct DeliveryStream {
 }
 
 impl DeliveryStream {
-    /// Takes `records` (all arriving at `arrival_ms`): into the spool, acknowledged once
-    /// durable, or straight into the buffer without a spool. Waits up to `wait` for space
-    /// when full; returns the accepted prefix.
-    pub async fn accept(
+    /// Takes `records` (all arriving at `arrival_ms`): into the spool, or straight into the
+    /// buffer without a spool. Waits up to `wait` for space when full. Returns the accepted
+    /// prefix as an [`Admission`], which the caller awaits (after dropping its copy of the
+    /// records, so memory is not held while waiting for the disk) before acknowledging.
+    pub async fn admit(
         &self,
         records: &[&[u8]],
         arrival_ms: i64,
         wait: Duration,
-    ) -> Result<Accepted, SpoolError> {
-        let accepted = match &self.spool {
+    ) -> Result<Admission, SpoolError> {
+        let admission = match &self.spool {
             None => {
                 let (first_seq, count) = self.buffer.append(records, arrival_ms, wait).await;
-                Accepted { first_seq, count }
+                Admission {
+                    accepted: Accepted { first_seq, count },
+                    pending: Vec::new(),
+                }
             }
             Some(spool) => {
                 let deadline = tokio::time::Instant::now() + wait;
                 let mut first_seq = None;
                 let mut count = 0;
+                let mut pending = Vec::new();
                 loop {
                     let freed = spool.space_freed();
                     tokio::pin!(freed);
                     freed.as_mut().enable();
-                    let appended = spool.append(&records[count..], arrival_ms).await?;
-                    first_seq.get_or_insert(appended.first_seq);
-                    count += appended.accepted;
+                    let enqueued = spool.enqueue(&records[count..], arrival_ms)?;
+                    first_seq.get_or_insert(enqueued.appended.first_seq);
+                    count += enqueued.appended.accepted;
+                    pending.push(enqueued);
                     if count == records.len()
                         || tokio::time::timeout_at(deadline, freed).await.is_err()
                     {
                         break;
                     }
                 }
-                Accepted {
-                    first_seq: first_seq.unwrap_or(0),
-                    count,
+                Admission {
+                    accepted: Accepted {
+                        first_seq: first_seq.unwrap_or(0),
+                        count,
+                    },
+                    pending,
                 }
             }
         };
-        self.record_ids.count(accepted.count as u64);
-        Ok(accepted)
+        self.record_ids.count(admission.accepted.count as u64);
+        Ok(admission)
     }
 
     /// Records accepted but not yet delivered.

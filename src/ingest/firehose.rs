@@ -48,8 +48,8 @@ async fn dispatch(state: &ApiState, request: Request) -> Result<Response, AwsErr
     let body = read_body(request.into_body(), MAX_FIREHOSE_BODY_BYTES).await?;
     let pipeline = &state.pipeline;
     match operation {
-        "PutRecord" => put_record(pipeline, &body).await,
-        "PutRecordBatch" => put_record_batch(pipeline, &body).await,
+        "PutRecord" => put_record(pipeline, body).await,
+        "PutRecordBatch" => put_record_batch(pipeline, body).await,
         "ListDeliveryStreams" => list_delivery_streams(pipeline, &body),
         "DescribeDeliveryStream" => describe_delivery_stream(pipeline, &body),
         other => Err(AwsError::new(
@@ -186,18 +186,25 @@ fn record_slices<'d>(data: &'d [u8], ends: &[usize]) -> Vec<&'d [u8]> {
         .collect()
 }
 
-/// Appends decoded records to the named stream; returns the stream, how many records (a
-/// prefix) were taken, and the sequence number of the first one's id.
+/// Appends decoded records to the named stream and waits until they are durable; returns
+/// the stream, how many records (a prefix) were taken, and the sequence number of the first
+/// one's id. The decoded records are released before waiting for the disk.
 async fn append<'p>(
     pipeline: &'p Pipeline,
     stream_name: Option<&str>,
-    data: &[u8],
+    data: Vec<u8>,
     ends: &[usize],
 ) -> Result<(&'p std::sync::Arc<DeliveryStream>, usize, u64), AwsError> {
     let stream = lookup(pipeline, stream_name)?;
-    let slices = record_slices(data, ends);
-    let accepted = stream
-        .accept(&slices, now_ms(), pipeline.backpressure_wait)
+    let slices = record_slices(&data, ends);
+    let admission = stream
+        .admit(&slices, now_ms(), pipeline.backpressure_wait)
+        .await
+        .map_err(|error| spool_unavailable(&stream.name, &error))?;
+    drop(slices);
+    drop(data);
+    let accepted = admission
+        .durable()
         .await
         .map_err(|error| spool_unavailable(&stream.name, &error))?;
     Ok((stream, accepted.count, accepted.first_seq))
@@ -221,17 +228,21 @@ fn json_response(body: Vec<u8>) -> Response {
     response
 }
 
-async fn put_record(pipeline: &Pipeline, body: &[u8]) -> Result<Response, AwsError> {
-    let input: PutRecordInput = parse(body)?;
-    let Some(record) = input.record else {
-        return Err(AwsError::constraint(
-            "record",
-            "null",
-            "Member must not be null",
-        ));
+async fn put_record(pipeline: &Pipeline, body: bytes::Bytes) -> Result<Response, AwsError> {
+    let (stream_name, data, ends) = {
+        let input: PutRecordInput = parse(&body)?;
+        let Some(record) = input.record else {
+            return Err(AwsError::constraint(
+                "record",
+                "null",
+                "Member must not be null",
+            ));
+        };
+        let (data, ends) = decode_records(&[record], |_| "record.data".to_string())?;
+        (input.stream.map(Cow::into_owned), data, ends)
     };
-    let (data, ends) = decode_records(&[record], |_| "record.data".to_string())?;
-    let (stream, taken, seq) = append(pipeline, input.stream.as_deref(), &data, &ends).await?;
+    drop(body);
+    let (stream, taken, seq) = append(pipeline, stream_name.as_deref(), data, &ends).await?;
     if taken == 0 {
         return Err(AwsError::new(AwsErrorType::ServiceUnavailable, SLOW_DOWN));
     }
@@ -242,7 +253,38 @@ async fn put_record(pipeline: &Pipeline, body: &[u8]) -> Result<Response, AwsErr
     Ok(json_response(out))
 }
 
-async fn put_record_batch(pipeline: &Pipeline, body: &[u8]) -> Result<Response, AwsError> {
+async fn put_record_batch(pipeline: &Pipeline, body: bytes::Bytes) -> Result<Response, AwsError> {
+    let (stream_name, data, ends) = decode_batch(&body)?;
+    drop(body);
+    let (stream, taken, seq) = append(pipeline, stream_name.as_deref(), data, &ends).await?;
+    let failed = ends.len() - taken;
+    let mut out = Vec::with_capacity(64 + taken * 48 + failed * 80);
+    let _ = write!(
+        out,
+        r#"{{"FailedPutCount":{failed},"Encrypted":false,"RequestResponses":["#
+    );
+    for i in 0..ends.len() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if i < taken {
+            out.extend_from_slice(br#"{"RecordId":""#);
+            stream.record_ids.write(seq + i as u64, &mut out);
+            out.extend_from_slice(br#""}"#);
+        } else {
+            out.extend_from_slice(
+                br#"{"ErrorCode":"ServiceUnavailableException","ErrorMessage":"Slow down."}"#,
+            );
+        }
+    }
+    out.extend_from_slice(b"]}");
+    Ok(json_response(out))
+}
+
+/// A decoded `PutRecordBatch`: the stream name, and the records back to back with their ends.
+type DecodedBatch = (Option<String>, Vec<u8>, Vec<usize>);
+
+fn decode_batch(body: &[u8]) -> Result<DecodedBatch, AwsError> {
     let input: PutRecordBatchInput = parse(body)?;
     let Some(records) = input.records else {
         return Err(AwsError::constraint(
@@ -276,29 +318,7 @@ async fn put_record_batch(pipeline: &Pipeline, body: &[u8]) -> Result<Response, 
             ),
         ));
     }
-    let (stream, taken, seq) = append(pipeline, input.stream.as_deref(), &data, &ends).await?;
-    let failed = ends.len() - taken;
-    let mut out = Vec::with_capacity(64 + taken * 48 + failed * 80);
-    let _ = write!(
-        out,
-        r#"{{"FailedPutCount":{failed},"Encrypted":false,"RequestResponses":["#
-    );
-    for i in 0..ends.len() {
-        if i > 0 {
-            out.push(b',');
-        }
-        if i < taken {
-            out.extend_from_slice(br#"{"RecordId":""#);
-            stream.record_ids.write(seq + i as u64, &mut out);
-            out.extend_from_slice(br#""}"#);
-        } else {
-            out.extend_from_slice(
-                br#"{"ErrorCode":"ServiceUnavailableException","ErrorMessage":"Slow down."}"#,
-            );
-        }
-    }
-    out.extend_from_slice(b"]}");
-    Ok(json_response(out))
+    Ok((input.stream.map(Cow::into_owned), data, ends))
 }
 
 #[derive(Deserialize)]

@@ -60,12 +60,19 @@ async fn accept(
         }
         lines.push(line);
     }
-    let taken = stream
-        .accept(&lines, now_ms(), state.pipeline.backpressure_wait)
+    let admission = stream
+        .admit(&lines, now_ms(), state.pipeline.backpressure_wait)
+        .await
+        .map_err(|error| super::firehose::spool_unavailable(stream_name, &error))?;
+    let offered = lines.len();
+    drop(lines);
+    drop(body);
+    let taken = admission
+        .durable()
         .await
         .map_err(|error| super::firehose::spool_unavailable(stream_name, &error))?
         .count;
-    let (status, body) = if taken == lines.len() {
+    let (status, body) = if taken == offered {
         (StatusCode::OK, json!({ "accepted": taken }))
     } else {
         (

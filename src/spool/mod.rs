@@ -83,6 +83,28 @@ pub struct Appended {
     pub accepted: usize,
 }
 
+/// Records queued for a group write, not yet known to be durable.
+#[derive(Debug)]
+pub struct Enqueued {
+    /// What was queued.
+    pub appended: Appended,
+    done: Option<watch::Receiver<writer::GroupResult>>,
+}
+
+impl Enqueued {
+    /// Waits until the queued records are durable (or their write failed).
+    pub async fn durable(self) -> Result<(), SpoolError> {
+        let Some(mut done) = self.done else {
+            return Ok(());
+        };
+        done.wait_for(Option::is_some)
+            .await
+            .map_err(|_| SpoolError::Closed)?
+            .clone()
+            .unwrap_or(Err(SpoolError::Closed))
+    }
+}
+
 /// One stream's spool.
 #[derive(Debug)]
 pub struct StreamSpool {
@@ -114,10 +136,12 @@ struct CachedGroup {
     first_seq: u64,
     records: u64,
     data: bytes::Bytes,
+    /// Bytes of memory it holds (its buffer's capacity).
+    held: usize,
 }
 
 /// Most bytes of written groups kept in memory for the reader.
-const TAIL_CACHE_BYTES: usize = 16 << 20;
+const TAIL_CACHE_BYTES: usize = 4 << 20;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -208,48 +232,54 @@ impl StreamSpool {
     /// under the fsync policy. Records that would take the spool past its size limit are not
     /// taken: `accepted` says how many were.
     pub async fn append(&self, records: &[&[u8]], arrival_ms: i64) -> Result<Appended, SpoolError> {
-        let (first_seq, accepted, mut done) = {
-            let mut state = lock(&self.writer);
-            if state.shutdown {
-                return Err(SpoolError::Closed);
+        let enqueued = self.enqueue(records, arrival_ms)?;
+        let appended = enqueued.appended;
+        enqueued.durable().await?;
+        Ok(appended)
+    }
+
+    /// Queues `records` for the next group write without waiting: the caller may drop its
+    /// copy of the records, then wait for [`Enqueued::durable`] before acknowledging them.
+    pub fn enqueue(&self, records: &[&[u8]], arrival_ms: i64) -> Result<Enqueued, SpoolError> {
+        let mut state = lock(&self.writer);
+        if state.shutdown {
+            return Err(SpoolError::Closed);
+        }
+        let budget = self
+            .settings
+            .max_bytes
+            .saturating_sub(self.disk_bytes() + state.pending_bytes);
+        let first_seq = state.next_seq;
+        let mut used = 0u64;
+        let mut accepted = 0;
+        for record in records {
+            let len = frame::frame_len(record.len()) as u64;
+            if used + len > budget {
+                break;
             }
-            let budget = self
-                .settings
-                .max_bytes
-                .saturating_sub(self.disk_bytes() + state.pending_bytes);
-            let first_seq = state.next_seq;
-            let mut used = 0u64;
-            let mut accepted = 0;
-            for record in records {
-                let len = frame::frame_len(record.len()) as u64;
-                if used + len > budget {
-                    break;
-                }
-                frame::encode(state.next_seq, arrival_ms, record, &mut state.group.buf);
-                state.next_seq += 1;
-                state.group.records += 1;
-                used += len;
-                accepted += 1;
-            }
-            if accepted == 0 {
-                return Ok(Appended {
-                    first_seq,
-                    accepted,
-                });
-            }
-            state.pending_bytes += used;
-            (first_seq, accepted, state.group.done.subscribe())
-        };
-        self.wake_flusher.notify_one();
-        let result = done
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| SpoolError::Closed)?
-            .clone()
-            .expect("waited for Some");
-        result.map(|()| Appended {
+            frame::encode(state.next_seq, arrival_ms, record, &mut state.group.buf);
+            state.next_seq += 1;
+            state.group.records += 1;
+            used += len;
+            accepted += 1;
+        }
+        let appended = Appended {
             first_seq,
             accepted,
+        };
+        if accepted == 0 {
+            return Ok(Enqueued {
+                appended,
+                done: None,
+            });
+        }
+        state.pending_bytes += used;
+        let done = state.group.done.subscribe();
+        drop(state);
+        self.wake_flusher.notify_one();
+        Ok(Enqueued {
+            appended,
+            done: Some(done),
         })
     }
 
@@ -283,23 +313,21 @@ impl StreamSpool {
     }
 
     /// Keeps a just-written group in memory for the reader, within the cache's budget.
-    fn cache_group(&self, first_seq: u64, records: u64, data: bytes::Bytes) {
+    fn cache_group(&self, first_seq: u64, records: u64, buf: Vec<u8>) {
+        let held = buf.capacity();
         let mut tail = lock(&self.tail);
-        let len = data.len();
         tail.push_back(CachedGroup {
             first_seq,
             records,
-            data,
+            data: buf.into(),
+            held,
         });
-        let mut total = self.tail_bytes.fetch_add(len, Ordering::AcqRel) + len;
+        let mut total = self.tail_bytes.fetch_add(held, Ordering::AcqRel) + held;
         while total > TAIL_CACHE_BYTES {
             let Some(dropped) = tail.pop_front() else {
                 break;
             };
-            total = self
-                .tail_bytes
-                .fetch_sub(dropped.data.len(), Ordering::AcqRel)
-                - dropped.data.len();
+            total = self.tail_bytes.fetch_sub(dropped.held, Ordering::AcqRel) - dropped.held;
         }
     }
 

@@ -99,7 +99,7 @@ impl SpoolReader {
                 let dropped = tail.pop_front().expect("checked front");
                 self.spool
                     .tail_bytes
-                    .fetch_sub(dropped.data.len(), Ordering::AcqRel);
+                    .fetch_sub(dropped.held, Ordering::AcqRel);
             }
         }
         let group = tail

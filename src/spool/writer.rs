@@ -143,7 +143,7 @@ impl Flusher<'_> {
                     last.bytes = self.file_bytes;
                 }
                 lock(&self.spool.writer).pending_bytes -= len;
-                let data = std::mem::take(&mut group.buf).into();
+                let data = std::mem::take(&mut group.buf);
                 self.spool.cache_group(group.first_seq, group.records, data);
                 self.spool.written.send_replace(end_seq);
                 match self.spool.settings.fsync {
