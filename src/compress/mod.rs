@@ -1,12 +1,15 @@
 //! Whole-object compression, done in independent chunks so that one object is compressed on
 //! every core at once while its records are still arriving.
 //!
-//! A gzip object is one gzip member (readable by every gzip reader, not only multi-member
+//! A zstd object is a sequence of zstd frames and a Snappy object a sequence of framed
+//! chunks, both valid streams by their formats' definitions. A gzip object is one gzip member (readable by every gzip reader, not only multi-member
 //! aware ones): each chunk is raw DEFLATE ending in a sync flush, the chunks are
 //! concatenated, an empty final block closes the stream, and the trailer's CRC-32 is
 //! combined from the chunks' CRCs. This is how `pigz` parallelises gzip.
 
 mod gzip;
+mod snappy;
+mod zstd;
 
 use bytes::Bytes;
 
@@ -33,6 +36,13 @@ pub enum Codec {
         /// zlib compression level.
         level: u32,
     },
+    /// zstd at `level` (1–19).
+    Zstd {
+        /// zstd compression level.
+        level: i32,
+    },
+    /// Snappy, framing format.
+    Snappy,
 }
 
 impl Codec {
@@ -43,6 +53,10 @@ impl Codec {
             Compression::Gzip => Codec::Gzip {
                 level: level.unwrap_or(6),
             },
+            Compression::Zstd => Codec::Zstd {
+                level: level.map_or(3, |l| l as i32),
+            },
+            Compression::Snappy => Codec::Snappy,
         }
     }
 
@@ -60,13 +74,17 @@ impl Codec {
                 data: Bytes::from(raw),
             },
             Codec::Gzip { level } => gzip::compress_chunk(&raw, level),
+            Codec::Zstd { level } => zstd::compress_chunk(&raw, level),
+            Codec::Snappy => snappy::compress_chunk(&raw),
         }
     }
 
     /// The object body from its chunks, in order, without copying them.
     pub fn assemble(self, chunks: Vec<CompressedChunk>) -> Vec<Bytes> {
         match self {
-            Codec::None => chunks.into_iter().map(|c| c.data).collect(),
+            Codec::None | Codec::Zstd { .. } | Codec::Snappy => {
+                chunks.into_iter().map(|c| c.data).collect()
+            }
             Codec::Gzip { .. } => gzip::assemble(chunks),
         }
     }
@@ -76,6 +94,8 @@ impl Codec {
         match self {
             Codec::None => "",
             Codec::Gzip { .. } => ".gz",
+            Codec::Zstd { .. } => ".zst",
+            Codec::Snappy => ".snappy",
         }
     }
 
@@ -84,6 +104,18 @@ impl Codec {
         match self {
             Codec::None => None,
             Codec::Gzip { .. } => Some("gzip"),
+            Codec::Zstd { .. } => Some("zstd"),
+            Codec::Snappy => Some("x-snappy-framed"),
+        }
+    }
+
+    /// The name `DescribeDeliveryStream` reports, Firehose's where it has one.
+    pub fn format_name(self) -> &'static str {
+        match self {
+            Codec::None => "UNCOMPRESSED",
+            Codec::Gzip { .. } => "GZIP",
+            Codec::Zstd { .. } => "ZSTD",
+            Codec::Snappy => "Snappy",
         }
     }
 }

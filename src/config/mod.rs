@@ -111,7 +111,7 @@ pub struct StreamConfig {
     /// Compression of whole objects. Default `none`.
     #[serde(default)]
     pub compression: Compression,
-    /// Codec level (gzip: 0–9, default 6).
+    /// Codec level (gzip: 0–9, default 6; zstd: 1–19, default 3; snappy has none).
     #[serde(default)]
     pub compression_level: Option<Spanned<u32>>,
     /// Where batches are delivered.
@@ -169,6 +169,10 @@ pub enum Compression {
     None,
     /// gzip (RFC 1952), `.gz` extension.
     Gzip,
+    /// zstd (RFC 8878), `.zst` extension.
+    Zstd,
+    /// Snappy framing format, `.snappy` extension.
+    Snappy,
 }
 
 /// Where a stream's batches go.

@@ -101,6 +101,18 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
                 ),
             )),
             Compression::Gzip => {}
+            Compression::Zstd if !(1..=19).contains(&level.value) => problems.push(at(
+                level,
+                format!(
+                    "stream `{name}`: zstd `compression_level` must be between 1 and 19, got {}",
+                    level.value
+                ),
+            )),
+            Compression::Zstd => {}
+            Compression::Snappy => problems.push(at(
+                level,
+                format!("stream `{name}`: snappy has no `compression_level`"),
+            )),
         }
     }
     let layout = stream.destination.layout();
