@@ -8,7 +8,7 @@
 //! runs, over the last three quarters of the run (the first quarter fills the buffers); the
 //! end-to-end figure also counts draining the last, partly filled batch.
 
-mod corpus;
+pub mod corpus;
 mod driver;
 mod service;
 
