@@ -284,6 +284,9 @@ impl Pipeline {
             tasks.push(tokio::spawn(delivery.run()));
             streams.insert(name, Arc::new(stream));
         }
+        if fsync.is_some() {
+            warn_about_orphaned_spools(&spool_root, &streams);
+        }
         let mut sorted_names: Vec<String> = streams.keys().cloned().collect();
         sorted_names.sort();
         Ok(Self {
@@ -336,6 +339,37 @@ impl Pipeline {
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for task in tasks {
             let _ = task.await;
+        }
+    }
+}
+
+/// Spool directories of streams no longer configured may still hold accepted records: say
+/// so at every start, so they are never dropped without a trace.
+fn warn_about_orphaned_spools(root: &Path, streams: &HashMap<String, Arc<DeliveryStream>>) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if streams.contains_key(&name) || !entry.path().is_dir() {
+            continue;
+        }
+        let spooled: u64 = std::fs::read_dir(entry.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|f| f.path().extension().is_some_and(|e| e == "seg"))
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        if spooled > 0 {
+            tracing::warn!(
+                stream = %name,
+                spool = %entry.path().display(),
+                spooled_bytes = spooled,
+                "the spool holds records of a stream that is no longer configured; add the \
+                 stream back to deliver them, or delete the directory to discard them"
+            );
         }
     }
 }

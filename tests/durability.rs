@@ -427,3 +427,30 @@ async fn batches_go_to_the_error_output_after_the_retry_duration_and_the_checkpo
     assert_eq!(s3.keys("s3-failed/").await.len(), 1);
     drop(forwarder);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_a_stream_removed_from_the_configuration_are_reported_at_start() {
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let streams = format!(
+        "kept:\n  destination:\n    local: {{ path: out }}\n{}",
+        streams("gone-bucket", &down).replace("durable:", "gone:")
+    );
+    let hydrant = Hydrant::start_full("", &streams, &[]);
+    hydrant.put_all("gone", &[record("orphan")]).await;
+    let dir = hydrant.kill();
+    let hydrant = Hydrant::start_in(
+        dir,
+        "",
+        "kept:\n  destination:\n    local: { path: out }\n",
+        &[],
+    );
+    let log = hydrant
+        .wait_for_log("no longer configured", Duration::from_secs(10))
+        .await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("no longer configured"))
+        .unwrap();
+    assert!(line.contains("stream=gone"), "{line}");
+    assert!(line.contains("hydrant-spool/gone"), "{line}");
+}
