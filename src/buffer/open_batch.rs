@@ -9,8 +9,21 @@ use tokio::time::Instant;
 
 use super::IngestCapacity;
 use crate::compress::{Codec, CompressedChunk};
-use crate::encode::RecordFramer;
+use crate::encode::{ConversionError, RecordFramer};
 use crate::spool::SeqRange;
+
+/// A record the stream's format could not take; it goes to the error output.
+#[derive(Debug, Clone)]
+pub struct FailedRecord {
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it arrived (Unix ms).
+    pub arrival_ms: i64,
+    /// The record as sent.
+    pub data: Vec<u8>,
+    /// Why it could not be written.
+    pub error: ConversionError,
+}
 
 #[derive(Debug)]
 enum ChunkSlot {
@@ -29,6 +42,7 @@ pub(super) struct OpenBatch {
     oldest: Option<(i64, Instant)>,
     first_seq: u64,
     last_seq: u64,
+    failed: Vec<FailedRecord>,
 }
 
 impl OpenBatch {
@@ -42,6 +56,7 @@ impl OpenBatch {
             oldest: None,
             first_seq: 0,
             last_seq: 0,
+            failed: Vec::new(),
         }
     }
 
@@ -80,8 +95,18 @@ impl OpenBatch {
         }
         self.last_seq = seq;
         let before = self.pending.len();
-        framer.append(record, &mut self.pending);
-        self.raw_len += self.pending.len() - before;
+        match framer.frame(record, &mut self.pending) {
+            Ok(()) => self.raw_len += self.pending.len() - before,
+            Err(error) => {
+                self.raw_len += record.len();
+                self.failed.push(FailedRecord {
+                    seq,
+                    arrival_ms,
+                    data: record.to_vec(),
+                    error,
+                });
+            }
+        }
         self.records += 1;
         if self.pending.len() >= self.chunk_size {
             self.dispatch_pending(codec, capacity);
@@ -130,6 +155,7 @@ impl OpenBatch {
                 last: self.last_seq,
             },
             replayed,
+            failed: self.failed,
         }
     }
 }
@@ -144,6 +170,7 @@ pub struct SealedBatch {
     oldest_arrival_ms: i64,
     range: SeqRange,
     replayed: bool,
+    failed: Vec<FailedRecord>,
 }
 
 /// A batch whose body could not be produced.
@@ -170,6 +197,11 @@ impl SealedBatch {
     /// Sequence numbers of its first and last records.
     pub fn range(&self) -> SeqRange {
         self.range
+    }
+
+    /// Takes out the records the format could not take (they are not in the body).
+    pub fn take_failed(&mut self) -> Vec<FailedRecord> {
+        std::mem::take(&mut self.failed)
     }
 
     /// Whether this batch rebuilds one journaled before a restart.

@@ -102,7 +102,7 @@ pub struct StreamConfig {
     /// When a batch is flushed.
     #[serde(default)]
     pub buffer: BufferConfig,
-    /// How records are written into an object. Default `raw`.
+    /// How records are written into an object: `raw` (default) or `ndjson`.
     #[serde(default)]
     pub format: Format,
     /// What separates records inside an object. Default `newline`.
@@ -147,6 +147,9 @@ pub enum Format {
     /// Record bytes as sent, followed by the record delimiter.
     #[default]
     Raw,
+    /// Each record must be one JSON value; written as one line. Records that are not go to
+    /// the `format-conversion-failed` error output.
+    Ndjson,
 }
 
 /// Separator written after each record.

@@ -87,6 +87,14 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
             ),
         ));
     }
+    if stream.format == super::Format::Ndjson
+        && stream.record_delimiter == super::RecordDelimiter::None
+    {
+        problems.push(ConfigProblem::at(
+            Location::UNKNOWN,
+            format!("stream `{name}`: `format: ndjson` writes one record per line; remove `record_delimiter: none`"),
+        ));
+    }
     if let Some(level) = &stream.compression_level {
         match stream.compression {
             Compression::None => problems.push(at(

@@ -12,10 +12,14 @@ use hydrant_sinks::prelude::*;
 
 use super::DeliveryLoop;
 use super::object_key::batch_seed;
+use crate::buffer::FailedRecord;
 use crate::spool::{SeqRange, StreamSpool};
 
 /// `!{firehose:error-output-type}` of records an object store refused.
 pub const OBJECT_STORE_FAILED: &str = "s3-failed";
+
+/// `!{firehose:error-output-type}` of records the stream's format could not take.
+pub const FORMAT_CONVERSION_FAILED: &str = "format-conversion-failed";
 
 /// One error record per input record, as JSON lines.
 pub fn error_lines(
@@ -40,7 +44,89 @@ pub fn error_lines(
     out
 }
 
+/// One error record per record the format could not take, as JSON lines.
+pub fn conversion_failure_lines(failed: &[FailedRecord], ended_ms: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for record in failed {
+        let line = serde_json::json!({
+            "attemptsMade": 1,
+            "arrivalTimestamp": record.arrival_ms,
+            "errorCode": record.error.code,
+            "errorMessage": record.error.message,
+            "attemptEndingTimestamp": ended_ms,
+            "rawData": base64::engine::general_purpose::STANDARD.encode(&record.data),
+        });
+        let _ = serde_json::to_writer(&mut out, &line);
+        let _ = out.write_all(b"\n");
+    }
+    out
+}
+
 impl DeliveryLoop {
+    /// Writes the records of batch `range` that the format could not take to the
+    /// `format-conversion-failed` error output, retrying until the destination takes them.
+    pub(super) async fn write_conversion_failures(
+        &self,
+        failed: &[FailedRecord],
+        range: SeqRange,
+        oldest: DateTime<Utc>,
+        mode: WriteMode,
+    ) {
+        let mut rng = match &self.spool {
+            Some(spool) => fastrand::Rng::with_seed(batch_seed(
+                spool.incarnation() ^ 0x666f_726d_6174,
+                range.first,
+                range.last,
+            )),
+            None => fastrand::Rng::new(),
+        };
+        let object = EncodedObject {
+            key: self
+                .error_keys
+                .key_with_type(oldest, &mut rng, FORMAT_CONVERSION_FAILED),
+            parts: vec![Bytes::from(conversion_failure_lines(
+                failed,
+                Utc::now().timestamp_millis(),
+            ))],
+            content_type: "application/x-ndjson",
+            content_encoding: None,
+        };
+        self.put_error_object(&object, mode).await;
+        self.counters
+            .conversion_failures
+            .fetch_add(failed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            stream = %self.stream,
+            key = %object.key,
+            records = failed.len(),
+            first_error = %failed[0].error.message,
+            "records the format could not take were written to the error output"
+        );
+    }
+
+    /// Writes an error output object, retrying until the destination takes it.
+    async fn put_error_object(&self, object: &EncodedObject, mode: WriteMode) {
+        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        loop {
+            match self.sink.put(object, mode).await {
+                Ok(()) => return,
+                Err(e) if e.kind == SinkErrorKind::AlreadyExists => return,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        stream = %self.stream,
+                        key = %e.target,
+                        code = e.kind.code(),
+                        reason = %e.reason,
+                        attempt = backoff.attempts(),
+                        "error output write failed; will retry"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
     /// Writes the batch `range` to the error output, retrying until the destination takes
     /// it, then advances the checkpoint past it.
     pub(super) async fn write_error_output(
@@ -73,24 +159,7 @@ impl DeliveryLoop {
             content_type: "application/x-ndjson",
             content_encoding: None,
         };
-        loop {
-            match self.sink.put(&object, WriteMode::CreateOnly).await {
-                Ok(()) => break,
-                Err(e) if e.kind == SinkErrorKind::AlreadyExists => break,
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(
-                        stream = %self.stream,
-                        key = %e.target,
-                        code = e.kind.code(),
-                        reason = %e.reason,
-                        attempt = backoff.attempts(),
-                        "error output write failed; will retry"
-                    );
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+        self.put_error_object(&object, WriteMode::CreateOnly).await;
         tracing::warn!(
             stream = %self.stream,
             key = %object.key,

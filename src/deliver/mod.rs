@@ -5,7 +5,7 @@ pub mod object_key;
 
 mod error_output;
 
-pub use error_output::OBJECT_STORE_FAILED;
+pub use error_output::{FORMAT_CONVERSION_FAILED, OBJECT_STORE_FAILED};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +16,7 @@ use hydrant_sinks::prelude::*;
 use tokio::time::Instant;
 
 use crate::buffer::{SealedBatch, StreamBuffer};
-use crate::spool::StreamSpool;
+use crate::spool::{SeqRange, StreamSpool};
 use object_key::{ObjectKeyBuilder, batch_seed};
 
 /// Running totals of one stream's deliveries, for logs and `DescribeDeliveryStream`.
@@ -28,6 +28,8 @@ pub struct DeliveryCounters {
     pub objects: AtomicU64,
     /// Failed write attempts.
     pub failed_attempts: AtomicU64,
+    /// Records sent to the `format-conversion-failed` error output.
+    pub conversion_failures: AtomicU64,
     /// Records of the batch being written right now.
     pub in_flight_records: AtomicU64,
 }
@@ -71,7 +73,7 @@ impl DeliveryLoop {
         tracing::debug!(stream = %self.stream, "delivery loop drained and stopped");
     }
 
-    async fn deliver(&self, batch: SealedBatch) {
+    async fn deliver(&self, mut batch: SealedBatch) {
         let records = batch.records();
         let raw_len = batch.raw_len();
         self.counters
@@ -80,6 +82,7 @@ impl DeliveryLoop {
         let oldest = DateTime::<Utc>::from_timestamp_millis(batch.oldest_arrival_ms())
             .unwrap_or_else(Utc::now);
         let range = batch.range();
+        let failed = batch.take_failed();
         let parts = match batch.into_body().await {
             Ok(parts) => parts,
             Err(failure) => {
@@ -101,17 +104,51 @@ impl DeliveryLoop {
             content_type: self.content_type,
             content_encoding: self.content_encoding,
         };
-        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
-        let give_up_at = Instant::now() + self.retry_duration;
         if let Some(spool) = &self.spool {
+            let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
             while let Err(error) = spool.record_sealed(range).await {
                 let delay = backoff.next_delay();
                 tracing::error!(stream = %self.stream, key = %object.key, "cannot journal the batch before writing it; will retry: {error}");
                 tokio::time::sleep(delay).await;
             }
         }
+        if !failed.is_empty() {
+            self.write_conversion_failures(&failed, range, oldest, mode)
+                .await;
+        }
+        let good = records - failed.len() as u64;
+        if good > 0
+            && !self
+                .write_object(&object, mode, range, oldest, good, raw_len)
+                .await
+        {
+            // Sent to the error output, which moved the checkpoint on.
+            self.counters.in_flight_records.store(0, Ordering::Relaxed);
+            return;
+        }
+        if let Some(spool) = &self.spool
+            && let Err(error) = spool.record_delivered(range)
+        {
+            tracing::error!(stream = %self.stream, key = %object.key, "cannot advance the checkpoint (the batch will be checked again after a restart): {error}");
+        }
+        self.counters.in_flight_records.store(0, Ordering::Relaxed);
+    }
+
+    /// Writes `object` until the destination confirms (`true`), or, with a spool, until
+    /// the retry duration runs out and the batch went to the error output (`false`).
+    async fn write_object(
+        &self,
+        object: &EncodedObject,
+        mode: WriteMode,
+        range: SeqRange,
+        oldest: DateTime<Utc>,
+        records: u64,
+        raw_len: usize,
+    ) -> bool {
+        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        let give_up_at = Instant::now() + self.retry_duration;
         loop {
-            let outcome = match self.sink.put(&object, mode).await {
+            let outcome = match self.sink.put(object, mode).await {
                 Err(error) if error.kind == SinkErrorKind::AlreadyExists => {
                     tracing::info!(
                         stream = %self.stream,
@@ -124,14 +161,8 @@ impl DeliveryLoop {
                 }
                 other => other,
             };
-            match outcome {
+            let error = match outcome {
                 Ok(()) => {
-                    if let Some(spool) = &self.spool
-                        && let Err(error) = spool.record_delivered(range)
-                    {
-                        tracing::error!(stream = %self.stream, key = %object.key, "cannot advance the checkpoint (the batch will be checked again after a restart): {error}");
-                    }
-                    self.counters.in_flight_records.store(0, Ordering::Relaxed);
                     self.counters.records.fetch_add(records, Ordering::Relaxed);
                     self.counters.objects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
@@ -146,49 +177,47 @@ impl DeliveryLoop {
                         attempts = backoff.attempts() + 1,
                         "delivered object"
                     );
-                    return;
+                    return true;
                 }
-                Err(error) => {
-                    self.counters
-                        .failed_attempts
-                        .fetch_add(1, Ordering::Relaxed);
-                    if let Some(spool) = &self.spool
-                        && Instant::now() >= give_up_at
-                    {
-                        let attempts = backoff.attempts() + 1;
-                        tracing::error!(
-                            stream = %self.stream,
-                            key = %object.key,
-                            code = error.kind.code(),
-                            reason = %error.reason,
-                            attempts,
-                            records,
-                            "retry duration exhausted; sending the batch to the error output"
-                        );
-                        self.write_error_output(spool, range, oldest, &error, attempts)
-                            .await;
-                        self.counters.in_flight_records.store(0, Ordering::Relaxed);
-                        return;
-                    }
-                    let mut delay = backoff.next_delay();
-                    if self.spool.is_some() {
-                        let left = give_up_at.saturating_duration_since(Instant::now());
-                        delay = delay.min(left.max(Duration::from_millis(10)));
-                    }
-                    tracing::warn!(
-                        stream = %self.stream,
-                        destination = %error.destination,
-                        key = %error.target,
-                        code = error.kind.code(),
-                        reason = %error.reason,
-                        attempt = backoff.attempts(),
-                        retry_in_ms = delay.as_millis() as u64,
-                        records,
-                        "object write failed; will retry"
-                    );
-                    tokio::time::sleep(delay).await;
-                }
+                Err(error) => error,
+            };
+            self.counters
+                .failed_attempts
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(spool) = &self.spool
+                && Instant::now() >= give_up_at
+            {
+                let attempts = backoff.attempts() + 1;
+                tracing::error!(
+                    stream = %self.stream,
+                    key = %object.key,
+                    code = error.kind.code(),
+                    reason = %error.reason,
+                    attempts,
+                    records,
+                    "retry duration exhausted; sending the batch to the error output"
+                );
+                self.write_error_output(spool, range, oldest, &error, attempts)
+                    .await;
+                return false;
             }
+            let mut delay = backoff.next_delay();
+            if self.spool.is_some() {
+                let left = give_up_at.saturating_duration_since(Instant::now());
+                delay = delay.min(left.max(Duration::from_millis(10)));
+            }
+            tracing::warn!(
+                stream = %self.stream,
+                destination = %error.destination,
+                key = %error.target,
+                code = error.kind.code(),
+                reason = %error.reason,
+                attempt = backoff.attempts(),
+                retry_in_ms = delay.as_millis() as u64,
+                records,
+                "object write failed; will retry"
+            );
+            tokio::time::sleep(delay).await;
         }
     }
 }

@@ -281,9 +281,19 @@ impl ObjectKeyBuilder {
     /// from `rng`: seeded from the object's record range, the same batch always gets the
     /// same key, which is what makes a replayed write detectable.
     pub fn key(&self, oldest: DateTime<Utc>, rng: &mut fastrand::Rng) -> String {
+        self.key_with_type(oldest, rng, self.error_type)
+    }
+
+    /// Like [`key`](Self::key), for an error output object of type `error_type`.
+    pub fn key_with_type(
+        &self,
+        oldest: DateTime<Utc>,
+        rng: &mut fastrand::Rng,
+        error_type: &str,
+    ) -> String {
         let mut key = String::with_capacity(96 + self.stream.len());
         self.prefix
-            .render_error_into(oldest, rng, self.error_type, &mut key);
+            .render_error_into(oldest, rng, error_type, &mut key);
         if !self.prefix.has_expressions() {
             let _ = write!(
                 key,

@@ -1,11 +1,22 @@
-//! How records are laid out inside an object.
+//! How records are laid out inside an object, and which records cannot be.
 
 use crate::config::{Format, RecordDelimiter};
+
+/// Why a record could not be written in the stream's format; it goes to the
+/// `format-conversion-failed` error output instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversionError {
+    /// Firehose-style error code.
+    pub code: &'static str,
+    /// What is wrong with the record.
+    pub message: String,
+}
 
 /// Writes records into an object body according to the stream's format.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordFramer {
     newline: bool,
+    json: bool,
 }
 
 impl RecordFramer {
@@ -14,13 +25,43 @@ impl RecordFramer {
         match format {
             Format::Raw => Self {
                 newline: delimiter == RecordDelimiter::Newline,
+                json: false,
+            },
+            Format::Ndjson => Self {
+                newline: true,
+                json: true,
             },
         }
     }
 
-    /// Bytes `record` takes once framed.
+    /// Appends `record` in the stream's format, or says why it cannot be. With `ndjson`, the
+    /// record must be exactly one JSON value; it is written on one line (line breaks between
+    /// tokens are dropped: inside JSON strings they can only appear escaped, so this never
+    /// changes a value).
+    pub fn frame(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), ConversionError> {
+        if !self.json {
+            self.append(record, out);
+            return Ok(());
+        }
+        if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(record) {
+            return Err(ConversionError {
+                code: "DataFormatConversion.ParseError",
+                message: format!("the record is not one JSON value: {error}"),
+            });
+        }
+        out.extend(
+            record
+                .iter()
+                .copied()
+                .filter(|b| !matches!(b, b'\n' | b'\r')),
+        );
+        out.push(b'\n');
+        Ok(())
+    }
+
+    /// Bytes `record` takes once framed (at most).
     pub fn framed_len(&self, record: &[u8]) -> usize {
-        record.len() + usize::from(self.needs_newline(record))
+        record.len() + usize::from(self.json || self.needs_newline(record))
     }
 
     /// Appends `record` to `out`, adding `\n` when the delimiter is `newline` and the record
@@ -63,6 +104,38 @@ mod tests {
             });
         }
         assert_eq!(out, b"{\"a\":1}\n{\"b\":2}\n\n");
+    }
+
+    #[test]
+    fn ndjson_takes_one_json_value_per_record_and_writes_it_on_one_line() {
+        let framer = RecordFramer::new(Format::Ndjson, RecordDelimiter::Newline);
+        let mut out = Vec::new();
+        for record in [
+            &b"{\"a\":1}"[..],
+            b"{\n  \"b\": [1,\r\n 2]\n}\n",
+            b"\"text with \\n escaped\"",
+            b"42",
+        ] {
+            framer.frame(record, &mut out).unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "{\"a\":1}\n{  \"b\": [1, 2]}\n\"text with \\n escaped\"\n42\n"
+        );
+        for bad in [&b"not json"[..], b"", b"{\"a\":1} {\"b\":2}", b"{\"a\":"] {
+            let error = framer.frame(bad, &mut out).unwrap_err();
+            assert_eq!(error.code, "DataFormatConversion.ParseError");
+            assert!(
+                error
+                    .message
+                    .starts_with("the record is not one JSON value")
+            );
+        }
+        assert_eq!(
+            out.iter().filter(|b| **b == b'\n').count(),
+            4,
+            "failures write nothing"
+        );
     }
 
     #[test]

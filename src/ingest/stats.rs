@@ -27,6 +27,7 @@ pub(super) async fn handle(State(state): State<ApiState>, Path(name): Path<Strin
         "delivered_records": counters.records.load(Ordering::Relaxed),
         "delivered_objects": counters.objects.load(Ordering::Relaxed),
         "failed_attempts": counters.failed_attempts.load(Ordering::Relaxed),
+        "conversion_failures": counters.conversion_failures.load(Ordering::Relaxed),
     }))
     .into_response()
 }
