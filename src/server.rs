@@ -36,6 +36,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         request_slots: Arc::new(Semaphore::new(
             config.server.max_concurrent_requests.value as usize,
         )),
+        request_memory: Arc::new(Semaphore::new(
+            config.server.max_request_memory_mib.value as usize * 1024 * 1024,
+        )),
     };
     tracing::info!(
         streams = pipeline.sorted_names().join(","),

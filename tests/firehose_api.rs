@@ -312,6 +312,15 @@ async fn ndjson_endpoint_takes_one_record_per_line() {
     assert_eq!((s, a), (200, json!({ "accepted": 3 })));
     let (s, a) = hydrant.post_ndjson("missing", "{}\n").await;
     assert_error(s, &a, 400, "ResourceNotFoundException", &["missing"]);
+    let too_many = "{}\n".repeat(50_001);
+    let (s, a) = hydrant.post_ndjson("events", &too_many).await;
+    assert_error(
+        s,
+        &a,
+        400,
+        "ValidationException",
+        &["more than 50000 records"],
+    );
     let huge = format!("{{}}\n{}\n", "x".repeat(1_024_001));
     let (s, a) = hydrant.post_ndjson("events", &huge).await;
     assert_error(s, &a, 400, "ValidationException", &["line 2", "1024000"]);

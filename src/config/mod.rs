@@ -36,6 +36,10 @@ pub struct ServerConfig {
     /// bodies (each at most ~6 MiB). Default 64.
     #[serde(default = "default_max_concurrent_requests")]
     pub max_concurrent_requests: Spanned<u32>,
+    /// Memory request bodies may hold at once, in MiB: a request waits for its share (twice
+    /// its body: the body and the decoded records) before it is read. Default 256.
+    #[serde(default = "default_max_request_memory_mib")]
+    pub max_request_memory_mib: Spanned<u32>,
     /// How long a put waits for buffer space when a stream's buffers are full before the
     /// record is refused with `ServiceUnavailableException` ("Slow down."). Default 2000.
     #[serde(default = "default_backpressure_wait_ms")]
@@ -47,6 +51,7 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             max_concurrent_requests: default_max_concurrent_requests(),
+            max_request_memory_mib: default_max_request_memory_mib(),
             backpressure_wait_ms: default_backpressure_wait_ms(),
         }
     }
@@ -344,6 +349,9 @@ fn default_listen() -> Spanned<String> {
 fn default_max_concurrent_requests() -> Spanned<u32> {
     spanned(64)
 }
+fn default_max_request_memory_mib() -> Spanned<u32> {
+    spanned(256)
+}
 fn default_backpressure_wait_ms() -> u64 {
     2000
 }
@@ -382,6 +390,7 @@ mod tests {
         let config = parse("streams:\n  s:\n    destination:\n      s3: { bucket: b }\n");
         assert_eq!(config.server.listen.value, "127.0.0.1:4573");
         assert_eq!(config.server.max_concurrent_requests.value, 64);
+        assert_eq!(config.server.max_request_memory_mib.value, 256);
         assert_eq!(config.server.backpressure_wait_ms, 2000);
         let (name, stream) = config.streams.iter().next().unwrap();
         assert_eq!(name.value, "s");

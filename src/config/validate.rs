@@ -21,6 +21,15 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             ),
         ));
     }
+    if server.max_request_memory_mib.value < 40 {
+        problems.push(at(
+            &server.max_request_memory_mib,
+            format!(
+                "`max_request_memory_mib` must be at least 40 (two of the largest request bodies), got {}",
+                server.max_request_memory_mib.value
+            ),
+        ));
+    }
     if server.max_concurrent_requests.value == 0 {
         problems.push(at(
             &server.max_concurrent_requests,

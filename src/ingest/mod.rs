@@ -28,8 +28,11 @@ pub const AMZ_JSON: &str = "application/x-amz-json-1.1";
 pub struct ApiState {
     /// The running streams.
     pub pipeline: Arc<Pipeline>,
-    /// Bounds requests processed at once (and so memory held in request bodies).
+    /// Bounds requests processed at once.
     pub request_slots: Arc<Semaphore>,
+    /// Bytes of request memory available (one permit per byte): bounds what request bodies
+    /// hold at once, whatever the number of connections.
+    pub request_memory: Arc<Semaphore>,
 }
 
 /// The API's routes.
@@ -43,10 +46,20 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Holds a request slot while the request is processed, and tags every answer with a
-/// request id as AWS services do.
+/// Holds a request slot and the request's share of request memory while it is processed,
+/// and tags every answer with a request id as AWS services do.
 async fn limit_and_tag(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let _slot = state.request_slots.acquire().await;
+    // The body and the records decoded from it; without a length, assume the largest body.
+    let body_bytes = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(record_limits::MAX_NDJSON_BODY_BYTES)
+        .min(record_limits::MAX_NDJSON_BODY_BYTES);
+    let share = u32::try_from((2 * body_bytes).max(4096)).unwrap_or(u32::MAX);
+    let _memory = state.request_memory.acquire_many(share).await;
     let mut response = next.run(request).await;
     let id = format!("{:032x}", fastrand::u128(..));
     if let Ok(value) = HeaderValue::from_str(&id) {

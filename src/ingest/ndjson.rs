@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::aws_error::{AwsError, AwsErrorType};
-use super::record_limits::{MAX_NDJSON_BODY_BYTES, MAX_RECORD_BYTES};
+use super::record_limits::{MAX_NDJSON_BODY_BYTES, MAX_NDJSON_RECORDS, MAX_RECORD_BYTES};
 use super::stream_name::check_stream_name;
 use super::{ApiState, now_ms};
 
@@ -55,6 +55,14 @@ async fn accept(
                     "line {} is {} bytes; a record may be at most {MAX_RECORD_BYTES} bytes",
                     number + 1,
                     line.len()
+                ),
+            ));
+        }
+        if lines.len() == MAX_NDJSON_RECORDS {
+            return Err(AwsError::new(
+                AwsErrorType::Validation,
+                format!(
+                    "the body holds more than {MAX_NDJSON_RECORDS} records; send at most {MAX_NDJSON_RECORDS} lines per request"
                 ),
             ));
         }

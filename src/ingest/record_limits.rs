@@ -15,3 +15,6 @@ pub const MAX_FIREHOSE_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// Largest body of the NDJSON endpoint.
 pub const MAX_NDJSON_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most records (lines) in one NDJSON request.
+pub const MAX_NDJSON_RECORDS: usize = 50_000;
