@@ -454,3 +454,73 @@ async fn records_of_a_stream_removed_from_the_configuration_are_reported_at_star
     assert!(line.contains("stream=gone"), "{line}");
     assert!(line.contains("hydrant-spool/gone"), "{line}");
 }
+
+/// Peak resident memory (VmHWM) of process `pid`, in bytes.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_backlog_is_streamed_from_the_spool_not_loaded_into_memory() {
+    let bucket = new_bucket("backlog");
+    let port = free_port();
+    let destination = s3_destination_yaml(&bucket, "b/", None)
+        .replace(&servers().s3_endpoint, &format!("http://127.0.0.1:{port}"));
+    let streams = format!(
+        "backlog:\n  buffer: {{ size_mib: 4, interval_seconds: 1 }}\n  destination:\n{}",
+        indent(&destination, 4)
+    );
+    // 160 MB of records pile up while the destination is down.
+    let hydrant = Hydrant::start_full("", &streams, &[]);
+    let line = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(990));
+    let body = line.repeat(16_000);
+    for _ in 0..10 {
+        let (status, answer) = hydrant.post_ndjson("backlog", &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let dir = hydrant.kill();
+
+    // Restarted with the destination back, it drains the backlog in buffer-sized batches.
+    let _forwarder = forward(port, &servers().s3_endpoint).await;
+    let mut hydrant = Hydrant::start_in(dir, "", &streams, &[]);
+    let pid = hydrant.process_id();
+    let s3 = Bucket::new(&bucket);
+    let mut peak = 0;
+    eventually(Duration::from_secs(120), "the backlog delivered", || {
+        peak = peak.max(peak_rss_bytes(pid));
+        let hydrant = &hydrant;
+        async move {
+            let stats = hydrant.stats("backlog").await;
+            (stats["delivered_records"] == 160_000).then_some(())
+        }
+    })
+    .await;
+    peak = peak.max(peak_rss_bytes(pid));
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    eprintln!(
+        "peak RSS while draining a 160 MB backlog: {} MiB",
+        peak >> 20
+    );
+    assert!(
+        peak < 100 << 20,
+        "peak RSS {} MiB while draining a 160 MB backlog",
+        peak >> 20
+    );
+    let mut lines = 0;
+    for key in s3.keys("b/").await {
+        let (object, _) = s3.get(&key).await;
+        assert!(object.len() <= 4 << 20, "{key}: {} bytes", object.len());
+        lines += object
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+    }
+    assert_eq!(lines, 160_000, "every spooled record, once");
+}

@@ -369,6 +369,20 @@ impl Hydrant {
         }
     }
 
+    /// `GET /streams/{stream}/stats`.
+    pub async fn stats(&self, stream: &str) -> Value {
+        let text = self
+            .client
+            .get(format!("{}/streams/{stream}/stats", self.base_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
     /// `POST /streams/{stream}/records` with an NDJSON body.
     pub async fn post_ndjson(&self, stream: &str, body: &str) -> (u16, Value) {
         let response = self
