@@ -2,7 +2,8 @@
 //!
 //! The modules follow a record's path: [`ingest`] (the API) → [`buffer`] (per-stream batches)
 //! → [`encode`] (record layout) → [`compress`] → [`deliver`] (object keys, retries) into a
-//! destination from the `hydrant-sinks` crate. [`config`] is the YAML file, [`pipeline`]
+//! destination from the `hydrant-sinks` crate. [`spool`] makes puts durable, [`metrics`]
+//! counts what happens. [`config`] is the YAML file, [`pipeline`]
 //! wires one stream together, [`server`] runs it all, [`bench`] is the load generator.
 
 pub mod bench;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod deliver;
 pub mod encode;
 pub mod ingest;
+pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod spool;

@@ -16,6 +16,7 @@ use crate::config::{Config, Destination, FsyncConfig, StreamConfig};
 use crate::deliver::object_key::{KeyTemplate, ObjectKeyBuilder};
 use crate::deliver::{DeliveryCounters, DeliveryLoop};
 use crate::encode::RecordFramer;
+use crate::metrics::StreamMetrics;
 use crate::spool::{FsyncPolicy, SpoolError, SpoolSettings, StreamSpool};
 
 const MIB: usize = 1024 * 1024;
@@ -137,6 +138,8 @@ pub struct DeliveryStream {
     pub record_ids: RecordIds,
     /// The stream's spool; `None` when records are held in memory only.
     pub spool: Option<Arc<StreamSpool>>,
+    /// Prometheus metrics.
+    pub metrics: StreamMetrics,
 }
 
 impl DeliveryStream {
@@ -145,6 +148,27 @@ impl DeliveryStream {
     /// prefix as an [`Admission`], which the caller awaits (after dropping its copy of the
     /// records, so memory is not held while waiting for the disk) before acknowledging.
     pub async fn admit(
+        &self,
+        records: &[&[u8]],
+        arrival_ms: i64,
+        wait: Duration,
+    ) -> Result<Admission, SpoolError> {
+        let admission = self.admit_inner(records, arrival_ms, wait).await;
+        if admission.is_err() {
+            self.metrics.refused.increment(records.len() as u64);
+        }
+        let admission = admission?;
+        self.record_ids.count(admission.accepted.count as u64);
+        self.metrics
+            .accepted
+            .increment(admission.accepted.count as u64);
+        self.metrics
+            .refused
+            .increment((records.len() - admission.accepted.count) as u64);
+        Ok(admission)
+    }
+
+    async fn admit_inner(
         &self,
         records: &[&[u8]],
         arrival_ms: i64,
@@ -186,8 +210,15 @@ impl DeliveryStream {
                 }
             }
         };
-        self.record_ids.count(admission.accepted.count as u64);
         Ok(admission)
+    }
+
+    /// Refreshes the gauges of this stream's metrics.
+    pub fn refresh_metrics(&self) {
+        self.metrics.undelivered.set(self.undelivered() as f64);
+        if let Some(spool) = &self.spool {
+            self.metrics.spool_bytes.set(spool.disk_bytes() as f64);
+        }
     }
 
     /// Records accepted but not yet delivered.
@@ -302,6 +333,11 @@ impl Pipeline {
     /// The stream called `name`.
     pub fn stream(&self, name: &str) -> Option<&Arc<DeliveryStream>> {
         self.streams.get(name)
+    }
+
+    /// Every stream, in no particular order.
+    pub fn streams(&self) -> impl Iterator<Item = &Arc<DeliveryStream>> {
+        self.streams.values()
     }
 
     /// Stream names in lexical order, as `ListDeliveryStreams` returns them.
@@ -446,6 +482,7 @@ fn build_stream(
         buffer.resume(spool.start_seq(), spool.pending_sealed());
     }
     let counters = Arc::new(DeliveryCounters::default());
+    let metrics = StreamMetrics::new(name);
     let layout = config.destination.layout();
     let template = KeyTemplate::parse(&layout.prefix.value)
         .expect("prefixes are validated when the configuration is loaded");
@@ -468,6 +505,7 @@ fn build_stream(
         max_backoff: layout.max_backoff,
         counters: Arc::clone(&counters),
         spool: spool.clone(),
+        metrics: metrics.clone(),
     };
     let summary = StreamSummary {
         destination: match &config.destination {
@@ -496,6 +534,7 @@ fn build_stream(
                 .map_or_else(|| fastrand::u64(..), |s| s.incarnation()),
         ),
         spool,
+        metrics,
     };
     (stream, delivery)
 }

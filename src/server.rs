@@ -16,6 +16,7 @@ use crate::pipeline::Pipeline;
 /// Runs the service described by the configuration file at `config_path` until a signal.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
+    let metrics = crate::metrics::install()?;
     let base_dir = config_path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -39,6 +40,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         request_memory: Arc::new(Semaphore::new(
             config.server.max_request_memory_mib.value as usize * 1024 * 1024,
         )),
+        metrics: Some(metrics),
     };
     tracing::info!(
         streams = pipeline.sorted_names().join(","),

@@ -411,3 +411,55 @@ async fn full_buffers_answer_slow_down_per_record_and_recover() {
         "accepted records are all delivered, once"
     );
 }
+
+/// The value of the Prometheus sample `name{stream="<stream>"}` in `text`.
+fn sample(text: &str, name: &str, stream: &str) -> Option<f64> {
+    let prefix = format!("{name}{{stream=\"{stream}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn prometheus_metrics_count_what_happened_to_records() {
+    let streams = "events:\n  buffer: { size_mib: 1, interval_seconds: 0 }\n  destination:\n    local: { path: out }\n";
+    let mut hydrant = Hydrant::start(streams);
+    hydrant
+        .put_batch("events", &[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+        .await;
+    common::eventually(std::time::Duration::from_secs(10), "delivery", || async {
+        (hydrant.stats("events").await["delivered_records"] == 3).then_some(())
+    })
+    .await;
+    let text = hydrant.metrics().await;
+    assert_eq!(
+        sample(&text, "hydrant_records_accepted_total", "events"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "hydrant_records_delivered_total", "events"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "hydrant_objects_delivered_total", "events"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "hydrant_delivered_bytes_total", "events"),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "hydrant_undelivered_records", "events"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "hydrant_spool_bytes", "events").unwrap() > 0.0,
+        "{text}"
+    );
+    assert!(hydrant.terminate().success());
+}

@@ -62,6 +62,8 @@ pub struct DeliveryLoop {
     /// their record range, writes never replace, and the checkpoint advances on success.
     /// `None` when the spool is disabled.
     pub spool: Option<Arc<StreamSpool>>,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::StreamMetrics,
 }
 
 impl DeliveryLoop {
@@ -165,6 +167,9 @@ impl DeliveryLoop {
                 Ok(()) => {
                     self.counters.records.fetch_add(records, Ordering::Relaxed);
                     self.counters.objects.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.delivered_records.increment(records);
+                    self.metrics.delivered_objects.increment(1);
+                    self.metrics.delivered_bytes.increment(object.len() as u64);
                     tracing::info!(
                         stream = %self.stream,
                         destination = self.sink.describe(),
@@ -184,6 +189,7 @@ impl DeliveryLoop {
             self.counters
                 .failed_attempts
                 .fetch_add(1, Ordering::Relaxed);
+            self.metrics.failed_attempts.increment(1);
             if let Some(spool) = &self.spool
                 && Instant::now() >= give_up_at
             {

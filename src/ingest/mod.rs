@@ -33,6 +33,8 @@ pub struct ApiState {
     /// Bytes of request memory available (one permit per byte): bounds what request bodies
     /// hold at once, whatever the number of connections.
     pub request_memory: Arc<Semaphore>,
+    /// Renders the Prometheus metrics.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// The API's routes.
@@ -41,6 +43,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/", post(firehose::handle))
         .route("/streams/{stream}/records", post(ndjson::handle))
         .route("/streams/{stream}/stats", get(stats::handle))
+        .route("/metrics", get(render_metrics))
         .route("/health", get(|| async { "ok\n" }))
         .layer(middleware::from_fn_with_state(state.clone(), limit_and_tag))
         .with_state(state)
@@ -66,6 +69,27 @@ async fn limit_and_tag(State(state): State<ApiState>, request: Request, next: Ne
         response.headers_mut().insert("x-amzn-RequestId", value);
     }
     response
+}
+
+/// `GET /metrics`: Prometheus text format, gauges refreshed first.
+async fn render_metrics(State(state): State<ApiState>) -> Response {
+    use axum::response::IntoResponse as _;
+    for stream in state.pipeline.streams() {
+        stream.refresh_metrics();
+    }
+    let body = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Current time as Unix milliseconds: records' approximate arrival timestamp.

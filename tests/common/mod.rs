@@ -369,6 +369,18 @@ impl Hydrant {
         }
     }
 
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `GET /streams/{stream}/stats`.
     pub async fn stats(&self, stream: &str) -> Value {
         let text = self
