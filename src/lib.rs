@@ -6,6 +6,8 @@
 //! counts what happens. [`config`] is the YAML file, [`pipeline`]
 //! wires one stream together, [`server`] runs it all, [`bench`] is the load generator.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod buffer;
 pub mod compress;

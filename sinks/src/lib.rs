@@ -4,6 +4,8 @@
 //! stores, an encoded and compressed object with its key) and reports whether it landed.
 //! Retry policy that every sink shares lives in [`retry`].
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod object;
 pub mod retry;
