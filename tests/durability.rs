@@ -455,18 +455,6 @@ async fn records_of_a_stream_removed_from_the_configuration_are_reported_at_star
     assert!(line.contains("hydrant-spool/gone"), "{line}");
 }
 
-/// Peak resident memory (VmHWM) of process `pid`, in bytes.
-fn peak_rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_backlog_is_streamed_from_the_spool_not_loaded_into_memory() {
     let bucket = new_bucket("backlog");

@@ -219,23 +219,6 @@ async fn malformed_calls_get_aws_errors_naming_the_problem_and_the_service_keeps
     assert_eq!(std::fs::read(&files[0]).unwrap(), b"after\none\ntwo\n");
 }
 
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 #[tokio::test]
 async fn control_plane_lists_and_describes_configured_streams() {
     let mut hydrant = Hydrant::start(&local_streams("cp"));

@@ -8,22 +8,6 @@ use base64::Engine as _;
 use common::*;
 use serde_json::Value;
 
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
-}
-
 #[tokio::test]
 async fn ndjson_writes_one_line_per_record_and_sends_the_rest_to_the_error_output() {
     let streams = "events:\n  format: ndjson\n  buffer: { size_mib: 1, interval_seconds: 900 }\n  destination:\n    local: { path: out, prefix: data/ }\n";
