@@ -239,7 +239,6 @@ pub struct Pipeline {
     sorted_names: Vec<String>,
     /// How long a put waits for buffer space.
     pub backpressure_wait: Duration,
-    capacity: Arc<IngestCapacity>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     spooled: bool,
 }
@@ -324,7 +323,6 @@ impl Pipeline {
             streams,
             sorted_names,
             backpressure_wait: Duration::from_millis(config.server.backpressure_wait_ms),
-            capacity,
             tasks: std::sync::Mutex::new(tasks),
             spooled: fsync.is_some(),
         })
@@ -343,11 +341,6 @@ impl Pipeline {
     /// Stream names in lexical order, as `ListDeliveryStreams` returns them.
     pub fn sorted_names(&self) -> &[String] {
         &self.sorted_names
-    }
-
-    /// Uncompressed bytes waiting for the compression pool.
-    pub fn compressing_bytes(&self) -> usize {
-        self.capacity.compressing()
     }
 
     /// Records accepted but not yet delivered, over all streams.

@@ -39,11 +39,6 @@ impl IngestCapacity {
         self.notify_freed();
     }
 
-    /// Bytes currently awaiting compression.
-    pub fn compressing(&self) -> usize {
-        self.compressing.load(Ordering::Acquire)
-    }
-
     /// Wakes every put waiting for space.
     pub fn notify_freed(&self) {
         self.freed.notify_waiters();

@@ -105,11 +105,6 @@ impl StreamBuffer {
         state.replay = replay.into();
     }
 
-    /// The settings this buffer was created with.
-    pub fn settings(&self) -> &BufferSettings {
-        &self.settings
-    }
-
     fn lock(&self) -> MutexGuard<'_, BufferState> {
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // loses records (every update is a push or a swap), so keep serving.

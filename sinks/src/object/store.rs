@@ -118,11 +118,6 @@ impl ObjectStoreSink {
         })
     }
 
-    /// The underlying store, for reading objects back (tests, tooling).
-    pub fn store(&self) -> Arc<dyn ObjectStore> {
-        Arc::clone(&self.store)
-    }
-
     fn attributes(&self, object: &EncodedObject) -> Attributes {
         let mut attributes = Attributes::new();
         if self.supports_attributes {
