@@ -173,45 +173,52 @@ impl StreamBuffer {
 
     /// [`try_append`](Self::try_append), also returning the first record's number.
     fn try_append_numbered(&self, records: &[&[u8]], arrival_ms: i64) -> (u64, usize) {
-        let mut state = self.lock();
+        let state = self.lock();
         let first_seq = state.next_seq;
-        if state.closed {
-            return (first_seq, 0);
-        }
         let now = Instant::now();
-        let mut taken = 0;
-        let mut wake_delivery = false;
-        for record in records {
-            match self.push(&mut state, record, arrival_ms, now) {
-                Pushed::Taken(wake) => wake_delivery |= wake,
-                Pushed::Full => break,
-            }
-            taken += 1;
-        }
-        drop(state);
-        if wake_delivery {
-            self.batch_ready.notify_one();
-        }
+        let taken = self.push_all(
+            state,
+            records
+                .iter()
+                .map(|record| (None, *record, arrival_ms, now)),
+        );
         (first_seq, taken)
     }
 
     /// Appends records read from the spool, from `chunk.records[from..]`, as many as fit now;
     /// returns how many were taken. Their age counts from their recorded arrival.
     pub fn try_append_spooled(&self, chunk: &RecordChunk, from: usize) -> usize {
-        let mut state = self.lock();
+        let now = Instant::now();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let records = chunk.records[from..]
+            .iter()
+            .map(|(seq, arrival_ms, range)| {
+                let age = Duration::from_millis(now_ms.saturating_sub(*arrival_ms).max(0) as u64);
+                let arrived = now.checked_sub(age).unwrap_or(now);
+                (Some(*seq), &chunk.data[range.clone()], *arrival_ms, arrived)
+            });
+        self.push_all(self.lock(), records)
+    }
+
+    /// Pushes `(seq, data, arrival_ms, arrived)` records while they fit (spooled records
+    /// bring their number; new ones are numbered here), then wakes the delivery task if a
+    /// batch was sealed or started; returns how many were taken.
+    fn push_all<'d>(
+        &self,
+        mut state: MutexGuard<'_, BufferState>,
+        records: impl Iterator<Item = (Option<u64>, &'d [u8], i64, Instant)>,
+    ) -> usize {
         if state.closed {
             return 0;
         }
-        let now = Instant::now();
-        let now_ms = chrono::Utc::now().timestamp_millis();
         let mut taken = 0;
         let mut wake_delivery = false;
-        for (seq, arrival_ms, range) in &chunk.records[from..] {
-            debug_assert_eq!(*seq, state.next_seq, "spooled records arrive in order");
-            state.next_seq = *seq;
-            let age = Duration::from_millis(now_ms.saturating_sub(*arrival_ms).max(0) as u64);
-            let arrived = now.checked_sub(age).unwrap_or(now);
-            match self.push(&mut state, &chunk.data[range.clone()], *arrival_ms, arrived) {
+        for (seq, data, arrival_ms, arrived) in records {
+            if let Some(seq) = seq {
+                debug_assert_eq!(seq, state.next_seq, "spooled records arrive in order");
+                state.next_seq = seq;
+            }
+            match self.push(&mut state, data, arrival_ms, arrived) {
                 Pushed::Taken(wake) => wake_delivery |= wake,
                 Pushed::Full => break,
             }
