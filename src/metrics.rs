@@ -1,8 +1,12 @@
-//! Prometheus metrics: per-stream counters kept as pre-registered handles (no allocation on
-//! the hot path), gauges refreshed when scraped, served at `GET /metrics`.
+//! Prometheus metrics, served at `GET /metrics`: each stream's totals, published from its
+//! counters when scraped.
+
+use std::sync::atomic::Ordering;
 
 use ::metrics::{Counter, Gauge, counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::deliver::DeliveryCounters;
 
 /// Installs the process-wide recorder; call once, before any stream is built.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -13,27 +17,19 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// One stream's metrics.
+/// One stream's metrics: handles registered once, set from the stream's
+/// [`DeliveryCounters`] when scraped, so the hot path counts in one place only.
 #[derive(Debug, Clone)]
 pub struct StreamMetrics {
-    /// Records acknowledged to producers.
-    pub accepted: Counter,
-    /// Records refused ("Slow down." or a spool write failure).
-    pub refused: Counter,
-    /// Records written to the destination.
-    pub delivered_records: Counter,
-    /// Objects written to the destination.
-    pub delivered_objects: Counter,
-    /// Bytes of objects written (after compression).
-    pub delivered_bytes: Counter,
-    /// Failed write attempts.
-    pub failed_attempts: Counter,
-    /// Records sent to an error output.
-    pub error_output_records: Counter,
-    /// Records accepted and not yet delivered (refreshed when scraped).
-    pub undelivered: Gauge,
-    /// Bytes of spool segments on disk (refreshed when scraped).
-    pub spool_bytes: Gauge,
+    accepted: Counter,
+    refused: Counter,
+    delivered_records: Counter,
+    delivered_objects: Counter,
+    delivered_bytes: Counter,
+    failed_attempts: Counter,
+    error_output_records: Counter,
+    undelivered: Gauge,
+    spool_bytes: Gauge,
 }
 
 impl StreamMetrics {
@@ -51,5 +47,21 @@ impl StreamMetrics {
             undelivered: gauge!("hydrant_undelivered_records", &labels),
             spool_bytes: gauge!("hydrant_spool_bytes", &labels),
         }
+    }
+
+    /// Sets every metric from the stream's current totals.
+    pub fn publish(&self, counters: &DeliveryCounters, undelivered: u64, spool_bytes: u64) {
+        let read = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        self.accepted.absolute(read(&counters.accepted));
+        self.refused.absolute(read(&counters.refused));
+        self.delivered_records.absolute(read(&counters.records));
+        self.delivered_objects.absolute(read(&counters.objects));
+        self.delivered_bytes.absolute(read(&counters.bytes));
+        self.failed_attempts
+            .absolute(read(&counters.failed_attempts));
+        self.error_output_records
+            .absolute(read(&counters.error_output_records));
+        self.undelivered.set(undelivered as f64);
+        self.spool_bytes.set(spool_bytes as f64);
     }
 }

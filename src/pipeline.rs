@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -61,27 +61,13 @@ pub struct StreamSummary {
 #[derive(Debug)]
 pub struct RecordIds {
     run: u64,
-    issued: AtomicU64,
 }
 
 impl RecordIds {
     /// Ids whose first half is `run`: the spool's incarnation, or a random number per
     /// process run without a spool.
     fn new(run: u64) -> Self {
-        Self {
-            run,
-            issued: AtomicU64::new(0),
-        }
-    }
-
-    /// Counts `count` more accepted records.
-    fn count(&self, count: u64) {
-        self.issued.fetch_add(count, Ordering::Relaxed);
-    }
-
-    /// Ids handed out by this process: the number of records it accepted.
-    pub fn issued(&self) -> u64 {
-        self.issued.load(Ordering::Relaxed)
+        Self { run }
     }
 
     /// Writes the id of sequence number `seq` (32 hex digits) into `out`.
@@ -154,18 +140,15 @@ impl DeliveryStream {
         wait: Duration,
     ) -> Result<Admission, SpoolError> {
         let admission = self.admit_inner(records, arrival_ms, wait).await;
-        if admission.is_err() {
-            self.metrics.refused.increment(records.len() as u64);
-        }
-        let admission = admission?;
-        self.record_ids.count(admission.accepted.count as u64);
-        self.metrics
+        let accepted = admission.as_ref().map_or(0, |a| a.accepted.count);
+        let counters = &self.counters;
+        counters
             .accepted
-            .increment(admission.accepted.count as u64);
-        self.metrics
+            .fetch_add(accepted as u64, Ordering::Relaxed);
+        counters
             .refused
-            .increment((records.len() - admission.accepted.count) as u64);
-        Ok(admission)
+            .fetch_add((records.len() - accepted) as u64, Ordering::Relaxed);
+        admission
     }
 
     async fn admit_inner(
@@ -213,12 +196,11 @@ impl DeliveryStream {
         Ok(admission)
     }
 
-    /// Refreshes the gauges of this stream's metrics.
-    pub fn refresh_metrics(&self) {
-        self.metrics.undelivered.set(self.undelivered() as f64);
-        if let Some(spool) = &self.spool {
-            self.metrics.spool_bytes.set(spool.disk_bytes() as f64);
-        }
+    /// Publishes this stream's totals to its Prometheus metrics.
+    pub fn publish_metrics(&self) {
+        let spool_bytes = self.spool.as_ref().map_or(0, |s| s.disk_bytes());
+        self.metrics
+            .publish(&self.counters, self.undelivered(), spool_bytes);
     }
 
     /// Records accepted but not yet delivered.
@@ -498,7 +480,6 @@ fn build_stream(
         max_backoff: layout.max_backoff,
         counters: Arc::clone(&counters),
         spool: spool.clone(),
-        metrics: metrics.clone(),
     };
     let summary = StreamSummary {
         destination: match &config.destination {

@@ -95,9 +95,9 @@ impl DeliveryLoop {
         self.counters
             .conversion_failures
             .fetch_add(failed.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.metrics
+        self.counters
             .error_output_records
-            .increment(failed.len() as u64);
+            .fetch_add(failed.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             stream = %self.stream,
             key = %object.key,
@@ -163,9 +163,9 @@ impl DeliveryLoop {
             content_encoding: None,
         };
         self.put_error_object(&object, WriteMode::CreateOnly).await;
-        self.metrics
+        self.counters
             .error_output_records
-            .increment(records.len() as u64);
+            .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             stream = %self.stream,
             key = %object.key,

@@ -19,13 +19,22 @@ use crate::buffer::{SealedBatch, StreamBuffer};
 use crate::spool::{SeqRange, StreamSpool};
 use object_key::{ObjectKeyBuilder, batch_seed};
 
-/// Running totals of one stream's deliveries, for logs and `DescribeDeliveryStream`.
+/// Running totals of one stream: the one place they are counted, read by the stats
+/// endpoint and published as Prometheus metrics when scraped.
 #[derive(Debug, Default)]
 pub struct DeliveryCounters {
+    /// Records acknowledged to producers.
+    pub accepted: AtomicU64,
+    /// Records refused ("Slow down." or a spool write failure).
+    pub refused: AtomicU64,
     /// Records written to the destination.
     pub records: AtomicU64,
     /// Objects written.
     pub objects: AtomicU64,
+    /// Bytes of objects written (after compression).
+    pub bytes: AtomicU64,
+    /// Records sent to an error output (any type).
+    pub error_output_records: AtomicU64,
     /// Failed write attempts.
     pub failed_attempts: AtomicU64,
     /// Records sent to the `format-conversion-failed` error output.
@@ -62,8 +71,6 @@ pub struct DeliveryLoop {
     /// their record range, writes never replace, and the checkpoint advances on success.
     /// `None` when the spool is disabled.
     pub spool: Option<Arc<StreamSpool>>,
-    /// Prometheus metrics.
-    pub metrics: crate::metrics::StreamMetrics,
 }
 
 impl DeliveryLoop {
@@ -71,6 +78,7 @@ impl DeliveryLoop {
     pub async fn run(self) {
         while let Ok(batch) = self.buffer.next_batch().await {
             self.deliver(batch).await;
+            self.counters.in_flight_records.store(0, Ordering::Relaxed);
         }
         tracing::debug!(stream = %self.stream, "delivery loop drained and stopped");
     }
@@ -89,7 +97,6 @@ impl DeliveryLoop {
             Ok(parts) => parts,
             Err(failure) => {
                 tracing::error!(stream = %self.stream, records, "{failure}");
-                self.counters.in_flight_records.store(0, Ordering::Relaxed);
                 return;
             }
         };
@@ -125,7 +132,6 @@ impl DeliveryLoop {
                 .await
         {
             // Sent to the error output, which moved the checkpoint on.
-            self.counters.in_flight_records.store(0, Ordering::Relaxed);
             return;
         }
         if let Some(spool) = &self.spool
@@ -133,7 +139,6 @@ impl DeliveryLoop {
         {
             tracing::error!(stream = %self.stream, key = %object.key, "cannot advance the checkpoint (the batch will be checked again after a restart): {error}");
         }
-        self.counters.in_flight_records.store(0, Ordering::Relaxed);
     }
 
     /// Writes `object` until the destination confirms (`true`), or, with a spool, until
@@ -167,9 +172,9 @@ impl DeliveryLoop {
                 Ok(()) => {
                     self.counters.records.fetch_add(records, Ordering::Relaxed);
                     self.counters.objects.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.delivered_records.increment(records);
-                    self.metrics.delivered_objects.increment(1);
-                    self.metrics.delivered_bytes.increment(object.len() as u64);
+                    self.counters
+                        .bytes
+                        .fetch_add(object.len() as u64, Ordering::Relaxed);
                     tracing::info!(
                         stream = %self.stream,
                         destination = self.sink.describe(),
@@ -189,7 +194,6 @@ impl DeliveryLoop {
             self.counters
                 .failed_attempts
                 .fetch_add(1, Ordering::Relaxed);
-            self.metrics.failed_attempts.increment(1);
             if let Some(spool) = &self.spool
                 && Instant::now() >= give_up_at
             {

@@ -71,11 +71,11 @@ async fn limit_and_tag(State(state): State<ApiState>, request: Request, next: Ne
     response
 }
 
-/// `GET /metrics`: Prometheus text format, gauges refreshed first.
+/// `GET /metrics`: Prometheus text format, every stream's totals published first.
 async fn render_metrics(State(state): State<ApiState>) -> Response {
     use axum::response::IntoResponse as _;
     for stream in state.pipeline.streams() {
-        stream.refresh_metrics();
+        stream.publish_metrics();
     }
     let body = state
         .metrics

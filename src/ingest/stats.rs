@@ -21,7 +21,7 @@ pub(super) async fn handle(State(state): State<ApiState>, Path(name): Path<Strin
     };
     let counters = &stream.counters;
     Json(json!({
-        "accepted_records": stream.record_ids.issued(),
+        "accepted_records": counters.accepted.load(Ordering::Relaxed),
         "buffered_records": stream.buffer.buffered_records(),
         "in_flight_records": counters.in_flight_records.load(Ordering::Relaxed),
         "delivered_records": counters.records.load(Ordering::Relaxed),
