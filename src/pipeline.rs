@@ -222,7 +222,6 @@ pub struct Pipeline {
     /// How long a put waits for buffer space.
     pub backpressure_wait: Duration,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
-    spooled: bool,
 }
 
 /// A stream that could not be set up.
@@ -306,7 +305,6 @@ impl Pipeline {
             sorted_names,
             backpressure_wait: Duration::from_millis(config.server.backpressure_wait_ms),
             tasks: std::sync::Mutex::new(tasks),
-            spooled: fsync.is_some(),
         })
     }
 
@@ -332,7 +330,7 @@ impl Pipeline {
 
     /// Whether accepted records are kept in a spool (and so survive an early exit).
     pub fn is_spooled(&self) -> bool {
-        self.spooled
+        self.streams.values().any(|s| s.spool.is_some())
     }
 
     /// Stops taking records and waits until everything accepted has been delivered.
@@ -468,11 +466,7 @@ fn build_stream(
         buffer: Arc::clone(&buffer),
         sink,
         keys: ObjectKeyBuilder::new(name, template, codec.extension()),
-        error_keys: ObjectKeyBuilder::for_errors(
-            name,
-            error_template,
-            crate::deliver::OBJECT_STORE_FAILED,
-        ),
+        error_keys: ObjectKeyBuilder::new(name, error_template, ""),
         retry_duration: Duration::from_secs(layout.retry_duration.value),
         content_type: framer.content_type(),
         content_encoding: codec.content_encoding(),

@@ -2,7 +2,6 @@
 //! records goes, with the reason, to an error object under the error output prefix, in
 //! Firehose's format, and the checkpoint moves on.
 
-use std::io::Write as _;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -21,6 +20,32 @@ pub const OBJECT_STORE_FAILED: &str = "s3-failed";
 /// `!{firehose:error-output-type}` of records the stream's format could not take.
 pub const FORMAT_CONVERSION_FAILED: &str = "format-conversion-failed";
 
+/// Seeds of error object keys, one per error type, so each differs from the data key.
+const S3_FAILED_SALT: u64 = 0x6572_726f_7273;
+const CONVERSION_FAILED_SALT: u64 = 0x666f_726d_6174;
+
+/// Appends one error record in Firehose's format to `out`, as a JSON line.
+fn push_error_line(
+    out: &mut Vec<u8>,
+    attempts: u32,
+    arrival_ms: i64,
+    code: &str,
+    message: &str,
+    ended_ms: i64,
+    raw: &[u8],
+) {
+    let line = serde_json::json!({
+        "attemptsMade": attempts,
+        "arrivalTimestamp": arrival_ms,
+        "errorCode": code,
+        "errorMessage": message,
+        "attemptEndingTimestamp": ended_ms,
+        "rawData": base64::engine::general_purpose::STANDARD.encode(raw),
+    });
+    let _ = serde_json::to_writer(&mut *out, &line);
+    out.push(b'\n');
+}
+
 /// One error record per input record, as JSON lines.
 pub fn error_lines(
     records: &crate::spool::RecordChunk,
@@ -28,18 +53,20 @@ pub fn error_lines(
     attempts: u32,
     ended_ms: i64,
 ) -> Vec<u8> {
+    let message = error.to_string();
     let mut out = Vec::with_capacity(records.data.len() * 4 / 3 + records.len() * 256);
     for (_, arrival_ms, span) in &records.records {
-        let line = serde_json::json!({
-            "attemptsMade": attempts,
-            "arrivalTimestamp": arrival_ms,
-            "errorCode": error.kind.code(),
-            "errorMessage": error.to_string(),
-            "attemptEndingTimestamp": ended_ms,
-            "rawData": base64::engine::general_purpose::STANDARD.encode(&records.data[span.clone()]),
-        });
-        let _ = serde_json::to_writer(&mut out, &line);
-        let _ = out.write_all(b"\n");
+        let raw = &records.data[span.clone()];
+        let code = error.kind.code();
+        push_error_line(
+            &mut out,
+            attempts,
+            *arrival_ms,
+            code,
+            &message,
+            ended_ms,
+            raw,
+        );
     }
     out
 }
@@ -48,16 +75,16 @@ pub fn error_lines(
 pub fn conversion_failure_lines(failed: &[FailedRecord], ended_ms: i64) -> Vec<u8> {
     let mut out = Vec::new();
     for record in failed {
-        let line = serde_json::json!({
-            "attemptsMade": 1,
-            "arrivalTimestamp": record.arrival_ms,
-            "errorCode": record.error.code,
-            "errorMessage": record.error.message,
-            "attemptEndingTimestamp": ended_ms,
-            "rawData": base64::engine::general_purpose::STANDARD.encode(&record.data),
-        });
-        let _ = serde_json::to_writer(&mut out, &line);
-        let _ = out.write_all(b"\n");
+        let (code, message) = (record.error.code, &record.error.message);
+        push_error_line(
+            &mut out,
+            1,
+            record.arrival_ms,
+            code,
+            message,
+            ended_ms,
+            &record.data,
+        );
     }
     out
 }
@@ -72,25 +99,14 @@ impl DeliveryLoop {
         oldest: DateTime<Utc>,
         mode: WriteMode,
     ) {
-        let mut rng = match &self.spool {
-            Some(spool) => fastrand::Rng::with_seed(batch_seed(
-                spool.incarnation() ^ 0x666f_726d_6174,
-                range.first,
-                range.last,
-            )),
-            None => fastrand::Rng::new(),
-        };
-        let object = EncodedObject {
-            key: self
-                .error_keys
-                .key_with_type(oldest, &mut rng, FORMAT_CONVERSION_FAILED),
-            parts: vec![Bytes::from(conversion_failure_lines(
-                failed,
-                Utc::now().timestamp_millis(),
-            ))],
-            content_type: "application/x-ndjson",
-            content_encoding: None,
-        };
+        let body = conversion_failure_lines(failed, Utc::now().timestamp_millis());
+        let object = self.error_object(
+            FORMAT_CONVERSION_FAILED,
+            CONVERSION_FAILED_SALT,
+            range,
+            oldest,
+            body,
+        );
         self.put_error_object(&object, mode).await;
         self.counters
             .conversion_failures
@@ -105,6 +121,32 @@ impl DeliveryLoop {
             first_error = %failed[0].error.message,
             "records the format could not take were written to the error output"
         );
+    }
+
+    /// The error object of type `error_type` for batch `range`: with a spool its key is
+    /// seeded from the range (and `salt`), so a replay writes the same key.
+    fn error_object(
+        &self,
+        error_type: &str,
+        salt: u64,
+        range: SeqRange,
+        oldest: DateTime<Utc>,
+        body: Vec<u8>,
+    ) -> EncodedObject {
+        let mut rng = match &self.spool {
+            Some(spool) => fastrand::Rng::with_seed(batch_seed(
+                spool.incarnation() ^ salt,
+                range.first,
+                range.last,
+            )),
+            None => fastrand::Rng::new(),
+        };
+        EncodedObject {
+            key: self.error_keys.key_with_type(oldest, &mut rng, error_type),
+            parts: vec![Bytes::from(body)],
+            content_type: "application/x-ndjson",
+            content_encoding: None,
+        }
     }
 
     /// Writes an error output object, retrying until the destination takes it.
@@ -151,17 +193,7 @@ impl DeliveryLoop {
             }
         };
         let body = error_lines(&records, error, attempts, Utc::now().timestamp_millis());
-        let mut rng = fastrand::Rng::with_seed(batch_seed(
-            spool.incarnation() ^ 0x6572_726f_7273,
-            range.first,
-            range.last,
-        ));
-        let object = EncodedObject {
-            key: self.error_keys.key(oldest, &mut rng),
-            parts: vec![Bytes::from(body)],
-            content_type: "application/x-ndjson",
-            content_encoding: None,
-        };
+        let object = self.error_object(OBJECT_STORE_FAILED, S3_FAILED_SALT, range, oldest, body);
         self.put_error_object(&object, WriteMode::CreateOnly).await;
         self.counters
             .error_output_records

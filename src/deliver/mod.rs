@@ -5,8 +5,6 @@ pub mod object_key;
 
 mod error_output;
 
-pub use error_output::{FORMAT_CONVERSION_FAILED, OBJECT_STORE_FAILED};
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

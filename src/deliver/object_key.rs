@@ -252,7 +252,6 @@ pub struct ObjectKeyBuilder {
     stream: String,
     prefix: KeyTemplate,
     extension: &'static str,
-    error_type: &'static str,
 }
 
 impl ObjectKeyBuilder {
@@ -262,18 +261,6 @@ impl ObjectKeyBuilder {
             stream: stream.to_string(),
             prefix,
             extension,
-            error_type: "",
-        }
-    }
-
-    /// Keys for error output objects of kind `error_type` (e.g. `s3-failed`) under the
-    /// error output `prefix`.
-    pub fn for_errors(stream: &str, prefix: KeyTemplate, error_type: &'static str) -> Self {
-        Self {
-            stream: stream.to_string(),
-            prefix,
-            extension: "",
-            error_type,
         }
     }
 
@@ -281,10 +268,11 @@ impl ObjectKeyBuilder {
     /// from `rng`: seeded from the object's record range, the same batch always gets the
     /// same key, which is what makes a replayed write detectable.
     pub fn key(&self, oldest: DateTime<Utc>, rng: &mut fastrand::Rng) -> String {
-        self.key_with_type(oldest, rng, self.error_type)
+        self.key_with_type(oldest, rng, "")
     }
 
-    /// Like [`key`](Self::key), for an error output object of type `error_type`.
+    /// Like [`key`](Self::key), for an error output object of type `error_type` (the value
+    /// of `!{firehose:error-output-type}`).
     pub fn key_with_type(
         &self,
         oldest: DateTime<Utc>,
