@@ -26,6 +26,17 @@ pub struct CompressedChunk {
     pub raw_len: usize,
 }
 
+impl CompressedChunk {
+    /// A chunk whose codec needs no checksum in a trailer (everything but gzip).
+    fn without_crc(data: Vec<u8>, raw_len: usize) -> Self {
+        Self {
+            data: Bytes::from(data),
+            crc: 0,
+            raw_len,
+        }
+    }
+}
+
 /// A whole-object codec with its settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
@@ -68,11 +79,10 @@ impl Codec {
     /// Compresses one chunk. CPU-heavy for real codecs: call it off the async reactor.
     pub fn compress_chunk(self, raw: Vec<u8>) -> CompressedChunk {
         match self {
-            Codec::None => CompressedChunk {
-                raw_len: raw.len(),
-                crc: 0,
-                data: Bytes::from(raw),
-            },
+            Codec::None => {
+                let len = raw.len();
+                CompressedChunk::without_crc(raw, len)
+            }
             Codec::Gzip { level } => gzip::compress_chunk(&raw, level),
             Codec::Zstd { level } => zstd::compress_chunk(&raw, level),
             Codec::Snappy => snappy::compress_chunk(&raw),

@@ -4,8 +4,6 @@
 
 use std::io::Write;
 
-use bytes::Bytes;
-
 use super::CompressedChunk;
 
 /// `raw` in the Snappy framing format.
@@ -17,11 +15,7 @@ pub(super) fn compress_chunk(raw: &[u8]) -> CompressedChunk {
     let data = encoder
         .into_inner()
         .expect("flushing to an in-memory buffer cannot fail");
-    CompressedChunk {
-        data: Bytes::from(data),
-        crc: 0,
-        raw_len: raw.len(),
-    }
+    CompressedChunk::without_crc(data, raw.len())
 }
 
 #[cfg(test)]

@@ -1,19 +1,13 @@
 //! zstd in independently compressed chunks: each chunk is one zstd frame, and a sequence of
 //! frames is a valid zstd stream that `zstd -d` and every zstd library read whole.
 
-use bytes::Bytes;
-
 use super::CompressedChunk;
 
 /// One zstd frame holding `raw`.
 pub(super) fn compress_chunk(raw: &[u8], level: i32) -> CompressedChunk {
     let data = zstd::bulk::compress(raw, level)
         .expect("zstd compression of an in-memory buffer at a validated level cannot fail");
-    CompressedChunk {
-        data: Bytes::from(data),
-        crc: 0,
-        raw_len: raw.len(),
-    }
+    CompressedChunk::without_crc(data, raw.len())
 }
 
 #[cfg(test)]
