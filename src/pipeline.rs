@@ -12,10 +12,11 @@ use tokio::task::JoinHandle;
 
 use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
 use crate::compress::Codec;
-use crate::config::{Config, Destination, FsyncConfig, StreamConfig};
+use crate::config::{Config, Destination, Format, FsyncConfig, StreamConfig};
 use crate::deliver::object_key::{KeyTemplate, ObjectKeyBuilder};
 use crate::deliver::{DeliveryCounters, DeliveryLoop};
-use crate::encode::RecordFramer;
+use crate::encode::parquet::ParquetEncoder;
+use crate::encode::{Encoding, RecordFramer};
 use crate::metrics::StreamMetrics;
 use crate::spool::{FsyncPolicy, SpoolError, SpoolSettings, StreamSpool};
 
@@ -243,6 +244,14 @@ pub enum PipelineError {
         /// Why.
         error: SpoolError,
     },
+    /// Its Parquet settings.
+    #[error("stream `{stream}`: invalid Parquet settings: {reason}")]
+    Parquet {
+        /// The stream.
+        stream: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Pipeline {
@@ -283,8 +292,19 @@ impl Pipeline {
                     })?,
                 ),
             };
-            let (stream, delivery) =
-                build_stream(&name, stream_config, sink, Arc::clone(&capacity), spool);
+            let encoding =
+                build_encoding(stream_config).map_err(|reason| PipelineError::Parquet {
+                    stream: name.clone(),
+                    reason,
+                })?;
+            let (stream, delivery) = build_stream(
+                &name,
+                stream_config,
+                encoding,
+                sink,
+                Arc::clone(&capacity),
+                spool,
+            );
             if let Some(spool) = &stream.spool {
                 tasks.push(tokio::spawn(feed_from_spool(
                     name.clone(),
@@ -432,22 +452,36 @@ fn build_sink(
     })
 }
 
+/// How a stream's records become object bodies.
+fn build_encoding(config: &StreamConfig) -> Result<Encoding, String> {
+    match (config.format.value, &config.parquet) {
+        (Format::Parquet, Some(parquet)) => {
+            Ok(Encoding::Parquet(Arc::new(ParquetEncoder::new(parquet)?)))
+        }
+        (Format::Parquet, None) => Err("`format: parquet` needs a `parquet:` section".into()),
+        (format, _) => Ok(Encoding::Framed(RecordFramer::new(
+            format,
+            config.record_delimiter,
+        ))),
+    }
+}
+
 fn build_stream(
     name: &str,
     config: &StreamConfig,
+    encoding: Encoding,
     sink: Arc<dyn ObjectSink>,
     capacity: Arc<IngestCapacity>,
     spool: Option<Arc<StreamSpool>>,
 ) -> (DeliveryStream, DeliveryLoop) {
-    let framer = RecordFramer::new(config.format, config.record_delimiter);
     let codec = Codec::from_config(
-        config.compression,
+        config.compression.value,
         config.compression_level.as_ref().map(|l| l.value),
     );
     let settings = BufferSettings {
         size_limit: config.buffer.size_mib.value as usize * MIB,
         interval: Duration::from_secs(config.buffer.interval_seconds.value.into()),
-        framer,
+        encoding: encoding.clone(),
         codec,
     };
     let buffer = Arc::new(StreamBuffer::new(settings, capacity));
@@ -465,10 +499,14 @@ fn build_stream(
         stream: name.to_string(),
         buffer: Arc::clone(&buffer),
         sink,
-        keys: ObjectKeyBuilder::new(name, template, codec.extension()),
+        keys: ObjectKeyBuilder::new(
+            name,
+            template,
+            encoding.extension().unwrap_or(codec.extension()),
+        ),
         error_keys: ObjectKeyBuilder::new(name, error_template, ""),
         retry_duration: Duration::from_secs(layout.retry_duration.value),
-        content_type: framer.content_type(),
+        content_type: encoding.content_type(),
         content_encoding: codec.content_encoding(),
         initial_backoff: layout.initial_backoff,
         max_backoff: layout.max_backoff,

@@ -11,7 +11,7 @@ mod capacity;
 mod open_batch;
 
 pub use capacity::IngestCapacity;
-pub use open_batch::{BatchFailure, FailedRecord, SealedBatch};
+pub use open_batch::{BatchBody, BatchFailure, FailedRecord, SealedBatch};
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,19 +21,19 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::compress::Codec;
-use crate::encode::RecordFramer;
+use crate::encode::Encoding;
 use crate::spool::{RecordChunk, SeqRange};
 use open_batch::OpenBatch;
 
 /// Thresholds and codecs of one stream's buffer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BufferSettings {
     /// Flush when this many framed, uncompressed bytes are buffered.
     pub size_limit: usize,
     /// Flush when the oldest buffered record is this old.
     pub interval: Duration,
     /// Record layout.
-    pub framer: RecordFramer,
+    pub encoding: Encoding,
     /// Whole-object compression.
     pub codec: Codec,
 }
@@ -122,7 +122,9 @@ impl StreamBuffer {
         arrival_ms: i64,
         arrived: Instant,
     ) -> Pushed {
-        if !self.settings.codec.is_identity() && !self.capacity.has_room_for_compression() {
+        let needs_cpu = !self.settings.codec.is_identity()
+            || matches!(self.settings.encoding, Encoding::Parquet(_));
+        if needs_cpu && !self.capacity.has_room_for_compression() {
             return Pushed::Full;
         }
         let seq = state.next_seq;
@@ -132,7 +134,7 @@ impl StreamBuffer {
             Some(last) if seq == last && state.sealed.is_some() => return Pushed::Full,
             Some(_) => {}
             None => {
-                let framed = self.settings.framer.framed_len(data);
+                let framed = self.settings.encoding.buffered_len(data);
                 if !state.open.is_empty()
                     && state.open.raw_len() + framed > self.settings.size_limit
                 {
@@ -140,7 +142,12 @@ impl StreamBuffer {
                         return Pushed::Full;
                     }
                     let full = std::mem::replace(&mut state.open, OpenBatch::new(self.chunk_size));
-                    state.sealed = Some(full.seal(self.settings.codec, &self.capacity, false));
+                    state.sealed = Some(full.seal(
+                        &self.settings.encoding,
+                        self.settings.codec,
+                        &self.capacity,
+                        false,
+                    ));
                     wake = true;
                 }
             }
@@ -151,7 +158,7 @@ impl StreamBuffer {
             data,
             arrival_ms,
             arrived,
-            &settings.framer,
+            &settings.encoding,
             settings.codec,
             &self.capacity,
         );
@@ -159,7 +166,8 @@ impl StreamBuffer {
         if replay_end == Some(seq) {
             state.replay.pop_front();
             let full = std::mem::replace(&mut state.open, OpenBatch::new(self.chunk_size));
-            state.sealed = Some(full.seal(settings.codec, &self.capacity, true));
+            state.sealed =
+                Some(full.seal(&settings.encoding, settings.codec, &self.capacity, true));
             wake = true;
         }
         Pushed::Taken(wake)
@@ -317,7 +325,12 @@ impl StreamBuffer {
                             std::mem::replace(&mut state.open, OpenBatch::new(self.chunk_size));
                         drop(state);
                         self.capacity.notify_freed();
-                        return Ok(open.seal(self.settings.codec, &self.capacity, false));
+                        return Ok(open.seal(
+                            &self.settings.encoding,
+                            self.settings.codec,
+                            &self.capacity,
+                            false,
+                        ));
                     }
                     Some(oldest) => Some(oldest + self.settings.interval),
                     None if state.closed => return Err(NoBatch::Closed),

@@ -1,5 +1,6 @@
-//! A batch while it fills (records framed into chunks, full chunks compressing on the CPU
-//! pool) and once sealed (waiting for its last chunks, then assembled into an object body).
+//! A batch while it fills (records framed into chunks, full chunks compressing — or, for
+//! Parquet, decoding into rows — on the CPU pool) and once sealed (waiting for its last
+//! chunks, then assembled into an object body).
 
 use std::sync::Arc;
 
@@ -9,7 +10,8 @@ use tokio::time::Instant;
 
 use super::IngestCapacity;
 use crate::compress::{Codec, CompressedChunk};
-use crate::encode::{ConversionError, RecordFramer};
+use crate::encode::parquet::{ChunkRecord, ParquetEncoder, WriteError};
+use crate::encode::{ConversionError, Encoding};
 use crate::spool::SeqRange;
 
 /// A record the stream's format could not take; it goes to the error output.
@@ -25,10 +27,18 @@ pub struct FailedRecord {
     pub error: ConversionError,
 }
 
+/// Rows decoded from one chunk, and the chunk's records that could not be rows.
+#[derive(Debug)]
+struct RowChunk {
+    batches: Vec<arrow_array::RecordBatch>,
+    failed: Vec<FailedRecord>,
+}
+
 #[derive(Debug)]
 enum ChunkSlot {
     Ready(CompressedChunk),
     Compressing(oneshot::Receiver<CompressedChunk>),
+    Converting(oneshot::Receiver<RowChunk>),
 }
 
 /// The batch currently taking records.
@@ -36,6 +46,8 @@ enum ChunkSlot {
 pub(super) struct OpenBatch {
     chunk_size: usize,
     pending: Vec<u8>,
+    /// Where each pending record ends (Parquet only: rows are decoded per record).
+    pending_records: Vec<ChunkRecord>,
     chunks: Vec<ChunkSlot>,
     raw_len: usize,
     records: u64,
@@ -50,6 +62,7 @@ impl OpenBatch {
         Self {
             chunk_size,
             pending: Vec::new(),
+            pending_records: Vec::new(),
             chunks: Vec::new(),
             raw_len: 0,
             records: 0,
@@ -84,7 +97,7 @@ impl OpenBatch {
         record: &[u8],
         arrival_ms: i64,
         arrived: Instant,
-        framer: &RecordFramer,
+        encoding: &Encoding,
         codec: Codec,
         capacity: &Arc<IngestCapacity>,
     ) {
@@ -95,30 +108,62 @@ impl OpenBatch {
         }
         self.last_seq = seq;
         let before = self.pending.len();
-        match framer.frame(record, &mut self.pending) {
-            Ok(()) => self.raw_len += self.pending.len() - before,
-            Err(error) => {
-                self.raw_len += record.len();
-                self.failed.push(FailedRecord {
+        match encoding {
+            Encoding::Framed(framer) => match framer.frame(record, &mut self.pending) {
+                Ok(()) => self.raw_len += self.pending.len() - before,
+                Err(error) => {
+                    self.raw_len += record.len();
+                    self.failed.push(FailedRecord {
+                        seq,
+                        arrival_ms,
+                        data: record.to_vec(),
+                        error,
+                    });
+                }
+            },
+            Encoding::Parquet(_) => {
+                self.pending.extend_from_slice(record);
+                self.pending_records.push(ChunkRecord {
                     seq,
                     arrival_ms,
-                    data: record.to_vec(),
-                    error,
+                    end: self.pending.len(),
                 });
+                self.raw_len += encoding.buffered_len(record);
             }
         }
         self.records += 1;
         if self.pending.len() >= self.chunk_size {
-            self.dispatch_pending(codec, capacity);
+            self.dispatch_pending(encoding, codec, capacity);
         }
     }
 
-    /// Hands the pending bytes to the compression pool (or, uncompressed, keeps them as is).
-    fn dispatch_pending(&mut self, codec: Codec, capacity: &Arc<IngestCapacity>) {
+    /// Hands the pending bytes to the CPU pool: to be decoded into rows (Parquet) or
+    /// compressed (uncompressed, they are kept as they are).
+    fn dispatch_pending(
+        &mut self,
+        encoding: &Encoding,
+        codec: Codec,
+        capacity: &Arc<IngestCapacity>,
+    ) {
         if self.pending.is_empty() {
             return;
         }
         let raw = std::mem::take(&mut self.pending);
+        if let Encoding::Parquet(encoder) = encoding {
+            let records = std::mem::take(&mut self.pending_records);
+            let len = raw.len();
+            capacity.start_compressing(len);
+            let (sender, receiver) = oneshot::channel();
+            let capacity = Arc::clone(capacity);
+            let encoder = Arc::clone(encoder);
+            rayon::spawn(move || {
+                let chunk = convert_chunk(&encoder, &raw, &records);
+                capacity.finish_compressing(len);
+                let _ = sender.send(chunk);
+            });
+            self.chunks.push(ChunkSlot::Converting(receiver));
+            return;
+        }
         if codec.is_identity() {
             self.chunks
                 .push(ChunkSlot::Ready(codec.compress_chunk(raw)));
@@ -139,12 +184,17 @@ impl OpenBatch {
     /// Closes the batch to new records and starts compressing its tail.
     pub(super) fn seal(
         mut self,
+        encoding: &Encoding,
         codec: Codec,
         capacity: &Arc<IngestCapacity>,
         replayed: bool,
     ) -> SealedBatch {
-        self.dispatch_pending(codec, capacity);
+        self.dispatch_pending(encoding, codec, capacity);
         SealedBatch {
+            parquet: match encoding {
+                Encoding::Parquet(encoder) => Some(Arc::clone(encoder)),
+                Encoding::Framed(_) => None,
+            },
             codec,
             chunks: self.chunks,
             raw_len: self.raw_len,
@@ -160,9 +210,37 @@ impl OpenBatch {
     }
 }
 
+/// Decodes a chunk's records into rows, copying out the ones that cannot be rows.
+fn convert_chunk(encoder: &ParquetEncoder, data: &[u8], records: &[ChunkRecord]) -> RowChunk {
+    let converted = encoder.convert_chunk(data, records);
+    let failed = converted
+        .rejected
+        .into_iter()
+        .map(|rejected| {
+            let record = records[rejected.index];
+            let start = match rejected.index {
+                0 => 0,
+                i => records[i - 1].end,
+            };
+            FailedRecord {
+                seq: record.seq,
+                arrival_ms: record.arrival_ms,
+                data: data[start..record.end].to_vec(),
+                error: rejected.error,
+            }
+        })
+        .collect();
+    RowChunk {
+        batches: converted.batches,
+        failed,
+    }
+}
+
 /// A batch that takes no more records, on its way to the destination.
 #[derive(Debug)]
 pub struct SealedBatch {
+    /// The Parquet encoder, when rows are written as a Parquet file.
+    parquet: Option<Arc<ParquetEncoder>>,
     codec: Codec,
     chunks: Vec<ChunkSlot>,
     raw_len: usize,
@@ -175,12 +253,32 @@ pub struct SealedBatch {
 
 /// A batch whose body could not be produced.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "a compression job ended without a result; the batch's {records} records cannot be written"
-)]
-pub struct BatchFailure {
-    /// Records in the batch.
-    pub records: u64,
+pub enum BatchFailure {
+    /// A job on the CPU pool ended without a result (it panicked).
+    #[error(
+        "a compression or conversion job ended without a result; the batch's {records} records cannot be written"
+    )]
+    JobLost {
+        /// Records in the batch.
+        records: u64,
+    },
+    /// The Parquet writer failed.
+    #[error("{error}; the batch's {records} records cannot be written")]
+    Parquet {
+        /// Records in the batch.
+        records: u64,
+        /// What the writer said.
+        error: WriteError,
+    },
+}
+
+/// What a sealed batch became.
+#[derive(Debug)]
+pub struct BatchBody {
+    /// The object body, in order (empty when no record could be written).
+    pub parts: Vec<Bytes>,
+    /// Records the format could not take; they go to the error output.
+    pub failed: Vec<FailedRecord>,
 }
 
 impl SealedBatch {
@@ -199,11 +297,6 @@ impl SealedBatch {
         self.range
     }
 
-    /// Takes out the records the format could not take (they are not in the body).
-    pub fn take_failed(&mut self) -> Vec<FailedRecord> {
-        std::mem::take(&mut self.failed)
-    }
-
     /// Whether this batch rebuilds one journaled before a restart.
     pub fn replayed(&self) -> bool {
         self.replayed
@@ -214,22 +307,42 @@ impl SealedBatch {
         self.oldest_arrival_ms
     }
 
-    /// Waits for every chunk and returns the object body, in order.
-    pub async fn into_body(self) -> Result<Vec<Bytes>, BatchFailure> {
-        let mut ready = Vec::with_capacity(self.chunks.len());
+    /// Waits for every chunk and returns the object body, in order, with the records the
+    /// format could not take.
+    pub async fn into_body(self) -> Result<BatchBody, BatchFailure> {
+        let records = self.records;
+        let lost = || BatchFailure::JobLost { records };
+        let mut failed = self.failed;
+        let mut compressed = Vec::with_capacity(self.chunks.len());
+        let mut rows = Vec::new();
         for slot in self.chunks {
             match slot {
-                ChunkSlot::Ready(chunk) => ready.push(chunk),
-                ChunkSlot::Compressing(receiver) => match receiver.await {
-                    Ok(chunk) => ready.push(chunk),
-                    Err(_) => {
-                        return Err(BatchFailure {
-                            records: self.records,
-                        });
-                    }
-                },
+                ChunkSlot::Ready(chunk) => compressed.push(chunk),
+                ChunkSlot::Compressing(receiver) => {
+                    compressed.push(receiver.await.map_err(|_| lost())?)
+                }
+                ChunkSlot::Converting(receiver) => {
+                    let chunk = receiver.await.map_err(|_| lost())?;
+                    rows.extend(chunk.batches);
+                    failed.extend(chunk.failed);
+                }
             }
         }
-        Ok(self.codec.assemble(ready))
+        let parts = match self.parquet {
+            None => self.codec.assemble(compressed),
+            Some(_) if rows.is_empty() => Vec::new(),
+            Some(encoder) => {
+                let (sender, receiver) = oneshot::channel();
+                rayon::spawn(move || {
+                    let _ = sender.send(encoder.write_file(rows));
+                });
+                let file = receiver
+                    .await
+                    .map_err(|_| lost())?
+                    .map_err(|error| BatchFailure::Parquet { records, error })?;
+                vec![Bytes::from(file)]
+            }
+        };
+        Ok(BatchBody { parts, failed })
     }
 }

@@ -6,13 +6,14 @@ use bytes::Bytes;
 
 use super::*;
 use crate::config::{Format, RecordDelimiter};
+use crate::encode::RecordFramer;
 
 fn buffer(size_limit: usize, interval: Duration, codec: Codec) -> StreamBuffer {
     StreamBuffer::new(
         BufferSettings {
             size_limit,
             interval,
-            framer: RecordFramer::new(Format::Raw, RecordDelimiter::Newline),
+            encoding: Encoding::Framed(RecordFramer::new(Format::Raw, RecordDelimiter::Newline)),
             codec,
         },
         Arc::new(IngestCapacity::new(64 * 1024 * 1024)),
@@ -71,7 +72,7 @@ async fn size_threshold_seals_a_batch_holding_exactly_what_fits() {
         .flat_map(|r| [&r[..], b"\n"].concat())
         .collect();
     assert_eq!(
-        body_bytes(batch.into_body().await.unwrap(), codec),
+        body_bytes(batch.into_body().await.unwrap().parts, codec),
         expected
     );
     assert_eq!(buffer.buffered_records(), 5);
@@ -131,7 +132,7 @@ async fn interval_threshold_flushes_the_open_batch_once_its_oldest_record_is_old
     assert_eq!(batch.records(), 2);
     assert_eq!(batch.oldest_arrival_ms(), 5);
     assert_eq!(
-        body_bytes(batch.into_body().await.unwrap(), Codec::None),
+        body_bytes(batch.into_body().await.unwrap().parts, Codec::None),
         b"one\ntwo\n"
     );
 }
@@ -185,7 +186,7 @@ async fn large_batches_decode_in_order(codec: Codec) {
     let mut decoded = Vec::new();
     while let Ok(batch) = buffer.next_batch().await {
         assert!(batch.raw_len() <= size_limit);
-        decoded.extend(body_bytes(batch.into_body().await.unwrap(), codec));
+        decoded.extend(body_bytes(batch.into_body().await.unwrap().parts, codec));
     }
     let expected: Vec<u8> = input
         .iter()
@@ -275,4 +276,80 @@ async fn a_partly_rebuilt_batch_is_left_to_the_spool_at_shutdown() {
     assert_eq!(buffer.try_append_spooled(&spooled_chunk(0, 5, 10), 0), 5);
     buffer.close();
     assert_eq!(buffer.next_batch().await.unwrap_err(), NoBatch::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_batches_decode_chunks_in_parallel_and_keep_record_order() {
+    let yaml = "streams:\n  s:\n    format: parquet\n    parquet:\n      schema:\n        - { name: n, type: int64, nullable: false }\n        - { name: pad, type: string }\n    destination: { local: { path: out } }\n";
+    let config = crate::config::parse_config(yaml, "test.yaml").unwrap();
+    let (_, stream) = config.streams.iter().next().unwrap();
+    let encoder = Arc::new(
+        crate::encode::parquet::ParquetEncoder::new(stream.parquet.as_ref().unwrap()).unwrap(),
+    );
+    let size_limit = 1024 * 1024;
+    let buffer = Arc::new(StreamBuffer::new(
+        BufferSettings {
+            size_limit,
+            interval: Duration::from_secs(900),
+            encoding: Encoding::Parquet(encoder),
+            codec: Codec::None,
+        },
+        Arc::new(IngestCapacity::new(64 * 1024 * 1024)),
+    ));
+    let pad = "x".repeat(200);
+    let records: Vec<String> = (0..12_000)
+        .map(|n| {
+            if n % 1000 == 999 {
+                format!("{{\"n\": \"not a number {n}\"}}")
+            } else {
+                format!("{{\"n\": {n}, \"pad\": \"{pad}\"}}")
+            }
+        })
+        .collect();
+    let producer = {
+        let buffer = Arc::clone(&buffer);
+        tokio::spawn(async move {
+            let refs: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
+            let mut taken = 0;
+            while taken < refs.len() {
+                taken += buffer
+                    .append(&refs[taken..], 0, Duration::from_secs(60))
+                    .await
+                    .1;
+            }
+            buffer.close();
+        })
+    };
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    let mut objects = 0;
+    while let Ok(batch) = buffer.next_batch().await {
+        let body = batch.into_body().await.unwrap();
+        failed.extend(body.failed.into_iter().map(|f| (f.seq, f.error.code)));
+        let file = Bytes::from(body.parts.concat());
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = arrow_array::cast::AsArray::as_primitive::<arrow_array::types::Int64Type>(
+                batch.column(0),
+            );
+            rows.extend(column.values().iter().copied());
+        }
+        objects += 1;
+    }
+    producer.await.unwrap();
+    assert!(
+        objects >= 2,
+        "the size limit splits the records into several files"
+    );
+    let expected: Vec<i64> = (0..12_000).filter(|n| n % 1000 != 999).collect();
+    assert_eq!(rows, expected, "every good record once, in order");
+    let expected_failed: Vec<(u64, &str)> = (0..12_000u64)
+        .filter(|n| n % 1000 == 999)
+        .map(|n| (n, "DataFormatConversion.MalformedData"))
+        .collect();
+    assert_eq!(failed, expected_failed);
 }

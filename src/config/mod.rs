@@ -2,10 +2,12 @@
 //! substitution, and validation that reports every problem as `FILE:LINE:COLUMN: message`.
 
 mod load;
+mod parquet;
 mod streams;
 mod validate;
 
 pub use load::{ConfigError, ConfigProblem, load_config, parse_config};
+pub use parquet::{ColumnConfig, EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
 pub use streams::Streams;
 
 use serde::Deserialize;
@@ -107,15 +109,18 @@ pub struct StreamConfig {
     /// When a batch is flushed.
     #[serde(default)]
     pub buffer: BufferConfig,
-    /// How records are written into an object: `raw` (default) or `ndjson`.
+    /// How records are written into an object: `raw` (default), `ndjson` or `parquet`.
+    #[serde(default = "default_format")]
+    pub format: Spanned<Format>,
+    /// Schema and writer settings of `format: parquet`.
     #[serde(default)]
-    pub format: Format,
+    pub parquet: Option<ParquetConfig>,
     /// What separates records inside an object. Default `newline`.
     #[serde(default)]
     pub record_delimiter: RecordDelimiter,
     /// Compression of whole objects. Default `none`.
-    #[serde(default)]
-    pub compression: Compression,
+    #[serde(default = "default_compression")]
+    pub compression: Spanned<Compression>,
     /// Codec level (gzip: 0–9, default 6; zstd: 1–19, default 3; snappy has none).
     #[serde(default)]
     pub compression_level: Option<Spanned<u32>>,
@@ -155,6 +160,10 @@ pub enum Format {
     /// Each record must be one JSON value; written as one line. Records that are not go to
     /// the `format-conversion-failed` error output.
     Ndjson,
+    /// Each record is one JSON object, written as a row of a Parquet file with the schema
+    /// in the stream's `parquet:` section. Records that do not fit it go to the
+    /// `format-conversion-failed` error output.
+    Parquet,
 }
 
 /// Separator written after each record.
@@ -320,6 +329,14 @@ impl Destination {
     }
 }
 
+fn default_format() -> Spanned<Format> {
+    spanned(Format::default())
+}
+
+fn default_compression() -> Spanned<Compression> {
+    spanned(Compression::default())
+}
+
 fn spanned<T>(value: T) -> Spanned<T> {
     Spanned {
         value,
@@ -396,9 +413,9 @@ mod tests {
         assert_eq!(name.value, "s");
         assert_eq!(stream.buffer.size_mib.value, 5);
         assert_eq!(stream.buffer.interval_seconds.value, 60);
-        assert_eq!(stream.format, Format::Raw);
+        assert_eq!(stream.format.value, Format::Raw);
         assert_eq!(stream.record_delimiter, RecordDelimiter::Newline);
-        assert_eq!(stream.compression, Compression::None);
+        assert_eq!(stream.compression.value, Compression::None);
         let Destination::S3(s3) = &stream.destination else {
             panic!("expected s3")
         };
@@ -483,5 +500,76 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("at least one delivery stream"), "{error}");
+    }
+
+    #[test]
+    fn parquet_settings_have_defaults_and_every_mistake_is_located() {
+        let config = parse(
+            "streams:\n  s:\n    format: parquet\n    parquet:\n      schema: infer\n    destination: { local: { path: x } }\n",
+        );
+        let parquet = config.streams.0[0].1.parquet.as_ref().unwrap();
+        assert!(matches!(parquet.schema.value, SchemaSource::Infer));
+        assert!(parquet.case_insensitive);
+        assert!(!parquet.convert_dots_in_json_keys_to_underscores);
+        assert!(parquet.dictionary);
+        assert_eq!(parquet.compression.value, ParquetCompression::Snappy);
+        assert_eq!(parquet.row_group_mib.value, 128);
+        assert_eq!(parquet.page_size_kib.value, 1024);
+        assert_eq!(parquet.timestamp_numbers, EpochUnit::Auto);
+
+        let error = parse_config(
+            concat!(
+                "streams:\n",
+                "  a:\n",
+                "    format: parquet\n",
+                "    compression: gzip\n",
+                "    parquet:\n",
+                "      schema:\n",
+                "        - { name: id, type: int64 }\n",
+                "        - { name: ID, type: string }\n",
+                "        - { name: at, type: timestamp(ns) }\n",
+                "      column_to_json_key_mappings: { nope: x }\n",
+                "      compression: snappy\n",
+                "      compression_level: 3\n",
+                "    destination: { local: { path: x } }\n",
+                "  b:\n",
+                "    format: parquet\n",
+                "    destination: { local: { path: x } }\n",
+            ),
+            "p.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "p.yaml:4:18: stream `a`: Parquet files compress their columns themselves",
+            "p.yaml:8:19: stream `a`: column `ID` is declared twice",
+            "p.yaml:9:29: stream `a`: column `at`: expected `ms` or `us`",
+            "`column_to_json_key_mappings` names `nope`, which is not a declared column",
+            "p.yaml:12:26: stream `a`: `parquet.compression_level` needs `compression: zstd` or `gzip`",
+            "p.yaml:15:13: stream `b`: `format: parquet` needs a `parquet:` section",
+        ] {
+            assert!(
+                error.contains(expected),
+                "missing {expected:?} in:\n{error}"
+            );
+        }
+        let error = parse_config(
+            "streams:\n  s:\n    parquet: { schema: [ { name: a, type: int64 } ] }\n    destination: { local: { path: x } }\n",
+            "q.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("a `parquet:` section needs `format: parquet`"),
+            "{error}"
+        );
+        let error = parse_config(
+            "streams:\n  s:\n    format: parquet\n    parquet: { schema: guess }\n    destination: { local: { path: x } }\n",
+            "r.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("r.yaml:4:"), "{error}");
+        assert!(error.contains("`infer` or a list of columns"), "{error}");
     }
 }

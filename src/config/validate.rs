@@ -96,7 +96,8 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
             ),
         ));
     }
-    if stream.format == super::Format::Ndjson
+    super::parquet::validate(name, stream, problems);
+    if stream.format.value == super::Format::Ndjson
         && stream.record_delimiter == super::RecordDelimiter::None
     {
         problems.push(ConfigProblem::at(
@@ -105,7 +106,7 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
         ));
     }
     if let Some(level) = &stream.compression_level {
-        match stream.compression {
+        match stream.compression.value {
             Compression::None => problems.push(at(
                 level,
                 format!("stream `{name}`: `compression_level` needs a `compression` codec"),
@@ -207,6 +208,6 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
     }
 }
 
-fn at<T>(spanned: &Spanned<T>, message: impl Into<String>) -> ConfigProblem {
+pub(super) fn at<T>(spanned: &Spanned<T>, message: impl Into<String>) -> ConfigProblem {
     ConfigProblem::at(spanned.referenced, message)
 }

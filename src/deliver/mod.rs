@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use hydrant_sinks::prelude::*;
 use tokio::time::Instant;
 
-use crate::buffer::{SealedBatch, StreamBuffer};
+use crate::buffer::{BatchBody, SealedBatch, StreamBuffer};
 use crate::spool::{SeqRange, StreamSpool};
 use object_key::{ObjectKeyBuilder, batch_seed};
 
@@ -81,7 +81,7 @@ impl DeliveryLoop {
         tracing::debug!(stream = %self.stream, "delivery loop drained and stopped");
     }
 
-    async fn deliver(&self, mut batch: SealedBatch) {
+    async fn deliver(&self, batch: SealedBatch) {
         let records = batch.records();
         let raw_len = batch.raw_len();
         self.counters
@@ -90,9 +90,8 @@ impl DeliveryLoop {
         let oldest = DateTime::<Utc>::from_timestamp_millis(batch.oldest_arrival_ms())
             .unwrap_or_else(Utc::now);
         let range = batch.range();
-        let failed = batch.take_failed();
-        let parts = match batch.into_body().await {
-            Ok(parts) => parts,
+        let BatchBody { parts, failed } = match batch.into_body().await {
+            Ok(body) => body,
             Err(failure) => {
                 tracing::error!(stream = %self.stream, records, "{failure}");
                 return;

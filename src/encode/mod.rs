@@ -1,6 +1,46 @@
 //! How records are laid out inside an object, and which records cannot be.
 
+pub mod parquet;
+
+use std::sync::Arc;
+
 use crate::config::{Format, RecordDelimiter};
+use parquet::ParquetEncoder;
+
+/// How a stream turns records into an object body.
+#[derive(Debug, Clone)]
+pub enum Encoding {
+    /// Records written one after another (`raw`, `ndjson`).
+    Framed(RecordFramer),
+    /// Records decoded into rows of one Parquet file.
+    Parquet(Arc<ParquetEncoder>),
+}
+
+impl Encoding {
+    /// Bytes `record` adds to a batch's size (what `buffer.size_mib` counts).
+    pub fn buffered_len(&self, record: &[u8]) -> usize {
+        match self {
+            Encoding::Framed(framer) => framer.framed_len(record),
+            Encoding::Parquet(_) => record.len() + 1,
+        }
+    }
+
+    /// `Content-Type` of objects.
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Encoding::Framed(framer) => framer.content_type(),
+            Encoding::Parquet(_) => "application/vnd.apache.parquet",
+        }
+    }
+
+    /// Extension of object keys that the format (rather than a codec) decides.
+    pub fn extension(&self) -> Option<&'static str> {
+        match self {
+            Encoding::Framed(_) => None,
+            Encoding::Parquet(_) => Some(".parquet"),
+        }
+    }
+}
 
 /// Why a record could not be written in the stream's format; it goes to the
 /// `format-conversion-failed` error output instead.
@@ -10,6 +50,24 @@ pub struct ConversionError {
     pub code: &'static str,
     /// What is wrong with the record.
     pub message: String,
+}
+
+impl ConversionError {
+    /// The record is not (one) JSON value: `DataFormatConversion.ParseError`.
+    pub fn parse(message: impl Into<String>) -> Self {
+        Self {
+            code: "DataFormatConversion.ParseError",
+            message: message.into(),
+        }
+    }
+
+    /// The record is JSON but does not fit the schema: `DataFormatConversion.MalformedData`.
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self {
+            code: "DataFormatConversion.MalformedData",
+            message: message.into(),
+        }
+    }
 }
 
 /// Writes records into an object body according to the stream's format.
@@ -27,7 +85,9 @@ impl RecordFramer {
                 newline: delimiter == RecordDelimiter::Newline,
                 json: false,
             },
-            Format::Ndjson => Self {
+            // Parquet streams frame nothing (rows go through `parquet::ParquetEncoder`);
+            // their records are held as one JSON value each, like NDJSON.
+            Format::Ndjson | Format::Parquet => Self {
                 newline: true,
                 json: true,
             },
@@ -44,10 +104,9 @@ impl RecordFramer {
             return Ok(());
         }
         if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(record) {
-            return Err(ConversionError {
-                code: "DataFormatConversion.ParseError",
-                message: format!("the record is not one JSON value: {error}"),
-            });
+            return Err(ConversionError::parse(format!(
+                "the record is not one JSON value: {error}"
+            )));
         }
         out.extend(
             record

@@ -168,6 +168,15 @@ impl Bucket {
         meta.e_tag.unwrap_or_default()
     }
 
+    /// The `Content-Type` of `key`.
+    pub async fn content_type(&self, key: &str) -> Option<String> {
+        let result = self.store.get(&ObjectPath::from(key)).await.unwrap();
+        result
+            .attributes
+            .get(&object_store::Attribute::ContentType)
+            .map(|v| v.to_string())
+    }
+
     /// The bytes of `key` and its content encoding.
     pub async fn get(&self, key: &str) -> (Vec<u8>, Option<String>) {
         let result = self.store.get(&ObjectPath::from(key)).await.unwrap();

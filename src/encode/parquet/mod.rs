@@ -1,0 +1,393 @@
+//! JSON records to Parquet files: each chunk of a batch is decoded into Arrow record
+//! batches on the CPU pool while the batch fills (bad records singled out and set
+//! aside), and a sealed batch's record batches are written as one Parquet file.
+
+mod decode;
+mod types;
+
+pub use types::parse_type;
+
+use std::sync::{Arc, OnceLock};
+
+use arrow_array::{BooleanArray, RecordBatch};
+use arrow_json::ReaderBuilder;
+use arrow_json::reader::Decoder;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+use parquet::file::properties::{WriterProperties, WriterVersion};
+
+use crate::config::{EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
+use crate::encode::ConversionError;
+use decode::{HydrantDecoders, KeyRules, RowErrors};
+
+/// One record of a chunk handed to [`ParquetEncoder::convert_chunk`].
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkRecord {
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it arrived (Unix ms).
+    pub arrival_ms: i64,
+    /// Where it ends in the chunk's bytes (it starts where the previous one ends).
+    pub end: usize,
+}
+
+/// A record that could not become a row, with the reason.
+#[derive(Debug)]
+pub struct RejectedRecord {
+    /// Its index in the chunk.
+    pub index: usize,
+    /// Why.
+    pub error: ConversionError,
+}
+
+/// What a chunk became: rows in order, and the records that could not be rows.
+#[derive(Debug, Default)]
+pub struct ConvertedChunk {
+    /// Decoded rows, in record order.
+    pub batches: Vec<RecordBatch>,
+    /// Records left out, in record order.
+    pub rejected: Vec<RejectedRecord>,
+}
+
+/// A stream's JSON → Parquet conversion: schema, key rules and writer settings.
+#[derive(Debug)]
+pub struct ParquetEncoder {
+    /// The declared (or, once inferred, the inferred) schema; rows are written with it.
+    schema: OnceLock<Schemas>,
+    keys: Arc<KeyRules>,
+    epoch: EpochUnit,
+    properties: WriterProperties,
+}
+
+/// The schema as declared, and the all-nullable one decoding uses (so that a bad row can
+/// be decoded as nulls and then removed).
+#[derive(Debug)]
+struct Schemas {
+    declared: SchemaRef,
+    decoding: SchemaRef,
+    required: Arc<[bool]>,
+}
+
+impl Schemas {
+    fn new(declared: Schema) -> Self {
+        let required: Arc<[bool]> = declared.fields().iter().map(|f| !f.is_nullable()).collect();
+        let decoding = Schema::new(
+            declared
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        );
+        Self {
+            declared: Arc::new(declared),
+            decoding: Arc::new(decoding),
+            required,
+        }
+    }
+}
+
+/// A file could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the Parquet file: {0}")]
+pub struct WriteError(#[from] parquet::errors::ParquetError);
+
+impl ParquetEncoder {
+    /// The encoder a stream's (validated) `parquet:` section describes.
+    pub fn new(config: &ParquetConfig) -> Result<Self, String> {
+        let schema = OnceLock::new();
+        if let SchemaSource::Columns(columns) = &config.schema.value {
+            let fields = columns
+                .iter()
+                .map(|c| {
+                    parse_type(&c.data_type.value)
+                        .map(|t| Field::new(c.name.value.clone(), t, c.nullable))
+                        .map_err(|reason| format!("column `{}`: {reason}", c.name.value))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let _ = schema.set(Schemas::new(Schema::new(fields)));
+        }
+        let compression = match config.compression.value {
+            ParquetCompression::Snappy => Compression::SNAPPY,
+            ParquetCompression::Zstd => Compression::ZSTD(
+                ZstdLevel::try_new(
+                    config
+                        .compression_level
+                        .as_ref()
+                        .map_or(3, |l| l.value as i32),
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+            ParquetCompression::Gzip => Compression::GZIP(
+                GzipLevel::try_new(config.compression_level.as_ref().map_or(6, |l| l.value))
+                    .map_err(|e| e.to_string())?,
+            ),
+            ParquetCompression::None => Compression::UNCOMPRESSED,
+        };
+        let properties = WriterProperties::builder()
+            .set_writer_version(WriterVersion::PARQUET_1_0)
+            .set_compression(compression)
+            .set_dictionary_enabled(config.dictionary)
+            .set_data_page_size_limit(config.page_size_kib.value as usize * 1024)
+            .set_max_row_group_row_count(None)
+            .set_max_row_group_bytes(Some(
+                config.row_group_mib.value.max(1) as usize * 1024 * 1024,
+            ))
+            .set_created_by(format!("hydrant version {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Self {
+            schema,
+            keys: Arc::new(KeyRules {
+                case_insensitive: config.case_insensitive,
+                dots_to_underscores: config.convert_dots_in_json_keys_to_underscores,
+                mappings: config
+                    .column_to_json_key_mappings
+                    .iter()
+                    .map(|(column, key)| (column.clone(), key.clone()))
+                    .collect(),
+            }),
+            epoch: config.timestamp_numbers,
+            properties,
+        })
+    }
+
+    /// The schema files are written with, once known (declared, or inferred from the
+    /// first chunk).
+    pub fn schema(&self) -> Option<SchemaRef> {
+        self.schema.get().map(|s| Arc::clone(&s.declared))
+    }
+
+    /// Decodes the records of one chunk (`data`, split by `records`). CPU-heavy: call it
+    /// off the async reactor. Never fails as a whole: a record that is not one JSON object
+    /// or does not fit the schema is rejected alone.
+    pub fn convert_chunk(&self, data: &[u8], records: &[ChunkRecord]) -> ConvertedChunk {
+        let schemas = self.schema.get_or_init(|| infer_schema(data, records));
+        let mut out = ConvertedChunk::default();
+        let mut segment = Segment::new(self, schemas, records.len());
+        let mut start = 0;
+        for (index, record) in records.iter().enumerate() {
+            let bytes = &data[start..record.end];
+            start = record.end;
+            match segment.feed(bytes) {
+                Fed::Row => segment.rows.push(index),
+                Fed::Nothing(reason) => out.rejected.push(RejectedRecord {
+                    index,
+                    error: ConversionError::parse(reason),
+                }),
+                Fed::Broken(reason) => {
+                    // The decoder holds part of this record: rebuild the segment without it.
+                    out.rejected.push(RejectedRecord {
+                        index,
+                        error: ConversionError::parse(reason),
+                    });
+                    let rows = std::mem::take(&mut segment.rows);
+                    let mut rebuilt = Segment::new(self, schemas, rows.len());
+                    for &row in &rows {
+                        let from = if row == 0 { 0 } else { records[row - 1].end };
+                        let fed = rebuilt.feed(&data[from..records[row].end]);
+                        debug_assert!(
+                            matches!(fed, Fed::Row),
+                            "a record decoded before decodes again"
+                        );
+                    }
+                    rebuilt.rows = rows;
+                    rebuilt.finish(schemas, &mut out);
+                    segment = Segment::new(self, schemas, records.len() - index);
+                }
+            }
+        }
+        segment.finish(schemas, &mut out);
+        out.rejected.sort_by_key(|r| r.index);
+        out
+    }
+
+    /// Writes `batches` (from [`convert_chunk`](Self::convert_chunk), in order) as one
+    /// Parquet file, consuming them so that each is freed once written. CPU-heavy.
+    pub fn write_file(&self, batches: Vec<RecordBatch>) -> Result<Vec<u8>, WriteError> {
+        let schema = match self.schema.get() {
+            Some(schemas) => Arc::clone(&schemas.declared),
+            None => Arc::new(Schema::empty()),
+        };
+        let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(self.properties.clone()))?;
+        for batch in batches {
+            writer.write(&batch)?;
+        }
+        Ok(writer.into_inner()?)
+    }
+}
+
+/// Records fed to one arrow-json decoder.
+struct Segment {
+    decoder: Decoder,
+    row_errors: RowErrors,
+    /// Chunk index of each decoded row.
+    rows: Vec<usize>,
+}
+
+enum Fed {
+    /// The record became one row.
+    Row,
+    /// The record held no JSON value; the decoder is unchanged.
+    Nothing(String),
+    /// The record was bad and the decoder took part of it: the segment must be rebuilt.
+    Broken(String),
+}
+
+impl Segment {
+    fn new(encoder: &ParquetEncoder, schemas: &Schemas, records: usize) -> Self {
+        let row_errors = RowErrors::default();
+        let factory = HydrantDecoders {
+            keys: Arc::clone(&encoder.keys),
+            required: Arc::clone(&schemas.required),
+            epoch: encoder.epoch,
+            row_errors: Arc::clone(&row_errors),
+        };
+        let decoder = ReaderBuilder::new(Arc::clone(&schemas.decoding))
+            .with_batch_size(records + 2)
+            .with_coerce_primitive(true)
+            .with_decoder_factory(Arc::new(factory))
+            .build_decoder()
+            .expect("the decoding schema only has types the decoder supports");
+        Self {
+            decoder,
+            row_errors,
+            rows: Vec::with_capacity(records),
+        }
+    }
+
+    fn feed(&mut self, record: &[u8]) -> Fed {
+        let before = self.decoder.len();
+        let fed = self
+            .decoder
+            .decode(record)
+            .and_then(|_| self.decoder.decode(b"\n"));
+        match fed {
+            Err(error) => Fed::Broken(format!(
+                "the record is not valid JSON: {}",
+                json_message(&error)
+            )),
+            Ok(_) if self.decoder.has_partial_record() => {
+                Fed::Broken("the record is not valid JSON: it ends inside a value".into())
+            }
+            Ok(_) => match self.decoder.len() - before {
+                1 => Fed::Row,
+                0 => Fed::Nothing("the record is empty: it holds no JSON value".into()),
+                n => Fed::Broken(format!(
+                    "the record holds {n} JSON values; each record must be exactly one object"
+                )),
+            },
+        }
+    }
+
+    /// Turns the decoded rows into a record batch of the good ones.
+    fn finish(mut self, schemas: &Schemas, out: &mut ConvertedChunk) {
+        let batch = match self.decoder.flush() {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return,
+            Err(error) => {
+                // Not a per-record problem the top-level decoder could single out.
+                let message = json_message(&error);
+                out.rejected
+                    .extend(self.rows.iter().map(|&index| RejectedRecord {
+                        index,
+                        error: ConversionError::malformed(message.clone()),
+                    }));
+                return;
+            }
+        };
+        let errors = std::mem::take(
+            &mut *self
+                .row_errors
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        let batch = if errors.is_empty() {
+            batch
+        } else {
+            let mut keep = vec![true; batch.num_rows()];
+            for (row, error) in errors {
+                keep[row] = false;
+                out.rejected.push(RejectedRecord {
+                    index: self.rows[row],
+                    error,
+                });
+            }
+            match arrow_select::filter::filter_record_batch(&batch, &BooleanArray::from(keep)) {
+                Ok(batch) => batch,
+                Err(error) => {
+                    reject_all(&self.rows, &error.to_string(), out);
+                    return;
+                }
+            }
+        };
+        if batch.num_rows() == 0 {
+            return;
+        }
+        match RecordBatch::try_new(Arc::clone(&schemas.declared), batch.columns().to_vec()) {
+            Ok(batch) => out.batches.push(batch),
+            Err(error) => reject_all(&self.rows, &error.to_string(), out),
+        }
+    }
+}
+
+fn reject_all(rows: &[usize], message: &str, out: &mut ConvertedChunk) {
+    let already: std::collections::HashSet<usize> = out.rejected.iter().map(|r| r.index).collect();
+    out.rejected.extend(
+        rows.iter()
+            .filter(|index| !already.contains(index))
+            .map(|&index| RejectedRecord {
+                index,
+                error: ConversionError::malformed(message.to_string()),
+            }),
+    );
+}
+
+/// The message of an arrow-json error, without the "Json error: " prefix.
+fn json_message(error: &arrow_schema::ArrowError) -> String {
+    match error {
+        arrow_schema::ArrowError::JsonError(message) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The schema of `schema: infer`: the fields of the chunk's JSON objects, all nullable;
+/// fields that are only ever null become strings.
+fn infer_schema(data: &[u8], records: &[ChunkRecord]) -> Schemas {
+    let mut start = 0;
+    let values = records.iter().filter_map(|record| {
+        let bytes = &data[start..record.end];
+        start = record.end;
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .filter(serde_json::Value::is_object)
+            .map(Ok)
+    });
+    let inferred = arrow_json::reader::infer_json_schema_from_iterator(values)
+        .unwrap_or_else(|_| Schema::empty());
+    let fields: Vec<Field> = inferred
+        .fields()
+        .iter()
+        .map(|f| {
+            let data_type = without_null_type(f.data_type());
+            Field::new(f.name(), data_type, true)
+        })
+        .collect();
+    Schemas::new(Schema::new(fields))
+}
+
+fn without_null_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Null => DataType::Utf8,
+        DataType::List(element) => types::list_of(without_null_type(element.data_type())),
+        DataType::Struct(fields) => DataType::Struct(
+            fields
+                .iter()
+                .map(|f| Field::new(f.name(), without_null_type(f.data_type()), true))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
