@@ -29,11 +29,17 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn the_quickstart_example_is_valid() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.yaml");
-    let (ok, stdout, stderr) = validate(&path, &[]);
-    assert!(ok, "{stderr}");
-    assert!(stdout.contains("ok (1 delivery stream)"), "{stdout}");
+fn every_example_is_valid() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        let (ok, stdout, stderr) = validate(&path, &[]);
+        assert!(ok, "{}: {stderr}", path.display());
+        assert!(stdout.contains("ok (1 delivery stream)"), "{stdout}");
+        checked += 1;
+    }
+    assert!(checked >= 2, "the quickstart and the Parquet example");
 }
 
 #[test]

@@ -169,6 +169,35 @@ pub fn gzip_ceiling_mib_s(data: &[u8], level: u32) -> f64 {
     (data.len() * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64()
 }
 
+/// MiB/s of newline-delimited JSON `data` that arrow-json decodes and ArrowWriter writes
+/// as Parquet on one core, with `encoder`'s schema and writer settings.
+pub fn parquet_ceiling_mib_s(
+    data: &[u8],
+    encoder: &crate::encode::parquet::ParquetEncoder,
+) -> anyhow::Result<f64> {
+    let schema = encoder
+        .schema()
+        .ok_or_else(|| anyhow::anyhow!("the Parquet ceiling needs a declared schema"))?;
+    let started = Instant::now();
+    let mut rounds = 0;
+    while rounds < 2 || started.elapsed().as_secs_f64() < 2.0 {
+        let reader = arrow_json::ReaderBuilder::new(std::sync::Arc::clone(&schema))
+            .with_batch_size(8192)
+            .build(data)?;
+        let mut writer = parquet::arrow::ArrowWriter::try_new(
+            Vec::with_capacity(data.len() / 4),
+            std::sync::Arc::clone(&schema),
+            Some(encoder.writer_properties().clone()),
+        )?;
+        for batch in reader {
+            writer.write(&batch?)?;
+        }
+        std::hint::black_box(writer.into_inner()?);
+        rounds += 1;
+    }
+    Ok((data.len() * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,9 @@
 //! (or targets a running one), drives its HTTP API with concurrent `PutRecordBatch` calls of
 //! realistic JSON records, waits until everything accepted has been delivered, and reports
 //! records/s, MiB/s, call latency percentiles and the service's peak RSS, next to a ceiling
-//! measured in the same run: flate2 compressing the same bytes on one core, in process.
+//! measured in the same run on one core, in process: flate2 compressing the same bytes, or,
+//! for a Parquet stream, arrow-json decoding them and ArrowWriter writing them with the
+//! stream's schema and writer settings.
 //!
 //! Delivered throughput is the service's delivered-records counter sampled while the load
 //! runs, over the last three quarters of the run (the first quarter fills the buffers); the
@@ -47,13 +49,14 @@ pub struct BenchArgs {
     /// How long to send, in seconds.
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
-    /// gzip level of the in-process ceiling measurement (match the stream's level).
+    /// gzip level of the in-process ceiling measurement (match the stream's level; Parquet
+    /// streams use their own settings).
     #[arg(long, default_value_t = 6)]
     pub gzip_level: u32,
     /// Print the report as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Skip the in-process gzip ceiling (for scenarios without compression).
+    /// Skip the in-process ceiling (for scenarios without compression).
     #[arg(long)]
     pub no_ceiling: bool,
 }
@@ -71,16 +74,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.records_per_call,
         corpus.mean_record_bytes()
     );
-    let ceiling_mib_s = if args.no_ceiling {
+    let ceiling = if args.no_ceiling {
         None
     } else {
         let data = corpus.framed_records();
+        let parquet = match &args.config {
+            Some(path) => parquet_encoder_of(path, &args.stream)?,
+            None => None,
+        };
         let level = args.gzip_level;
-        let ceiling =
-            tokio::task::spawn_blocking(move || corpus::gzip_ceiling_mib_s(&data, level)).await?;
-        eprintln!("bench: single-core gzip -{level} ceiling {ceiling:.1} MiB/s");
+        let ceiling = tokio::task::spawn_blocking(move || match parquet {
+            Some(encoder) => corpus::parquet_ceiling_mib_s(&data, &encoder)
+                .map(|rate| ("arrow_json_arrow_writer", rate)),
+            None => Ok(("gzip", corpus::gzip_ceiling_mib_s(&data, level))),
+        })
+        .await??;
+        eprintln!(
+            "bench: single-core {} ceiling {:.1} MiB/s",
+            ceiling.0, ceiling.1
+        );
         Some(ceiling)
     };
+    let ceiling_mib_s = ceiling.map(|(_, rate)| rate);
 
     let mut service = match (&args.config, &args.endpoint) {
         (Some(config), _) => Service::start(config)?,
@@ -134,7 +149,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "end_to_end_seconds": end_to_end.as_secs_f64(),
         "p50_call_ms": sent.latency_percentile(50.0).as_secs_f64() * 1000.0,
         "p99_call_ms": sent.latency_percentile(99.0).as_secs_f64() * 1000.0,
-        "gzip_ceiling_mib_per_s": ceiling_mib_s,
+        "ceiling": ceiling.map(|(name, _)| name),
+        "ceiling_mib_per_s": ceiling_mib_s,
         "peak_rss_mib": peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
     });
     if args.json {
@@ -143,6 +159,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         print_table(&report);
     }
     Ok(())
+}
+
+/// The Parquet encoder of `stream` in the configuration at `path`, if it writes Parquet:
+/// the ceiling is then arrow-json and ArrowWriter with the same schema and settings.
+fn parquet_encoder_of(
+    path: &std::path::Path,
+    stream: &str,
+) -> anyhow::Result<Option<crate::encode::parquet::ParquetEncoder>> {
+    let config = crate::config::load_config(path)?;
+    let Some((_, stream_config)) = config.streams.iter().find(|(name, _)| name.value == stream)
+    else {
+        return Ok(None);
+    };
+    match &stream_config.parquet {
+        Some(parquet) => Ok(Some(
+            crate::encode::parquet::ParquetEncoder::new(parquet).map_err(anyhow::Error::msg)?,
+        )),
+        None => Ok(None),
+    }
 }
 
 fn print_table(report: &serde_json::Value) {

@@ -138,14 +138,20 @@ impl FieldNames {
         }
     }
 
-    fn find(&self, key: &str) -> Option<usize> {
-        let exact = |key: &str| {
-            self.names
-                .iter()
-                .find(|(name, _)| name == key)
-                .map(|(_, i)| *i)
+    /// The field `key` names. `hint` is where the previous key of the object matched:
+    /// records usually list their keys in the same order, so the search starts just after
+    /// it and is one comparison in the common case.
+    fn find(&self, key: &str, hint: &mut usize) -> Option<usize> {
+        let len = self.names.len();
+        let exact = |key: &str, hint: &mut usize| {
+            let start = *hint;
+            let at = (0..len)
+                .map(|i| (start + i) % len)
+                .find(|&at| self.names[at].0 == key)?;
+            *hint = at + 1;
+            Some(self.names[at].1)
         };
-        exact(key).or_else(|| self.keys.fold(key).and_then(|folded| exact(&folded)))
+        exact(key, hint).or_else(|| self.keys.fold(key).and_then(|folded| exact(&folded, hint)))
     }
 }
 
@@ -187,11 +193,12 @@ impl StructDecoder {
                 }
             };
             let mut cur = p + 1;
+            let mut hint = 0;
             while cur < end {
                 let TapeElement::String(key) = tape.get(cur) else {
                     return Err(tape.error(cur, "field name"));
                 };
-                if let Some(field) = self.names.find(tape.get_string(key)) {
+                if let Some(field) = self.names.find(tape.get_string(key), &mut hint) {
                     self.positions[field][row] = cur + 1;
                 }
                 cur = tape.next(cur + 1, "field value")?;
@@ -360,6 +367,18 @@ impl TimestampDecoder {
             _ => 1_000,
         };
         let from_epoch = |text: &str| -> Option<i64> {
+            if let Ok(whole) = text.parse::<i64>() {
+                let seconds = match self.epoch {
+                    EpochUnit::Seconds => true,
+                    EpochUnit::Milliseconds => false,
+                    EpochUnit::Auto => whole.unsigned_abs() < 100_000_000_000,
+                };
+                return if seconds {
+                    whole.checked_mul(per_second)
+                } else {
+                    whole.checked_mul(per_second / 1_000)
+                };
+            }
             let number: f64 = text.parse().ok()?;
             let seconds = match self.epoch {
                 EpochUnit::Seconds => true,

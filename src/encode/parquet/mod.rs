@@ -157,6 +157,11 @@ impl ParquetEncoder {
         self.schema.get().map(|s| Arc::clone(&s.declared))
     }
 
+    /// The settings files are written with.
+    pub fn writer_properties(&self) -> &WriterProperties {
+        &self.properties
+    }
+
     /// Decodes the records of one chunk (`data`, split by `records`). CPU-heavy: call it
     /// off the async reactor. Never fails as a whole: a record that is not one JSON object
     /// or does not fit the schema is rejected alone.

@@ -273,3 +273,25 @@ fn decimals_dates_lists_and_binary() {
     assert_eq!(tags.value(0).as_string::<i32>().value(1), "b");
     assert_eq!(batch.column(3).as_binary::<i32>().value(0), b"hi");
 }
+
+#[test]
+fn timestamp_strings_with_offsets_and_primitives_in_string_columns() {
+    let encoder = encoder(SCHEMA);
+    let converted = convert(
+        &encoder,
+        &[
+            r#"{"id": 1, "name": 42, "at": "2024-05-01T14:00:00+02:00"}"#,
+            r#"{"id": 2, "name": true, "at": "2024-05-01 12:00:00"}"#,
+            r#"{"id": 3, "at": "1714564800.5"}"#,
+        ],
+    );
+    assert!(converted.rejected.is_empty(), "{:?}", converted.rejected);
+    let batch = round_trip(&encoder, converted.batches);
+    let names = batch.column(1).as_string::<i32>();
+    assert_eq!((names.value(0), names.value(1)), ("42", "true"));
+    let at = batch.column(2).as_primitive::<TimestampMillisecondType>();
+    assert_eq!(
+        at.values().to_vec(),
+        [1_714_564_800_000, 1_714_564_800_000, 1_714_564_800_500]
+    );
+}
