@@ -295,3 +295,39 @@ fn timestamp_strings_with_offsets_and_primitives_in_string_columns() {
         [1_714_564_800_000, 1_714_564_800_000, 1_714_564_800_500]
     );
 }
+
+#[test]
+fn row_groups_close_at_the_configured_size() {
+    let encoder = encoder(&format!("{SCHEMA}\nrow_group_mib: 1"));
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut batches = Vec::new();
+    for chunk in 0..6 {
+        let records: Vec<String> = (0..500)
+            .map(|n| {
+                let name: String = (0..1000).map(|_| rng.alphanumeric()).collect();
+                format!(r#"{{"id": {}, "name": "{name}"}}"#, chunk * 500 + n)
+            })
+            .collect();
+        let refs: Vec<&str> = records.iter().map(String::as_str).collect();
+        batches.extend(convert(&encoder, &refs).batches);
+    }
+    let file = encoder.write_file(batches).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(file)).unwrap();
+    let row_groups = reader.metadata().num_row_groups();
+    assert!(
+        (2..=4).contains(&row_groups),
+        "3 MB of distinct strings in 1 MiB row groups: {row_groups}"
+    );
+    let ids: Vec<i64> = reader
+        .build()
+        .unwrap()
+        .flat_map(|b| {
+            b.unwrap()
+                .column(0)
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(ids, (0..3000).collect::<Vec<i64>>());
+}
