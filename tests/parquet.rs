@@ -357,3 +357,44 @@ fn read_any(file: &[u8]) -> RecordBatch {
             .collect();
     arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap()
 }
+
+#[tokio::test]
+async fn a_large_parquet_file_goes_up_as_a_multipart_upload() {
+    let bucket = new_bucket("parquet-large");
+    let destination = format!(
+        "{}  multipart_threshold_mib: 5\n  multipart_part_mib: 5\n",
+        s3_destination_yaml(&bucket, "big/", None)
+    );
+    let streams = format!(
+        "big:\n  format: parquet\n  buffer: {{ size_mib: 32, interval_seconds: 900 }}\n  parquet:\n    compression: none\n    dictionary: false\n    schema:\n      - {{ name: n, type: int64, nullable: false }}\n      - {{ name: text, type: string }}\n  destination:\n{}",
+        indent(&destination, 4)
+    );
+    let mut hydrant = Hydrant::start(&streams);
+    let mut rng = fastrand::Rng::with_seed(11);
+    let records: Vec<Vec<u8>> = (0..7000)
+        .map(|n| {
+            let text: String = (0..1000).map(|_| rng.alphanumeric()).collect();
+            serde_json::to_vec(&json!({"n": n, "text": text})).unwrap()
+        })
+        .collect();
+    for calls in records.chunks(500) {
+        hydrant.put_all("big", calls).await;
+    }
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    let store = Bucket::new(&bucket);
+    let keys = store.keys("big/").await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let etag = store.etag(&keys[0]).await;
+    assert!(
+        etag.trim_matches('"').ends_with("-2"),
+        "7 MB in 5 MiB parts is a two-part upload: {etag}"
+    );
+    let (file, _) = store.get(&keys[0]).await;
+    assert!(file.len() > 7_000_000, "{}", file.len());
+    let batch = read_any(&file);
+    let n = batch.column(0).as_primitive::<Int64Type>();
+    assert_eq!(n.values().to_vec(), (0..7000).collect::<Vec<i64>>());
+    let text = batch.column(1).as_string::<i32>();
+    let sent: Value = serde_json::from_slice(&records[6999]).unwrap();
+    assert_eq!(text.value(6999), sent["text"]);
+}

@@ -336,11 +336,10 @@ impl SealedBatch {
                 rayon::spawn(move || {
                     let _ = sender.send(encoder.write_file(rows));
                 });
-                let file = receiver
+                receiver
                     .await
                     .map_err(|_| lost())?
-                    .map_err(|error| BatchFailure::Parquet { records, error })?;
-                vec![Bytes::from(file)]
+                    .map_err(|error| BatchFailure::Parquet { records, error })?
             }
         };
         Ok(BatchBody { parts, failed })

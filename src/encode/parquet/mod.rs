@@ -13,6 +13,7 @@ use arrow_array::{BooleanArray, RecordBatch};
 use arrow_json::ReaderBuilder;
 use arrow_json::reader::Decoder;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::{WriterProperties, WriterVersion};
@@ -207,17 +208,61 @@ impl ParquetEncoder {
     }
 
     /// Writes `batches` (from [`convert_chunk`](Self::convert_chunk), in order) as one
-    /// Parquet file, consuming them so that each is freed once written. CPU-heavy.
-    pub fn write_file(&self, batches: Vec<RecordBatch>) -> Result<Vec<u8>, WriteError> {
+    /// Parquet file, consuming them so that each is freed once written. CPU-heavy. The file
+    /// comes in parts of at most [`FILE_PART_BYTES`], so a large one is never reallocated
+    /// or copied whole on its way to the store.
+    pub fn write_file(&self, batches: Vec<RecordBatch>) -> Result<Vec<Bytes>, WriteError> {
         let schema = match self.schema.get() {
             Some(schemas) => Arc::clone(&schemas.declared),
             None => Arc::new(Schema::empty()),
         };
-        let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(self.properties.clone()))?;
+        let mut writer = ArrowWriter::try_new(
+            PartsWriter::default(),
+            schema,
+            Some(self.properties.clone()),
+        )?;
         for batch in batches {
             writer.write(&batch)?;
         }
-        Ok(writer.into_inner()?)
+        Ok(writer.into_inner()?.finish())
+    }
+}
+
+/// Largest part of a written file: the default multipart part size.
+pub const FILE_PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// A `Write` that keeps what is written as a list of parts of [`FILE_PART_BYTES`].
+#[derive(Default)]
+struct PartsWriter {
+    parts: Vec<Bytes>,
+    current: Vec<u8>,
+}
+
+impl PartsWriter {
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.current.is_empty() {
+            self.parts.push(Bytes::from(self.current));
+        }
+        self.parts
+    }
+}
+
+impl std::io::Write for PartsWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.current.capacity() == 0 {
+            self.current.reserve_exact(FILE_PART_BYTES);
+        }
+        let taken = buf.len().min(FILE_PART_BYTES - self.current.len());
+        self.current.extend_from_slice(&buf[..taken]);
+        if self.current.len() == FILE_PART_BYTES {
+            self.parts
+                .push(Bytes::from(std::mem::take(&mut self.current)));
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -42,7 +42,7 @@ fn convert(encoder: &ParquetEncoder, records: &[&str]) -> ConvertedChunk {
 
 /// Writes the batches as a file and reads it back with the parquet crate's reader.
 fn round_trip(encoder: &ParquetEncoder, batches: Vec<RecordBatch>) -> RecordBatch {
-    let file = encoder.write_file(batches).unwrap();
+    let file = encoder.write_file(batches).unwrap().concat();
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(file))
         .unwrap()
         .build()
@@ -311,7 +311,7 @@ fn row_groups_close_at_the_configured_size() {
         let refs: Vec<&str> = records.iter().map(String::as_str).collect();
         batches.extend(convert(&encoder, &refs).batches);
     }
-    let file = encoder.write_file(batches).unwrap();
+    let file = encoder.write_file(batches).unwrap().concat();
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(file)).unwrap();
     let row_groups = reader.metadata().num_row_groups();
     assert!(
@@ -330,4 +330,21 @@ fn row_groups_close_at_the_configured_size() {
         })
         .collect();
     assert_eq!(ids, (0..3000).collect::<Vec<i64>>());
+}
+
+#[test]
+fn files_come_in_parts_of_at_most_the_part_size() {
+    use std::io::Write as _;
+    let data: Vec<u8> = (0..20 * 1024 * 1024 + 5).map(|i| (i % 251) as u8).collect();
+    let mut writer = PartsWriter::default();
+    for piece in data.chunks(3 * 1024 * 1024 + 7) {
+        writer.write_all(piece).unwrap();
+    }
+    let parts = writer.finish();
+    let sizes: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+    assert_eq!(
+        sizes,
+        [FILE_PART_BYTES, FILE_PART_BYTES, 4 * 1024 * 1024 + 5]
+    );
+    assert_eq!(parts.concat(), data);
 }
