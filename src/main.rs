@@ -66,6 +66,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     let config = hydrant::config::load_config(path)?;
+    let checked = runtime()?.block_on(hydrant::pipeline::check_tables(&config));
+    if !checked.is_empty() {
+        anyhow::bail!(
+            "{}: the configuration is valid but its tables are not:\n  {}",
+            path.display(),
+            checked.join("\n  ")
+        );
+    }
     println!(
         "{}: ok ({} delivery stream{})",
         path.display(),

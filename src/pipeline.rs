@@ -12,13 +12,16 @@ use tokio::task::JoinHandle;
 
 use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
 use crate::compress::Codec;
-use crate::config::{Config, Destination, Format, FsyncConfig, StreamConfig};
+use crate::config::{
+    Config, Destination, Format, FsyncConfig, PostgresDestination, RecordDelimiter, StreamConfig,
+};
 use crate::deliver::object_key::{KeyTemplate, ObjectKeyBuilder};
 use crate::deliver::{DeliveryCounters, DeliveryLoop};
 use crate::encode::parquet::ParquetEncoder;
 use crate::encode::{Encoding, RecordFramer};
 use crate::metrics::StreamMetrics;
 use crate::spool::{FsyncPolicy, SpoolError, SpoolSettings, StreamSpool};
+use hydrant_sinks::postgres::{ColumnSpec, ColumnType, PostgresSettings, PostgresSink};
 
 const MIB: usize = 1024 * 1024;
 
@@ -40,6 +43,11 @@ pub enum DestinationSummary {
         bucket: String,
         /// The endpoint, if not AWS.
         endpoint: Option<String>,
+    },
+    /// A PostgreSQL table.
+    Postgres {
+        /// The table.
+        table: String,
     },
 }
 
@@ -257,7 +265,7 @@ pub enum PipelineError {
 impl Pipeline {
     /// Builds every stream of `config` and starts its delivery loop. Relative local paths
     /// are taken relative to `base_dir` (the configuration file's directory).
-    pub fn start(config: &Config, base_dir: &Path) -> Result<Self, PipelineError> {
+    pub async fn start(config: &Config, base_dir: &Path) -> Result<Self, PipelineError> {
         let stream_count = config.streams.0.len();
         let capacity = Arc::new(IngestCapacity::new(
             COMPRESSION_BUDGET_BASE + stream_count * MIB,
@@ -297,7 +305,18 @@ impl Pipeline {
                     stream: name.clone(),
                     reason,
                 })?;
-            let (stream, delivery) = build_stream(
+            let table = match &stream_config.destination {
+                Destination::Postgres(pg) => {
+                    Some(Arc::new(connect_table(pg).await.map_err(|error| {
+                        PipelineError::Destination {
+                            stream: name.clone(),
+                            error,
+                        }
+                    })?))
+                }
+                _ => None,
+            };
+            let (stream, mut delivery) = build_stream(
                 &name,
                 stream_config,
                 encoding,
@@ -305,6 +324,7 @@ impl Pipeline {
                 Arc::clone(&capacity),
                 spool,
             );
+            delivery.table = table;
             if let Some(spool) = &stream.spool {
                 tasks.push(tokio::spawn(feed_from_spool(
                     name.clone(),
@@ -437,6 +457,8 @@ fn build_sink(
             let path = base_dir.join(&local.path.value);
             Arc::new(ObjectStoreSink::local(&path)?)
         }
+        // A table's sink only takes its error output.
+        Destination::Postgres(pg) => return build_sink(&pg.error_output, base_dir),
         Destination::S3(s3) => Arc::new(ObjectStoreSink::s3(&S3Options {
             bucket: s3.bucket.value.clone(),
             endpoint: s3.endpoint.as_ref().map(|e| e.value.clone()),
@@ -452,8 +474,59 @@ fn build_sink(
     })
 }
 
-/// How a stream's records become object bodies.
+/// Connects to every postgres destination's table and checks its columns; one line per
+/// stream whose table cannot be used (what `hydrant validate` reports).
+pub async fn check_tables(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, stream) in config.streams.iter() {
+        if let Destination::Postgres(pg) = &stream.destination
+            && let Err(error) = connect_table(pg).await
+        {
+            problems.push(format!("stream `{}`: {error}", name.value));
+        }
+    }
+    problems
+}
+
+/// Connects to a postgres destination's table and checks it.
+async fn connect_table(pg: &PostgresDestination) -> Result<PostgresSink, SinkError> {
+    let connection = pg.connection().map_err(|reason| SinkError {
+        kind: SinkErrorKind::Rejected,
+        service: Service::Postgres,
+        destination: "postgres".into(),
+        target: pg.table.value.clone(),
+        reason,
+    })?;
+    PostgresSink::connect(PostgresSettings {
+        connection,
+        table: pg.table.value.clone(),
+        columns: pg
+            .columns
+            .value
+            .iter()
+            .map(|c| ColumnSpec {
+                name: c.name.value.clone(),
+                from: c.from.clone().unwrap_or_else(|| c.name.value.clone()),
+                declared: c
+                    .data_type
+                    .as_ref()
+                    .and_then(|t| ColumnType::from_name(&t.value)),
+            })
+            .collect(),
+        max_connections: pg.max_connections.value as usize,
+        connect_timeout: Duration::from_secs(10),
+    })
+    .await
+}
+
+/// How a stream's records become object bodies (for a table: validated JSON lines).
 fn build_encoding(config: &StreamConfig) -> Result<Encoding, String> {
+    if matches!(config.destination, Destination::Postgres(_)) {
+        return Ok(Encoding::Framed(RecordFramer::new(
+            Format::Ndjson,
+            RecordDelimiter::Newline,
+        )));
+    }
     match (config.format.value, &config.parquet) {
         (Format::Parquet, Some(parquet)) => {
             Ok(Encoding::Parquet(Arc::new(ParquetEncoder::new(parquet)?)))
@@ -512,6 +585,7 @@ fn build_stream(
         max_backoff: layout.max_backoff,
         counters: Arc::clone(&counters),
         spool: spool.clone(),
+        table: None,
     };
     let summary = StreamSummary {
         destination: match &config.destination {
@@ -521,6 +595,9 @@ fn build_stream(
             Destination::S3(s3) => DestinationSummary::S3 {
                 bucket: s3.bucket.value.clone(),
                 endpoint: s3.endpoint.as_ref().map(|e| e.value.clone()),
+            },
+            Destination::Postgres(pg) => DestinationSummary::Postgres {
+                table: pg.table.value.clone(),
             },
         },
         prefix: layout.prefix.value.clone(),

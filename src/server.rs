@@ -21,7 +21,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let pipeline = Arc::new(Pipeline::start(&config, base_dir)?);
+    let pipeline = Arc::new(Pipeline::start(&config, base_dir).await?);
     let listen: SocketAddr = config
         .server
         .listen

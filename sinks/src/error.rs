@@ -17,8 +17,17 @@ pub enum SinkErrorKind {
     Rejected,
 }
 
+/// Which kind of destination failed: the first part of error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// An object store (S3-compatible or a local directory).
+    ObjectStore,
+    /// A PostgreSQL table.
+    Postgres,
+}
+
 impl SinkErrorKind {
-    /// A short stable code, used in logs and as the `errorCode` of error-output records.
+    /// A short stable code for an object store failure (as Firehose names them).
     pub fn code(self) -> &'static str {
         match self {
             SinkErrorKind::AccessDenied => "S3.AccessDenied",
@@ -28,6 +37,17 @@ impl SinkErrorKind {
             SinkErrorKind::Rejected => "S3.InvalidRequest",
         }
     }
+
+    /// A short stable code for a PostgreSQL failure.
+    pub fn postgres_code(self) -> &'static str {
+        match self {
+            SinkErrorKind::AccessDenied => "Postgres.AccessDenied",
+            SinkErrorKind::NotFound => "Postgres.NoSuchTable",
+            SinkErrorKind::AlreadyExists => "Postgres.AlreadyLoaded",
+            SinkErrorKind::Unavailable => "Postgres.Unavailable",
+            SinkErrorKind::Rejected => "Postgres.Rejected",
+        }
+    }
 }
 
 /// A failed delivery attempt: which destination, which object, and why.
@@ -35,6 +55,8 @@ impl SinkErrorKind {
 pub struct SinkError {
     /// Classification of the failure.
     pub kind: SinkErrorKind,
+    /// The kind of destination.
+    pub service: Service,
     /// Human-readable destination, e.g. `s3://bucket` or `file:///var/lib/hydrant`.
     pub destination: String,
     /// The object key (or batch id) the attempt was writing.
@@ -43,12 +65,22 @@ pub struct SinkError {
     pub reason: String,
 }
 
+impl SinkError {
+    /// A short stable code, used in logs and as the `errorCode` of error-output records.
+    pub fn code(&self) -> &'static str {
+        match self.service {
+            Service::ObjectStore => self.kind.code(),
+            Service::Postgres => self.kind.postgres_code(),
+        }
+    }
+}
+
 impl fmt::Display for SinkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "{} writing {} to {}: {}",
-            self.kind.code(),
+            self.code(),
             self.target,
             self.destination,
             self.reason

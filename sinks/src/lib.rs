@@ -1,18 +1,20 @@
 //! Destinations Hydrant delivers batches to.
 //!
 //! This crate knows nothing about the engine: a sink is handed a finished batch (for object
-//! stores, an encoded and compressed object with its key) and reports whether it landed.
+//! stores, an encoded and compressed object with its key; for PostgreSQL, typed rows with the
+//! batch's id) and reports whether it landed.
 //! Retry policy that every sink shares lives in [`retry`].
 
 #![warn(missing_docs)]
 
 pub mod error;
 pub mod object;
+pub mod postgres;
 pub mod retry;
 
 /// Everything a sink author or the engine needs in one import.
 pub mod prelude {
-    pub use crate::error::{SinkError, SinkErrorKind};
+    pub use crate::error::{Service, SinkError, SinkErrorKind};
     pub use crate::object::{EncodedObject, ObjectSink, ObjectStoreSink, S3Options, WriteMode};
     pub use crate::retry::Backoff;
 }

@@ -3,11 +3,13 @@
 
 mod load;
 mod parquet;
+mod postgres;
 mod streams;
 mod validate;
 
 pub use load::{ConfigError, ConfigProblem, load_config, parse_config};
 pub use parquet::{ColumnConfig, EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
+pub use postgres::{PostgresColumn, PostgresDestination};
 pub use streams::Streams;
 
 use serde::Deserialize;
@@ -200,6 +202,8 @@ pub enum Destination {
     Local(Box<LocalDestination>),
     /// An S3-compatible object store.
     S3(Box<S3Destination>),
+    /// A PostgreSQL table.
+    Postgres(Box<PostgresDestination>),
 }
 
 /// A local directory destination.
@@ -318,6 +322,17 @@ impl Destination {
                 d.initial_backoff_ms,
                 d.max_backoff_seconds,
             ),
+            Destination::Postgres(d) => {
+                // Objects (error output only) follow the error output destination's
+                // layout; retries follow the table's settings.
+                let objects = d.error_output.layout();
+                return ObjectLayout {
+                    retry_duration: &d.retry_duration_seconds,
+                    initial_backoff: std::time::Duration::from_millis(d.initial_backoff_ms.max(1)),
+                    max_backoff: std::time::Duration::from_secs(d.max_backoff_seconds.max(1)),
+                    ..objects
+                };
+            }
         };
         ObjectLayout {
             prefix,
@@ -345,13 +360,13 @@ fn spanned<T>(value: T) -> Spanned<T> {
     }
 }
 
-fn empty_prefix() -> Spanned<String> {
+pub(super) fn empty_prefix() -> Spanned<String> {
     spanned(String::new())
 }
-fn default_error_output_prefix() -> Spanned<String> {
+pub(super) fn default_error_output_prefix() -> Spanned<String> {
     spanned("!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd/HH}/".to_string())
 }
-fn default_retry_duration_seconds() -> Spanned<u64> {
+pub(super) fn default_retry_duration_seconds() -> Spanned<u64> {
     spanned(86_400)
 }
 fn default_spool_path() -> Spanned<String> {
@@ -387,10 +402,10 @@ fn default_multipart_part_mib() -> Spanned<u32> {
 fn default_request_timeout_seconds() -> u64 {
     30
 }
-fn default_initial_backoff_ms() -> u64 {
+pub(super) fn default_initial_backoff_ms() -> u64 {
     200
 }
-fn default_max_backoff_seconds() -> u64 {
+pub(super) fn default_max_backoff_seconds() -> u64 {
     30
 }
 

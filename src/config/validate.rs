@@ -97,6 +97,7 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
         ));
     }
     super::parquet::validate(name, stream, problems);
+    super::postgres::validate(name, stream, problems);
     if stream.format.value == super::Format::Ndjson
         && stream.record_delimiter == super::RecordDelimiter::None
     {
@@ -160,12 +161,19 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
             message: format!("stream `{name}`: `prefix`: {}", error.message),
         });
     }
-    match &stream.destination {
+    validate_destination(name, &stream.destination, problems);
+}
+
+/// Checks of one destination's own settings (an object destination, or a table's error
+/// output).
+fn validate_destination(name: &str, destination: &Destination, problems: &mut Vec<ConfigProblem>) {
+    match destination {
         Destination::Local(local) => {
             if local.path.value.trim().is_empty() {
                 problems.push(at(&local.path, format!("stream `{name}`: `path` is empty")));
             }
         }
+        Destination::Postgres(pg) => validate_destination(name, &pg.error_output, problems),
         Destination::S3(s3) => {
             if s3.bucket.value.trim().is_empty() {
                 problems.push(at(

@@ -20,9 +20,13 @@ pub const OBJECT_STORE_FAILED: &str = "s3-failed";
 /// `!{firehose:error-output-type}` of records the stream's format could not take.
 pub const FORMAT_CONVERSION_FAILED: &str = "format-conversion-failed";
 
+/// `!{firehose:error-output-type}` of records a PostgreSQL table could not take.
+pub const POSTGRES_FAILED: &str = "postgres-failed";
+
 /// Seeds of error object keys, one per error type, so each differs from the data key.
 const S3_FAILED_SALT: u64 = 0x6572_726f_7273;
 const CONVERSION_FAILED_SALT: u64 = 0x666f_726d_6174;
+const POSTGRES_ROWS_SALT: u64 = 0x726f_7773;
 
 /// Appends one error record in Firehose's format to `out`, as a JSON line.
 fn push_error_line(
@@ -57,7 +61,7 @@ pub fn error_lines(
     let mut out = Vec::with_capacity(records.data.len() * 4 / 3 + records.len() * 256);
     for (_, arrival_ms, span) in &records.records {
         let raw = &records.data[span.clone()];
-        let code = error.kind.code();
+        let code = error.code();
         push_error_line(
             &mut out,
             attempts,
@@ -71,7 +75,7 @@ pub fn error_lines(
     out
 }
 
-/// One error record per record the format could not take, as JSON lines.
+/// One error record per record that carries its own reason, as JSON lines.
 pub fn conversion_failure_lines(failed: &[FailedRecord], ended_ms: i64) -> Vec<u8> {
     let mut out = Vec::new();
     for record in failed {
@@ -99,18 +103,53 @@ impl DeliveryLoop {
         oldest: DateTime<Utc>,
         mode: WriteMode,
     ) {
-        let body = conversion_failure_lines(failed, Utc::now().timestamp_millis());
-        let object = self.error_object(
-            FORMAT_CONVERSION_FAILED,
-            CONVERSION_FAILED_SALT,
-            range,
-            oldest,
-            body,
-        );
-        self.put_error_object(&object, mode).await;
         self.counters
             .conversion_failures
             .fetch_add(failed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.write_failed_records(
+            FORMAT_CONVERSION_FAILED,
+            CONVERSION_FAILED_SALT,
+            failed,
+            range,
+            oldest,
+            mode,
+        )
+        .await;
+    }
+
+    /// Writes the rows of batch `range` that the table could not take to the
+    /// `postgres-failed` error output, retrying until the destination takes them.
+    pub(super) async fn write_rejected_rows(
+        &self,
+        rejected: &[FailedRecord],
+        range: SeqRange,
+        oldest: DateTime<Utc>,
+        mode: WriteMode,
+    ) {
+        self.write_failed_records(
+            POSTGRES_FAILED,
+            POSTGRES_ROWS_SALT,
+            rejected,
+            range,
+            oldest,
+            mode,
+        )
+        .await;
+    }
+
+    /// Writes records with their own reasons under `error_type`.
+    async fn write_failed_records(
+        &self,
+        error_type: &str,
+        salt: u64,
+        failed: &[FailedRecord],
+        range: SeqRange,
+        oldest: DateTime<Utc>,
+        mode: WriteMode,
+    ) {
+        let body = conversion_failure_lines(failed, Utc::now().timestamp_millis());
+        let object = self.error_object(error_type, salt, range, oldest, body);
+        self.put_error_object(&object, mode).await;
         self.counters
             .error_output_records
             .fetch_add(failed.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -118,8 +157,9 @@ impl DeliveryLoop {
             stream = %self.stream,
             key = %object.key,
             records = failed.len(),
+            error_type,
             first_error = %failed[0].error.message,
-            "records the format could not take were written to the error output"
+            "records that could not be written were sent to the error output"
         );
     }
 
@@ -161,7 +201,7 @@ impl DeliveryLoop {
                     tracing::warn!(
                         stream = %self.stream,
                         key = %e.target,
-                        code = e.kind.code(),
+                        code = e.code(),
                         reason = %e.reason,
                         attempt = backoff.attempts(),
                         "error output write failed; will retry"
@@ -193,7 +233,11 @@ impl DeliveryLoop {
             }
         };
         let body = error_lines(&records, error, attempts, Utc::now().timestamp_millis());
-        let object = self.error_object(OBJECT_STORE_FAILED, S3_FAILED_SALT, range, oldest, body);
+        let error_type = match self.table {
+            Some(_) => POSTGRES_FAILED,
+            None => OBJECT_STORE_FAILED,
+        };
+        let object = self.error_object(error_type, S3_FAILED_SALT, range, oldest, body);
         self.put_error_object(&object, WriteMode::CreateOnly).await;
         self.counters
             .error_output_records

@@ -4,6 +4,7 @@
 pub mod object_key;
 
 mod error_output;
+mod table;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::buffer::{BatchBody, SealedBatch, StreamBuffer};
 use crate::spool::{SeqRange, StreamSpool};
+use hydrant_sinks::postgres::PostgresSink;
 use object_key::{ObjectKeyBuilder, batch_seed};
 
 /// Running totals of one stream: the one place they are counted, read by the stats
@@ -69,6 +71,9 @@ pub struct DeliveryLoop {
     /// their record range, writes never replace, and the checkpoint advances on success.
     /// `None` when the spool is disabled.
     pub spool: Option<Arc<StreamSpool>>,
+    /// The table rows are loaded into, for a postgres destination; `sink` then only
+    /// takes the error output.
+    pub table: Option<Arc<PostgresSink>>,
 }
 
 impl DeliveryLoop {
@@ -121,6 +126,20 @@ impl DeliveryLoop {
         if !failed.is_empty() {
             self.write_conversion_failures(&failed, range, oldest, mode)
                 .await;
+        }
+        if let Some(table) = &self.table {
+            let loaded = self
+                .load_into_table(table, &object.parts, &failed, range, oldest, mode)
+                .await;
+            if !loaded {
+                return;
+            }
+            if let Some(spool) = &self.spool
+                && let Err(error) = spool.record_delivered(range)
+            {
+                tracing::error!(stream = %self.stream, "cannot advance the checkpoint (the batch will be checked again after a restart): {error}");
+            }
+            return;
         }
         let good = records - failed.len() as u64;
         if good > 0
@@ -198,7 +217,7 @@ impl DeliveryLoop {
                 tracing::error!(
                     stream = %self.stream,
                     key = %object.key,
-                    code = error.kind.code(),
+                    code = error.code(),
                     reason = %error.reason,
                     attempts,
                     records,
@@ -217,7 +236,7 @@ impl DeliveryLoop {
                 stream = %self.stream,
                 destination = %error.destination,
                 key = %error.target,
-                code = error.kind.code(),
+                code = error.code(),
                 reason = %error.reason,
                 attempt = backoff.attempts(),
                 retry_in_ms = delay.as_millis() as u64,

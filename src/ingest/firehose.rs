@@ -394,6 +394,7 @@ fn describe_delivery_stream(pipeline: &Pipeline, body: &[u8]) -> Result<Response
         DestinationSummary::S3 { bucket, endpoint } => {
             (format!("arn:aws:s3:::{bucket}"), endpoint.clone())
         }
+        DestinationSummary::Postgres { table } => (format!("arn:hydrant:postgres:::{table}"), None),
     };
     let mut s3 = json!({
         "RoleARN": "arn:aws:iam::000000000000:role/hydrant",

@@ -1,6 +1,10 @@
 //! Shared harness of the integration tests: the test servers (started by
 //! `scripts/test-servers.sh`), the real `hydrant` binary, and readers for what it delivered.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+mod producers;
+
+pub use producers::{Producers, check_exactly_once, record};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -22,6 +26,13 @@ pub struct TestServers {
     pub access_key: String,
     pub secret_key: String,
     pub python: PathBuf,
+    pub pg_host: String,
+    pub pg_port: u16,
+    pub pg_user: String,
+    pub pg_password: String,
+    pub pg_db: String,
+    /// Directory of the PostgreSQL tools (`psql`).
+    pub pg_bin: PathBuf,
 }
 
 fn repo_root() -> PathBuf {
@@ -36,7 +47,9 @@ pub fn servers() -> &'static TestServers {
         let mut settings: HashMap<String, String> = std::env::vars()
             .filter(|(k, _)| k.starts_with("HYDRANT_TEST_"))
             .collect();
-        if !settings.contains_key("HYDRANT_TEST_S3_ENDPOINT") {
+        if !settings.contains_key("HYDRANT_TEST_S3_ENDPOINT")
+            || !settings.contains_key("HYDRANT_TEST_PG_PORT")
+        {
             let output = Command::new(repo_root().join("scripts/test-servers.sh"))
                 .arg("ensure")
                 .stderr(Stdio::inherit())
@@ -63,8 +76,47 @@ pub fn servers() -> &'static TestServers {
             access_key: get("HYDRANT_TEST_S3_ACCESS_KEY"),
             secret_key: get("HYDRANT_TEST_S3_SECRET_KEY"),
             python: PathBuf::from(get("HYDRANT_TEST_PYTHON")),
+            pg_host: get("HYDRANT_TEST_PG_HOST"),
+            pg_port: get("HYDRANT_TEST_PG_PORT").parse().unwrap(),
+            pg_user: get("HYDRANT_TEST_PG_USER"),
+            pg_password: get("HYDRANT_TEST_PG_PASSWORD"),
+            pg_db: get("HYDRANT_TEST_PG_DB"),
+            pg_bin: PathBuf::from(get("HYDRANT_TEST_PG_BIN")),
         }
     })
+}
+
+/// A client of the test database, with its connection driven in the background.
+pub async fn pg_client() -> tokio_postgres::Client {
+    let s = servers();
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(&s.pg_host)
+        .port(s.pg_port)
+        .user(&s.pg_user)
+        .password(&s.pg_password)
+        .dbname(&s.pg_db)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    client
+}
+
+/// The YAML of a postgres destination on the test server (password through `${PGPASS_TEST}`
+/// unless `password` is given), with an error output in the local directory `errors`.
+pub fn postgres_destination_yaml(table: &str, columns: &str, password: Option<&str>) -> String {
+    let s = servers();
+    format!(
+        "postgres:\n  host: {}\n  port: {}\n  user: {}\n  password: \"{}\"\n  dbname: {}\n  table: {table}\n  \
+         initial_backoff_ms: 50\n  max_backoff_seconds: 1\n  \
+         error_output:\n    local: {{ path: errors }}\n  columns:\n{}",
+        s.pg_host,
+        s.pg_port,
+        s.pg_user,
+        password.unwrap_or(&s.pg_password),
+        s.pg_db,
+        indent(columns, 4)
+    )
 }
 
 /// A name no other test run uses: lowercase, valid as a bucket and as a stream name.

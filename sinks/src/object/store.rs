@@ -13,7 +13,7 @@ use object_store::{
 };
 
 use super::{EncodedObject, ObjectSink, S3Options, WriteMode};
-use crate::error::{SinkError, SinkErrorKind};
+use crate::error::{Service, SinkError, SinkErrorKind};
 
 /// Parts of a multipart upload sent at once.
 const MULTIPART_CONCURRENCY: usize = 4;
@@ -34,12 +34,14 @@ impl ObjectStoreSink {
     pub fn local(root: &std::path::Path) -> Result<Self, SinkError> {
         let describe = format!("file://{}", root.display());
         std::fs::create_dir_all(root).map_err(|e| SinkError {
+            service: Service::ObjectStore,
             kind: SinkErrorKind::Rejected,
             destination: describe.clone(),
             target: root.display().to_string(),
             reason: format!("cannot create the directory: {e}"),
         })?;
         let store = LocalFileSystem::new_with_prefix(root).map_err(|e| SinkError {
+            service: Service::ObjectStore,
             kind: SinkErrorKind::Rejected,
             destination: describe.clone(),
             target: root.display().to_string(),
@@ -104,6 +106,7 @@ impl ObjectStoreSink {
             builder = builder.with_allow_http(true);
         }
         let store = builder.build().map_err(|e| SinkError {
+            service: Service::ObjectStore,
             kind: SinkErrorKind::Rejected,
             destination: describe.clone(),
             target: String::new(),
@@ -141,6 +144,7 @@ impl ObjectStoreSink {
             other => classify_generic(&other.to_string()),
         };
         SinkError {
+            service: Service::ObjectStore,
             kind,
             destination: self.description.clone(),
             target: key.to_string(),
@@ -160,6 +164,7 @@ impl ObjectStoreSink {
             match self.store.head(path).await {
                 Ok(_) => {
                     return Err(SinkError {
+                        service: Service::ObjectStore,
                         kind: SinkErrorKind::AlreadyExists,
                         destination: self.description.clone(),
                         target: object.key.clone(),
@@ -199,6 +204,7 @@ impl ObjectStoreSink {
 impl ObjectSink for ObjectStoreSink {
     async fn put(&self, object: &EncodedObject, mode: WriteMode) -> Result<(), SinkError> {
         let path = Path::parse(&object.key).map_err(|e| SinkError {
+            service: Service::ObjectStore,
             kind: SinkErrorKind::Rejected,
             destination: self.description.clone(),
             target: object.key.clone(),

@@ -1,0 +1,380 @@
+//! A PostgreSQL table as a destination: rows are loaded with binary `COPY ... FROM STDIN`,
+//! one transaction per batch, and the batch's id is recorded in the `hydrant_deliveries`
+//! ledger in the same transaction, so a batch that is retried or replayed after a crash is
+//! loaded exactly once.
+
+mod value;
+
+pub use tokio_postgres::config::{Config as ConnectionConfig, SslMode};
+pub use value::{ColumnType, Value, encode_numeric};
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::pin_mut;
+use tokio_postgres::NoTls;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::error::{Service, SinkError, SinkErrorKind};
+
+/// The ledger of loaded batches, created when missing.
+pub const LEDGER_TABLE: &str = "hydrant_deliveries";
+
+/// One configured column: where its value comes from and, optionally, the type the
+/// configuration expects it to have.
+#[derive(Debug, Clone)]
+pub struct ColumnSpec {
+    /// Column name in the table.
+    pub name: String,
+    /// JSON field path (`a.b.c`), or `.` for the whole record.
+    pub from: String,
+    /// Type the configuration declares, checked against the table.
+    pub declared: Option<ColumnType>,
+}
+
+/// How to reach the table.
+#[derive(Debug, Clone)]
+pub struct PostgresSettings {
+    /// Connection settings.
+    pub connection: tokio_postgres::Config,
+    /// Table name, optionally schema-qualified.
+    pub table: String,
+    /// Columns to fill, in order.
+    pub columns: Vec<ColumnSpec>,
+    /// Most connections the pool opens.
+    pub max_connections: usize,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+}
+
+/// A column as the table defines it, with where its value comes from.
+#[derive(Debug, Clone)]
+struct Column {
+    name: String,
+    path: Vec<String>,
+    ty: ColumnType,
+    pg_type: Type,
+    not_null: bool,
+}
+
+/// What loading a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadOutcome {
+    /// The rows were loaded.
+    Loaded,
+    /// The ledger already holds the batch: it was loaded before (e.g. before a restart).
+    AlreadyLoaded,
+}
+
+/// A connection pool to one table, checked at start-up.
+pub struct PostgresSink {
+    pool: Pool,
+    columns: Vec<Column>,
+    copy_statement: String,
+    table: String,
+    description: String,
+}
+
+impl std::fmt::Debug for PostgresSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSink")
+            .field("table", &self.table)
+            .field("destination", &self.description)
+            .finish()
+    }
+}
+
+impl PostgresSink {
+    /// Connects, checks that the table has the configured columns with loadable types
+    /// (every mismatch is listed), and creates the ledger table when missing.
+    pub async fn connect(settings: PostgresSettings) -> Result<Self, SinkError> {
+        let description = describe(&settings.connection);
+        let fail = |kind, reason: String| SinkError {
+            kind,
+            service: Service::Postgres,
+            destination: description.clone(),
+            target: settings.table.clone(),
+            reason,
+        };
+        let mut connection = settings.connection.clone();
+        connection.connect_timeout(settings.connect_timeout);
+        let manager = Manager::from_config(
+            connection,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.max_connections.max(1))
+            .build()
+            .map_err(|e| fail(SinkErrorKind::Rejected, e.to_string()))?;
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| classify(&description, &settings.table, &e))?;
+        let rows = client
+            .query(
+                "SELECT a.attname, a.atttypid, a.attnotnull, format_type(a.atttypid, a.atttypmod) \
+                 FROM pg_attribute a \
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&settings.table],
+            )
+            .await
+            .map_err(|e| pg_error(&description, &settings.table, &e))?;
+        if rows.is_empty() {
+            return Err(fail(
+                SinkErrorKind::NotFound,
+                format!(
+                    "table `{}` does not exist (or has no columns) in this database; create it first",
+                    settings.table
+                ),
+            ));
+        }
+        let mut problems = Vec::new();
+        let mut columns = Vec::new();
+        for spec in &settings.columns {
+            let Some(row) = rows.iter().find(|r| r.get::<_, String>(0) == spec.name) else {
+                let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                problems.push(format!(
+                    "column `{}` does not exist (the table has: {})",
+                    spec.name,
+                    names.join(", ")
+                ));
+                continue;
+            };
+            let oid: u32 = row.get(1);
+            let pg_type = Type::from_oid(oid).unwrap_or(Type::UNKNOWN);
+            let type_name: String = row.get(3);
+            let Some(ty) = ColumnType::of(&pg_type) else {
+                problems.push(format!(
+                    "column `{}` is `{type_name}`, which Hydrant cannot load (text, int2/4/8, float4/8, numeric, bool, timestamptz, timestamp, date, uuid, json, jsonb)",
+                    spec.name
+                ));
+                continue;
+            };
+            if let Some(declared) = spec.declared
+                && declared != ty
+            {
+                problems.push(format!(
+                    "column `{}` is `{type_name}` in the table but `{declared:?}` in the configuration",
+                    spec.name
+                ));
+                continue;
+            }
+            columns.push(Column {
+                name: spec.name.clone(),
+                path: if spec.from == "." {
+                    Vec::new()
+                } else {
+                    spec.from.split('.').map(str::to_string).collect()
+                },
+                ty,
+                pg_type,
+                not_null: row.get(2),
+            });
+        }
+        if !problems.is_empty() {
+            return Err(fail(SinkErrorKind::Rejected, problems.join("; ")));
+        }
+        let ledger = format!(
+            "CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (\
+             batch_id text PRIMARY KEY, target_table text NOT NULL, \
+             rows bigint NOT NULL, delivered_at timestamptz NOT NULL DEFAULT now())"
+        );
+        if let Err(error) = client.batch_execute(&ledger).await {
+            // Several streams may create it at once; losing that race is fine.
+            let raced = matches!(
+                error.code(),
+                Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_TABLE
+            );
+            if !raced {
+                return Err(pg_error(&description, LEDGER_TABLE, &error));
+            }
+        }
+        let column_list: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let copy_statement = format!(
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            quote_table(&settings.table),
+            column_list.join(", ")
+        );
+        Ok(Self {
+            pool,
+            columns,
+            copy_statement,
+            table: settings.table,
+            description,
+        })
+    }
+
+    /// Where rows go, for logs: `postgres://host:port/db`.
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    /// The table rows go to.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The row of one JSON record, or why it cannot be one (naming the column).
+    pub fn row(&self, record: &[u8]) -> Result<Vec<Value>, String> {
+        let json: serde_json::Value =
+            serde_json::from_slice(record).map_err(|e| format!("the record is not JSON: {e}"))?;
+        self.columns
+            .iter()
+            .map(|column| {
+                let mut value = Some(&json);
+                for key in &column.path {
+                    value = value.and_then(|v| v.get(key));
+                }
+                let converted = column
+                    .ty
+                    .convert(value)
+                    .map_err(|reason| format!("column '{}': {reason}", column.name))?;
+                if column.not_null && matches!(converted, Value::Null) {
+                    return Err(format!(
+                        "column '{}' is NOT NULL but the record has no value for it",
+                        column.name
+                    ));
+                }
+                Ok(converted)
+            })
+            .collect()
+    }
+
+    /// Loads `rows` as batch `batch_id` in one transaction with its ledger entry; a batch
+    /// already in the ledger is not loaded again.
+    pub async fn load(
+        &self,
+        batch_id: &str,
+        rows: &[Vec<Value>],
+    ) -> Result<LoadOutcome, SinkError> {
+        let error = |e: &tokio_postgres::Error| pg_error(&self.description, batch_id, e);
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| classify(&self.description, batch_id, &e))?;
+        let transaction = client.transaction().await.map_err(|e| error(&e))?;
+        let recorded = transaction
+            .execute(
+                &format!(
+                    "INSERT INTO {LEDGER_TABLE} (batch_id, target_table, rows) VALUES ($1, $2, $3) \
+                     ON CONFLICT (batch_id) DO NOTHING"
+                ),
+                &[&batch_id, &self.table, &(rows.len() as i64)],
+            )
+            .await
+            .map_err(|e| error(&e))?;
+        if recorded == 0 {
+            transaction.rollback().await.map_err(|e| error(&e))?;
+            return Ok(LoadOutcome::AlreadyLoaded);
+        }
+        let sink = transaction
+            .copy_in(&self.copy_statement)
+            .await
+            .map_err(|e| error(&e))?;
+        let types: Vec<Type> = self.columns.iter().map(|c| c.pg_type.clone()).collect();
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        pin_mut!(writer);
+        let mut fields: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(types.len());
+        for row in rows {
+            fields.clear();
+            fields.extend(row.iter().map(|v| v as &(dyn ToSql + Sync)));
+            writer
+                .as_mut()
+                .write(&fields)
+                .await
+                .map_err(|e| error(&e))?;
+        }
+        writer.finish().await.map_err(|e| error(&e))?;
+        transaction.commit().await.map_err(|e| error(&e))?;
+        Ok(LoadOutcome::Loaded)
+    }
+}
+
+/// `postgres://host:port/dbname`, without credentials.
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{host}:{port}/{}",
+        config.get_dbname().unwrap_or("postgres")
+    )
+}
+
+fn classify(destination: &str, target: &str, error: &deadpool_postgres::PoolError) -> SinkError {
+    match error {
+        deadpool_postgres::PoolError::Backend(e) => pg_error(destination, target, e),
+        other => SinkError {
+            kind: SinkErrorKind::Unavailable,
+            service: Service::Postgres,
+            destination: destination.to_string(),
+            target: target.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn pg_error(destination: &str, target: &str, error: &tokio_postgres::Error) -> SinkError {
+    let kind = match error.code() {
+        Some(c)
+            if *c == SqlState::INVALID_PASSWORD
+                || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                || *c == SqlState::INSUFFICIENT_PRIVILEGE =>
+        {
+            SinkErrorKind::AccessDenied
+        }
+        Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_CATALOG_NAME => {
+            SinkErrorKind::NotFound
+        }
+        Some(c)
+            if c.code().starts_with("08")
+                || c.code().starts_with("57")
+                || c.code().starts_with("53") =>
+        {
+            SinkErrorKind::Unavailable
+        }
+        Some(_) => SinkErrorKind::Rejected,
+        None => SinkErrorKind::Unavailable,
+    };
+    let reason = match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut reason = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(inner) = source {
+                reason = format!("{reason}: {inner}");
+                source = inner.source();
+            }
+            reason
+        }
+    };
+    SinkError {
+        kind,
+        service: Service::Postgres,
+        destination: destination.to_string(),
+        target: target.to_string(),
+        reason,
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `schema.table` or `table`, each part quoted.
+fn quote_table(name: &str) -> String {
+    name.split('.')
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(".")
+}

@@ -1,0 +1,213 @@
+//! `destination: postgres`: a table loaded with binary COPY, exactly once per batch.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::validate::at;
+use super::{ConfigProblem, Destination};
+use hydrant_sinks::postgres::{ColumnType, ConnectionConfig, SslMode};
+
+/// A PostgreSQL table destination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresDestination {
+    /// Connection URL (`postgres://user:password@host:port/dbname`); or the fields below.
+    #[serde(default)]
+    pub url: Option<Spanned<String>>,
+    /// Server host. Default `127.0.0.1` (when no `url`).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Server port. Default 5432.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Role to log in as.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Its password (use `${ENV}`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Database. Default: the user name.
+    #[serde(default)]
+    pub dbname: Option<String>,
+    /// `disable` (default) or `prefer`; TLS is not supported yet.
+    #[serde(default)]
+    pub sslmode: Option<Spanned<String>>,
+    /// Table to load, optionally `schema.table`.
+    pub table: Spanned<String>,
+    /// Columns to fill and where their values come from.
+    pub columns: Spanned<Vec<PostgresColumn>>,
+    /// Most connections to the server. Default 4.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: Spanned<u32>,
+    /// Where records go that cannot be loaded (`postgres-failed`) or that the format
+    /// refused: an object destination. Default `local: { path: hydrant-errors }`.
+    #[serde(default = "default_error_output")]
+    pub error_output: Box<Destination>,
+    /// How long a failing batch is retried before its records go to the error output.
+    /// 0–604800, default 86400.
+    #[serde(default = "super::default_retry_duration_seconds")]
+    pub retry_duration_seconds: Spanned<u64>,
+    /// First retry delay, in milliseconds. Default 200.
+    #[serde(default = "super::default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Longest retry delay, in seconds. Default 30.
+    #[serde(default = "super::default_max_backoff_seconds")]
+    pub max_backoff_seconds: u64,
+}
+
+/// One column to fill.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresColumn {
+    /// Column name in the table.
+    pub name: Spanned<String>,
+    /// JSON field path (`user.id`); `.` is the whole record (for a `jsonb` column).
+    /// Default: the column name.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Expected column type (`int8`, `text`, `timestamptz`, `jsonb`, ...), checked against
+    /// the table at start-up. Default: whatever the table says.
+    #[serde(default, rename = "type")]
+    pub data_type: Option<Spanned<String>>,
+}
+
+impl PostgresDestination {
+    /// Connection settings: the URL, then the separate fields over it.
+    pub fn connection(&self) -> Result<ConnectionConfig, String> {
+        let mut config = match &self.url {
+            Some(url) => url
+                .value
+                .parse::<ConnectionConfig>()
+                .map_err(|e| format!("`url` is not a PostgreSQL connection URL: {e}"))?,
+            None => {
+                let mut config = ConnectionConfig::new();
+                config.host("127.0.0.1");
+                config
+            }
+        };
+        if let Some(host) = &self.host {
+            config.host(host);
+        }
+        if let Some(port) = self.port {
+            config.port(port);
+        }
+        if let Some(user) = &self.user {
+            config.user(user);
+        }
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
+        if let Some(dbname) = &self.dbname {
+            config.dbname(dbname);
+        }
+        if config.get_user().is_none() {
+            return Err("no `user` (in `url` or as `user:`)".into());
+        }
+        config.ssl_mode(SslMode::Disable);
+        config.application_name("hydrant");
+        Ok(config)
+    }
+}
+
+/// Problems with a stream's postgres destination.
+pub(super) fn validate(
+    name: &str,
+    stream: &super::StreamConfig,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let Destination::Postgres(pg) = &stream.destination else {
+        return;
+    };
+    if let Err(reason) = pg.connection() {
+        let location = pg
+            .url
+            .as_ref()
+            .map_or(pg.table.referenced, |u| u.referenced);
+        problems.push(ConfigProblem::at(
+            location,
+            format!("stream `{name}`: {reason}"),
+        ));
+    }
+    if let Some(mode) = &pg.sslmode
+        && !matches!(mode.value.as_str(), "disable" | "prefer")
+    {
+        problems.push(at(
+            mode,
+            format!(
+                "stream `{name}`: `sslmode: {}` is not supported yet; use `disable` or `prefer` (plain connections)",
+                mode.value
+            ),
+        ));
+    }
+    if pg.table.value.trim().is_empty() {
+        problems.push(at(&pg.table, format!("stream `{name}`: `table` is empty")));
+    }
+    if pg.columns.value.is_empty() {
+        problems.push(at(
+            &pg.columns,
+            format!("stream `{name}`: `columns` is empty"),
+        ));
+    }
+    for (i, column) in pg.columns.value.iter().enumerate() {
+        if pg.columns.value[..i]
+            .iter()
+            .any(|c| c.name.value == column.name.value)
+        {
+            problems.push(at(
+                &column.name,
+                format!(
+                    "stream `{name}`: column `{}` is listed twice",
+                    column.name.value
+                ),
+            ));
+        }
+        if let Some(data_type) = &column.data_type
+            && ColumnType::from_name(&data_type.value).is_none()
+        {
+            problems.push(at(
+                data_type,
+                format!(
+                    "stream `{name}`: column `{}`: unknown type `{}` (text, int2, int4, int8, float4, float8, numeric, bool, timestamptz, timestamp, date, uuid, json, jsonb)",
+                    column.name.value, data_type.value
+                ),
+            ));
+        }
+    }
+    if pg.max_connections.value == 0 {
+        problems.push(at(
+            &pg.max_connections,
+            format!("stream `{name}`: `max_connections` must be at least 1"),
+        ));
+    }
+    if matches!(*pg.error_output, Destination::Postgres(_)) {
+        problems.push(at(
+            &pg.table,
+            format!("stream `{name}`: `error_output` must be a `local` or `s3` destination"),
+        ));
+    }
+    if stream.format.value == super::Format::Parquet
+        || stream.compression.value != super::Compression::None
+    {
+        problems.push(at(
+            &stream.format,
+            format!(
+                "stream `{name}`: a postgres destination takes JSON records as they are; remove `format: parquet` and `compression`"
+            ),
+        ));
+    }
+}
+
+fn default_max_connections() -> Spanned<u32> {
+    super::spanned(4)
+}
+
+fn default_error_output() -> Box<Destination> {
+    Box::new(Destination::Local(Box::new(super::LocalDestination {
+        path: super::spanned("hydrant-errors".into()),
+        prefix: super::empty_prefix(),
+        error_output_prefix: super::default_error_output_prefix(),
+        retry_duration_seconds: super::default_retry_duration_seconds(),
+        initial_backoff_ms: super::default_initial_backoff_ms(),
+        max_backoff_seconds: super::default_max_backoff_seconds(),
+    })))
+}
