@@ -13,6 +13,7 @@
 #   scripts/test-servers.sh fresh    like ensure, but always a new server with empty storage
 #   scripts/test-servers.sh stop     stop the servers this script started
 #   scripts/test-servers.sh bucket NAME   create a bucket (idempotent)
+#   scripts/test-servers.sh restart-postgres   restart PostgreSQL (connections drop)
 set -euo pipefail
 
 SEAWEEDFS_VERSION=4.48
@@ -220,8 +221,11 @@ case "${1:-}" in
     bucket)
         s3_call bucket "${2:?bucket name}"
         ;;
+    restart-postgres)
+        as_pg_owner "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -m fast -w -t 60 restart > /dev/null
+        ;;
     *)
-        echo "usage: $0 ensure|fresh|stop|bucket NAME" >&2
+        echo "usage: $0 ensure|fresh|stop|bucket NAME|restart-postgres" >&2
         exit 2
         ;;
 esac

@@ -13,7 +13,8 @@ use tokio::task::JoinHandle;
 use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
 use crate::compress::Codec;
 use crate::config::{
-    Config, Destination, Format, FsyncConfig, PostgresDestination, RecordDelimiter, StreamConfig,
+    Config, Destination, Format, FsyncConfig, PostgresDestination, PostgresMode, RecordDelimiter,
+    StreamConfig,
 };
 use crate::deliver::object_key::{KeyTemplate, ObjectKeyBuilder};
 use crate::deliver::{DeliveryCounters, DeliveryLoop};
@@ -21,7 +22,7 @@ use crate::encode::parquet::ParquetEncoder;
 use crate::encode::{Encoding, RecordFramer};
 use crate::metrics::StreamMetrics;
 use crate::spool::{FsyncPolicy, SpoolError, SpoolSettings, StreamSpool};
-use hydrant_sinks::postgres::{ColumnSpec, ColumnType, PostgresSettings, PostgresSink};
+use hydrant_sinks::postgres::{ColumnSpec, ColumnType, LoadMode, PostgresSettings, PostgresSink};
 
 const MIB: usize = 1024 * 1024;
 
@@ -515,6 +516,12 @@ async fn connect_table(pg: &PostgresDestination) -> Result<PostgresSink, SinkErr
             .collect(),
         max_connections: pg.max_connections.value as usize,
         connect_timeout: Duration::from_secs(10),
+        mode: match pg.mode.value {
+            PostgresMode::Insert => LoadMode::Insert,
+            PostgresMode::Upsert => LoadMode::Upsert {
+                conflict_columns: pg.conflict_columns.clone(),
+            },
+        },
     })
     .await
 }

@@ -325,3 +325,80 @@ async fn validate_checks_credentials_the_table_and_its_columns() {
         );
     }
 }
+
+#[tokio::test]
+async fn upsert_updates_rows_in_place_and_the_last_record_of_a_key_wins() {
+    let client = pg_client().await;
+    let table = table_name("upsert");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int8 PRIMARY KEY, name text, version int4)"
+        ))
+        .await
+        .unwrap();
+    let destination = postgres_destination_yaml(
+        &table,
+        "- { name: id }\n- { name: name }\n- { name: version }\n",
+        None,
+    ) + "  mode: upsert\n  conflict_columns: [id]\n";
+    let streams = format!(
+        "people:\n  buffer: {{ size_mib: 1, interval_seconds: 0 }}\n  destination:\n{}",
+        indent(&destination, 4)
+    );
+    let mut hydrant = Hydrant::start(&streams);
+    let first: Vec<Vec<u8>> = (0..100)
+        .map(|id| {
+            serde_json::to_vec(&json!({"id": id, "name": format!("v1-{id}"), "version": 1}))
+                .unwrap()
+        })
+        .collect();
+    hydrant.put_all("people", &first).await;
+    let count = format!("SELECT count(*) FROM {table}");
+    eventually(Duration::from_secs(30), "the first 100 rows", || async {
+        let n: i64 = client.query_one(&count, &[]).await.unwrap().get(0);
+        (n == 100).then_some(())
+    })
+    .await;
+    let mut second: Vec<Vec<u8>> = (50..150)
+        .map(|id| {
+            serde_json::to_vec(&json!({"id": id, "name": format!("v2-{id}"), "version": 2}))
+                .unwrap()
+        })
+        .collect();
+    second.push(serde_json::to_vec(&json!({"id": 60, "name": "v3-60", "version": 3})).unwrap());
+    hydrant.put_all("people", &second).await;
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+
+    let rows = client
+        .query(
+            &format!("SELECT id, name, version FROM {table} ORDER BY id"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 150, "50 updated in place, 50 new");
+    for row in rows {
+        let id: i64 = row.get(0);
+        let (name, version): (String, i32) = (row.get(1), row.get(2));
+        let expected = match id {
+            60 => ("v3-60".to_string(), 3),
+            0..50 => (format!("v1-{id}"), 1),
+            _ => (format!("v2-{id}"), 2),
+        };
+        assert_eq!((name, version), expected, "row {id}");
+    }
+
+    let (ok, output) = validate(&format!(
+        "streams:\n  s:\n    destination:\n{}",
+        indent(
+            &(postgres_destination_yaml(&table, "- { name: id }\n- { name: name }\n", None)
+                + "  mode: upsert\n  conflict_columns: [name]\n"),
+            6
+        )
+    ));
+    assert!(!ok);
+    assert!(
+        output.contains("upsert on (name) is not possible"),
+        "{output}"
+    );
+}

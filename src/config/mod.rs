@@ -9,7 +9,7 @@ mod validate;
 
 pub use load::{ConfigError, ConfigProblem, load_config, parse_config};
 pub use parquet::{ColumnConfig, EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
-pub use postgres::{PostgresColumn, PostgresDestination};
+pub use postgres::{PostgresColumn, PostgresDestination, PostgresMode};
 pub use streams::Streams;
 
 use serde::Deserialize;

@@ -36,6 +36,12 @@ pub struct PostgresDestination {
     pub table: Spanned<String>,
     /// Columns to fill and where their values come from.
     pub columns: Spanned<Vec<PostgresColumn>>,
+    /// `insert` (default) or `upsert` (update rows whose `conflict_columns` match).
+    #[serde(default = "default_mode")]
+    pub mode: Spanned<PostgresMode>,
+    /// Columns of the primary key or unique index upserts match on.
+    #[serde(default)]
+    pub conflict_columns: Vec<String>,
     /// Most connections to the server. Default 4.
     #[serde(default = "default_max_connections")]
     pub max_connections: Spanned<u32>,
@@ -53,6 +59,17 @@ pub struct PostgresDestination {
     /// Longest retry delay, in seconds. Default 30.
     #[serde(default = "super::default_max_backoff_seconds")]
     pub max_backoff_seconds: u64,
+}
+
+/// How rows meet rows already in the table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PostgresMode {
+    /// Every record is a new row.
+    #[default]
+    Insert,
+    /// A record whose conflict columns match a row updates it.
+    Upsert,
 }
 
 /// One column to fill.
@@ -173,6 +190,27 @@ pub(super) fn validate(
             ));
         }
     }
+    match pg.mode.value {
+        PostgresMode::Upsert if pg.conflict_columns.is_empty() => problems.push(at(
+            &pg.mode,
+            format!("stream `{name}`: `mode: upsert` needs `conflict_columns` (the primary key or a unique index)"),
+        )),
+        PostgresMode::Upsert => {
+            for column in &pg.conflict_columns {
+                if !pg.columns.value.iter().any(|c| &c.name.value == column) {
+                    problems.push(at(
+                        &pg.mode,
+                        format!("stream `{name}`: conflict column `{column}` is not one of `columns`"),
+                    ));
+                }
+            }
+        }
+        PostgresMode::Insert if !pg.conflict_columns.is_empty() => problems.push(at(
+            &pg.mode,
+            format!("stream `{name}`: `conflict_columns` needs `mode: upsert`"),
+        )),
+        PostgresMode::Insert => {}
+    }
     if pg.max_connections.value == 0 {
         problems.push(at(
             &pg.max_connections,
@@ -195,6 +233,10 @@ pub(super) fn validate(
             ),
         ));
     }
+}
+
+fn default_mode() -> Spanned<PostgresMode> {
+    super::spanned(PostgresMode::default())
 }
 
 fn default_max_connections() -> Spanned<u32> {

@@ -538,6 +538,24 @@ impl Hydrant {
         )
         .await
     }
+
+    /// Waits until the log holds `needle` at least `count` times; returns the log.
+    pub async fn wait_for_log_count(
+        &self,
+        needle: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> String {
+        eventually(
+            timeout,
+            &format!("{count} log lines containing {needle:?}"),
+            || async {
+                let log = self.log();
+                (log.matches(needle).count() >= count).then_some(log)
+            },
+        )
+        .await
+    }
 }
 
 impl Drop for Hydrant {

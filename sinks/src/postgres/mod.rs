@@ -47,6 +47,21 @@ pub struct PostgresSettings {
     pub max_connections: usize,
     /// How long to wait for a connection.
     pub connect_timeout: Duration,
+    /// Plain inserts, or upserts on these columns.
+    pub mode: LoadMode,
+}
+
+/// How rows meet rows already in the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Every row is inserted.
+    Insert,
+    /// A row whose conflict columns match an existing row updates it in place (the last
+    /// row of a batch wins among rows with the same key).
+    Upsert {
+        /// The columns of a unique index or primary key.
+        conflict_columns: Vec<String>,
+    },
 }
 
 /// A column as the table defines it, with where its value comes from.
@@ -57,6 +72,42 @@ struct Column {
     ty: ColumnType,
     pg_type: Type,
     not_null: bool,
+}
+
+/// Upsert statements: rows are copied into a temporary table, then merged.
+#[derive(Debug)]
+struct Upsert {
+    create_stage: String,
+    merge: String,
+}
+
+impl Upsert {
+    fn new(table: &str, columns: &[String], conflict: &[String]) -> Self {
+        let table = quote_table(table);
+        let list = columns.join(", ");
+        let keys: Vec<String> = conflict.iter().map(|c| quote_ident(c)).collect();
+        let keys = keys.join(", ");
+        let updates: Vec<String> = columns
+            .iter()
+            .filter(|c| !conflict.iter().any(|k| quote_ident(k) == **c))
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        let action = if updates.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        };
+        Self {
+            create_stage: format!(
+                "CREATE TEMP TABLE hydrant_stage ON COMMIT DROP AS SELECT {list} FROM {table} WITH NO DATA; \
+                 ALTER TABLE hydrant_stage ADD COLUMN hydrant_row bigserial"
+            ),
+            merge: format!(
+                "INSERT INTO {table} ({list}) SELECT DISTINCT ON ({keys}) {list} FROM hydrant_stage \
+                 ORDER BY {keys}, hydrant_row DESC ON CONFLICT ({keys}) {action}"
+            ),
+        }
+    }
 }
 
 /// What loading a batch did.
@@ -73,6 +124,8 @@ pub struct PostgresSink {
     pool: Pool,
     columns: Vec<Column>,
     copy_statement: String,
+    /// For upserts: the statements that stage the rows and merge them.
+    upsert: Option<Upsert>,
     table: String,
     description: String,
 }
@@ -195,15 +248,48 @@ impl PostgresSink {
             }
         }
         let column_list: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let upsert = match &settings.mode {
+            LoadMode::Insert => None,
+            LoadMode::Upsert { conflict_columns } => {
+                let upsert = Upsert::new(&settings.table, &column_list, conflict_columns);
+                // Planning the merge proves a unique index matches the conflict columns.
+                let check = format!(
+                    "EXPLAIN INSERT INTO {table} ({list}) SELECT {list} FROM {table} WHERE false \
+                     ON CONFLICT ({keys}) DO NOTHING",
+                    table = quote_table(&settings.table),
+                    list = column_list.join(", "),
+                    keys = conflict_columns
+                        .iter()
+                        .map(|c| quote_ident(c))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if let Err(error) = client.batch_execute(&check).await {
+                    let reason = pg_error(&description, &settings.table, &error).reason;
+                    return Err(fail(
+                        SinkErrorKind::Rejected,
+                        format!(
+                            "upsert on ({}) is not possible: {reason} (it needs a primary key or unique index on exactly those columns)",
+                            conflict_columns.join(", ")
+                        ),
+                    ));
+                }
+                Some(upsert)
+            }
+        };
+        let copy_target = match upsert {
+            Some(_) => "hydrant_stage".to_string(),
+            None => quote_table(&settings.table),
+        };
         let copy_statement = format!(
-            "COPY {} ({}) FROM STDIN (FORMAT binary)",
-            quote_table(&settings.table),
+            "COPY {copy_target} ({}) FROM STDIN (FORMAT binary)",
             column_list.join(", ")
         );
         Ok(Self {
             pool,
             columns,
             copy_statement,
+            upsert,
             table: settings.table,
             description,
         })
@@ -273,6 +359,12 @@ impl PostgresSink {
             transaction.rollback().await.map_err(|e| error(&e))?;
             return Ok(LoadOutcome::AlreadyLoaded);
         }
+        if let Some(upsert) = &self.upsert {
+            transaction
+                .batch_execute(&upsert.create_stage)
+                .await
+                .map_err(|e| error(&e))?;
+        }
         let sink = transaction
             .copy_in(&self.copy_statement)
             .await
@@ -291,6 +383,12 @@ impl PostgresSink {
                 .map_err(|e| error(&e))?;
         }
         writer.finish().await.map_err(|e| error(&e))?;
+        if let Some(upsert) = &self.upsert {
+            transaction
+                .batch_execute(&upsert.merge)
+                .await
+                .map_err(|e| error(&e))?;
+        }
         transaction.commit().await.map_err(|e| error(&e))?;
         Ok(LoadOutcome::Loaded)
     }

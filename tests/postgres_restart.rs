@@ -1,0 +1,72 @@
+//! A PostgreSQL restart in the middle of loading: the pool reconnects, the batches that
+//! failed are retried, and every acknowledged record ends up in the table exactly once.
+//! (Its own test binary, so no other test's connections are cut by the restart.)
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_restart_mid_load_loses_and_duplicates_nothing() {
+    let table = format!("restart_{:x}_{:08x}", std::process::id(), fastrand::u32(..));
+    pg_client()
+        .await
+        .batch_execute(&format!("CREATE TABLE {table} (id text, doc jsonb)"))
+        .await
+        .unwrap();
+    let streams = format!(
+        "restart:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  destination:\n{}",
+        indent(
+            &postgres_destination_yaml(&table, "- { name: id }\n- { name: doc, from: . }\n", None),
+            4
+        )
+    );
+    let mut hydrant = Hydrant::start(&streams);
+    let producers = Producers::start(4, "restart", Arc::new(Mutex::new(hydrant.base_url.clone())));
+    hydrant
+        .wait_for_log("loaded batch", Duration::from_secs(30))
+        .await;
+    let restarted = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/test-servers.sh"
+    ))
+    .arg("restart-postgres")
+    .status()
+    .unwrap();
+    assert!(restarted.success());
+    let log = hydrant
+        .wait_for_log(
+            "loading the batch failed; will retry",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(log.contains("Postgres."), "{log}");
+    let loaded_after = log.matches("loaded batch").count();
+    let log = hydrant
+        .wait_for_log_count("loaded batch", loaded_after + 2, Duration::from_secs(60))
+        .await;
+    assert!(log.contains("loaded batch"));
+    let (acked, attempted) = producers.stop().await;
+    assert!(
+        acked.len() > 500,
+        "only {} records acknowledged",
+        acked.len()
+    );
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+
+    let client = pg_client().await;
+    let mut delivered: HashMap<String, usize> = HashMap::new();
+    for row in client
+        .query(&format!("SELECT id FROM {table}"), &[])
+        .await
+        .unwrap()
+    {
+        *delivered.entry(row.get(0)).or_insert(0) += 1;
+    }
+    check_exactly_once(&delivered, &acked, &attempted);
+}
