@@ -13,7 +13,8 @@
 #   scripts/test-servers.sh fresh    like ensure, but always a new server with empty storage
 #   scripts/test-servers.sh stop     stop the servers this script started
 #   scripts/test-servers.sh bucket NAME   create a bucket (idempotent)
-#   scripts/test-servers.sh restart-postgres   restart PostgreSQL (connections drop)
+#   scripts/test-servers.sh stop-postgres | start-postgres   take PostgreSQL down and bring
+#                                           it back with its data (outage tests)
 set -euo pipefail
 
 SEAWEEDFS_VERSION=4.48
@@ -221,11 +222,15 @@ case "${1:-}" in
     bucket)
         s3_call bucket "${2:?bucket name}"
         ;;
-    restart-postgres)
-        as_pg_owner "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -m fast -w -t 60 restart > /dev/null
+    stop-postgres)
+        stop_postgres
+        ;;
+    start-postgres)
+        as_pg_owner "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 \
+            -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c fsync=off -c max_connections=200" start > /dev/null
         ;;
     *)
-        echo "usage: $0 ensure|fresh|stop|bucket NAME|restart-postgres" >&2
+        echo "usage: $0 ensure|fresh|stop|bucket NAME|stop-postgres|start-postgres" >&2
         exit 2
         ;;
 esac

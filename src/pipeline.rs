@@ -13,8 +13,7 @@ use tokio::task::JoinHandle;
 use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
 use crate::compress::Codec;
 use crate::config::{
-    Config, Destination, Format, FsyncConfig, PostgresDestination, PostgresMode, RecordDelimiter,
-    StreamConfig,
+    Config, Destination, Format, FsyncConfig, PostgresDestination, PostgresMode, StreamConfig,
 };
 use crate::deliver::object_key::{KeyTemplate, ObjectKeyBuilder};
 use crate::deliver::{DeliveryCounters, DeliveryLoop};
@@ -301,11 +300,6 @@ impl Pipeline {
                     })?,
                 ),
             };
-            let encoding =
-                build_encoding(stream_config).map_err(|reason| PipelineError::Parquet {
-                    stream: name.clone(),
-                    reason,
-                })?;
             let table = match &stream_config.destination {
                 Destination::Postgres(pg) => {
                     Some(Arc::new(connect_table(pg).await.map_err(|error| {
@@ -317,6 +311,12 @@ impl Pipeline {
                 }
                 _ => None,
             };
+            let encoding = build_encoding(stream_config, table.as_ref()).map_err(|reason| {
+                PipelineError::Parquet {
+                    stream: name.clone(),
+                    reason,
+                }
+            })?;
             let (stream, mut delivery) = build_stream(
                 &name,
                 stream_config,
@@ -526,13 +526,13 @@ async fn connect_table(pg: &PostgresDestination) -> Result<PostgresSink, SinkErr
     .await
 }
 
-/// How a stream's records become object bodies (for a table: validated JSON lines).
-fn build_encoding(config: &StreamConfig) -> Result<Encoding, String> {
-    if matches!(config.destination, Destination::Postgres(_)) {
-        return Ok(Encoding::Framed(RecordFramer::new(
-            Format::Ndjson,
-            RecordDelimiter::Newline,
-        )));
+/// How a stream's records become object bodies (or, for a table, rows).
+fn build_encoding(
+    config: &StreamConfig,
+    table: Option<&Arc<PostgresSink>>,
+) -> Result<Encoding, String> {
+    if let Some(table) = table {
+        return Ok(Encoding::Rows(Arc::clone(table)));
     }
     match (config.format.value, &config.parquet) {
         (Format::Parquet, Some(parquet)) => {

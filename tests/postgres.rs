@@ -106,7 +106,7 @@ async fn rows_arrive_row_for_row_and_values_that_do_not_fit_go_alone_to_the_erro
         (
             b"this is not json".to_vec(),
             "DataFormatConversion.ParseError",
-            "not one JSON value",
+            "not a JSON object",
         ),
     ];
     for (i, (data, _, _)) in bad.iter().enumerate() {

@@ -11,7 +11,7 @@ mod capacity;
 mod open_batch;
 
 pub use capacity::IngestCapacity;
-pub use open_batch::{BatchBody, BatchFailure, FailedRecord, SealedBatch};
+pub use open_batch::{BatchBody, BatchFailure, FailedRecord, POSTGRES_INVALID_VALUE, SealedBatch};
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -122,8 +122,8 @@ impl StreamBuffer {
         arrival_ms: i64,
         arrived: Instant,
     ) -> Pushed {
-        let needs_cpu = !self.settings.codec.is_identity()
-            || matches!(self.settings.encoding, Encoding::Parquet(_));
+        let needs_cpu =
+            !self.settings.codec.is_identity() || self.settings.encoding.decodes_records();
         if needs_cpu && !self.capacity.has_room_for_compression() {
             return Pushed::Full;
         }

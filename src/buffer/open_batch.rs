@@ -13,6 +13,7 @@ use crate::compress::{Codec, CompressedChunk};
 use crate::encode::parquet::{ChunkRecord, ParquetEncoder, WriteError};
 use crate::encode::{ConversionError, Encoding};
 use crate::spool::SeqRange;
+use hydrant_sinks::postgres::{PostgresSink, RowError, copy_stream};
 
 /// A record the stream's format could not take; it goes to the error output.
 #[derive(Debug, Clone)]
@@ -27,10 +28,12 @@ pub struct FailedRecord {
     pub error: ConversionError,
 }
 
-/// Rows decoded from one chunk, and the chunk's records that could not be rows.
-#[derive(Debug)]
+/// Rows decoded from one chunk (Arrow batches for Parquet, binary COPY rows for a table),
+/// and the chunk's records that could not be rows.
+#[derive(Debug, Default)]
 struct RowChunk {
     batches: Vec<arrow_array::RecordBatch>,
+    copy: Vec<Bytes>,
     failed: Vec<FailedRecord>,
 }
 
@@ -121,7 +124,7 @@ impl OpenBatch {
                     });
                 }
             },
-            Encoding::Parquet(_) => {
+            Encoding::Parquet(_) | Encoding::Rows(_) => {
                 self.pending.extend_from_slice(record);
                 self.pending_records.push(ChunkRecord {
                     seq,
@@ -149,15 +152,19 @@ impl OpenBatch {
             return;
         }
         let raw = std::mem::take(&mut self.pending);
-        if let Encoding::Parquet(encoder) = encoding {
+        if encoding.decodes_records() {
             let records = std::mem::take(&mut self.pending_records);
             let len = raw.len();
             capacity.start_compressing(len);
             let (sender, receiver) = oneshot::channel();
             let capacity = Arc::clone(capacity);
-            let encoder = Arc::clone(encoder);
+            let encoding = encoding.clone();
             rayon::spawn(move || {
-                let chunk = convert_chunk(&encoder, &raw, &records);
+                let chunk = match &encoding {
+                    Encoding::Parquet(encoder) => convert_chunk(encoder, &raw, &records),
+                    Encoding::Rows(table) => encode_chunk(table, &raw, &records),
+                    Encoding::Framed(_) => RowChunk::default(),
+                };
                 capacity.finish_compressing(len);
                 let _ = sender.send(chunk);
             });
@@ -193,8 +200,9 @@ impl OpenBatch {
         SealedBatch {
             parquet: match encoding {
                 Encoding::Parquet(encoder) => Some(Arc::clone(encoder)),
-                Encoding::Framed(_) => None,
+                Encoding::Framed(_) | Encoding::Rows(_) => None,
             },
+            copy: matches!(encoding, Encoding::Rows(_)),
             codec,
             chunks: self.chunks,
             raw_len: self.raw_len,
@@ -232,15 +240,51 @@ fn convert_chunk(encoder: &ParquetEncoder, data: &[u8], records: &[ChunkRecord])
         .collect();
     RowChunk {
         batches: converted.batches,
+        copy: Vec::new(),
         failed,
     }
 }
+
+/// Encodes a chunk's records as binary COPY rows, copying out the ones that cannot be rows.
+fn encode_chunk(table: &PostgresSink, data: &[u8], records: &[ChunkRecord]) -> RowChunk {
+    let span = |i: usize| {
+        let start = if i == 0 { 0 } else { records[i - 1].end };
+        &data[start..records[i].end]
+    };
+    let encoded = table.encode_rows((0..records.len()).map(span));
+    let failed = encoded
+        .rejected
+        .into_iter()
+        .map(|(index, error)| FailedRecord {
+            seq: records[index].seq,
+            arrival_ms: records[index].arrival_ms,
+            data: span(index).to_vec(),
+            error: match error {
+                RowError::NotJson(message) => ConversionError::parse(message),
+                RowError::InvalidValue(message) => ConversionError {
+                    code: POSTGRES_INVALID_VALUE,
+                    message,
+                },
+            },
+        })
+        .collect();
+    RowChunk {
+        batches: Vec::new(),
+        copy: encoded.parts,
+        failed,
+    }
+}
+
+/// Error code of records whose value does not fit a table column.
+pub const POSTGRES_INVALID_VALUE: &str = "Postgres.InvalidValue";
 
 /// A batch that takes no more records, on its way to the destination.
 #[derive(Debug)]
 pub struct SealedBatch {
     /// The Parquet encoder, when rows are written as a Parquet file.
     parquet: Option<Arc<ParquetEncoder>>,
+    /// Whether the body is a binary COPY stream of table rows.
+    copy: bool,
     codec: Codec,
     chunks: Vec<ChunkSlot>,
     raw_len: usize,
@@ -315,6 +359,7 @@ impl SealedBatch {
         let mut failed = self.failed;
         let mut compressed = Vec::with_capacity(self.chunks.len());
         let mut rows = Vec::new();
+        let mut copy = Vec::new();
         for slot in self.chunks {
             match slot {
                 ChunkSlot::Ready(chunk) => compressed.push(chunk),
@@ -324,11 +369,13 @@ impl SealedBatch {
                 ChunkSlot::Converting(receiver) => {
                     let chunk = receiver.await.map_err(|_| lost())?;
                     rows.extend(chunk.batches);
+                    copy.extend(chunk.copy);
                     failed.extend(chunk.failed);
                 }
             }
         }
         let parts = match self.parquet {
+            None if self.copy => copy_stream(copy),
             None => self.codec.assemble(compressed),
             Some(_) if rows.is_empty() => Vec::new(),
             Some(encoder) => {

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use hydrant_sinks::prelude::*;
 use tokio::time::Instant;
 
-use crate::buffer::{BatchBody, SealedBatch, StreamBuffer};
+use crate::buffer::{BatchBody, FailedRecord, POSTGRES_INVALID_VALUE, SealedBatch, StreamBuffer};
 use crate::spool::{SeqRange, StreamSpool};
 use hydrant_sinks::postgres::PostgresSink;
 use object_key::{ObjectKeyBuilder, batch_seed};
@@ -95,7 +95,7 @@ impl DeliveryLoop {
         let oldest = DateTime::<Utc>::from_timestamp_millis(batch.oldest_arrival_ms())
             .unwrap_or_else(Utc::now);
         let range = batch.range();
-        let BatchBody { parts, failed } = match batch.into_body().await {
+        let BatchBody { parts, mut failed } = match batch.into_body().await {
             Ok(body) => body,
             Err(failure) => {
                 tracing::error!(stream = %self.stream, records, "{failure}");
@@ -123,13 +123,22 @@ impl DeliveryLoop {
                 tokio::time::sleep(delay).await;
             }
         }
+        // Values a table column cannot take have their own error output type.
+        let rejected: Vec<FailedRecord> = failed
+            .extract_if(.., |f| f.error.code == POSTGRES_INVALID_VALUE)
+            .collect();
         if !failed.is_empty() {
             self.write_conversion_failures(&failed, range, oldest, mode)
                 .await;
         }
         if let Some(table) = &self.table {
+            if !rejected.is_empty() {
+                self.write_rejected_rows(&rejected, range, oldest, mode)
+                    .await;
+            }
+            let rows = records - (failed.len() + rejected.len()) as u64;
             let loaded = self
-                .load_into_table(table, &object.parts, &failed, range, oldest, mode)
+                .load_into_table(table, &object.parts, rows, range, oldest)
                 .await;
             if !loaded {
                 return;

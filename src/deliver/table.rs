@@ -1,7 +1,6 @@
-//! Delivery into a PostgreSQL table: the batch's records become typed rows (a record whose
-//! value does not fit its column goes alone to the `postgres-failed` error output), then
-//! the rows are loaded in one transaction with the batch's ledger entry, retried until the
-//! retry duration runs out.
+//! Delivery into a PostgreSQL table: the batch's rows (encoded while it filled; records
+//! whose values did not fit went to the `postgres-failed` error output) are loaded in one
+//! transaction with the batch's ledger entry, retried until the retry duration runs out.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,47 +12,20 @@ use hydrant_sinks::prelude::*;
 use tokio::time::Instant;
 
 use super::DeliveryLoop;
-use crate::buffer::FailedRecord;
-use crate::encode::ConversionError;
 use crate::spool::SeqRange;
 
 impl DeliveryLoop {
-    /// Loads the NDJSON `body` of batch `range` (its records minus `failed`, in order);
-    /// `true` when loaded (or loaded before), `false` when it went to the error output.
+    /// Loads the binary COPY stream `copy` of batch `range` (`rows` rows); `true` when
+    /// loaded (or loaded before), `false` when it went to the error output.
     pub(super) async fn load_into_table(
         &self,
         table: &Arc<PostgresSink>,
-        body: &[Bytes],
-        failed: &[FailedRecord],
+        copy: &[Bytes],
+        rows: u64,
         range: SeqRange,
         oldest: DateTime<Utc>,
-        mode: WriteMode,
     ) -> bool {
-        let body: Vec<u8> = body.concat();
-        let failed_seqs: std::collections::HashSet<u64> = failed.iter().map(|f| f.seq).collect();
-        let mut seqs = (range.first..=range.last).filter(|seq| !failed_seqs.contains(seq));
-        let mut rows = Vec::new();
-        let mut rejected = Vec::new();
-        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let seq = seqs.next().unwrap_or(range.last);
-            match table.row(line) {
-                Ok(row) => rows.push(row),
-                Err(message) => rejected.push(FailedRecord {
-                    seq,
-                    arrival_ms: oldest.timestamp_millis(),
-                    data: line.to_vec(),
-                    error: ConversionError {
-                        code: "Postgres.InvalidValue",
-                        message,
-                    },
-                }),
-            }
-        }
-        if !rejected.is_empty() {
-            self.write_rejected_rows(&rejected, range, oldest, mode)
-                .await;
-        }
-        if rows.is_empty() {
+        if rows == 0 {
             return true;
         }
         let batch_id = match &self.spool {
@@ -69,21 +41,18 @@ impl DeliveryLoop {
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
         let give_up_at = Instant::now() + self.retry_duration;
         loop {
-            let error = match table.load(&batch_id, &rows).await {
+            let error = match table.load(&batch_id, copy, rows).await {
                 Ok(outcome) => {
                     if outcome == LoadOutcome::AlreadyLoaded {
                         tracing::info!(stream = %self.stream, batch_id, "batch already loaded before a restart; not loading it again");
                     }
-                    self.counters
-                        .records
-                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    self.counters.records.fetch_add(rows, Ordering::Relaxed);
                     self.counters.objects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         stream = %self.stream,
                         destination = table.describe(),
                         table = table.table(),
-                        rows = rows.len(),
-                        rejected = rejected.len(),
+                        rows,
                         batch_id,
                         attempts = backoff.attempts() + 1,
                         "loaded batch"
@@ -117,7 +86,7 @@ impl DeliveryLoop {
                 reason = %error.reason,
                 attempt = backoff.attempts(),
                 retry_in_ms = delay.as_millis() as u64,
-                rows = rows.len(),
+                rows,
                 "loading the batch failed; will retry"
             );
             tokio::time::sleep(delay).await;

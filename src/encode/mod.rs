@@ -5,6 +5,7 @@ pub mod parquet;
 use std::sync::Arc;
 
 use crate::config::{Format, RecordDelimiter};
+use hydrant_sinks::postgres::PostgresSink;
 use parquet::ParquetEncoder;
 
 /// How a stream turns records into an object body.
@@ -14,14 +15,22 @@ pub enum Encoding {
     Framed(RecordFramer),
     /// Records decoded into rows of one Parquet file.
     Parquet(Arc<ParquetEncoder>),
+    /// Records encoded as rows of a PostgreSQL table (binary COPY format).
+    Rows(Arc<PostgresSink>),
 }
 
 impl Encoding {
+    /// Whether records are decoded per record on the CPU pool (and so are held with their
+    /// boundaries until their chunk is dispatched).
+    pub fn decodes_records(&self) -> bool {
+        matches!(self, Encoding::Parquet(_) | Encoding::Rows(_))
+    }
+
     /// Bytes `record` adds to a batch's size (what `buffer.size_mib` counts).
     pub fn buffered_len(&self, record: &[u8]) -> usize {
         match self {
             Encoding::Framed(framer) => framer.framed_len(record),
-            Encoding::Parquet(_) => record.len() + 1,
+            Encoding::Parquet(_) | Encoding::Rows(_) => record.len() + 1,
         }
     }
 
@@ -30,13 +39,14 @@ impl Encoding {
         match self {
             Encoding::Framed(framer) => framer.content_type(),
             Encoding::Parquet(_) => "application/vnd.apache.parquet",
+            Encoding::Rows(_) => "application/octet-stream",
         }
     }
 
     /// Extension of object keys that the format (rather than a codec) decides.
     pub fn extension(&self) -> Option<&'static str> {
         match self {
-            Encoding::Framed(_) => None,
+            Encoding::Framed(_) | Encoding::Rows(_) => None,
             Encoding::Parquet(_) => Some(".parquet"),
         }
     }

@@ -3,19 +3,21 @@
 //! ledger in the same transaction, so a batch that is retried or replayed after a crash is
 //! loaded exactly once.
 
+mod copy;
 mod value;
 
+pub use copy::{EncodedRows, RowError, copy_stream};
 pub use tokio_postgres::config::{Config as ConnectionConfig, SslMode};
 pub use value::{ColumnType, Value, encode_numeric};
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use futures_util::pin_mut;
+use futures_util::{SinkExt, pin_mut};
 use tokio_postgres::NoTls;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::Type;
 
 use crate::error::{Service, SinkError, SinkErrorKind};
 
@@ -305,38 +307,20 @@ impl PostgresSink {
         &self.table
     }
 
-    /// The row of one JSON record, or why it cannot be one (naming the column).
-    pub fn row(&self, record: &[u8]) -> Result<Vec<Value>, String> {
-        let json: serde_json::Value =
-            serde_json::from_slice(record).map_err(|e| format!("the record is not JSON: {e}"))?;
-        self.columns
-            .iter()
-            .map(|column| {
-                let mut value = Some(&json);
-                for key in &column.path {
-                    value = value.and_then(|v| v.get(key));
-                }
-                let converted = column
-                    .ty
-                    .convert(value)
-                    .map_err(|reason| format!("column '{}': {reason}", column.name))?;
-                if column.not_null && matches!(converted, Value::Null) {
-                    return Err(format!(
-                        "column '{}' is NOT NULL but the record has no value for it",
-                        column.name
-                    ));
-                }
-                Ok(converted)
-            })
-            .collect()
+    /// Encodes JSON records as rows in binary COPY format (see [`copy_stream`]); a record
+    /// that is not a JSON object, or whose value does not fit its column, is left out with
+    /// the reason. CPU-heavy: call it off the reactor.
+    pub fn encode_rows<'a>(&self, records: impl Iterator<Item = &'a [u8]>) -> EncodedRows {
+        copy::encode_rows(&self.columns, records)
     }
 
-    /// Loads `rows` as batch `batch_id` in one transaction with its ledger entry; a batch
-    /// already in the ledger is not loaded again.
+    /// Loads the binary COPY `stream` (`rows` rows) as batch `batch_id` in one
+    /// transaction with its ledger entry; a batch already in the ledger is not loaded again.
     pub async fn load(
         &self,
         batch_id: &str,
-        rows: &[Vec<Value>],
+        stream: &[Bytes],
+        rows: u64,
     ) -> Result<LoadOutcome, SinkError> {
         let error = |e: &tokio_postgres::Error| pg_error(&self.description, batch_id, e);
         let mut client = self
@@ -351,7 +335,7 @@ impl PostgresSink {
                     "INSERT INTO {LEDGER_TABLE} (batch_id, target_table, rows) VALUES ($1, $2, $3) \
                      ON CONFLICT (batch_id) DO NOTHING"
                 ),
-                &[&batch_id, &self.table, &(rows.len() as i64)],
+                &[&batch_id, &self.table, &(rows as i64)],
             )
             .await
             .map_err(|e| error(&e))?;
@@ -366,23 +350,14 @@ impl PostgresSink {
                 .map_err(|e| error(&e))?;
         }
         let sink = transaction
-            .copy_in(&self.copy_statement)
+            .copy_in::<_, Bytes>(&self.copy_statement)
             .await
             .map_err(|e| error(&e))?;
-        let types: Vec<Type> = self.columns.iter().map(|c| c.pg_type.clone()).collect();
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        pin_mut!(writer);
-        let mut fields: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(types.len());
-        for row in rows {
-            fields.clear();
-            fields.extend(row.iter().map(|v| v as &(dyn ToSql + Sync)));
-            writer
-                .as_mut()
-                .write(&fields)
-                .await
-                .map_err(|e| error(&e))?;
+        pin_mut!(sink);
+        for part in stream {
+            sink.send(part.clone()).await.map_err(|e| error(&e))?;
         }
-        writer.finish().await.map_err(|e| error(&e))?;
+        sink.finish().await.map_err(|e| error(&e))?;
         if let Some(upsert) = &self.upsert {
             transaction
                 .batch_execute(&upsert.merge)
