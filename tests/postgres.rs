@@ -39,6 +39,7 @@ const COLUMNS: &str = "
 - { name: uid, type: uuid }
 - { name: doc, from: ., type: jsonb }
 - { name: tags, type: jsonb }
+- { name: label, from: '.user.name // \"anonymous\" | ascii_upcase' }
 ";
 
 fn good_record(n: i64) -> Value {
@@ -67,7 +68,7 @@ async fn rows_arrive_row_for_row_and_values_that_do_not_fit_go_alone_to_the_erro
         .batch_execute(&format!(
             "CREATE TABLE {table} (id int8 PRIMARY KEY, name text, small int2, n int4, ratio float4, \
              score float8, price numeric(12,3), ok bool, at timestamptz, local timestamp, day date, \
-             uid uuid, doc jsonb NOT NULL, tags jsonb)"
+             uid uuid, doc jsonb NOT NULL, tags jsonb, label text)"
         ))
         .await
         .unwrap();
@@ -116,7 +117,7 @@ async fn rows_arrive_row_for_row_and_values_that_do_not_fit_go_alone_to_the_erro
     assert!(hydrant.terminate().success(), "{}", hydrant.log());
 
     let rows = client
-        .query(&format!("SELECT id, name, small, n, ratio, score, price::text, ok, at, local, day, uid::text, doc, tags FROM {table} ORDER BY id"), &[])
+        .query(&format!("SELECT id, name, small, n, ratio, score, price::text, ok, at, local, day, uid::text, doc, tags, label FROM {table} ORDER BY id"), &[])
         .await
         .unwrap();
     assert_eq!(rows.len(), 300, "every good record once, no bad one");
@@ -156,6 +157,11 @@ async fn rows_arrive_row_for_row_and_values_that_do_not_fit_go_alone_to_the_erro
             "the whole record in a jsonb column"
         );
         assert_eq!(row.get::<_, Value>(13), sent["tags"]);
+        let label = sent["user"]["name"]
+            .as_str()
+            .unwrap_or("anonymous")
+            .to_uppercase();
+        assert_eq!(row.get::<_, String>(14), label, "a jq expression column");
     }
 
     let errors = files_under(&hydrant.dir.path().join("errors"));
@@ -309,7 +315,7 @@ async fn validate_checks_credentials_the_table_and_its_columns() {
     );
 
     let (ok, output) = validate(&config(
-        "- { name: id, type: text }\n- { name: tags }\n- { name: missing }\n",
+        "- { name: id, type: text }\n- { name: tags }\n- { name: missing }\n- { name: at, from: '.a +' }\n",
         None,
         &table,
     ));
@@ -318,6 +324,7 @@ async fn validate_checks_credentials_the_table_and_its_columns() {
         "column `id` is `bigint` in the table but `Text` in the configuration",
         "column `tags` is `text[]`, which Hydrant cannot load",
         "column `missing` does not exist (the table has: id, tags, at)",
+        "column `at`: jq expression `.a +` does not parse",
     ] {
         assert!(
             output.contains(expected),

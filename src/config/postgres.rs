@@ -78,8 +78,9 @@ pub enum PostgresMode {
 pub struct PostgresColumn {
     /// Column name in the table.
     pub name: Spanned<String>,
-    /// JSON field path (`user.id`); `.` is the whole record (for a `jsonb` column).
-    /// Default: the column name.
+    /// JSON field path (`user.id` or `.user.id`); `.` is the whole record (for a `jsonb`
+    /// column); anything else is a jq expression whose first output is the value
+    /// (`.first + " " + .last`). Default: the column name.
     #[serde(default)]
     pub from: Option<String>,
     /// Expected column type (`int8`, `text`, `timestamptz`, `jsonb`, ...), checked against

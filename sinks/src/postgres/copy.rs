@@ -10,8 +10,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::value::RawValue;
 use tokio_postgres::types::{IsNull, ToSql};
 
-use super::Column;
 use super::value::{ColumnType, Value};
+use super::{Column, Source};
 
 /// Signature, flags and header extension length of a binary COPY stream.
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -95,11 +95,21 @@ fn encode_row(columns: &[Column], record: &[u8], row: &mut BytesMut) -> Result<(
         };
     row.put_i16(columns.len() as i16);
     for column in columns {
-        let raw = match column.path.split_first() {
-            None => {
+        let computed;
+        let raw = match &column.source {
+            Source::Record => {
                 Some(std::str::from_utf8(record).map_err(|e| RowError::NotJson(e.to_string()))?)
             }
-            Some((first, rest)) => lookup(&fields, first, rest).map(RawValue::get),
+            Source::Path(path) => {
+                let (first, rest) = path.split_first().expect("paths have a first key");
+                lookup(&fields, first, rest).map(RawValue::get)
+            }
+            Source::Jq(filter) => {
+                computed = filter.first_output(record).map_err(|reason| {
+                    RowError::InvalidValue(format!("column '{}': {reason}", column.name))
+                })?;
+                computed.as_deref()
+            }
         };
         let raw = raw.filter(|text| *text != "null");
         encode_field(column, raw, row).map_err(RowError::InvalidValue)?;

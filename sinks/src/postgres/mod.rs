@@ -4,9 +4,11 @@
 //! loaded exactly once.
 
 mod copy;
+mod jq;
 mod value;
 
 pub use copy::{EncodedRows, RowError, copy_stream};
+pub use jq::JqFilter;
 pub use tokio_postgres::config::{Config as ConnectionConfig, SslMode};
 pub use value::{ColumnType, Value, encode_numeric};
 
@@ -30,7 +32,8 @@ pub const LEDGER_TABLE: &str = "hydrant_deliveries";
 pub struct ColumnSpec {
     /// Column name in the table.
     pub name: String,
-    /// JSON field path (`a.b.c`), or `.` for the whole record.
+    /// Where the value comes from: a JSON field path (`a.b.c`), `.` for the whole record,
+    /// or a jq expression (anything else, e.g. `.a + .b`).
     pub from: String,
     /// Type the configuration declares, checked against the table.
     pub declared: Option<ColumnType>,
@@ -67,10 +70,10 @@ pub enum LoadMode {
 }
 
 /// A column as the table defines it, with where its value comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Column {
     name: String,
-    path: Vec<String>,
+    source: Source,
     ty: ColumnType,
     pg_type: Type,
     not_null: bool,
@@ -109,6 +112,36 @@ impl Upsert {
                  ORDER BY {keys}, hydrant_row DESC ON CONFLICT ({keys}) {action}"
             ),
         }
+    }
+}
+
+/// Where a column's value comes from.
+#[derive(Debug)]
+enum Source {
+    /// The whole record.
+    Record,
+    /// A field path.
+    Path(Vec<String>),
+    /// The first output of a jq expression.
+    Jq(JqFilter),
+}
+
+impl Source {
+    /// `.` is the record, `a.b` and `.a.b` are paths, anything else is a jq expression.
+    fn parse(from: &str) -> Result<Self, String> {
+        if from == "." {
+            return Ok(Source::Record);
+        }
+        let is_key = |k: &str| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == '@')
+        };
+        let path = from.strip_prefix('.').unwrap_or(from);
+        if path.split('.').all(is_key) {
+            return Ok(Source::Path(path.split('.').map(str::to_string).collect()));
+        }
+        JqFilter::compile(from).map(Source::Jq)
     }
 }
 
@@ -219,13 +252,16 @@ impl PostgresSink {
                 ));
                 continue;
             }
+            let source = match Source::parse(&spec.from) {
+                Ok(source) => source,
+                Err(reason) => {
+                    problems.push(format!("column `{}`: {reason}", spec.name));
+                    continue;
+                }
+            };
             columns.push(Column {
                 name: spec.name.clone(),
-                path: if spec.from == "." {
-                    Vec::new()
-                } else {
-                    spec.from.split('.').map(str::to_string).collect()
-                },
+                source,
                 ty,
                 pg_type,
                 not_null: row.get(2),
