@@ -110,9 +110,25 @@ async fn rows_arrive_row_for_row_and_values_that_do_not_fit_go_alone_to_the_erro
             "not a JSON object",
         ),
     ];
+    // Refused by the server, not by Hydrant's checks: a value beyond numeric(12,3), and a
+    // second row with an existing primary key.
+    let refused: Vec<(Vec<u8>, &str, &str)> = vec![
+        (
+            br#"{"id": 2000, "price": "1234567890123.5"}"#.to_vec(),
+            "Postgres.Refused",
+            "column 'price': numeric field overflow",
+        ),
+        (
+            serde_json::to_vec(&json!({"id": 7, "user": {"name": "impostor"}})).unwrap(),
+            "Postgres.Refused",
+            "duplicate key value violates unique constraint",
+        ),
+    ];
     for (i, (data, _, _)) in bad.iter().enumerate() {
         records.insert(40 + i * 50, data.clone());
     }
+    records.push(refused[0].0.clone());
+    records.insert(150, refused[1].0.clone());
     hydrant.put_all("rows", &records).await;
     assert!(hydrant.terminate().success(), "{}", hydrant.log());
 
@@ -183,13 +199,13 @@ async fn rows_arrive_row_for_row_and_values_that_do_not_fit_go_alone_to_the_erro
                 .push(serde_json::from_str(line).unwrap());
         }
     }
-    assert_eq!(failures["postgres-failed"].len(), 4, "{failures:?}");
+    assert_eq!(failures["postgres-failed"].len(), 6, "{failures:?}");
     assert_eq!(
         failures["format-conversion-failed"].len(),
         1,
         "{failures:?}"
     );
-    for (data, code, words) in &bad {
+    for (data, code, words) in bad.iter().chain(&refused) {
         let found = failures
             .values()
             .flatten()

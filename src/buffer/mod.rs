@@ -11,7 +11,9 @@ mod capacity;
 mod open_batch;
 
 pub use capacity::IngestCapacity;
-pub use open_batch::{BatchBody, BatchFailure, FailedRecord, POSTGRES_INVALID_VALUE, SealedBatch};
+pub use open_batch::{
+    BatchBody, BatchFailure, FailedRecord, POSTGRES_INVALID_VALUE, SealedBatch, TableRows,
+};
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};

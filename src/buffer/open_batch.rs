@@ -13,7 +13,7 @@ use crate::compress::{Codec, CompressedChunk};
 use crate::encode::parquet::{ChunkRecord, ParquetEncoder, WriteError};
 use crate::encode::{ConversionError, Encoding};
 use crate::spool::SeqRange;
-use hydrant_sinks::postgres::{PostgresSink, RowError, copy_stream};
+use hydrant_sinks::postgres::{PostgresSink, RowError, RowSpan, copy_stream_of};
 
 /// A record the stream's format could not take; it goes to the error output.
 #[derive(Debug, Clone)]
@@ -34,6 +34,8 @@ pub struct FailedRecord {
 struct RowChunk {
     batches: Vec<arrow_array::RecordBatch>,
     copy: Vec<Bytes>,
+    /// Where each COPY row is in `copy`, with its record's sequence number.
+    copy_rows: Vec<RowSpan>,
     failed: Vec<FailedRecord>,
 }
 
@@ -241,6 +243,7 @@ fn convert_chunk(encoder: &ParquetEncoder, data: &[u8], records: &[ChunkRecord])
     RowChunk {
         batches: converted.batches,
         copy: Vec::new(),
+        copy_rows: Vec::new(),
         failed,
     }
 }
@@ -268,9 +271,18 @@ fn encode_chunk(table: &PostgresSink, data: &[u8], records: &[ChunkRecord]) -> R
             },
         })
         .collect();
+    let copy_rows = encoded
+        .rows
+        .into_iter()
+        .map(|row| RowSpan {
+            record: records[row.record as usize].seq,
+            ..row
+        })
+        .collect();
     RowChunk {
         batches: Vec::new(),
         copy: encoded.parts,
+        copy_rows,
         failed,
     }
 }
@@ -319,10 +331,28 @@ pub enum BatchFailure {
 /// What a sealed batch became.
 #[derive(Debug)]
 pub struct BatchBody {
-    /// The object body, in order (empty when no record could be written).
+    /// The object body, in order (empty when no record could be written, or for a table).
     pub parts: Vec<Bytes>,
     /// Records the format could not take; they go to the error output.
     pub failed: Vec<FailedRecord>,
+    /// For a table: the rows, in binary COPY format.
+    pub rows: Option<TableRows>,
+}
+
+/// A batch's table rows: encoded bytes and where each row is (with its record's number).
+#[derive(Debug, Default)]
+pub struct TableRows {
+    /// Encoded rows, without the COPY header and trailer.
+    pub parts: Vec<Bytes>,
+    /// Each row's place in `parts`; `record` is the record's sequence number.
+    pub rows: Vec<RowSpan>,
+}
+
+impl TableRows {
+    /// The COPY stream of the rows.
+    pub fn stream(&self) -> Vec<Bytes> {
+        copy_stream_of(&self.parts, &self.rows)
+    }
 }
 
 impl SealedBatch {
@@ -360,6 +390,7 @@ impl SealedBatch {
         let mut compressed = Vec::with_capacity(self.chunks.len());
         let mut rows = Vec::new();
         let mut copy = Vec::new();
+        let mut copy_rows = Vec::new();
         for slot in self.chunks {
             match slot {
                 ChunkSlot::Ready(chunk) => compressed.push(chunk),
@@ -369,13 +400,27 @@ impl SealedBatch {
                 ChunkSlot::Converting(receiver) => {
                     let chunk = receiver.await.map_err(|_| lost())?;
                     rows.extend(chunk.batches);
+                    let offset = copy.len();
+                    copy_rows.extend(chunk.copy_rows.into_iter().map(|row| RowSpan {
+                        part: row.part + offset,
+                        ..row
+                    }));
                     copy.extend(chunk.copy);
                     failed.extend(chunk.failed);
                 }
             }
         }
+        if self.copy {
+            return Ok(BatchBody {
+                parts: Vec::new(),
+                failed,
+                rows: Some(TableRows {
+                    parts: copy,
+                    rows: copy_rows,
+                }),
+            });
+        }
         let parts = match self.parquet {
-            None if self.copy => copy_stream(copy),
             None => self.codec.assemble(compressed),
             Some(_) if rows.is_empty() => Vec::new(),
             Some(encoder) => {
@@ -389,6 +434,10 @@ impl SealedBatch {
                     .map_err(|error| BatchFailure::Parquet { records, error })?
             }
         };
-        Ok(BatchBody { parts, failed })
+        Ok(BatchBody {
+            parts,
+            failed,
+            rows: None,
+        })
     }
 }

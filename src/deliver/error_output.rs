@@ -27,6 +27,7 @@ pub const POSTGRES_FAILED: &str = "postgres-failed";
 const S3_FAILED_SALT: u64 = 0x6572_726f_7273;
 const CONVERSION_FAILED_SALT: u64 = 0x666f_726d_6174;
 const POSTGRES_ROWS_SALT: u64 = 0x726f_7773;
+const POSTGRES_REFUSED_SALT: u64 = 0x7265_6675_7365;
 
 /// Appends one error record in Firehose's format to `out`, as a JSON line.
 fn push_error_line(
@@ -137,6 +138,25 @@ impl DeliveryLoop {
         .await;
     }
 
+    /// Writes the rows of batch `range` the server refused so far to the `postgres-failed`
+    /// error output, replacing the object an earlier refusal in the same batch wrote.
+    pub(super) async fn write_refused_records(
+        &self,
+        refused: &[FailedRecord],
+        range: SeqRange,
+        oldest: DateTime<Utc>,
+    ) {
+        self.write_failed_records(
+            POSTGRES_FAILED,
+            POSTGRES_REFUSED_SALT,
+            refused,
+            range,
+            oldest,
+            WriteMode::Overwrite,
+        )
+        .await;
+    }
+
     /// Writes records with their own reasons under `error_type`.
     async fn write_failed_records(
         &self,
@@ -150,9 +170,14 @@ impl DeliveryLoop {
         let body = conversion_failure_lines(failed, Utc::now().timestamp_millis());
         let object = self.error_object(error_type, salt, range, oldest, body);
         self.put_error_object(&object, mode).await;
+        // A replaced object holds the records of the one it replaces plus one more.
+        let new_records = match mode {
+            WriteMode::Overwrite if salt == POSTGRES_REFUSED_SALT => 1,
+            _ => failed.len() as u64,
+        };
         self.counters
             .error_output_records
-            .fetch_add(failed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(new_records, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             stream = %self.stream,
             key = %object.key,

@@ -95,7 +95,11 @@ impl DeliveryLoop {
         let oldest = DateTime::<Utc>::from_timestamp_millis(batch.oldest_arrival_ms())
             .unwrap_or_else(Utc::now);
         let range = batch.range();
-        let BatchBody { parts, mut failed } = match batch.into_body().await {
+        let BatchBody {
+            parts,
+            mut failed,
+            rows: table_rows,
+        } = match batch.into_body().await {
             Ok(body) => body,
             Err(failure) => {
                 tracing::error!(stream = %self.stream, records, "{failure}");
@@ -136,9 +140,8 @@ impl DeliveryLoop {
                 self.write_rejected_rows(&rejected, range, oldest, mode)
                     .await;
             }
-            let rows = records - (failed.len() + rejected.len()) as u64;
             let loaded = self
-                .load_into_table(table, &object.parts, rows, range, oldest)
+                .load_into_table(table, table_rows.unwrap_or_default(), range, oldest)
                 .await;
             if !loaded {
                 return;

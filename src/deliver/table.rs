@@ -5,27 +5,29 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use hydrant_sinks::postgres::{LoadOutcome, PostgresSink};
+use hydrant_sinks::postgres::{LoadError, LoadOutcome, PostgresSink};
 use hydrant_sinks::prelude::*;
 use tokio::time::Instant;
 
 use super::DeliveryLoop;
+use crate::buffer::{FailedRecord, TableRows};
+use crate::encode::ConversionError;
 use crate::spool::SeqRange;
 
 impl DeliveryLoop {
-    /// Loads the binary COPY stream `copy` of batch `range` (`rows` rows); `true` when
-    /// loaded (or loaded before), `false` when it went to the error output.
+    /// Loads the batch `range`'s `rows`; `true` when loaded (or loaded before), `false`
+    /// when it went to the error output. A row the server refuses (a value out of a
+    /// column's range, a violated constraint) is taken out and sent alone to the
+    /// `postgres-failed` error output, and the rest is loaded at once.
     pub(super) async fn load_into_table(
         &self,
         table: &Arc<PostgresSink>,
-        copy: &[Bytes],
-        rows: u64,
+        mut rows: TableRows,
         range: SeqRange,
         oldest: DateTime<Utc>,
     ) -> bool {
-        if rows == 0 {
+        if rows.rows.is_empty() {
             return true;
         }
         let batch_id = match &self.spool {
@@ -38,28 +40,50 @@ impl DeliveryLoop {
             ),
             None => format!("{}/{}", self.stream, uuid_like()),
         };
+        let mut refused: Vec<(u64, String)> = Vec::new();
+        let mut stream = rows.stream();
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
         let give_up_at = Instant::now() + self.retry_duration;
         loop {
-            let error = match table.load(&batch_id, copy, rows).await {
+            let count = rows.rows.len() as u64;
+            let error = match table.load(&batch_id, &stream, count).await {
                 Ok(outcome) => {
                     if outcome == LoadOutcome::AlreadyLoaded {
                         tracing::info!(stream = %self.stream, batch_id, "batch already loaded before a restart; not loading it again");
                     }
-                    self.counters.records.fetch_add(rows, Ordering::Relaxed);
+                    self.counters.records.fetch_add(count, Ordering::Relaxed);
                     self.counters.objects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         stream = %self.stream,
                         destination = table.describe(),
                         table = table.table(),
-                        rows,
+                        rows = count,
+                        refused = refused.len(),
                         batch_id,
                         attempts = backoff.attempts() + 1,
                         "loaded batch"
                     );
                     return true;
                 }
-                Err(error) => error,
+                Err(LoadError::Row { row, reason }) if row < rows.rows.len() => {
+                    let removed = rows.rows.remove(row);
+                    tracing::warn!(stream = %self.stream, batch_id, seq = removed.record, reason, "the table refused a row; loading the batch without it");
+                    refused.push((removed.record, reason));
+                    self.write_refused_rows(&refused, range, oldest).await;
+                    if rows.rows.is_empty() {
+                        return true;
+                    }
+                    stream = rows.stream();
+                    continue;
+                }
+                Err(LoadError::Row { reason, .. }) => SinkError {
+                    kind: SinkErrorKind::Rejected,
+                    service: Service::Postgres,
+                    destination: table.describe().to_string(),
+                    target: batch_id.clone(),
+                    reason,
+                },
+                Err(LoadError::Batch(error)) => error,
             };
             self.counters
                 .failed_attempts
@@ -86,11 +110,49 @@ impl DeliveryLoop {
                 reason = %error.reason,
                 attempt = backoff.attempts(),
                 retry_in_ms = delay.as_millis() as u64,
-                rows,
+                rows = count,
                 "loading the batch failed; will retry"
             );
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Writes every row the server refused so far (their records read back from the
+    /// spool) to the `postgres-failed` error output, replacing the previous version: it is
+    /// written before the load that leaves those rows out can commit, so a crash never
+    /// leaves a committed batch without its refused rows' trace.
+    async fn write_refused_rows(
+        &self,
+        refused: &[(u64, String)],
+        range: SeqRange,
+        oldest: DateTime<Utc>,
+    ) {
+        let records = match &self.spool {
+            Some(spool) => spool.read_range(range).await.ok(),
+            None => None,
+        };
+        let data = |seq: u64| {
+            records.as_ref().and_then(|chunk| {
+                chunk
+                    .records
+                    .iter()
+                    .find(|(s, _, _)| *s == seq)
+                    .map(|(_, _, span)| chunk.data[span.clone()].to_vec())
+            })
+        };
+        let failed: Vec<FailedRecord> = refused
+            .iter()
+            .map(|(seq, reason)| FailedRecord {
+                seq: *seq,
+                arrival_ms: oldest.timestamp_millis(),
+                data: data(*seq).unwrap_or_default(),
+                error: ConversionError {
+                    code: "Postgres.Refused",
+                    message: reason.clone(),
+                },
+            })
+            .collect();
+        self.write_refused_records(&failed, range, oldest).await;
     }
 }
 

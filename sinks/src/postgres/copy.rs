@@ -19,27 +19,57 @@ const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// The end-of-data marker of a binary COPY stream.
 const TRAILER: &[u8] = b"\xff\xff";
 
-/// A whole binary COPY stream from encoded rows (of one or more [`encode_rows`] calls).
-pub fn copy_stream(rows: impl IntoIterator<Item = Bytes>) -> Vec<Bytes> {
-    std::iter::once(Bytes::from_static(HEADER))
-        .chain(rows)
-        .chain(std::iter::once(Bytes::from_static(TRAILER)))
-        .collect()
-}
-
 /// Bytes per part handed to the connection.
 const PART_BYTES: usize = 1024 * 1024;
 
-/// Records' rows in binary COPY format (without header and trailer: see [`copy_stream`]),
+/// Records' rows in binary COPY format (without header and trailer: see [`copy_stream_of`]),
 /// with the records that could not be rows.
 #[derive(Debug, Default)]
 pub struct EncodedRows {
-    /// Encoded rows, in parts.
+    /// Encoded rows, in parts; a row never spans two parts.
     pub parts: Vec<Bytes>,
-    /// Rows encoded.
-    pub rows: usize,
+    /// Where each row is: its part, byte range, and the index of its record.
+    pub rows: Vec<RowSpan>,
     /// Records left out (their index among the input records) and why.
     pub rejected: Vec<(usize, RowError)>,
+}
+
+/// Where one encoded row is, so that a row the server refuses can be taken out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowSpan {
+    /// Index of its part.
+    pub part: usize,
+    /// Its bytes within the part.
+    pub start: usize,
+    /// End of its bytes within the part.
+    pub end: usize,
+    /// Its record: an index among the input records, or (once a batch is assembled) the
+    /// record's sequence number.
+    pub record: u64,
+}
+
+/// The COPY stream of `rows` (spans into `parts`, which hold no header or trailer):
+/// consecutive rows of a part are sent as one slice.
+pub fn copy_stream_of(parts: &[Bytes], rows: &[RowSpan]) -> Vec<Bytes> {
+    let mut out = vec![Bytes::from_static(HEADER)];
+    let mut run: Option<(usize, usize, usize)> = None;
+    for row in rows {
+        run = match run {
+            Some((part, start, end)) if part == row.part && end == row.start => {
+                Some((part, start, row.end))
+            }
+            Some((part, start, end)) => {
+                out.push(parts[part].slice(start..end));
+                Some((row.part, row.start, row.end))
+            }
+            None => Some((row.part, row.start, row.end)),
+        };
+    }
+    if let Some((part, start, end)) = run {
+        out.push(parts[part].slice(start..end));
+    }
+    out.push(Bytes::from_static(TRAILER));
+    out
 }
 
 /// Why a record is not a row.
@@ -63,8 +93,13 @@ pub(super) fn encode_rows<'a>(
         row.clear();
         match encode_row(columns, record, &mut row) {
             Ok(()) => {
+                out.rows.push(RowSpan {
+                    part: out.parts.len(),
+                    start: buffer.len(),
+                    end: buffer.len() + row.len(),
+                    record: index as u64,
+                });
                 buffer.put_slice(&row);
-                out.rows += 1;
             }
             Err(reason) => out.rejected.push((index, reason)),
         }

@@ -7,7 +7,7 @@ mod copy;
 mod jq;
 mod value;
 
-pub use copy::{EncodedRows, RowError, copy_stream};
+pub use copy::{EncodedRows, RowError, RowSpan, copy_stream_of};
 pub use jq::JqFilter;
 pub use tokio_postgres::config::{Config as ConnectionConfig, SslMode};
 pub use value::{ColumnType, Value, encode_numeric};
@@ -143,6 +143,43 @@ impl Source {
         }
         JqFilter::compile(from).map(Source::Jq)
     }
+}
+
+/// Why a batch was not loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The server refused one row (a value out of a column's range, a constraint): the
+    /// batch can be loaded without it.
+    Row {
+        /// Its position among the rows sent.
+        row: usize,
+        /// The server's reason, with the column where it names one.
+        reason: String,
+    },
+    /// Anything else: retry the batch.
+    Batch(SinkError),
+}
+
+/// The row a COPY error is about, from its context (`COPY t, line 3, column x: ...`), for
+/// data and constraint errors (classes 22 and 23).
+fn refused_row(error: &tokio_postgres::Error) -> Option<(usize, String)> {
+    let db = error.as_db_error()?;
+    let class = &db.code().code()[..2];
+    if class != "22" && class != "23" {
+        return None;
+    }
+    let context = db.where_()?;
+    let after = context.split(", line ").nth(1)?;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    let line: usize = digits.parse().ok()?;
+    let column = after[digits.len()..]
+        .strip_prefix(", column ")
+        .and_then(|rest| rest.split(':').next());
+    let reason = match column {
+        Some(column) => format!("column '{column}': {}", db.message()),
+        None => db.message().to_string(),
+    };
+    Some((line.checked_sub(1)?, reason))
 }
 
 /// What loading a batch did.
@@ -343,7 +380,7 @@ impl PostgresSink {
         &self.table
     }
 
-    /// Encodes JSON records as rows in binary COPY format (see [`copy_stream`]); a record
+    /// Encodes JSON records as rows in binary COPY format (see [`copy_stream_of`]); a record
     /// that is not a JSON object, or whose value does not fit its column, is left out with
     /// the reason. CPU-heavy: call it off the reactor.
     pub fn encode_rows<'a>(&self, records: impl Iterator<Item = &'a [u8]>) -> EncodedRows {
@@ -357,13 +394,16 @@ impl PostgresSink {
         batch_id: &str,
         stream: &[Bytes],
         rows: u64,
-    ) -> Result<LoadOutcome, SinkError> {
-        let error = |e: &tokio_postgres::Error| pg_error(&self.description, batch_id, e);
+    ) -> Result<LoadOutcome, LoadError> {
+        let error = |e: &tokio_postgres::Error| match refused_row(e) {
+            Some((row, reason)) => LoadError::Row { row, reason },
+            None => LoadError::Batch(pg_error(&self.description, batch_id, e)),
+        };
         let mut client = self
             .pool
             .get()
             .await
-            .map_err(|e| classify(&self.description, batch_id, &e))?;
+            .map_err(|e| LoadError::Batch(classify(&self.description, batch_id, &e)))?;
         let transaction = client.transaction().await.map_err(|e| error(&e))?;
         let recorded = transaction
             .execute(
