@@ -6,7 +6,8 @@
 #     and DuckDB, the outside Parquet reader the format tests check files with;
 #   - the zstd command-line tool (Debian), the zstd reader the codec tests decode with;
 #   - a throwaway PostgreSQL cluster (the Debian server, installed if missing): initdb into
-#     the run directory, 127.0.0.1 only, scram-sha-256 password authentication.
+#     the run directory, 127.0.0.1 only, scram-sha-256 password authentication, TLS offered
+#     with a certificate from a throwaway CA (openssl).
 # Installs are cached under $HYDRANT_TEST_HOME (default ~/.cache/hydrant) and reused.
 #
 #   scripts/test-servers.sh ensure   install if needed, start if not running, print settings
@@ -171,11 +172,37 @@ start_postgres() {
     as_pg_owner "$bin/initdb" -D "$PG_DIR/data" -U "$PG_USER" --pwfile="$PG_DIR/pwfile" \
         --auth-host=scram-sha-256 --auth-local=scram-sha-256 -E UTF8 --no-locale > "$PG_DIR/initdb.log" 2>&1 \
         || { log "initdb failed; its log follows"; tail -30 "$PG_DIR/initdb.log" >&2; exit 1; }
-    as_pg_owner "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c fsync=off -c max_connections=200" start > /dev/null \
+    make_pg_certificates
+    pg_ctl_start \
         || { log "PostgreSQL did not start; its log follows"; tail -30 "$PG_DIR/postgres.log" >&2; exit 1; }
     PGPASSWORD="$PG_PASSWORD" "$bin/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres \
         -c "CREATE DATABASE $PG_DB" > /dev/null
+}
+
+# A CA and a server certificate for 127.0.0.1 signed by it, for the TLS tests.
+make_pg_certificates() {
+    if ! command -v openssl > /dev/null; then
+        (apt-get install -y -q openssl || (apt-get update -q && apt-get install -y -q openssl)) >&2
+    fi
+    local dir="$PG_DIR/tls"
+    mkdir -p "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=Hydrant test CA" \
+        -keyout "$dir/ca.key" -out "$dir/ca.crt" > /dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$dir/server.key" -out "$dir/server.csr" > /dev/null 2>&1
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$dir/server.ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+        -CAcreateserial -days 2 -extfile "$dir/server.ext" -out "$dir/server.crt" > /dev/null 2>&1
+    chmod 600 "$dir/server.key"
+    chmod 644 "$dir/ca.crt"
+    [[ "$(id -u)" == 0 ]] && chown -R postgres: "$dir"
+    return 0
+}
+
+pg_ctl_start() {
+    as_pg_owner "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c fsync=off -c max_connections=200 -c ssl=on -c ssl_cert_file=$PG_DIR/tls/server.crt -c ssl_key_file=$PG_DIR/tls/server.key" \
+        start > /dev/null
 }
 
 stop_postgres() {
@@ -198,6 +225,7 @@ print_settings() {
     echo "HYDRANT_TEST_PG_PASSWORD=$PG_PASSWORD"
     echo "HYDRANT_TEST_PG_DB=$PG_DB"
     echo "HYDRANT_TEST_PG_BIN=$(pg_bin)"
+    echo "HYDRANT_TEST_PG_CA=$PG_DIR/tls/ca.crt"
 }
 
 case "${1:-}" in
@@ -226,8 +254,7 @@ case "${1:-}" in
         stop_postgres
         ;;
     start-postgres)
-        as_pg_owner "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 \
-            -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c fsync=off -c max_connections=200" start > /dev/null
+        pg_ctl_start
         ;;
     *)
         echo "usage: $0 ensure|fresh|stop|bucket NAME|stop-postgres|start-postgres" >&2

@@ -66,7 +66,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     let config = hydrant::config::load_config(path)?;
-    let checked = runtime()?.block_on(hydrant::pipeline::check_tables(&config));
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let checked = runtime()?.block_on(hydrant::pipeline::check_tables(&config, base_dir));
     if !checked.is_empty() {
         anyhow::bail!(
             "{}: the configuration is valid but its tables are not:\n  {}",

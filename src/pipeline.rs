@@ -302,12 +302,12 @@ impl Pipeline {
             };
             let table = match &stream_config.destination {
                 Destination::Postgres(pg) => {
-                    Some(Arc::new(connect_table(pg).await.map_err(|error| {
-                        PipelineError::Destination {
+                    Some(Arc::new(connect_table(&name, pg, base_dir).await.map_err(
+                        |error| PipelineError::Destination {
                             stream: name.clone(),
                             error,
-                        }
-                    })?))
+                        },
+                    )?))
                 }
                 _ => None,
             };
@@ -476,12 +476,13 @@ fn build_sink(
 }
 
 /// Connects to every postgres destination's table and checks its columns; one line per
-/// stream whose table cannot be used (what `hydrant validate` reports).
-pub async fn check_tables(config: &Config) -> Vec<String> {
+/// stream whose table cannot be used (what `hydrant validate` reports). Paths are relative
+/// to `base_dir`, the configuration file's directory.
+pub async fn check_tables(config: &Config, base_dir: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, stream) in config.streams.iter() {
         if let Destination::Postgres(pg) = &stream.destination
-            && let Err(error) = connect_table(pg).await
+            && let Err(error) = connect_table(&name.value, pg, base_dir).await
         {
             problems.push(format!("stream `{}`: {error}", name.value));
         }
@@ -490,14 +491,20 @@ pub async fn check_tables(config: &Config) -> Vec<String> {
 }
 
 /// Connects to a postgres destination's table and checks it.
-async fn connect_table(pg: &PostgresDestination) -> Result<PostgresSink, SinkError> {
-    let connection = pg.connection().map_err(|reason| SinkError {
+async fn connect_table(
+    stream: &str,
+    pg: &PostgresDestination,
+    base_dir: &Path,
+) -> Result<PostgresSink, SinkError> {
+    let mut connection = pg.connection().map_err(|reason| SinkError {
         kind: SinkErrorKind::Rejected,
         service: Service::Postgres,
         destination: "postgres".into(),
         target: pg.table.value.clone(),
         reason,
     })?;
+    // Lets a DBA see which stream a session belongs to.
+    connection.application_name(format!("hydrant/{stream}"));
     PostgresSink::connect(PostgresSettings {
         connection,
         table: pg.table.value.clone(),
@@ -516,6 +523,7 @@ async fn connect_table(pg: &PostgresDestination) -> Result<PostgresSink, SinkErr
             .collect(),
         max_connections: pg.max_connections.value as usize,
         connect_timeout: Duration::from_secs(10),
+        tls: pg.tls(base_dir),
         mode: match pg.mode.value {
             PostgresMode::Insert => LoadMode::Insert,
             PostgresMode::Upsert => LoadMode::Upsert {

@@ -425,3 +425,60 @@ async fn upsert_updates_rows_in_place_and_the_last_record_of_a_key_wins() {
         "{output}"
     );
 }
+
+#[tokio::test]
+async fn tls_connections_are_verified_against_the_configured_root() {
+    let client = pg_client().await;
+    let table = table_name("tls");
+    client
+        .batch_execute(&format!("CREATE TABLE {table} (id int8)"))
+        .await
+        .unwrap();
+    let ca = servers().pg_ca.display().to_string();
+    let with_tls = |tls: &str| postgres_destination_yaml(&table, "- { name: id }\n", None) + tls;
+    let config = |destination: String| {
+        format!(
+            "streams:\n  s:\n    destination:\n{}",
+            indent(&destination, 6)
+        )
+    };
+    let verified = with_tls(&format!("  sslmode: verify-full\n  sslrootcert: {ca}\n"));
+    let (ok, output) = validate(&config(verified.clone()));
+    assert!(ok, "{output}");
+    let (ok, output) = validate(&config(with_tls("  sslmode: require\n")));
+    assert!(
+        ok,
+        "require encrypts without checking the certificate: {output}"
+    );
+    let (ok, output) = validate(&config(with_tls("  sslmode: verify-full\n")));
+    assert!(!ok, "the system's roots do not know the test CA");
+    assert!(output.contains("Postgres.Unavailable"), "{output}");
+    assert!(output.to_lowercase().contains("certificate"), "{output}");
+
+    let streams = format!(
+        "tls:\n  buffer: {{ size_mib: 1, interval_seconds: 0 }}\n  destination:\n{}",
+        indent(&verified, 4)
+    );
+    let mut hydrant = Hydrant::start(&streams);
+    let records: Vec<Vec<u8>> = (0..10)
+        .map(|id| format!("{{\"id\": {id}}}").into_bytes())
+        .collect();
+    hydrant.put_all("tls", &records).await;
+    let count = format!("SELECT count(*) FROM {table}");
+    eventually(Duration::from_secs(30), "the rows over TLS", || async {
+        let n: i64 = client.query_one(&count, &[]).await.unwrap().get(0);
+        (n == 10).then_some(())
+    })
+    .await;
+    let encrypted: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl AND application_name = 'hydrant/tls'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "Hydrant's pooled connection is encrypted");
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+}

@@ -5,7 +5,7 @@ use serde_saphyr::Spanned;
 
 use super::validate::at;
 use super::{ConfigProblem, Destination};
-use hydrant_sinks::postgres::{ColumnType, ConnectionConfig, SslMode};
+use hydrant_sinks::postgres::{ColumnType, ConnectionConfig, TlsMode};
 
 /// A PostgreSQL table destination.
 #[derive(Debug, Deserialize)]
@@ -29,9 +29,15 @@ pub struct PostgresDestination {
     /// Database. Default: the user name.
     #[serde(default)]
     pub dbname: Option<String>,
-    /// `disable` (default) or `prefer`; TLS is not supported yet.
+    /// `disable`, `prefer` (default), `require` (encrypted, certificate not checked, as
+    /// libpq) or `verify-full` (certificate checked against `sslrootcert` or the system's
+    /// roots, and the host name).
     #[serde(default)]
     pub sslmode: Option<Spanned<String>>,
+    /// PEM file of the root certificates `verify-full` trusts, relative to the
+    /// configuration file. Default: the system's.
+    #[serde(default)]
+    pub sslrootcert: Option<String>,
     /// Table to load, optionally `schema.table`.
     pub table: Spanned<String>,
     /// Columns to fill and where their values come from.
@@ -90,6 +96,18 @@ pub struct PostgresColumn {
 }
 
 impl PostgresDestination {
+    /// The TLS mode `sslmode` asks for; `sslrootcert` is taken relative to `base_dir`.
+    pub fn tls(&self, base_dir: &std::path::Path) -> TlsMode {
+        match self.sslmode.as_ref().map(|m| m.value.as_str()) {
+            Some("disable") => TlsMode::Disable,
+            Some("require") => TlsMode::Require,
+            Some("verify-full") => TlsMode::VerifyFull {
+                root_cert: self.sslrootcert.as_ref().map(|p| base_dir.join(p)),
+            },
+            _ => TlsMode::Prefer,
+        }
+    }
+
     /// Connection settings: the URL, then the separate fields over it.
     pub fn connection(&self) -> Result<ConnectionConfig, String> {
         let mut config = match &self.url {
@@ -121,8 +139,6 @@ impl PostgresDestination {
         if config.get_user().is_none() {
             return Err("no `user` (in `url` or as `user:`)".into());
         }
-        config.ssl_mode(SslMode::Disable);
-        config.application_name("hydrant");
         Ok(config)
     }
 }
@@ -147,12 +163,15 @@ pub(super) fn validate(
         ));
     }
     if let Some(mode) = &pg.sslmode
-        && !matches!(mode.value.as_str(), "disable" | "prefer")
+        && !matches!(
+            mode.value.as_str(),
+            "disable" | "prefer" | "require" | "verify-full"
+        )
     {
         problems.push(at(
             mode,
             format!(
-                "stream `{name}`: `sslmode: {}` is not supported yet; use `disable` or `prefer` (plain connections)",
+                "stream `{name}`: `sslmode` must be disable, prefer, require or verify-full, got `{}`",
                 mode.value
             ),
         ));

@@ -33,6 +33,8 @@ pub struct TestServers {
     pub pg_db: String,
     /// Directory of the PostgreSQL tools (`psql`).
     pub pg_bin: PathBuf,
+    /// The CA certificate the test server's TLS certificate is signed by.
+    pub pg_ca: PathBuf,
 }
 
 fn repo_root() -> PathBuf {
@@ -48,7 +50,7 @@ pub fn servers() -> &'static TestServers {
             .filter(|(k, _)| k.starts_with("HYDRANT_TEST_"))
             .collect();
         if !settings.contains_key("HYDRANT_TEST_S3_ENDPOINT")
-            || !settings.contains_key("HYDRANT_TEST_PG_PORT")
+            || !settings.contains_key("HYDRANT_TEST_PG_CA")
         {
             let output = Command::new(repo_root().join("scripts/test-servers.sh"))
                 .arg("ensure")
@@ -82,6 +84,7 @@ pub fn servers() -> &'static TestServers {
             pg_password: get("HYDRANT_TEST_PG_PASSWORD"),
             pg_db: get("HYDRANT_TEST_PG_DB"),
             pg_bin: PathBuf::from(get("HYDRANT_TEST_PG_BIN")),
+            pg_ca: PathBuf::from(get("HYDRANT_TEST_PG_CA")),
         }
     })
 }

@@ -5,10 +5,12 @@
 
 mod copy;
 mod jq;
+mod tls;
 mod value;
 
 pub use copy::{EncodedRows, RowError, RowSpan, copy_stream_of};
 pub use jq::JqFilter;
+pub use tls::TlsMode;
 pub use tokio_postgres::config::{Config as ConnectionConfig, SslMode};
 pub use value::{ColumnType, Value, encode_numeric};
 
@@ -54,6 +56,8 @@ pub struct PostgresSettings {
     pub connect_timeout: Duration,
     /// Plain inserts, or upserts on these columns.
     pub mode: LoadMode,
+    /// Whether and how connections are encrypted.
+    pub tls: TlsMode,
 }
 
 /// How rows meet rows already in the table.
@@ -225,13 +229,22 @@ impl PostgresSink {
         };
         let mut connection = settings.connection.clone();
         connection.connect_timeout(settings.connect_timeout);
-        let manager = Manager::from_config(
-            connection,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        connection.ssl_mode(match settings.tls {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            TlsMode::Require | TlsMode::VerifyFull { .. } => SslMode::Require,
+        });
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &settings.tls {
+            TlsMode::Disable => Manager::from_config(connection, NoTls, manager_config),
+            mode => {
+                let tls =
+                    tls::connector(mode).map_err(|reason| fail(SinkErrorKind::Rejected, reason))?;
+                Manager::from_config(connection, tls, manager_config)
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(settings.max_connections.max(1))
             .build()
