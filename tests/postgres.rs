@@ -257,14 +257,7 @@ async fn kill_9_mid_load_neither_loses_nor_duplicates_a_row() {
     );
     assert!(hydrant.terminate().success(), "{}", hydrant.log());
 
-    let mut delivered: HashMap<String, usize> = HashMap::new();
-    for row in client
-        .query(&format!("SELECT id FROM {table}"), &[])
-        .await
-        .unwrap()
-    {
-        *delivered.entry(row.get(0)).or_insert(0) += 1;
-    }
+    let delivered = ids_in_table(&client, &table).await;
     check_exactly_once(&delivered, &acked, &attempted);
     let ledger: i64 = client
         .query_one(

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,13 +64,6 @@ async fn postgres_going_down_mid_load_loses_and_duplicates_nothing() {
     assert!(hydrant.terminate().success(), "{}", hydrant.log());
 
     let client = pg_client().await;
-    let mut delivered: HashMap<String, usize> = HashMap::new();
-    for row in client
-        .query(&format!("SELECT id FROM {table}"), &[])
-        .await
-        .unwrap()
-    {
-        *delivered.entry(row.get(0)).or_insert(0) += 1;
-    }
+    let delivered = ids_in_table(&client, &table).await;
     check_exactly_once(&delivered, &acked, &attempted);
 }

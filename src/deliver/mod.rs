@@ -77,6 +77,46 @@ pub struct DeliveryLoop {
 }
 
 impl DeliveryLoop {
+    /// Counts a failed attempt at writing batch `range` (named `what` in logs). With a
+    /// spool, once `give_up_at` has passed, sends the batch to the error output (which
+    /// moves the checkpoint on) and returns `None`; otherwise returns how long to wait
+    /// before the next attempt (never past `give_up_at` by much).
+    async fn after_failure(
+        &self,
+        error: &SinkError,
+        backoff: &mut Backoff,
+        give_up_at: Instant,
+        range: SeqRange,
+        oldest: DateTime<Utc>,
+        what: &str,
+    ) -> Option<Duration> {
+        self.counters
+            .failed_attempts
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(spool) = &self.spool
+            && Instant::now() >= give_up_at
+        {
+            let attempts = backoff.attempts() + 1;
+            tracing::error!(
+                stream = %self.stream,
+                target = what,
+                code = error.code(),
+                reason = %error.reason,
+                attempts,
+                "retry duration exhausted; sending the batch to the error output"
+            );
+            self.write_error_output(spool, range, oldest, error, attempts)
+                .await;
+            return None;
+        }
+        let mut delay = backoff.next_delay();
+        if self.spool.is_some() {
+            let left = give_up_at.saturating_duration_since(Instant::now());
+            delay = delay.min(left.max(Duration::from_millis(10)));
+        }
+        Some(delay)
+    }
+
     /// Delivers batches until the buffer is closed and drained.
     pub async fn run(self) {
         while let Ok(batch) = self.buffer.next_batch().await {
@@ -219,31 +259,12 @@ impl DeliveryLoop {
                 }
                 Err(error) => error,
             };
-            self.counters
-                .failed_attempts
-                .fetch_add(1, Ordering::Relaxed);
-            if let Some(spool) = &self.spool
-                && Instant::now() >= give_up_at
-            {
-                let attempts = backoff.attempts() + 1;
-                tracing::error!(
-                    stream = %self.stream,
-                    key = %object.key,
-                    code = error.code(),
-                    reason = %error.reason,
-                    attempts,
-                    records,
-                    "retry duration exhausted; sending the batch to the error output"
-                );
-                self.write_error_output(spool, range, oldest, &error, attempts)
-                    .await;
+            let Some(delay) = self
+                .after_failure(&error, &mut backoff, give_up_at, range, oldest, &object.key)
+                .await
+            else {
                 return false;
-            }
-            let mut delay = backoff.next_delay();
-            if self.spool.is_some() {
-                let left = give_up_at.saturating_duration_since(Instant::now());
-                delay = delay.min(left.max(Duration::from_millis(10)));
-            }
+            };
             tracing::warn!(
                 stream = %self.stream,
                 destination = %error.destination,

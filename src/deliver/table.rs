@@ -85,23 +85,12 @@ impl DeliveryLoop {
                 },
                 Err(LoadError::Batch(error)) => error,
             };
-            self.counters
-                .failed_attempts
-                .fetch_add(1, Ordering::Relaxed);
-            if let Some(spool) = &self.spool
-                && Instant::now() >= give_up_at
-            {
-                let attempts = backoff.attempts() + 1;
-                tracing::error!(stream = %self.stream, batch_id, code = error.code(), reason = %error.reason, attempts, "retry duration exhausted; sending the batch to the error output");
-                self.write_error_output(spool, range, oldest, &error, attempts)
-                    .await;
+            let Some(delay) = self
+                .after_failure(&error, &mut backoff, give_up_at, range, oldest, &batch_id)
+                .await
+            else {
                 return false;
-            }
-            let mut delay = backoff.next_delay();
-            if self.spool.is_some() {
-                let left = give_up_at.saturating_duration_since(Instant::now());
-                delay = delay.min(left.max(std::time::Duration::from_millis(10)));
-            }
+            };
             tracing::warn!(
                 stream = %self.stream,
                 destination = table.describe(),

@@ -105,6 +105,19 @@ pub async fn pg_client() -> tokio_postgres::Client {
     client
 }
 
+/// How often each `id` (a text column) appears in `table`.
+pub async fn ids_in_table(client: &tokio_postgres::Client, table: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for row in client
+        .query(&format!("SELECT id FROM {table}"), &[])
+        .await
+        .unwrap()
+    {
+        *counts.entry(row.get(0)).or_insert(0) += 1;
+    }
+    counts
+}
+
 /// The YAML of a postgres destination on the test server (password through `${PGPASS_TEST}`
 /// unless `password` is given), with an error output in the local directory `errors`.
 pub fn postgres_destination_yaml(table: &str, columns: &str, password: Option<&str>) -> String {
