@@ -10,7 +10,8 @@ use tokio::time::Instant;
 
 use super::IngestCapacity;
 use crate::compress::{Codec, CompressedChunk};
-use crate::encode::parquet::{ChunkRecord, ParquetEncoder, WriteError};
+use crate::encode::parquet::{ParquetEncoder, WriteError};
+use crate::encode::{ChunkRecord, chunk_records};
 use crate::encode::{ConversionError, Encoding};
 use crate::spool::SeqRange;
 use hydrant_sinks::postgres::{PostgresSink, RowError, RowSpan, copy_stream_of};
@@ -200,11 +201,7 @@ impl OpenBatch {
     ) -> SealedBatch {
         self.dispatch_pending(encoding, codec, capacity);
         SealedBatch {
-            parquet: match encoding {
-                Encoding::Parquet(encoder) => Some(Arc::clone(encoder)),
-                Encoding::Framed(_) | Encoding::Rows(_) => None,
-            },
-            copy: matches!(encoding, Encoding::Rows(_)),
+            encoding: encoding.clone(),
             codec,
             chunks: self.chunks,
             raw_len: self.raw_len,
@@ -220,55 +217,50 @@ impl OpenBatch {
     }
 }
 
+/// The failure record of record `index` of a chunk.
+fn failed_record(
+    data: &[u8],
+    records: &[ChunkRecord],
+    index: usize,
+    error: ConversionError,
+) -> FailedRecord {
+    FailedRecord {
+        seq: records[index].seq,
+        arrival_ms: records[index].arrival_ms,
+        data: ChunkRecord::bytes(data, records, index).to_vec(),
+        error,
+    }
+}
+
 /// Decodes a chunk's records into rows, copying out the ones that cannot be rows.
 fn convert_chunk(encoder: &ParquetEncoder, data: &[u8], records: &[ChunkRecord]) -> RowChunk {
     let converted = encoder.convert_chunk(data, records);
-    let failed = converted
-        .rejected
-        .into_iter()
-        .map(|rejected| {
-            let record = records[rejected.index];
-            let start = match rejected.index {
-                0 => 0,
-                i => records[i - 1].end,
-            };
-            FailedRecord {
-                seq: record.seq,
-                arrival_ms: record.arrival_ms,
-                data: data[start..record.end].to_vec(),
-                error: rejected.error,
-            }
-        })
-        .collect();
     RowChunk {
         batches: converted.batches,
-        copy: Vec::new(),
-        copy_rows: Vec::new(),
-        failed,
+        failed: converted
+            .rejected
+            .into_iter()
+            .map(|rejected| failed_record(data, records, rejected.index, rejected.error))
+            .collect(),
+        ..RowChunk::default()
     }
 }
 
 /// Encodes a chunk's records as binary COPY rows, copying out the ones that cannot be rows.
 fn encode_chunk(table: &PostgresSink, data: &[u8], records: &[ChunkRecord]) -> RowChunk {
-    let span = |i: usize| {
-        let start = if i == 0 { 0 } else { records[i - 1].end };
-        &data[start..records[i].end]
-    };
-    let encoded = table.encode_rows((0..records.len()).map(span));
+    let encoded = table.encode_rows(chunk_records(data, records));
     let failed = encoded
         .rejected
         .into_iter()
-        .map(|(index, error)| FailedRecord {
-            seq: records[index].seq,
-            arrival_ms: records[index].arrival_ms,
-            data: span(index).to_vec(),
-            error: match error {
+        .map(|(index, error)| {
+            let error = match error {
                 RowError::NotJson(message) => ConversionError::parse(message),
                 RowError::InvalidValue(message) => ConversionError {
                     code: POSTGRES_INVALID_VALUE,
                     message,
                 },
-            },
+            };
+            failed_record(data, records, index, error)
         })
         .collect();
     let copy_rows = encoded
@@ -280,10 +272,10 @@ fn encode_chunk(table: &PostgresSink, data: &[u8], records: &[ChunkRecord]) -> R
         })
         .collect();
     RowChunk {
-        batches: Vec::new(),
         copy: encoded.parts,
         copy_rows,
         failed,
+        ..RowChunk::default()
     }
 }
 
@@ -293,10 +285,8 @@ pub const POSTGRES_INVALID_VALUE: &str = "Postgres.InvalidValue";
 /// A batch that takes no more records, on its way to the destination.
 #[derive(Debug)]
 pub struct SealedBatch {
-    /// The Parquet encoder, when rows are written as a Parquet file.
-    parquet: Option<Arc<ParquetEncoder>>,
-    /// Whether the body is a binary COPY stream of table rows.
-    copy: bool,
+    /// How the body is made (framed and compressed chunks, a Parquet file, table rows).
+    encoding: Encoding,
     codec: Codec,
     chunks: Vec<ChunkSlot>,
     raw_len: usize,
@@ -410,20 +400,20 @@ impl SealedBatch {
                 }
             }
         }
-        if self.copy {
-            return Ok(BatchBody {
-                parts: Vec::new(),
-                failed,
-                rows: Some(TableRows {
-                    parts: copy,
-                    rows: copy_rows,
-                }),
-            });
-        }
-        let parts = match self.parquet {
-            None => self.codec.assemble(compressed),
-            Some(_) if rows.is_empty() => Vec::new(),
-            Some(encoder) => {
+        let parts = match self.encoding {
+            Encoding::Rows(_) => {
+                return Ok(BatchBody {
+                    parts: Vec::new(),
+                    failed,
+                    rows: Some(TableRows {
+                        parts: copy,
+                        rows: copy_rows,
+                    }),
+                });
+            }
+            Encoding::Framed(_) => self.codec.assemble(compressed),
+            Encoding::Parquet(_) if rows.is_empty() => Vec::new(),
+            Encoding::Parquet(encoder) => {
                 let (sender, receiver) = oneshot::channel();
                 rayon::spawn(move || {
                     let _ = sender.send(encoder.write_file(rows));

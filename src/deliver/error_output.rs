@@ -3,6 +3,7 @@
 //! Firehose's format, and the checkpoint moves on.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -106,7 +107,10 @@ impl DeliveryLoop {
     ) {
         self.counters
             .conversion_failures
-            .fetch_add(failed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(failed.len() as u64, Ordering::Relaxed);
+        self.counters
+            .error_output_records
+            .fetch_add(failed.len() as u64, Ordering::Relaxed);
         self.write_failed_records(
             FORMAT_CONVERSION_FAILED,
             CONVERSION_FAILED_SALT,
@@ -127,6 +131,9 @@ impl DeliveryLoop {
         oldest: DateTime<Utc>,
         mode: WriteMode,
     ) {
+        self.counters
+            .error_output_records
+            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
         self.write_failed_records(
             POSTGRES_FAILED,
             POSTGRES_ROWS_SALT,
@@ -139,13 +146,18 @@ impl DeliveryLoop {
     }
 
     /// Writes the rows of batch `range` the server refused so far to the `postgres-failed`
-    /// error output, replacing the object an earlier refusal in the same batch wrote.
+    /// error output, replacing the object an earlier refusal in the same batch wrote (so
+    /// only the newest row is counted): it is written before the load that leaves those
+    /// rows out can commit, so a crash never leaves a committed batch without their trace.
     pub(super) async fn write_refused_records(
         &self,
         refused: &[FailedRecord],
         range: SeqRange,
         oldest: DateTime<Utc>,
     ) {
+        self.counters
+            .error_output_records
+            .fetch_add(1, Ordering::Relaxed);
         self.write_failed_records(
             POSTGRES_FAILED,
             POSTGRES_REFUSED_SALT,
@@ -157,7 +169,7 @@ impl DeliveryLoop {
         .await;
     }
 
-    /// Writes records with their own reasons under `error_type`.
+    /// Writes records with their own reasons under `error_type` (callers count them).
     async fn write_failed_records(
         &self,
         error_type: &str,
@@ -170,14 +182,6 @@ impl DeliveryLoop {
         let body = conversion_failure_lines(failed, Utc::now().timestamp_millis());
         let object = self.error_object(error_type, salt, range, oldest, body);
         self.put_error_object(&object, mode).await;
-        // A replaced object holds the records of the one it replaces plus one more.
-        let new_records = match mode {
-            WriteMode::Overwrite if salt == POSTGRES_REFUSED_SALT => 1,
-            _ => failed.len() as u64,
-        };
-        self.counters
-            .error_output_records
-            .fetch_add(new_records, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             stream = %self.stream,
             key = %object.key,
@@ -266,7 +270,7 @@ impl DeliveryLoop {
         self.put_error_object(&object, WriteMode::CreateOnly).await;
         self.counters
             .error_output_records
-            .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         tracing::warn!(
             stream = %self.stream,
             key = %object.key,

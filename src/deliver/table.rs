@@ -40,7 +40,7 @@ impl DeliveryLoop {
             ),
             None => format!("{}/{}", self.stream, uuid_like()),
         };
-        let mut refused: Vec<(u64, String)> = Vec::new();
+        let mut refused: Vec<FailedRecord> = Vec::new();
         let mut stream = rows.stream();
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
         let give_up_at = Instant::now() + self.retry_duration;
@@ -68,8 +68,8 @@ impl DeliveryLoop {
                 Err(LoadError::Row { row, reason }) if row < rows.rows.len() => {
                     let removed = rows.rows.remove(row);
                     tracing::warn!(stream = %self.stream, batch_id, seq = removed.record, reason, "the table refused a row; loading the batch without it");
-                    refused.push((removed.record, reason));
-                    self.write_refused_rows(&refused, range, oldest).await;
+                    refused.push(self.refused_record(removed.record, reason, oldest).await);
+                    self.write_refused_records(&refused, range, oldest).await;
                     if rows.rows.is_empty() {
                         return true;
                     }
@@ -106,42 +106,37 @@ impl DeliveryLoop {
         }
     }
 
-    /// Writes every row the server refused so far (their records read back from the
-    /// spool) to the `postgres-failed` error output, replacing the previous version: it is
-    /// written before the load that leaves those rows out can commit, so a crash never
-    /// leaves a committed batch without its refused rows' trace.
-    async fn write_refused_rows(
+    /// The error record of a row the server refused, its record read back from the spool
+    /// (without a spool, its data is unknown and left empty).
+    async fn refused_record(
         &self,
-        refused: &[(u64, String)],
-        range: SeqRange,
+        seq: u64,
+        reason: String,
         oldest: DateTime<Utc>,
-    ) {
-        let records = match &self.spool {
-            Some(spool) => spool.read_range(range).await.ok(),
+    ) -> FailedRecord {
+        let data = match &self.spool {
+            Some(spool) => spool
+                .read_range(SeqRange {
+                    first: seq,
+                    last: seq,
+                })
+                .await
+                .ok()
+                .and_then(|chunk| {
+                    let (_, _, span) = chunk.records.first()?.clone();
+                    Some(chunk.data[span].to_vec())
+                }),
             None => None,
         };
-        let data = |seq: u64| {
-            records.as_ref().and_then(|chunk| {
-                chunk
-                    .records
-                    .iter()
-                    .find(|(s, _, _)| *s == seq)
-                    .map(|(_, _, span)| chunk.data[span.clone()].to_vec())
-            })
-        };
-        let failed: Vec<FailedRecord> = refused
-            .iter()
-            .map(|(seq, reason)| FailedRecord {
-                seq: *seq,
-                arrival_ms: oldest.timestamp_millis(),
-                data: data(*seq).unwrap_or_default(),
-                error: ConversionError {
-                    code: "Postgres.Refused",
-                    message: reason.clone(),
-                },
-            })
-            .collect();
-        self.write_refused_records(&failed, range, oldest).await;
+        FailedRecord {
+            seq,
+            arrival_ms: oldest.timestamp_millis(),
+            data: data.unwrap_or_default(),
+            error: ConversionError {
+                code: "Postgres.Refused",
+                message: reason,
+            },
+        }
     }
 }
 

@@ -8,6 +8,35 @@ use crate::config::{Format, RecordDelimiter};
 use hydrant_sinks::postgres::PostgresSink;
 use parquet::ParquetEncoder;
 
+/// One record of a chunk handed to a per-record encoder (Parquet rows, table rows).
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkRecord {
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it arrived (Unix ms).
+    pub arrival_ms: i64,
+    /// Where it ends in the chunk's bytes (it starts where the previous one ends).
+    pub end: usize,
+}
+
+impl ChunkRecord {
+    /// The bytes of record `index` of a chunk: `data` split at each record's end.
+    pub fn bytes<'a>(data: &'a [u8], records: &[ChunkRecord], index: usize) -> &'a [u8] {
+        let start = index
+            .checked_sub(1)
+            .map_or(0, |previous| records[previous].end);
+        &data[start..records[index].end]
+    }
+}
+
+/// The bytes of each record of a chunk, in order.
+pub fn chunk_records<'a>(
+    data: &'a [u8],
+    records: &'a [ChunkRecord],
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    (0..records.len()).map(move |index| ChunkRecord::bytes(data, records, index))
+}
+
 /// How a stream turns records into an object body.
 #[derive(Debug, Clone)]
 pub enum Encoding {

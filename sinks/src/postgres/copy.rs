@@ -1,16 +1,16 @@
 //! Rows encoded in PostgreSQL's binary COPY format, straight from the JSON records: each
-//! record is split into its top-level fields without building a JSON tree, each column's
-//! value is converted and written in the column's binary format, and `json`/`jsonb`
-//! columns take the field's JSON text as it is. CPU-heavy: run it off the async reactor.
+//! record is split into its top-level fields without building a JSON tree, and each
+//! column's value is converted from its JSON text (see [`ColumnType::convert`]) and
+//! written in the column's binary format. CPU-heavy: run it off the async reactor.
+//!
+//! [`ColumnType::convert`]: super::ColumnType::convert
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::value::RawValue;
 use tokio_postgres::types::{IsNull, ToSql};
 
-use super::value::{ColumnType, Value};
 use super::{Column, Source};
 
 /// Signature, flags and header extension length of a binary COPY stream.
@@ -88,20 +88,19 @@ pub(super) fn encode_rows<'a>(
 ) -> EncodedRows {
     let mut out = EncodedRows::default();
     let mut buffer = BytesMut::with_capacity(PART_BYTES + PART_BYTES / 4);
-    let mut row = BytesMut::new();
     for (index, record) in records.enumerate() {
-        row.clear();
-        match encode_row(columns, record, &mut row) {
-            Ok(()) => {
-                out.rows.push(RowSpan {
-                    part: out.parts.len(),
-                    start: buffer.len(),
-                    end: buffer.len() + row.len(),
-                    record: index as u64,
-                });
-                buffer.put_slice(&row);
+        let start = buffer.len();
+        match encode_row(columns, record, &mut buffer) {
+            Ok(()) => out.rows.push(RowSpan {
+                part: out.parts.len(),
+                start,
+                end: buffer.len(),
+                record: index as u64,
+            }),
+            Err(reason) => {
+                buffer.truncate(start);
+                out.rejected.push((index, reason));
             }
-            Err(reason) => out.rejected.push((index, reason)),
         }
         if buffer.len() >= PART_BYTES {
             out.parts.push(buffer.split().freeze());
@@ -113,21 +112,42 @@ pub(super) fn encode_rows<'a>(
     out
 }
 
-/// One row: field count, then each field's length and bytes (-1 for NULL).
+/// A record's top-level fields, with keys borrowed from the record unless one holds an
+/// escape sequence.
+enum Fields<'a> {
+    Borrowed(HashMap<&'a str, &'a RawValue>),
+    Owned(HashMap<String, &'a RawValue>),
+}
+
+impl<'a> Fields<'a> {
+    fn parse(record: &'a [u8]) -> Result<Self, RowError> {
+        serde_json::from_slice(record)
+            .map(Fields::Borrowed)
+            .or_else(|_| serde_json::from_slice(record).map(Fields::Owned))
+            .map_err(|e| RowError::NotJson(format!("the record is not a JSON object: {e}")))
+    }
+
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        match self {
+            Fields::Borrowed(fields) => fields.get(key).copied(),
+            Fields::Owned(fields) => fields.get(key).copied(),
+        }
+    }
+
+    /// The raw value at `path`, if the record has one.
+    fn lookup(&self, path: &[String]) -> Option<&'a RawValue> {
+        let (first, rest) = path.split_first()?;
+        let mut value = self.get(first)?;
+        for key in rest {
+            value = Fields::parse(value.get().as_bytes()).ok()?.get(key)?;
+        }
+        Some(value)
+    }
+}
+
+/// Appends one row: field count, then each field's length and bytes (-1 for NULL).
 fn encode_row(columns: &[Column], record: &[u8], row: &mut BytesMut) -> Result<(), RowError> {
-    // Keys borrow from the record unless one holds an escape sequence.
-    let fields: HashMap<Cow<'_, str>, &RawValue> =
-        match serde_json::from_slice::<HashMap<&str, &RawValue>>(record) {
-            Ok(fields) => fields
-                .into_iter()
-                .map(|(k, v)| (Cow::Borrowed(k), v))
-                .collect(),
-            Err(_) => serde_json::from_slice::<HashMap<String, &RawValue>>(record)
-                .map_err(|e| RowError::NotJson(format!("the record is not a JSON object: {e}")))?
-                .into_iter()
-                .map(|(k, v)| (Cow::Owned(k), v))
-                .collect(),
-        };
+    let fields = Fields::parse(record)?;
     row.put_i16(columns.len() as i16);
     for column in columns {
         let computed;
@@ -135,10 +155,7 @@ fn encode_row(columns: &[Column], record: &[u8], row: &mut BytesMut) -> Result<(
             Source::Record => {
                 Some(std::str::from_utf8(record).map_err(|e| RowError::NotJson(e.to_string()))?)
             }
-            Source::Path(path) => {
-                let (first, rest) = path.split_first().expect("paths have a first key");
-                lookup(&fields, first, rest).map(RawValue::get)
-            }
+            Source::Path(path) => fields.lookup(path).map(RawValue::get),
             Source::Jq(filter) => {
                 computed = filter.first_output(record).map_err(|reason| {
                     RowError::InvalidValue(format!("column '{}': {reason}", column.name))
@@ -146,111 +163,30 @@ fn encode_row(columns: &[Column], record: &[u8], row: &mut BytesMut) -> Result<(
                 computed.as_deref()
             }
         };
-        let raw = raw.filter(|text| *text != "null");
         encode_field(column, raw, row).map_err(RowError::InvalidValue)?;
     }
     Ok(())
 }
 
-/// The raw value at `first.rest...`, if the record has one.
-fn lookup<'a>(
-    fields: &HashMap<Cow<'_, str>, &'a RawValue>,
-    first: &str,
-    rest: &[String],
-) -> Option<&'a RawValue> {
-    let mut value = *fields.get(first)?;
-    for key in rest {
-        let nested: HashMap<String, &'a RawValue> = serde_json::from_str(value.get()).ok()?;
-        value = *nested.get(key)?;
-    }
-    Some(value)
-}
-
-/// Writes one field; the error names the column.
+/// Appends one field: its length, then its bytes; the error names the column.
 fn encode_field(column: &Column, raw: Option<&str>, row: &mut BytesMut) -> Result<(), String> {
-    let missing = || {
-        format!(
-            "column '{}' is NOT NULL but the record has no value for it",
-            column.name
-        )
+    let value = column
+        .ty
+        .convert(raw)
+        .map_err(|reason| format!("column '{}': {reason}", column.name))?;
+    let at = row.len();
+    row.put_i32(0);
+    let len = match value.to_sql(&column.pg_type, row) {
+        Ok(IsNull::No) => (row.len() - at - 4) as i32,
+        Ok(IsNull::Yes) if column.not_null => {
+            return Err(format!(
+                "column '{}' is NOT NULL but the record has no value for it",
+                column.name
+            ));
+        }
+        Ok(IsNull::Yes) => -1,
+        Err(error) => return Err(format!("column '{}': {error}", column.name)),
     };
-    let Some(raw) = raw else {
-        if column.not_null {
-            return Err(missing());
-        }
-        row.put_i32(-1);
-        return Ok(());
-    };
-    let named = |reason: String| format!("column '{}': {reason}", column.name);
-    match column.ty {
-        // The common types are written straight from the JSON text.
-        ColumnType::Text if raw.starts_with('"') => {
-            let text: Cow<'_, str> = match serde_json::from_str::<&str>(raw) {
-                Ok(text) => Cow::Borrowed(text),
-                Err(_) => Cow::Owned(
-                    serde_json::from_str::<String>(raw).map_err(|e| named(e.to_string()))?,
-                ),
-            };
-            if text.contains('\0') {
-                return Err(named("text cannot contain NUL characters".into()));
-            }
-            row.put_i32(text.len() as i32);
-            row.put_slice(text.as_bytes());
-        }
-        ColumnType::Int8 if raw.bytes().all(|b| b.is_ascii_digit() || b == b'-') => {
-            let value: i64 = raw
-                .parse()
-                .map_err(|_| named(format!("{raw} is not an integer within bigint range")))?;
-            row.put_i32(8);
-            row.put_i64(value);
-        }
-        ColumnType::Int4 if raw.bytes().all(|b| b.is_ascii_digit() || b == b'-') => {
-            let value: i32 = raw
-                .parse()
-                .map_err(|_| named(format!("{raw} is out of range (-2147483648 to 2147483647)")))?;
-            row.put_i32(4);
-            row.put_i32(value);
-        }
-        ColumnType::Float8
-            if raw
-                .bytes()
-                .all(|b| b.is_ascii_digit() || b"-+.eE".contains(&b)) =>
-        {
-            let value: f64 = raw
-                .parse()
-                .map_err(|_| named(format!("{raw} is not a number")))?;
-            row.put_i32(8);
-            row.put_f64(value);
-        }
-        ColumnType::Jsonb => {
-            row.put_i32(raw.len() as i32 + 1);
-            row.put_u8(1);
-            row.put_slice(raw.as_bytes());
-        }
-        ColumnType::Json => {
-            row.put_i32(raw.len() as i32);
-            row.put_slice(raw.as_bytes());
-        }
-        ty => {
-            let json: serde_json::Value =
-                serde_json::from_str(raw).map_err(|e| named(e.to_string()))?;
-            let value = ty.convert(Some(&json)).map_err(named)?;
-            let at = row.len();
-            row.put_i32(0);
-            match value.to_sql(&column.pg_type, row) {
-                Ok(IsNull::No) => {
-                    let len = (row.len() - at - 4) as i32;
-                    row[at..at + 4].copy_from_slice(&len.to_be_bytes());
-                }
-                Ok(IsNull::Yes) => {
-                    row[at..at + 4].copy_from_slice(&(-1i32).to_be_bytes());
-                }
-                Err(error) => return Err(named(error.to_string())),
-            }
-            if matches!(value, Value::Null) && column.not_null {
-                return Err(missing());
-            }
-        }
-    }
+    row[at..at + 4].copy_from_slice(&len.to_be_bytes());
     Ok(())
 }

@@ -28,6 +28,10 @@ use crate::error::{Service, SinkError, SinkErrorKind};
 /// The ledger of loaded batches, created when missing.
 pub const LEDGER_TABLE: &str = "hydrant_deliveries";
 
+/// Records a batch in the ledger, unless it is there already.
+const RECORD_BATCH: &str = "INSERT INTO hydrant_deliveries (batch_id, target_table, rows) \
+     VALUES ($1, $2, $3) ON CONFLICT (batch_id) DO NOTHING";
+
 /// One configured column: where its value comes from and, optionally, the type the
 /// configuration expects it to have.
 #[derive(Debug, Clone)]
@@ -88,6 +92,8 @@ struct Column {
 struct Upsert {
     create_stage: String,
     merge: String,
+    /// Plans a merge without running it: fails unless a unique index matches the keys.
+    check: String,
 }
 
 impl Upsert {
@@ -96,6 +102,10 @@ impl Upsert {
         let list = columns.join(", ");
         let keys: Vec<String> = conflict.iter().map(|c| quote_ident(c)).collect();
         let keys = keys.join(", ");
+        let check = format!(
+            "EXPLAIN INSERT INTO {table} ({list}) SELECT {list} FROM {table} WHERE false \
+             ON CONFLICT ({keys}) DO NOTHING"
+        );
         let updates: Vec<String> = columns
             .iter()
             .filter(|c| !conflict.iter().any(|k| quote_ident(k) == **c))
@@ -115,6 +125,7 @@ impl Upsert {
                 "INSERT INTO {table} ({list}) SELECT DISTINCT ON ({keys}) {list} FROM hydrant_stage \
                  ORDER BY {keys}, hydrant_row DESC ON CONFLICT ({keys}) {action}"
             ),
+            check,
         }
     }
 }
@@ -340,19 +351,7 @@ impl PostgresSink {
             LoadMode::Insert => None,
             LoadMode::Upsert { conflict_columns } => {
                 let upsert = Upsert::new(&settings.table, &column_list, conflict_columns);
-                // Planning the merge proves a unique index matches the conflict columns.
-                let check = format!(
-                    "EXPLAIN INSERT INTO {table} ({list}) SELECT {list} FROM {table} WHERE false \
-                     ON CONFLICT ({keys}) DO NOTHING",
-                    table = quote_table(&settings.table),
-                    list = column_list.join(", "),
-                    keys = conflict_columns
-                        .iter()
-                        .map(|c| quote_ident(c))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                if let Err(error) = client.batch_execute(&check).await {
+                if let Err(error) = client.batch_execute(&upsert.check).await {
                     let reason = pg_error(&description, &settings.table, &error).reason;
                     return Err(fail(
                         SinkErrorKind::Rejected,
@@ -419,13 +418,7 @@ impl PostgresSink {
             .map_err(|e| LoadError::Batch(classify(&self.description, batch_id, &e)))?;
         let transaction = client.transaction().await.map_err(|e| error(&e))?;
         let recorded = transaction
-            .execute(
-                &format!(
-                    "INSERT INTO {LEDGER_TABLE} (batch_id, target_table, rows) VALUES ($1, $2, $3) \
-                     ON CONFLICT (batch_id) DO NOTHING"
-                ),
-                &[&batch_id, &self.table, &(rows as i64)],
-            )
+            .execute(RECORD_BATCH, &[&batch_id, &self.table, &(rows as i64)])
             .await
             .map_err(|e| error(&e))?;
         if recorded == 0 {

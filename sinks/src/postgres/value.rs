@@ -1,6 +1,7 @@
 //! JSON values converted to the PostgreSQL column types Hydrant loads, checked before they
 //! are sent so that a value that does not fit sends only its record to the error output.
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 
 use bytes::{BufMut, BytesMut};
@@ -83,24 +84,21 @@ impl ColumnType {
         })
     }
 
-    /// Converts a JSON value (`None` when the record has no such field) to this type.
-    pub fn convert(self, json: Option<&serde_json::Value>) -> Result<Value, String> {
-        use serde_json::Value as J;
-        let json = match json {
-            None | Some(J::Null) => return Ok(Value::Null),
+    /// Converts the JSON text of a value (`None` when the record has no such field) to
+    /// this type, borrowing from the text where it can.
+    pub fn convert(self, raw: Option<&str>) -> Result<Value<'_>, String> {
+        let json = match raw.map(Json::parse).transpose()? {
+            None | Some(Json::Null) => return Ok(Value::Null),
             Some(json) => json,
         };
-        let text = || match json {
-            J::String(s) => s.clone(),
-            other => other.to_string(),
-        };
+        let raw = raw.unwrap_or_default();
         let integer = |min: i64, max: i64| -> Result<i64, String> {
-            let value = match json {
-                J::Number(n) => n.as_i64(),
-                J::String(s) => s.trim().parse().ok(),
+            let value = match &json {
+                Json::Number(n) => n.parse().ok(),
+                Json::Str(s) => s.trim().parse().ok(),
                 _ => None,
             }
-            .ok_or_else(|| format!("{json} is not an integer"))?;
+            .ok_or_else(|| format!("{raw} is not an integer"))?;
             if (min..=max).contains(&value) {
                 Ok(value)
             } else {
@@ -108,16 +106,20 @@ impl ColumnType {
             }
         };
         let float = || -> Result<f64, String> {
-            match json {
-                J::Number(n) => n.as_f64(),
-                J::String(s) => s.trim().parse().ok(),
+            match &json {
+                Json::Number(n) => n.parse().ok(),
+                Json::Str(s) => s.trim().parse().ok(),
                 _ => None,
             }
-            .ok_or_else(|| format!("{json} is not a number"))
+            .ok_or_else(|| format!("{raw} is not a number"))
         };
         Ok(match self {
             ColumnType::Text => {
-                let text = text();
+                // Anything but a string is kept as its JSON text.
+                let text = match json {
+                    Json::Str(s) => s,
+                    _ => Cow::Borrowed(raw),
+                };
                 if text.contains('\0') {
                     return Err("text cannot contain NUL characters".into());
                 }
@@ -128,42 +130,68 @@ impl ColumnType {
             ColumnType::Int8 => Value::Int8(integer(i64::MIN, i64::MAX)?),
             ColumnType::Float4 => Value::Float4(float()? as f32),
             ColumnType::Float8 => Value::Float8(float()?),
-            ColumnType::Numeric => {
-                let text = match json {
-                    J::Number(n) => n.to_string(),
-                    J::String(s) => s.trim().to_string(),
-                    _ => return Err(format!("{json} is not a number")),
-                };
-                Value::Numeric(encode_numeric(&text)?)
-            }
-            ColumnType::Bool => match json {
-                J::Bool(b) => Value::Bool(*b),
-                J::String(s) if s.eq_ignore_ascii_case("true") => Value::Bool(true),
-                J::String(s) if s.eq_ignore_ascii_case("false") => Value::Bool(false),
-                _ => return Err(format!("{json} is not a boolean")),
+            ColumnType::Numeric => match &json {
+                Json::Number(n) => Value::Numeric(encode_numeric(n)?),
+                Json::Str(s) => Value::Numeric(encode_numeric(s.trim())?),
+                _ => return Err(format!("{raw} is not a number")),
             },
-            ColumnType::TimestampTz => Value::TimestampTz(timestamp(json)?),
-            ColumnType::Timestamp => Value::Timestamp(timestamp(json)?.naive_utc()),
-            ColumnType::Date => match json {
-                J::String(s) => Value::Date(
+            ColumnType::Bool => match &json {
+                Json::Bool(b) => Value::Bool(*b),
+                Json::Str(s) if s.eq_ignore_ascii_case("true") => Value::Bool(true),
+                Json::Str(s) if s.eq_ignore_ascii_case("false") => Value::Bool(false),
+                _ => return Err(format!("{raw} is not a boolean")),
+            },
+            ColumnType::TimestampTz => Value::TimestampTz(timestamp(&json, raw)?),
+            ColumnType::Timestamp => Value::Timestamp(timestamp(&json, raw)?.naive_utc()),
+            ColumnType::Date => match &json {
+                Json::Str(s) => Value::Date(
                     NaiveDate::parse_from_str(s.get(..10).unwrap_or(s), "%Y-%m-%d")
                         .map_err(|_| format!("\"{s}\" is not a date (expected YYYY-MM-DD)"))?,
                 ),
-                _ => return Err(format!("{json} is not a date (expected \"YYYY-MM-DD\")")),
+                _ => return Err(format!("{raw} is not a date (expected \"YYYY-MM-DD\")")),
             },
-            ColumnType::Uuid => match json {
-                J::String(s) => Value::Uuid(
+            ColumnType::Uuid => match &json {
+                Json::Str(s) => Value::Uuid(
                     uuid::Uuid::parse_str(s).map_err(|_| format!("\"{s}\" is not a UUID"))?,
                 ),
-                _ => return Err(format!("{json} is not a UUID")),
+                _ => return Err(format!("{raw} is not a UUID")),
             },
-            ColumnType::Jsonb | ColumnType::Json => Value::Json(json.clone()),
+            ColumnType::Jsonb | ColumnType::Json => Value::Json(raw),
+        })
+    }
+}
+
+/// A JSON value's text, told apart by its first byte; only strings are decoded.
+enum Json<'a> {
+    Null,
+    Bool(bool),
+    Number(&'a str),
+    /// A string, borrowed unless it holds escape sequences.
+    Str(Cow<'a, str>),
+    /// An object or array.
+    Composite,
+}
+
+impl<'a> Json<'a> {
+    fn parse(raw: &'a str) -> Result<Self, String> {
+        Ok(match raw.as_bytes().first() {
+            Some(b'"') => Json::Str(match serde_json::from_str::<&str>(raw) {
+                Ok(text) => Cow::Borrowed(text),
+                Err(_) => {
+                    Cow::Owned(serde_json::from_str::<String>(raw).map_err(|e| e.to_string())?)
+                }
+            }),
+            Some(b'n') => Json::Null,
+            Some(b't') => Json::Bool(true),
+            Some(b'f') => Json::Bool(false),
+            Some(b'{' | b'[') => Json::Composite,
+            _ => Json::Number(raw),
         })
     }
 }
 
 /// Timestamps from RFC 3339 strings or epoch numbers (below 10^11 seconds, else ms).
-fn timestamp(json: &serde_json::Value) -> Result<DateTime<Utc>, String> {
+fn timestamp(json: &Json<'_>, raw: &str) -> Result<DateTime<Utc>, String> {
     let from_epoch = |number: f64| {
         let ms = if number.abs() < 1e11 {
             number * 1000.0
@@ -173,8 +201,8 @@ fn timestamp(json: &serde_json::Value) -> Result<DateTime<Utc>, String> {
         DateTime::<Utc>::from_timestamp_millis(ms.round() as i64)
     };
     match json {
-        serde_json::Value::Number(n) => n.as_f64().and_then(from_epoch),
-        serde_json::Value::String(s) => DateTime::parse_from_rfc3339(s)
+        Json::Number(n) => n.parse().ok().and_then(from_epoch),
+        Json::Str(s) => DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
             .ok()
             .or_else(|| {
@@ -185,17 +213,17 @@ fn timestamp(json: &serde_json::Value) -> Result<DateTime<Utc>, String> {
         _ => None,
     }
     .ok_or_else(|| {
-        format!("{json} is not a timestamp (expected RFC 3339, e.g. 2024-05-01T12:00:00Z, or epoch seconds or milliseconds)")
+        format!("{raw} is not a timestamp (expected RFC 3339, e.g. 2024-05-01T12:00:00Z, or epoch seconds or milliseconds)")
     })
 }
 
 /// A value ready to be sent, in the column's binary format.
 #[derive(Debug, Clone)]
-pub enum Value {
+pub enum Value<'a> {
     /// SQL NULL.
     Null,
     /// Text.
-    Text(String),
+    Text(Cow<'a, str>),
     /// smallint.
     Int2(i16),
     /// integer.
@@ -218,11 +246,11 @@ pub enum Value {
     Date(NaiveDate),
     /// uuid.
     Uuid(uuid::Uuid),
-    /// json or jsonb.
-    Json(serde_json::Value),
+    /// json or jsonb, as JSON text.
+    Json(&'a str),
 }
 
-impl ToSql for Value {
+impl ToSql for Value<'_> {
     fn to_sql(
         &self,
         ty: &Type,
@@ -230,7 +258,7 @@ impl ToSql for Value {
     ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
         match self {
             Value::Null => Ok(IsNull::Yes),
-            Value::Text(v) => v.to_sql(ty, out),
+            Value::Text(v) => v.as_ref().to_sql(ty, out),
             Value::Int2(v) => v.to_sql(ty, out),
             Value::Int4(v) => v.to_sql(ty, out),
             Value::Int8(v) => v.to_sql(ty, out),
@@ -245,7 +273,13 @@ impl ToSql for Value {
             Value::Timestamp(v) => v.to_sql(ty, out),
             Value::Date(v) => v.to_sql(ty, out),
             Value::Uuid(v) => v.to_sql(ty, out),
-            Value::Json(v) => v.to_sql(ty, out),
+            Value::Json(text) => {
+                if *ty == Type::JSONB {
+                    out.put_u8(1);
+                }
+                out.put_slice(text.as_bytes());
+                Ok(IsNull::No)
+            }
         }
     }
 
@@ -369,46 +403,53 @@ mod tests {
     #[test]
     fn values_that_do_not_fit_say_why() {
         assert!(matches!(
-            ColumnType::Int2.convert(Some(&json!(7))),
+            ColumnType::Int2.convert(Some(&json!(7).to_string())),
             Ok(Value::Int2(7))
         ));
         assert_eq!(
-            ColumnType::Int2.convert(Some(&json!(70000))).unwrap_err(),
+            ColumnType::Int2
+                .convert(Some(&json!(70000).to_string()))
+                .unwrap_err(),
             "70000 is out of range (-32768 to 32767)"
         );
         assert!(
             ColumnType::Int8
-                .convert(Some(&json!(1.5)))
+                .convert(Some(&json!(1.5).to_string()))
                 .unwrap_err()
                 .contains("not an integer")
         );
         assert!(matches!(ColumnType::Int8.convert(None), Ok(Value::Null)));
         assert!(
             ColumnType::Uuid
-                .convert(Some(&json!("nope")))
+                .convert(Some(&json!("nope").to_string()))
                 .unwrap_err()
                 .contains("not a UUID")
         );
         assert!(
             ColumnType::Bool
-                .convert(Some(&json!(1)))
+                .convert(Some(&json!(1).to_string()))
                 .unwrap_err()
                 .contains("not a boolean")
         );
         assert!(
             ColumnType::Date
-                .convert(Some(&json!("2024-13-01")))
+                .convert(Some(&json!("2024-13-01").to_string()))
                 .is_err()
         );
-        assert!(ColumnType::Text.convert(Some(&json!("a\u{0}b"))).is_err());
+        assert!(
+            ColumnType::Text
+                .convert(Some(&json!("a\u{0}b").to_string()))
+                .is_err()
+        );
         let Value::TimestampTz(at) = ColumnType::TimestampTz
-            .convert(Some(&json!(1714564800)))
+            .convert(Some(&json!(1714564800).to_string()))
             .unwrap()
         else {
             panic!()
         };
         assert_eq!(at.to_rfc3339(), "2024-05-01T12:00:00+00:00");
-        let Value::Text(text) = ColumnType::Text.convert(Some(&json!({"a": 1}))).unwrap() else {
+        let object = json!({"a": 1}).to_string();
+        let Value::Text(text) = ColumnType::Text.convert(Some(&object)).unwrap() else {
             panic!()
         };
         assert_eq!(text, r#"{"a":1}"#);

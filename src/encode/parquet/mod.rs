@@ -19,19 +19,8 @@ use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::{WriterProperties, WriterVersion};
 
 use crate::config::{EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
-use crate::encode::ConversionError;
+use crate::encode::{ChunkRecord, ConversionError, chunk_records};
 use decode::{HydrantDecoders, KeyRules, RowErrors};
-
-/// One record of a chunk handed to [`ParquetEncoder::convert_chunk`].
-#[derive(Debug, Clone, Copy)]
-pub struct ChunkRecord {
-    /// Its sequence number.
-    pub seq: u64,
-    /// When it arrived (Unix ms).
-    pub arrival_ms: i64,
-    /// Where it ends in the chunk's bytes (it starts where the previous one ends).
-    pub end: usize,
-}
 
 /// A record that could not become a row, with the reason.
 #[derive(Debug)]
@@ -170,10 +159,7 @@ impl ParquetEncoder {
         let schemas = self.schema.get_or_init(|| infer_schema(data, records));
         let mut out = ConvertedChunk::default();
         let mut segment = Segment::new(self, schemas, records.len());
-        let mut start = 0;
-        for (index, record) in records.iter().enumerate() {
-            let bytes = &data[start..record.end];
-            start = record.end;
+        for (index, bytes) in chunk_records(data, records).enumerate() {
             match segment.feed(bytes) {
                 Fed::Row => segment.rows.push(index),
                 Fed::Nothing(reason) => out.rejected.push(RejectedRecord {
@@ -189,8 +175,7 @@ impl ParquetEncoder {
                     let rows = std::mem::take(&mut segment.rows);
                     let mut rebuilt = Segment::new(self, schemas, rows.len());
                     for &row in &rows {
-                        let from = if row == 0 { 0 } else { records[row - 1].end };
-                        let fed = rebuilt.feed(&data[from..records[row].end]);
+                        let fed = rebuilt.feed(ChunkRecord::bytes(data, records, row));
                         debug_assert!(
                             matches!(fed, Fed::Row),
                             "a record decoded before decodes again"
@@ -403,10 +388,7 @@ fn json_message(error: &arrow_schema::ArrowError) -> String {
 /// The schema of `schema: infer`: the fields of the chunk's JSON objects, all nullable;
 /// fields that are only ever null become strings.
 fn infer_schema(data: &[u8], records: &[ChunkRecord]) -> Schemas {
-    let mut start = 0;
-    let values = records.iter().filter_map(|record| {
-        let bytes = &data[start..record.end];
-        start = record.end;
+    let values = chunk_records(data, records).filter_map(|bytes| {
         serde_json::from_slice::<serde_json::Value>(bytes)
             .ok()
             .filter(serde_json::Value::is_object)
