@@ -317,15 +317,15 @@ impl Pipeline {
                     reason,
                 }
             })?;
-            let (stream, mut delivery) = build_stream(
+            let (stream, delivery) = build_stream(
                 &name,
                 stream_config,
                 encoding,
                 sink,
+                table,
                 Arc::clone(&capacity),
                 spool,
             );
-            delivery.table = table;
             if let Some(spool) = &stream.spool {
                 tasks.push(tokio::spawn(feed_from_spool(
                     name.clone(),
@@ -559,6 +559,7 @@ fn build_stream(
     config: &StreamConfig,
     encoding: Encoding,
     sink: Arc<dyn ObjectSink>,
+    table: Option<Arc<PostgresSink>>,
     capacity: Arc<IngestCapacity>,
     spool: Option<Arc<StreamSpool>>,
 ) -> (DeliveryStream, DeliveryLoop) {
@@ -600,7 +601,7 @@ fn build_stream(
         max_backoff: layout.max_backoff,
         counters: Arc::clone(&counters),
         spool: spool.clone(),
-        table: None,
+        table,
     };
     let summary = StreamSummary {
         destination: match &config.destination {

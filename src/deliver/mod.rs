@@ -146,24 +146,15 @@ impl DeliveryLoop {
                 return;
             }
         };
-        let (mut rng, mode) = match &self.spool {
-            Some(spool) => (
-                fastrand::Rng::with_seed(batch_seed(spool.incarnation(), range.first, range.last)),
-                WriteMode::CreateOnly,
-            ),
-            None => (fastrand::Rng::new(), WriteMode::Overwrite),
-        };
-        let object = EncodedObject {
-            key: self.keys.key(oldest, &mut rng),
-            parts,
-            content_type: self.content_type,
-            content_encoding: self.content_encoding,
+        let mode = match &self.spool {
+            Some(_) => WriteMode::CreateOnly,
+            None => WriteMode::Overwrite,
         };
         if let Some(spool) = &self.spool {
             let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
             while let Err(error) = spool.record_sealed(range).await {
                 let delay = backoff.next_delay();
-                tracing::error!(stream = %self.stream, key = %object.key, "cannot journal the batch before writing it; will retry: {error}");
+                tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot journal the batch before writing it; will retry: {error}");
                 tokio::time::sleep(delay).await;
             }
         }
@@ -175,37 +166,45 @@ impl DeliveryLoop {
             self.write_conversion_failures(&failed, range, oldest, mode)
                 .await;
         }
-        if let Some(table) = &self.table {
-            if !rejected.is_empty() {
-                self.write_rejected_rows(&rejected, range, oldest, mode)
-                    .await;
+        let written = match &self.table {
+            Some(table) => {
+                if !rejected.is_empty() {
+                    self.write_rejected_rows(&rejected, range, oldest, mode)
+                        .await;
+                }
+                self.load_into_table(table, table_rows.unwrap_or_default(), range, oldest)
+                    .await
             }
-            let loaded = self
-                .load_into_table(table, table_rows.unwrap_or_default(), range, oldest)
-                .await;
-            if !loaded {
-                return;
+            None => {
+                let mut rng = match &self.spool {
+                    Some(spool) => fastrand::Rng::with_seed(batch_seed(
+                        spool.incarnation(),
+                        range.first,
+                        range.last,
+                    )),
+                    None => fastrand::Rng::new(),
+                };
+                let object = EncodedObject {
+                    key: self.keys.key(oldest, &mut rng),
+                    parts,
+                    content_type: self.content_type,
+                    content_encoding: self.content_encoding,
+                };
+                let good = records - failed.len() as u64;
+                good == 0
+                    || self
+                        .write_object(&object, mode, range, oldest, good, raw_len)
+                        .await
             }
-            if let Some(spool) = &self.spool
-                && let Err(error) = spool.record_delivered(range)
-            {
-                tracing::error!(stream = %self.stream, "cannot advance the checkpoint (the batch will be checked again after a restart): {error}");
-            }
-            return;
-        }
-        let good = records - failed.len() as u64;
-        if good > 0
-            && !self
-                .write_object(&object, mode, range, oldest, good, raw_len)
-                .await
-        {
+        };
+        if !written {
             // Sent to the error output, which moved the checkpoint on.
             return;
         }
         if let Some(spool) = &self.spool
             && let Err(error) = spool.record_delivered(range)
         {
-            tracing::error!(stream = %self.stream, key = %object.key, "cannot advance the checkpoint (the batch will be checked again after a restart): {error}");
+            tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot advance the checkpoint (the batch will be checked again after a restart): {error}");
         }
     }
 
