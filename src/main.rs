@@ -70,10 +70,10 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let checked = runtime()?.block_on(hydrant::pipeline::check_tables(&config, base_dir));
+    let checked = runtime()?.block_on(hydrant::pipeline::check_destinations(&config, base_dir));
     if !checked.is_empty() {
         anyhow::bail!(
-            "{}: the configuration is valid but its tables are not:\n  {}",
+            "{}: the configuration is valid but its destinations cannot be used:\n  {}",
             path.display(),
             checked.join("\n  ")
         );

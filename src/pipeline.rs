@@ -12,16 +12,20 @@ use tokio::task::JoinHandle;
 
 use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
 use crate::compress::Codec;
+use crate::config::{BackupMode, DocumentIdConfig, SearchAuthConfig, SearchDestination};
 use crate::config::{
     Config, Destination, Format, FsyncConfig, PostgresDestination, PostgresMode, StreamConfig,
 };
+use crate::deliver::SearchDelivery;
 use crate::deliver::object_key::{KeyTemplate, ObjectKeyBuilder};
 use crate::deliver::{DeliveryCounters, DeliveryLoop};
+use crate::encode::documents::{DocumentEncoder, DocumentIds};
 use crate::encode::parquet::ParquetEncoder;
 use crate::encode::{Encoding, RecordFramer};
 use crate::metrics::StreamMetrics;
 use crate::spool::{FsyncPolicy, SpoolError, SpoolSettings, StreamSpool};
 use hydrant_sinks::postgres::{ColumnSpec, ColumnType, LoadMode, PostgresSettings, PostgresSink};
+use hydrant_sinks::search::{SearchAuth, SearchSettings, SearchSink};
 
 const MIB: usize = 1024 * 1024;
 
@@ -48,6 +52,13 @@ pub enum DestinationSummary {
     Postgres {
         /// The table.
         table: String,
+    },
+    /// An OpenSearch or Elasticsearch index.
+    Search {
+        /// The index (before rotation).
+        index: String,
+        /// The cluster's endpoints.
+        endpoint: String,
     },
 }
 
@@ -311,18 +322,33 @@ impl Pipeline {
                 }
                 _ => None,
             };
-            let encoding = build_encoding(stream_config, table.as_ref()).map_err(|reason| {
-                PipelineError::Parquet {
+            // The first half of record ids (and so of deterministic document ids).
+            let run = spool
+                .as_ref()
+                .map_or_else(|| fastrand::u64(..), |s| s.incarnation());
+            let search = match &stream_config.destination {
+                Destination::Opensearch(search) => {
+                    Some(build_search(search, run, base_dir).map_err(|error| {
+                        PipelineError::Destination {
+                            stream: name.clone(),
+                            error,
+                        }
+                    })?)
+                }
+                _ => None,
+            };
+            let encoding = build_encoding(stream_config, table.as_ref(), search.as_ref()).map_err(
+                |reason| PipelineError::Parquet {
                     stream: name.clone(),
                     reason,
-                }
-            })?;
+                },
+            )?;
             let (stream, delivery) = build_stream(
                 &name,
                 stream_config,
                 encoding,
                 sink,
-                table,
+                Delivered { table, search, run },
                 Arc::clone(&capacity),
                 spool,
             );
@@ -460,6 +486,10 @@ fn build_sink(
         }
         // A table's sink only takes its error output.
         Destination::Postgres(pg) => return build_sink(&pg.error_output, base_dir),
+        // A search cluster's sink only takes backups and the error output.
+        Destination::Opensearch(search) => {
+            return build_sink(&search.backup.destination, base_dir);
+        }
         Destination::S3(s3) => Arc::new(ObjectStoreSink::s3(&S3Options {
             bucket: s3.bucket.value.clone(),
             endpoint: s3.endpoint.as_ref().map(|e| e.value.clone()),
@@ -475,19 +505,75 @@ fn build_sink(
     })
 }
 
-/// Connects to every postgres destination's table and checks its columns; one line per
-/// stream whose table cannot be used (what `hydrant validate` reports). Paths are relative
-/// to `base_dir`, the configuration file's directory.
-pub async fn check_tables(config: &Config, base_dir: &Path) -> Vec<String> {
+/// Connects to every postgres destination's table and checks its columns, and asks every
+/// search cluster who it is; one line per stream whose destination cannot be used (what
+/// `hydrant validate` reports). Paths are relative to `base_dir`, the configuration file's
+/// directory.
+pub async fn check_destinations(config: &Config, base_dir: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, stream) in config.streams.iter() {
-        if let Destination::Postgres(pg) = &stream.destination
-            && let Err(error) = connect_table(&name.value, pg, base_dir).await
-        {
+        let checked = match &stream.destination {
+            Destination::Postgres(pg) => connect_table(&name.value, pg, base_dir).await.map(drop),
+            Destination::Opensearch(search) => match search_sink(search, base_dir) {
+                Ok(sink) => sink.check().await.map(drop),
+                Err(error) => Err(error),
+            },
+            _ => Ok(()),
+        };
+        if let Err(error) = checked {
             problems.push(format!("stream `{}`: {error}", name.value));
         }
     }
     problems
+}
+
+/// The client of a search destination's cluster.
+fn search_sink(search: &SearchDestination, base_dir: &Path) -> Result<SearchSink, SinkError> {
+    SearchSink::new(SearchSettings {
+        endpoints: search.endpoint_urls(),
+        auth: search.auth.as_ref().map(|auth| match auth {
+            SearchAuthConfig::Basic { username, password } => SearchAuth::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            },
+            SearchAuthConfig::ApiKey(key) => SearchAuth::ApiKey(key.clone()),
+        }),
+        gzip: search.compression.value == crate::config::Compression::Gzip,
+        request_timeout: Duration::from_secs(search.request_timeout_seconds.max(1)),
+        ca_file: search.ca_file.as_ref().map(|path| base_dir.join(path)),
+    })
+}
+
+/// Everything delivering to a search destination needs; `run` is the stream's record id
+/// prefix.
+fn build_search(
+    search: &SearchDestination,
+    run: u64,
+    base_dir: &Path,
+) -> Result<SearchDelivery, SinkError> {
+    let ids = match &search.document_id {
+        DocumentIdConfig::Deterministic => DocumentIds::RecordId { run },
+        DocumentIdConfig::Auto => DocumentIds::Auto,
+        DocumentIdConfig::Field(path) => DocumentIds::Field(
+            path.trim_start_matches('.')
+                .split('.')
+                .map(str::to_string)
+                .collect(),
+        ),
+    };
+    let codec = Codec::from_config(search.compression.value, None);
+    Ok(SearchDelivery {
+        sink: Arc::new(search_sink(search, base_dir)?),
+        encoder: Arc::new(DocumentEncoder::new(
+            search.index.value.clone(),
+            search.index_rotation,
+            ids,
+            codec,
+        )),
+        max_bulk_bytes: search.max_bulk_mib.value as usize * MIB,
+        concurrency: search.concurrency.value as usize,
+        backup_all: search.backup.mode == BackupMode::All,
+    })
 }
 
 /// Connects to a postgres destination's table and checks it.
@@ -538,9 +624,13 @@ async fn connect_table(
 fn build_encoding(
     config: &StreamConfig,
     table: Option<&Arc<PostgresSink>>,
+    search: Option<&SearchDelivery>,
 ) -> Result<Encoding, String> {
     if let Some(table) = table {
         return Ok(Encoding::Rows(Arc::clone(table)));
+    }
+    if let Some(search) = search {
+        return Ok(Encoding::Documents(Arc::clone(&search.encoder)));
     }
     match (config.format.value, &config.parquet) {
         (Format::Parquet, Some(parquet)) => {
@@ -554,12 +644,19 @@ fn build_encoding(
     }
 }
 
+/// Where a stream's batches end up besides its object sink, and its record id prefix.
+struct Delivered {
+    table: Option<Arc<PostgresSink>>,
+    search: Option<SearchDelivery>,
+    run: u64,
+}
+
 fn build_stream(
     name: &str,
     config: &StreamConfig,
     encoding: Encoding,
     sink: Arc<dyn ObjectSink>,
-    table: Option<Arc<PostgresSink>>,
+    delivered: Delivered,
     capacity: Arc<IngestCapacity>,
     spool: Option<Arc<StreamSpool>>,
 ) -> (DeliveryStream, DeliveryLoop) {
@@ -601,7 +698,8 @@ fn build_stream(
         max_backoff: layout.max_backoff,
         counters: Arc::clone(&counters),
         spool: spool.clone(),
-        table,
+        table: delivered.table,
+        search: delivered.search,
     };
     let summary = StreamSummary {
         destination: match &config.destination {
@@ -615,6 +713,10 @@ fn build_stream(
             Destination::Postgres(pg) => DestinationSummary::Postgres {
                 table: pg.table.value.clone(),
             },
+            Destination::Opensearch(search) => DestinationSummary::Search {
+                index: search.index.value.clone(),
+                endpoint: search.endpoint_urls().join(","),
+            },
         },
         prefix: layout.prefix.value.clone(),
         size_mib: config.buffer.size_mib.value,
@@ -627,11 +729,7 @@ fn build_stream(
         counters,
         summary,
         created: Utc::now(),
-        record_ids: RecordIds::new(
-            spool
-                .as_ref()
-                .map_or_else(|| fastrand::u64(..), |s| s.incarnation()),
-        ),
+        record_ids: RecordIds::new(delivered.run),
         spool,
         metrics,
     };

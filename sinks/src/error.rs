@@ -24,6 +24,8 @@ pub enum Service {
     ObjectStore,
     /// A PostgreSQL table.
     Postgres,
+    /// An OpenSearch or Elasticsearch cluster.
+    Search,
 }
 
 impl SinkErrorKind {
@@ -46,6 +48,17 @@ impl SinkErrorKind {
             SinkErrorKind::AlreadyExists => "Postgres.AlreadyLoaded",
             SinkErrorKind::Unavailable => "Postgres.Unavailable",
             SinkErrorKind::Rejected => "Postgres.Rejected",
+        }
+    }
+
+    /// A short stable code for an OpenSearch / Elasticsearch failure.
+    pub fn search_code(self) -> &'static str {
+        match self {
+            SinkErrorKind::AccessDenied => "OpenSearch.AccessDenied",
+            SinkErrorKind::NotFound => "OpenSearch.NotFound",
+            SinkErrorKind::AlreadyExists => "OpenSearch.AlreadyExists",
+            SinkErrorKind::Unavailable => "OpenSearch.Unavailable",
+            SinkErrorKind::Rejected => "OpenSearch.InvalidRequest",
         }
     }
 }
@@ -71,6 +84,7 @@ impl SinkError {
         match self.service {
             Service::ObjectStore => self.kind.code(),
             Service::Postgres => self.kind.postgres_code(),
+            Service::Search => self.kind.search_code(),
         }
     }
 }

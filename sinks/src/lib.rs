@@ -2,7 +2,7 @@
 //!
 //! This crate knows nothing about the engine: a sink is handed a finished batch (for object
 //! stores, an encoded and compressed object with its key; for PostgreSQL, typed rows with the
-//! batch's id) and reports whether it landed.
+//! batch's id; for a search cluster, `_bulk` request bodies) and reports whether it landed.
 //! Retry policy that every sink shares lives in [`retry`].
 
 #![warn(missing_docs)]
@@ -11,6 +11,8 @@ pub mod error;
 pub mod object;
 pub mod postgres;
 pub mod retry;
+mod roots;
+pub mod search;
 
 /// Everything a sink author or the engine needs in one import.
 pub mod prelude {

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::IngestCapacity;
 use crate::compress::{Codec, CompressedChunk};
+use crate::encode::documents::{BulkChunk, DocumentEncoder};
 use crate::encode::parquet::{ParquetEncoder, WriteError};
 use crate::encode::{ChunkRecord, chunk_records};
 use crate::encode::{ConversionError, Encoding};
@@ -37,6 +38,8 @@ struct RowChunk {
     copy: Vec<Bytes>,
     /// Where each COPY row is in `copy`, with its record's sequence number.
     copy_rows: Vec<RowSpan>,
+    /// Bulk request lines, for a search cluster.
+    documents: Option<BulkChunk>,
     failed: Vec<FailedRecord>,
 }
 
@@ -127,7 +130,7 @@ impl OpenBatch {
                     });
                 }
             },
-            Encoding::Parquet(_) | Encoding::Rows(_) => {
+            Encoding::Parquet(_) | Encoding::Rows(_) | Encoding::Documents(_) => {
                 self.pending.extend_from_slice(record);
                 self.pending_records.push(ChunkRecord {
                     seq,
@@ -166,6 +169,7 @@ impl OpenBatch {
                 let chunk = match &encoding {
                     Encoding::Parquet(encoder) => convert_chunk(encoder, &raw, &records),
                     Encoding::Rows(table) => encode_chunk(table, &raw, &records),
+                    Encoding::Documents(encoder) => encode_documents(encoder, &raw, &records),
                     Encoding::Framed(_) => RowChunk::default(),
                 };
                 capacity.finish_compressing(len);
@@ -279,6 +283,28 @@ fn encode_chunk(table: &PostgresSink, data: &[u8], records: &[ChunkRecord]) -> R
     }
 }
 
+/// Encodes a chunk's records as bulk request lines (compressed when requests are),
+/// copying out the ones that cannot be documents.
+fn encode_documents(encoder: &DocumentEncoder, data: &[u8], records: &[ChunkRecord]) -> RowChunk {
+    let encoded = encoder.encode_chunk(data, records);
+    let failed = encoded
+        .rejected
+        .into_iter()
+        .map(|(index, error)| failed_record(data, records, index, error))
+        .collect();
+    let body = Bytes::from(encoded.body);
+    let compressed = (!encoder.codec().is_identity()).then(|| encoder.compress(body.to_vec()));
+    RowChunk {
+        documents: Some(BulkChunk {
+            body,
+            compressed,
+            docs: encoded.docs,
+        }),
+        failed,
+        ..RowChunk::default()
+    }
+}
+
 /// Error code of records whose value does not fit a table column.
 pub const POSTGRES_INVALID_VALUE: &str = "Postgres.InvalidValue";
 
@@ -327,6 +353,8 @@ pub struct BatchBody {
     pub failed: Vec<FailedRecord>,
     /// For a table: the rows, in binary COPY format.
     pub rows: Option<TableRows>,
+    /// For a search cluster: the bulk request lines, chunk by chunk.
+    pub documents: Option<Vec<BulkChunk>>,
 }
 
 /// A batch's table rows: encoded bytes and where each row is (with its record's number).
@@ -381,6 +409,7 @@ impl SealedBatch {
         let mut rows = Vec::new();
         let mut copy = Vec::new();
         let mut copy_rows = Vec::new();
+        let mut documents = Vec::new();
         for slot in self.chunks {
             match slot {
                 ChunkSlot::Ready(chunk) => compressed.push(chunk),
@@ -396,6 +425,7 @@ impl SealedBatch {
                         ..row
                     }));
                     copy.extend(chunk.copy);
+                    documents.extend(chunk.documents);
                     failed.extend(chunk.failed);
                 }
             }
@@ -409,6 +439,15 @@ impl SealedBatch {
                         parts: copy,
                         rows: copy_rows,
                     }),
+                    documents: None,
+                });
+            }
+            Encoding::Documents(_) => {
+                return Ok(BatchBody {
+                    parts: Vec::new(),
+                    failed,
+                    rows: None,
+                    documents: Some(documents),
                 });
             }
             Encoding::Framed(_) => self.codec.assemble(compressed),
@@ -428,6 +467,7 @@ impl SealedBatch {
             parts,
             failed,
             rows: None,
+            documents: None,
         })
     }
 }

@@ -4,12 +4,17 @@
 mod load;
 mod parquet;
 mod postgres;
+mod search;
 mod streams;
 mod validate;
 
 pub use load::{ConfigError, ConfigProblem, load_config, parse_config};
 pub use parquet::{ColumnConfig, EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
 pub use postgres::{PostgresColumn, PostgresDestination, PostgresMode};
+pub use search::{
+    BackupMode, DocumentIdConfig, IndexRotation, SearchAuthConfig, SearchBackup, SearchDestination,
+    check_index_name,
+};
 pub use streams::Streams;
 
 use serde::Deserialize;
@@ -204,6 +209,9 @@ pub enum Destination {
     S3(Box<S3Destination>),
     /// A PostgreSQL table.
     Postgres(Box<PostgresDestination>),
+    /// An OpenSearch or Elasticsearch cluster.
+    #[serde(alias = "elasticsearch")]
+    Opensearch(Box<SearchDestination>),
 }
 
 /// A local directory destination.
@@ -326,6 +334,17 @@ impl Destination {
                 // Objects (error output only) follow the error output destination's
                 // layout; retries follow the table's settings.
                 let objects = d.error_output.layout();
+                return ObjectLayout {
+                    retry_duration: &d.retry_duration_seconds,
+                    initial_backoff: std::time::Duration::from_millis(d.initial_backoff_ms.max(1)),
+                    max_backoff: std::time::Duration::from_secs(d.max_backoff_seconds.max(1)),
+                    ..objects
+                };
+            }
+            Destination::Opensearch(d) => {
+                // Objects (backups and failed documents) follow the backup destination's
+                // layout; retries follow the cluster's settings.
+                let objects = d.backup.destination.layout();
                 return ObjectLayout {
                     retry_duration: &d.retry_duration_seconds,
                     initial_backoff: std::time::Duration::from_millis(d.initial_backoff_ms.max(1)),

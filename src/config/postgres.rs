@@ -263,7 +263,8 @@ fn default_max_connections() -> Spanned<u32> {
     super::spanned(4)
 }
 
-fn default_error_output() -> Box<Destination> {
+/// The error output when none is configured: a local `hydrant-errors` directory.
+pub(super) fn default_error_output() -> Box<Destination> {
     Box::new(Destination::Local(Box::new(super::LocalDestination {
         path: super::spanned("hydrant-errors".into()),
         prefix: super::empty_prefix(),

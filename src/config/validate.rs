@@ -98,6 +98,7 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
     }
     super::parquet::validate(name, stream, problems);
     super::postgres::validate(name, stream, problems);
+    super::search::validate(name, stream, problems);
     if stream.format.value == super::Format::Ndjson
         && stream.record_delimiter == super::RecordDelimiter::None
     {
@@ -143,7 +144,10 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
             message: format!("stream `{name}`: `error_output_prefix`: {}", error.message),
         });
     }
-    if layout.retry_duration.value > 604_800 {
+    // A search destination has its own, lower limit.
+    if layout.retry_duration.value > 604_800
+        && !matches!(stream.destination, Destination::Opensearch(_))
+    {
         problems.push(at(
             layout.retry_duration,
             format!(
@@ -174,6 +178,9 @@ fn validate_destination(name: &str, destination: &Destination, problems: &mut Ve
             }
         }
         Destination::Postgres(pg) => validate_destination(name, &pg.error_output, problems),
+        Destination::Opensearch(search) => {
+            validate_destination(name, &search.backup.destination, problems)
+        }
         Destination::S3(s3) => {
             if s3.bucket.value.trim().is_empty() {
                 problems.push(at(

@@ -181,7 +181,7 @@ impl DeliveryLoop {
     ) {
         let body = conversion_failure_lines(failed, Utc::now().timestamp_millis());
         let object = self.error_object(error_type, salt, range, oldest, body);
-        self.put_error_object(&object, mode).await;
+        self.put_until_taken(&object, mode).await;
         tracing::warn!(
             stream = %self.stream,
             key = %object.key,
@@ -194,7 +194,7 @@ impl DeliveryLoop {
 
     /// The error object of type `error_type` for batch `range`: with a spool its key is
     /// seeded from the range (and `salt`), so a replay writes the same key.
-    fn error_object(
+    pub(super) fn error_object(
         &self,
         error_type: &str,
         salt: u64,
@@ -218,8 +218,8 @@ impl DeliveryLoop {
         }
     }
 
-    /// Writes an error output object, retrying until the destination takes it.
-    async fn put_error_object(&self, object: &EncodedObject, mode: WriteMode) {
+    /// Writes an error output (or backup) object, retrying until the destination takes it.
+    pub(super) async fn put_until_taken(&self, object: &EncodedObject, mode: WriteMode) {
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
         loop {
             match self.sink.put(object, mode).await {
@@ -267,7 +267,7 @@ impl DeliveryLoop {
             None => OBJECT_STORE_FAILED,
         };
         let object = self.error_object(error_type, S3_FAILED_SALT, range, oldest, body);
-        self.put_error_object(&object, WriteMode::CreateOnly).await;
+        self.put_until_taken(&object, WriteMode::CreateOnly).await;
         self.counters
             .error_output_records
             .fetch_add(records.len() as u64, Ordering::Relaxed);

@@ -4,7 +4,10 @@
 pub mod object_key;
 
 mod error_output;
+mod search;
 mod table;
+
+pub use search::{SEARCH_FAILED, SearchDelivery};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +77,9 @@ pub struct DeliveryLoop {
     /// The table rows are loaded into, for a postgres destination; `sink` then only
     /// takes the error output.
     pub table: Option<Arc<PostgresSink>>,
+    /// The search cluster documents are indexed into; `sink` then only takes backups and
+    /// the error output.
+    pub search: Option<SearchDelivery>,
 }
 
 impl DeliveryLoop {
@@ -139,6 +145,7 @@ impl DeliveryLoop {
             parts,
             mut failed,
             rows: table_rows,
+            documents,
         } = match batch.into_body().await {
             Ok(body) => body,
             Err(failure) => {
@@ -157,6 +164,13 @@ impl DeliveryLoop {
                 tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot journal the batch before writing it; will retry: {error}");
                 tokio::time::sleep(delay).await;
             }
+        }
+        if let Some(search) = &self.search {
+            // Records that cannot be documents go with the refused documents.
+            self.index_documents(search, documents.unwrap_or_default(), failed, range, oldest)
+                .await;
+            self.checkpoint(range);
+            return;
         }
         // Values a table column cannot take have their own error output type.
         let rejected: Vec<FailedRecord> = failed
@@ -201,6 +215,11 @@ impl DeliveryLoop {
             // Sent to the error output, which moved the checkpoint on.
             return;
         }
+        self.checkpoint(range);
+    }
+
+    /// Moves the spool's checkpoint past the delivered batch `range`.
+    fn checkpoint(&self, range: SeqRange) {
         if let Some(spool) = &self.spool
             && let Err(error) = spool.record_delivered(range)
         {

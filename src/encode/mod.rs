@@ -1,10 +1,12 @@
 //! How records are laid out inside an object, and which records cannot be.
 
+pub mod documents;
 pub mod parquet;
 
 use std::sync::Arc;
 
 use crate::config::{Format, RecordDelimiter};
+use documents::DocumentEncoder;
 use hydrant_sinks::postgres::PostgresSink;
 use parquet::ParquetEncoder;
 
@@ -46,20 +48,22 @@ pub enum Encoding {
     Parquet(Arc<ParquetEncoder>),
     /// Records encoded as rows of a PostgreSQL table (binary COPY format).
     Rows(Arc<PostgresSink>),
+    /// Records encoded as documents of `_bulk` requests to a search cluster.
+    Documents(Arc<DocumentEncoder>),
 }
 
 impl Encoding {
     /// Whether records are decoded per record on the CPU pool (and so are held with their
     /// boundaries until their chunk is dispatched).
     pub fn decodes_records(&self) -> bool {
-        matches!(self, Encoding::Parquet(_) | Encoding::Rows(_))
+        !matches!(self, Encoding::Framed(_))
     }
 
     /// Bytes `record` adds to a batch's size (what `buffer.size_mib` counts).
     pub fn buffered_len(&self, record: &[u8]) -> usize {
         match self {
             Encoding::Framed(framer) => framer.framed_len(record),
-            Encoding::Parquet(_) | Encoding::Rows(_) => record.len() + 1,
+            Encoding::Parquet(_) | Encoding::Rows(_) | Encoding::Documents(_) => record.len() + 1,
         }
     }
 
@@ -69,13 +73,15 @@ impl Encoding {
             Encoding::Framed(framer) => framer.content_type(),
             Encoding::Parquet(_) => "application/vnd.apache.parquet",
             Encoding::Rows(_) => "application/octet-stream",
+            // Backups of a search stream's records: one document per line.
+            Encoding::Documents(_) => "application/x-ndjson",
         }
     }
 
     /// Extension of object keys that the format (rather than a codec) decides.
     pub fn extension(&self) -> Option<&'static str> {
         match self {
-            Encoding::Framed(_) | Encoding::Rows(_) => None,
+            Encoding::Framed(_) | Encoding::Rows(_) | Encoding::Documents(_) => None,
             Encoding::Parquet(_) => Some(".parquet"),
         }
     }

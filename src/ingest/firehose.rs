@@ -395,6 +395,10 @@ fn describe_delivery_stream(pipeline: &Pipeline, body: &[u8]) -> Result<Response
             (format!("arn:aws:s3:::{bucket}"), endpoint.clone())
         }
         DestinationSummary::Postgres { table } => (format!("arn:hydrant:postgres:::{table}"), None),
+        DestinationSummary::Search { index, endpoint } => (
+            format!("arn:hydrant:opensearch:::{index}"),
+            Some(endpoint.clone()),
+        ),
     };
     let mut s3 = json!({
         "RoleARN": "arn:aws:iam::000000000000:role/hydrant",

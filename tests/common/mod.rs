@@ -2,8 +2,10 @@
 //! `scripts/test-servers.sh`), the real `hydrant` binary, and readers for what it delivered.
 #![allow(dead_code, unused_imports)]
 
+mod bulk_server;
 mod producers;
 
+pub use bulk_server::{BulkServer, Fate};
 pub use producers::{Producers, check_exactly_once, record};
 
 use std::collections::HashMap;
@@ -35,6 +37,8 @@ pub struct TestServers {
     pub pg_bin: PathBuf,
     /// The CA certificate the test server's TLS certificate is signed by.
     pub pg_ca: PathBuf,
+    /// Base URL of the OpenSearch-compatible server.
+    pub search_endpoint: String,
 }
 
 fn repo_root() -> PathBuf {
@@ -51,6 +55,7 @@ pub fn servers() -> &'static TestServers {
             .collect();
         if !settings.contains_key("HYDRANT_TEST_S3_ENDPOINT")
             || !settings.contains_key("HYDRANT_TEST_PG_CA")
+            || !settings.contains_key("HYDRANT_TEST_SEARCH_ENDPOINT")
         {
             let output = Command::new(repo_root().join("scripts/test-servers.sh"))
                 .arg("ensure")
@@ -85,6 +90,7 @@ pub fn servers() -> &'static TestServers {
             pg_db: get("HYDRANT_TEST_PG_DB"),
             pg_bin: PathBuf::from(get("HYDRANT_TEST_PG_BIN")),
             pg_ca: PathBuf::from(get("HYDRANT_TEST_PG_CA")),
+            search_endpoint: get("HYDRANT_TEST_SEARCH_ENDPOINT"),
         }
     })
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How a connection is secured.
@@ -27,9 +27,7 @@ pub enum TlsMode {
     },
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+use crate::roots::provider;
 
 /// The rustls connector for `mode` (not called for `Disable`).
 pub(super) fn connector(mode: &TlsMode) -> Result<MakeRustlsConnect, String> {
@@ -38,27 +36,7 @@ pub(super) fn connector(mode: &TlsMode) -> Result<MakeRustlsConnect, String> {
         .map_err(|e| e.to_string())?;
     let config = match mode {
         TlsMode::VerifyFull { root_cert } => {
-            let mut roots = RootCertStore::empty();
-            match root_cert {
-                Some(path) => {
-                    let pem = std::fs::read(path)
-                        .map_err(|e| format!("cannot read sslrootcert {}: {e}", path.display()))?;
-                    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                        let cert = cert.map_err(|e| {
-                            format!("sslrootcert {} is not PEM: {e}", path.display())
-                        })?;
-                        roots.add(cert).map_err(|e| e.to_string())?;
-                    }
-                }
-                None => {
-                    for cert in rustls_native_certs::load_native_certs().certs {
-                        let _ = roots.add(cert);
-                    }
-                }
-            }
-            if roots.is_empty() {
-                return Err("no trusted root certificates to verify the server with".into());
-            }
+            let roots = crate::roots::trusted_roots(root_cert.as_deref(), "sslrootcert")?;
             builder.with_root_certificates(roots).with_no_client_auth()
         }
         _ => builder
