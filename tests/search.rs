@@ -448,3 +448,46 @@ async fn validate_reaches_the_cluster_and_reports_what_stops_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_log_shipping_example_indexes_ndjson_logs_into_a_daily_index() {
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/logs-to-search.yaml"),
+    )
+    .unwrap();
+    let index = unique_name("app-logs");
+    let config = example
+        .replace("listen: 127.0.0.1:4573", "listen: 127.0.0.1:0")
+        .replace("index: app-logs", &format!("index: {index}"))
+        .replace(
+            "${SEARCH_ENDPOINT:-http://127.0.0.1:9200}",
+            &servers().search_endpoint,
+        );
+    assert!(config.contains(&index) && config.contains(&servers().search_endpoint));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("logs-to-search.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut hydrant = Hydrant::start_with_file(&path, dir);
+    let lines: String = (0..50)
+        .map(|n| format!("{{\"level\":\"info\",\"msg\":\"user {n} logged in\",\"n\":{n}}}\n"))
+        .collect();
+    let (status, answer) = hydrant.post_ndjson("app-logs", &lines).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+
+    let count = search_get(&format!("{index}-*/_count")).await;
+    assert_eq!(count["count"], 50, "{count}");
+    let hits = search_post(
+        &format!("{index}-*/_search"),
+        json!({ "query": { "match": { "msg": "user 7 logged in" } }, "size": 1 }),
+    )
+    .await;
+    assert_eq!(hits["hits"]["hits"][0]["_source"]["n"], 7, "{hits}");
+    let daily = format!("{index}-{}", chrono::Utc::now().format("%Y-%m-%d"));
+    let yesterday = format!(
+        "{index}-{}",
+        (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%d")
+    );
+    let found = hits["hits"]["hits"][0]["_index"].as_str().unwrap();
+    assert!(found == daily || found == yesterday, "{found}");
+}

@@ -529,6 +529,60 @@ mod tests {
     }
 
     #[test]
+    fn search_destinations_have_documented_defaults_and_an_elasticsearch_alias() {
+        let config = parse(
+            "streams:\n  s:\n    destination:\n      elasticsearch: { endpoint: \"http://127.0.0.1:9200\", index: logs }\n",
+        );
+        let Destination::Opensearch(search) = &config.streams.0[0].1.destination else {
+            panic!("elasticsearch is the opensearch destination")
+        };
+        assert_eq!(search.index_rotation, IndexRotation::None);
+        assert_eq!(search.document_id, DocumentIdConfig::Deterministic);
+        assert_eq!(search.compression.value, Compression::None);
+        assert_eq!(search.max_bulk_mib.value, 5);
+        assert_eq!(search.concurrency.value, 2);
+        assert_eq!(search.retry_duration_seconds.value, 300);
+        assert_eq!(search.backup.mode, BackupMode::FailedOnly);
+        assert!(matches!(*search.backup.destination, Destination::Local(_)));
+        assert_eq!(search.endpoint_urls(), ["http://127.0.0.1:9200"]);
+        let layout = config.streams.0[0].1.destination.layout();
+        assert_eq!(layout.retry_duration.value, 300);
+
+        let config = parse(
+            "streams:\n  s:\n    destination:\n      opensearch:\n        endpoints: [\"http://a:9200\", \"http://b:9200\"]\n        index: logs\n        index_rotation: week\n        document_id: { field: request.id }\n        auth: { api_key: k }\n        backup: { mode: all }\n",
+        );
+        let Destination::Opensearch(search) = &config.streams.0[0].1.destination else {
+            panic!("opensearch")
+        };
+        assert_eq!(search.endpoint_urls().len(), 2);
+        assert_eq!(search.index_rotation, IndexRotation::Week);
+        assert_eq!(
+            search.document_id,
+            DocumentIdConfig::Field("request.id".into())
+        );
+        assert!(matches!(search.auth, Some(SearchAuthConfig::ApiKey(_))));
+        assert_eq!(search.backup.mode, BackupMode::All);
+
+        let error = parse_config(
+            "streams:\n  s:\n    destination:\n      opensearch:\n        index: logs\n        compression: zstd\n        max_bulk_mib: 0\n        backup: { destination: { postgres: { table: t, columns: [ { name: a } ] } } }\n",
+            "o.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "set `endpoint` (or `endpoints`)",
+            "o.yaml:6:22: stream `s`: bulk requests take `compression: none` or `gzip`",
+            "o.yaml:7:23: stream `s`: `max_bulk_mib` must be between 1 and 100",
+            "`backup.destination` must be a `local` or `s3` destination",
+        ] {
+            assert!(
+                error.contains(expected),
+                "missing {expected:?} in:\n{error}"
+            );
+        }
+    }
+
+    #[test]
     fn an_empty_streams_mapping_is_a_problem() {
         let error = parse_config("streams: {}\n", "empty.yaml")
             .unwrap_err()
