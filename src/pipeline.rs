@@ -551,6 +551,18 @@ fn build_search(
     run: u64,
     base_dir: &Path,
 ) -> Result<SearchDelivery, SinkError> {
+    Ok(SearchDelivery {
+        sink: Arc::new(search_sink(search, base_dir)?),
+        encoder: Arc::new(document_encoder(search, run)),
+        max_bulk_bytes: search.max_bulk_mib.value as usize * MIB,
+        concurrency: search.concurrency.value as usize,
+        backup_all: search.backup.mode == BackupMode::All,
+    })
+}
+
+/// How a search destination's records become bulk lines; `run` is the stream's record id
+/// prefix.
+pub fn document_encoder(search: &SearchDestination, run: u64) -> DocumentEncoder {
     let ids = match &search.document_id {
         DocumentIdConfig::Deterministic => DocumentIds::RecordId { run },
         DocumentIdConfig::Auto => DocumentIds::Auto,
@@ -561,19 +573,12 @@ fn build_search(
                 .collect(),
         ),
     };
-    let codec = Codec::from_config(search.compression.value, None);
-    Ok(SearchDelivery {
-        sink: Arc::new(search_sink(search, base_dir)?),
-        encoder: Arc::new(DocumentEncoder::new(
-            search.index.value.clone(),
-            search.index_rotation,
-            ids,
-            codec,
-        )),
-        max_bulk_bytes: search.max_bulk_mib.value as usize * MIB,
-        concurrency: search.concurrency.value as usize,
-        backup_all: search.backup.mode == BackupMode::All,
-    })
+    DocumentEncoder::new(
+        search.index.value.clone(),
+        search.index_rotation,
+        ids,
+        Codec::from_config(search.compression.value, None),
+    )
 }
 
 /// Connects to a postgres destination's table and checks it.

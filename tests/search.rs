@@ -387,6 +387,42 @@ async fn kill_9_mid_indexing_neither_loses_nor_duplicates_a_document() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_shrink_when_the_cluster_says_they_are_too_large() {
+    let server = BulkServer::start(0, None).await;
+    let streams =
+        fault_stream("large", &server.url, "").replace("max_bulk_mib: 1", "max_bulk_mib: 4");
+    let streams = streams.replace("size_mib: 1,", "size_mib: 8,");
+    let hydrant = Hydrant::start(&streams);
+    // ~3 MiB in one batch: first requests of up to 4 MiB, over the server's limit.
+    let records: Vec<Vec<u8>> = (0..3000)
+        .map(|n| serde_json::to_vec(&json!({ "n": n, "pad": "y".repeat(1000) })).unwrap())
+        .collect();
+    for batch in records.chunks(500) {
+        hydrant.put_all("large", batch).await;
+    }
+    eventually(Duration::from_secs(60), "3000 documents", || async {
+        (server.documents().len() == 3000).then_some(())
+    })
+    .await;
+    assert!(
+        hydrant.log().contains("413 Payload Too Large"),
+        "the first requests were too large"
+    );
+    assert!(
+        error_records(
+            &hydrant.dir.path().join("errors"),
+            "AmazonOpenSearchService-failed"
+        )
+        .is_empty(),
+        "nothing failed for good"
+    );
+    assert!(
+        server.attempts().values().all(|n| *n == 1),
+        "each document indexed by one item"
+    );
+}
+
 fn validate(config: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hydrant.yaml");

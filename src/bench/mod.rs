@@ -4,12 +4,14 @@
 //! records/s, MiB/s, call latency percentiles and the service's peak RSS, next to a ceiling
 //! measured in the same run on one core, in process: flate2 compressing the same bytes, or,
 //! for a Parquet stream, arrow-json decoding them and ArrowWriter writing them with the
-//! stream's schema and writer settings.
+//! stream's schema and writer settings; for a search stream, building (and compressing) the
+//! same bulk request bodies.
 //!
 //! Delivered throughput is the service's delivered-records counter sampled while the load
 //! runs, over the last three quarters of the run (the first quarter fills the buffers); the
 //! end-to-end figure also counts draining the last, partly filled batch.
 
+mod bulk_sink;
 pub mod corpus;
 mod driver;
 mod service;
@@ -59,6 +61,10 @@ pub struct BenchArgs {
     /// Skip the in-process ceiling (for scenarios without compression).
     #[arg(long)]
     pub no_ceiling: bool,
+    /// Serve a `_bulk` endpoint that answers every document `201` on this address (point
+    /// the scenario's search destination at it), so the search server is not measured.
+    #[arg(long)]
+    pub bulk_sink: Option<std::net::SocketAddr>,
 }
 
 /// Runs the load generator and prints its report.
@@ -74,19 +80,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.records_per_call,
         corpus.mean_record_bytes()
     );
+    if let Some(addr) = args.bulk_sink {
+        bulk_sink::serve(addr).await?;
+    }
     let ceiling = if args.no_ceiling {
         None
     } else {
         let data = corpus.framed_records();
-        let parquet = match &args.config {
-            Some(path) => parquet_encoder_of(path, &args.stream)?,
+        let encoding = match &args.config {
+            Some(path) => stream_encoding_of(path, &args.stream)?,
             None => None,
         };
         let level = args.gzip_level;
-        let ceiling = tokio::task::spawn_blocking(move || match parquet {
-            Some(encoder) => corpus::parquet_ceiling_mib_s(&data, &encoder)
-                .map(|rate| ("arrow_json_arrow_writer", rate)),
-            None => Ok(("gzip", corpus::gzip_ceiling_mib_s(&data, level))),
+        let ceiling = tokio::task::spawn_blocking(move || match encoding {
+            Some(crate::encode::Encoding::Parquet(encoder)) => {
+                corpus::parquet_ceiling_mib_s(&data, &encoder)
+                    .map(|rate| ("arrow_json_arrow_writer", rate))
+            }
+            Some(crate::encode::Encoding::Documents(encoder)) => {
+                Ok(("bulk_bodies", corpus::bulk_ceiling_mib_s(&data, &encoder)))
+            }
+            _ => Ok(("gzip", corpus::gzip_ceiling_mib_s(&data, level))),
         })
         .await??;
         eprintln!(
@@ -161,21 +175,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Parquet encoder of `stream` in the configuration at `path`, if it writes Parquet:
-/// the ceiling is then arrow-json and ArrowWriter with the same schema and settings.
-fn parquet_encoder_of(
+/// How `stream` in the configuration at `path` encodes records, when that sets the ceiling:
+/// a Parquet stream (arrow-json and ArrowWriter with the same schema and settings) or a
+/// search stream (the same bulk bodies).
+fn stream_encoding_of(
     path: &std::path::Path,
     stream: &str,
-) -> anyhow::Result<Option<crate::encode::parquet::ParquetEncoder>> {
+) -> anyhow::Result<Option<crate::encode::Encoding>> {
+    use std::sync::Arc;
     let config = crate::config::load_config(path)?;
     let Some((_, stream_config)) = config.streams.iter().find(|(name, _)| name.value == stream)
     else {
         return Ok(None);
     };
+    if let crate::config::Destination::Opensearch(search) = &stream_config.destination {
+        return Ok(Some(crate::encode::Encoding::Documents(Arc::new(
+            crate::pipeline::document_encoder(search, fastrand::u64(..)),
+        ))));
+    }
     match &stream_config.parquet {
-        Some(parquet) => Ok(Some(
+        Some(parquet) => Ok(Some(crate::encode::Encoding::Parquet(Arc::new(
             crate::encode::parquet::ParquetEncoder::new(parquet).map_err(anyhow::Error::msg)?,
-        )),
+        )))),
         None => Ok(None),
     }
 }

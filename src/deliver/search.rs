@@ -25,6 +25,9 @@ use crate::spool::SeqRange;
 /// `!{firehose:error-output-type}` of documents a search cluster could not take.
 pub const SEARCH_FAILED: &str = "AmazonOpenSearchService-failed";
 
+/// The smallest request body retries shrink to after `413 Payload Too Large`.
+const MIN_BULK_BYTES: usize = 64 * 1024;
+
 /// Seed of the failed documents' object key, so it differs from the backup's.
 const SEARCH_FAILED_SALT: u64 = 0x7365_6172_6368;
 
@@ -123,6 +126,7 @@ impl DeliveryLoop {
         let give_up_at = Instant::now() + self.retry_duration;
         let mut indexed = 0u64;
         let mut attempts = 1u32;
+        let mut max_bulk_bytes = search.max_bulk_bytes;
         loop {
             let sends = requests.len();
             let results: Vec<_> = futures_util::stream::iter(requests)
@@ -161,6 +165,10 @@ impl DeliveryLoop {
                         self.counters
                             .failed_attempts
                             .fetch_add(1, Ordering::Relaxed);
+                        if error.reason.starts_with("HTTP 413") {
+                            // The cluster takes smaller bodies than `max_bulk_mib`.
+                            max_bulk_bytes = (max_bulk_bytes / 2).max(MIN_BULK_BYTES);
+                        }
                         tracing::warn!(
                             stream = %self.stream,
                             destination = %error.destination,
@@ -215,7 +223,7 @@ impl DeliveryLoop {
             );
             tokio::time::sleep(delay).await;
             let docs: Vec<DocRef> = retry.into_iter().map(|(doc, _)| doc).collect();
-            requests = retry_requests(&chunks, &docs, search).await;
+            requests = retry_requests(&chunks, &docs, search, max_bulk_bytes).await;
             attempts += 1;
         }
         if !failures.is_empty() {
@@ -400,6 +408,7 @@ async fn retry_requests(
     chunks: &[BulkChunk],
     docs: &[DocRef],
     search: &SearchDelivery,
+    max_bulk_bytes: usize,
 ) -> Vec<BulkRequest> {
     let mut requests = Vec::new();
     let mut current = BulkRequest {
@@ -411,7 +420,7 @@ async fn retry_requests(
         let chunk = &chunks[doc.chunk as usize];
         let span = chunk.docs[doc.doc as usize];
         let len = (span.end - span.start) as usize;
-        if !current.docs.is_empty() && bytes + len > search.max_bulk_bytes {
+        if !current.docs.is_empty() && bytes + len > max_bulk_bytes {
             requests.push(std::mem::replace(
                 &mut current,
                 BulkRequest {

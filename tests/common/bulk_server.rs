@@ -1,6 +1,7 @@
 //! A fault-injecting `_bulk` server on 127.0.0.1: each document's `fate` field decides how
 //! its item answers (201, 429 or 503 for the first attempts, 400 always), the first
-//! requests can be refused whole with 503, and every item it processes is recorded.
+//! requests can be refused whole with 503, bodies over [`BODY_LIMIT`] get 413 (as a cluster
+//! with a small `http.max_content_length`), and every item it processes is recorded.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -12,6 +13,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+
+/// Largest request body taken.
+pub const BODY_LIMIT: usize = 1024 * 1024 + 64 * 1024;
 
 /// How a document's items answer, from its `fate` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +94,7 @@ struct Recorded {
     docs: HashMap<(String, String), Value>,
     /// Items processed per `_id` (whole-request refusals not counted).
     attempts: HashMap<String, u32>,
-    /// Requests answered, including refused ones.
+    /// Requests answered, including refused ones (not those over the body limit).
     requests: u32,
     /// Requests refused whole.
     refused_requests: u32,
@@ -127,6 +131,7 @@ impl BulkServer {
         let app = axum::Router::new()
             .route("/", get(root))
             .route("/_bulk", post(bulk))
+            .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
             .with_state(Arc::clone(&shared));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
