@@ -1,7 +1,7 @@
 //! Hydrant: a self-hosted, Firehose-compatible delivery pipeline.
 //!
 //! The modules follow a record's path: [`ingest`] (the API) → [`buffer`] (per-stream batches)
-//! → [`encode`] (record layout) → [`compress`] → [`deliver`] (object keys, retries) into a
+//! → [`transform`] (WebAssembly processors) → [`encode`] (record layout) → [`compress`] → [`deliver`] (object keys, retries) into a
 //! destination from the `hydrant-sinks` crate. [`spool`] makes puts durable, [`metrics`]
 //! counts what happens. [`config`] is the YAML file, [`pipeline`]
 //! wires one stream together, [`server`] runs it all, [`bench`] is the load generator.
@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod spool;
+pub mod transform;

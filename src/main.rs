@@ -31,6 +31,15 @@ enum Command {
     },
     /// Drive a running Hydrant with PutRecordBatch load and report throughput and latency.
     Bench(hydrant::bench::BenchArgs),
+    /// Work with WebAssembly transforms.
+    #[command(subcommand)]
+    Transform(TransformCommand),
+}
+
+#[derive(Subcommand)]
+enum TransformCommand {
+    /// Run a transform module over sample records (one per line) and print each outcome.
+    Test(hydrant::transform::try_out::TestArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +57,7 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(hydrant::server::run(&config)))
         }
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(hydrant::bench::run(args))),
+        Command::Transform(TransformCommand::Test(args)) => hydrant::transform::try_out::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,7 +83,7 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     let checked = runtime()?.block_on(hydrant::pipeline::check_destinations(&config, base_dir));
     if !checked.is_empty() {
         anyhow::bail!(
-            "{}: the configuration is valid but its destinations cannot be used:\n  {}",
+            "{}: the configuration is valid but its destinations or transforms cannot be used:\n  {}",
             path.display(),
             checked.join("\n  ")
         );

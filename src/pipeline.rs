@@ -12,7 +12,9 @@ use tokio::task::JoinHandle;
 
 use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
 use crate::compress::Codec;
-use crate::config::{BackupMode, DocumentIdConfig, SearchAuthConfig, SearchDestination};
+use crate::config::{
+    BackupMode, DocumentIdConfig, ProcessorConfig, SearchAuthConfig, SearchDestination,
+};
 use crate::config::{
     Config, Destination, Format, FsyncConfig, PostgresDestination, PostgresMode, StreamConfig,
 };
@@ -24,6 +26,7 @@ use crate::encode::parquet::ParquetEncoder;
 use crate::encode::{Encoding, RecordFramer};
 use crate::metrics::StreamMetrics;
 use crate::spool::{FsyncPolicy, SpoolError, SpoolSettings, StreamSpool};
+use crate::transform::{LoadError, ProcessorChain, ProcessorSettings};
 use hydrant_sinks::postgres::{ColumnSpec, ColumnType, LoadMode, PostgresSettings, PostgresSink};
 use hydrant_sinks::search::{SearchAuth, SearchSettings, SearchSink};
 
@@ -271,6 +274,14 @@ pub enum PipelineError {
         /// Why.
         reason: String,
     },
+    /// One of its processors.
+    #[error("stream `{stream}`: {error}")]
+    Transform {
+        /// The stream.
+        stream: String,
+        /// Why (naming the module file).
+        error: crate::transform::LoadError,
+    },
 }
 
 impl Pipeline {
@@ -337,6 +348,12 @@ impl Pipeline {
                 }
                 _ => None,
             };
+            let processors = load_processors(&name, stream_config, base_dir).map_err(|error| {
+                PipelineError::Transform {
+                    stream: name.clone(),
+                    error,
+                }
+            })?;
             let encoding = build_encoding(stream_config, table.as_ref(), search.as_ref()).map_err(
                 |reason| PipelineError::Parquet {
                     stream: name.clone(),
@@ -348,7 +365,12 @@ impl Pipeline {
                 stream_config,
                 encoding,
                 sink,
-                Delivered { table, search, run },
+                Delivered {
+                    table,
+                    search,
+                    run,
+                    processors,
+                },
                 Arc::clone(&capacity),
                 spool,
             );
@@ -505,8 +527,8 @@ fn build_sink(
     })
 }
 
-/// Connects to every postgres destination's table and checks its columns, and asks every
-/// search cluster who it is; one line per stream whose destination cannot be used (what
+/// Connects to every postgres destination's table and checks its columns, asks every
+/// search cluster who it is, and loads every transform module; one line per problem (what
 /// `hydrant validate` reports). Paths are relative to `base_dir`, the configuration file's
 /// directory.
 pub async fn check_destinations(config: &Config, base_dir: &Path) -> Vec<String> {
@@ -521,6 +543,9 @@ pub async fn check_destinations(config: &Config, base_dir: &Path) -> Vec<String>
             _ => Ok(()),
         };
         if let Err(error) = checked {
+            problems.push(format!("stream `{}`: {error}", name.value));
+        }
+        if let Err(error) = load_processors(&name.value, stream, base_dir) {
             problems.push(format!("stream `{}`: {error}", name.value));
         }
     }
@@ -654,6 +679,38 @@ struct Delivered {
     table: Option<Arc<PostgresSink>>,
     search: Option<SearchDelivery>,
     run: u64,
+    processors: Option<Arc<ProcessorChain>>,
+}
+
+/// The processor settings of a stream (module paths relative to `base_dir`), in order.
+pub fn processor_settings(config: &StreamConfig, base_dir: &Path) -> Vec<ProcessorSettings> {
+    config
+        .processors
+        .iter()
+        .map(|ProcessorConfig::Wasm(wasm)| ProcessorSettings {
+            module: base_dir.join(&wasm.module.value),
+            config: wasm
+                .config
+                .as_ref()
+                .map_or_else(|| "{}".to_string(), |c| c.to_string()),
+            timeout: Duration::from_millis(wasm.timeout_ms.value),
+            max_memory_bytes: wasm.max_memory_mib.value as usize * MIB,
+            retries: wasm.retries.value,
+        })
+        .collect()
+}
+
+/// Loads a stream's processors (`None` when it has none).
+fn load_processors(
+    name: &str,
+    config: &StreamConfig,
+    base_dir: &Path,
+) -> Result<Option<Arc<ProcessorChain>>, LoadError> {
+    if config.processors.is_empty() {
+        return Ok(None);
+    }
+    let chain = crate::transform::load_chain(name, processor_settings(config, base_dir))?;
+    Ok(Some(Arc::new(chain)))
 }
 
 fn build_stream(
@@ -669,11 +726,19 @@ fn build_stream(
         config.compression.value,
         config.compression_level.as_ref().map(|l| l.value),
     );
+    // A transform's batch is a chunk: as large as the smallest processor buffer.
+    let chunk_limit = config
+        .processors
+        .iter()
+        .map(|ProcessorConfig::Wasm(wasm)| (wasm.buffer_size_mib.value * MIB as f64) as usize)
+        .min();
     let settings = BufferSettings {
         size_limit: config.buffer.size_mib.value as usize * MIB,
         interval: Duration::from_secs(config.buffer.interval_seconds.value.into()),
         encoding: encoding.clone(),
         codec,
+        processors: delivered.processors.clone(),
+        chunk_limit,
     };
     let buffer = Arc::new(StreamBuffer::new(settings, capacity));
     if let Some(spool) = &spool {

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::compress::Codec;
 use crate::encode::Encoding;
 use crate::spool::{RecordChunk, SeqRange};
+use crate::transform::ProcessorChain;
 use open_batch::OpenBatch;
 
 /// Thresholds and codecs of one stream's buffer.
@@ -38,6 +39,18 @@ pub struct BufferSettings {
     pub encoding: Encoding,
     /// Whole-object compression.
     pub codec: Codec,
+    /// Transforms run over each chunk before it is encoded.
+    pub processors: Option<Arc<ProcessorChain>>,
+    /// Largest chunk handed to the CPU pool (with processors: their batch size).
+    pub chunk_limit: Option<usize>,
+}
+
+impl BufferSettings {
+    /// Whether records are kept with their boundaries until their chunk is dispatched
+    /// (decoded per record, or transformed).
+    pub(crate) fn keeps_records(&self) -> bool {
+        self.encoding.decodes_records() || self.processors.is_some()
+    }
 }
 
 /// Why the delivery task was handed no batch.
@@ -84,6 +97,7 @@ impl StreamBuffer {
         // Chunks small enough that a batch spreads over every core, large enough that
         // per-chunk overhead (a sync flush, a pool hand-off) is negligible.
         let chunk_size = (settings.size_limit / 8).clamp(64 * 1024, 1024 * 1024);
+        let chunk_size = settings.chunk_limit.unwrap_or(chunk_size);
         Self {
             settings,
             chunk_size,
@@ -124,8 +138,7 @@ impl StreamBuffer {
         arrival_ms: i64,
         arrived: Instant,
     ) -> Pushed {
-        let needs_cpu =
-            !self.settings.codec.is_identity() || self.settings.encoding.decodes_records();
+        let needs_cpu = !self.settings.codec.is_identity() || self.settings.keeps_records();
         if needs_cpu && !self.capacity.has_room_for_compression() {
             return Pushed::Full;
         }
@@ -144,32 +157,20 @@ impl StreamBuffer {
                         return Pushed::Full;
                     }
                     let full = std::mem::replace(&mut state.open, OpenBatch::new(self.chunk_size));
-                    state.sealed = Some(full.seal(
-                        &self.settings.encoding,
-                        self.settings.codec,
-                        &self.capacity,
-                        false,
-                    ));
+                    state.sealed = Some(full.seal(&self.settings, &self.capacity, false));
                     wake = true;
                 }
             }
         }
         let settings = &self.settings;
-        state.open.append(
-            seq,
-            data,
-            arrival_ms,
-            arrived,
-            &settings.encoding,
-            settings.codec,
-            &self.capacity,
-        );
+        state
+            .open
+            .append(seq, data, arrival_ms, arrived, settings, &self.capacity);
         state.next_seq += 1;
         if replay_end == Some(seq) {
             state.replay.pop_front();
             let full = std::mem::replace(&mut state.open, OpenBatch::new(self.chunk_size));
-            state.sealed =
-                Some(full.seal(&settings.encoding, settings.codec, &self.capacity, true));
+            state.sealed = Some(full.seal(settings, &self.capacity, true));
             wake = true;
         }
         Pushed::Taken(wake)
@@ -327,12 +328,7 @@ impl StreamBuffer {
                             std::mem::replace(&mut state.open, OpenBatch::new(self.chunk_size));
                         drop(state);
                         self.capacity.notify_freed();
-                        return Ok(open.seal(
-                            &self.settings.encoding,
-                            self.settings.codec,
-                            &self.capacity,
-                            false,
-                        ));
+                        return Ok(open.seal(&self.settings, &self.capacity, false));
                     }
                     Some(oldest) => Some(oldest + self.settings.interval),
                     None if state.closed => return Err(NoBatch::Closed),

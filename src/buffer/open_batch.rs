@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::IngestCapacity;
+use super::{BufferSettings, IngestCapacity};
 use crate::compress::{Codec, CompressedChunk};
 use crate::encode::documents::{BulkChunk, DocumentEncoder};
 use crate::encode::parquet::{ParquetEncoder, WriteError};
@@ -40,7 +40,11 @@ struct RowChunk {
     copy_rows: Vec<RowSpan>,
     /// Bulk request lines, for a search cluster.
     documents: Option<BulkChunk>,
+    /// Framed (and compressed) records, for an object of transformed records.
+    framed: Option<CompressedChunk>,
     failed: Vec<FailedRecord>,
+    /// Records a transform dropped on purpose.
+    dropped: u64,
 }
 
 #[derive(Debug)]
@@ -55,7 +59,7 @@ enum ChunkSlot {
 pub(super) struct OpenBatch {
     chunk_size: usize,
     pending: Vec<u8>,
-    /// Where each pending record ends (Parquet only: rows are decoded per record).
+    /// Where each pending record ends (when records are decoded or transformed one by one).
     pending_records: Vec<ChunkRecord>,
     chunks: Vec<ChunkSlot>,
     raw_len: usize,
@@ -99,17 +103,16 @@ impl OpenBatch {
     }
 
     /// Appends record `seq`; `arrived` is when its age (for the interval threshold) began.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn append(
         &mut self,
         seq: u64,
         record: &[u8],
         arrival_ms: i64,
         arrived: Instant,
-        encoding: &Encoding,
-        codec: Codec,
+        settings: &BufferSettings,
         capacity: &Arc<IngestCapacity>,
     ) {
+        let encoding = &settings.encoding;
         if self.oldest.is_none() {
             self.oldest = Some((arrival_ms, arrived));
             self.first_seq = seq;
@@ -118,6 +121,15 @@ impl OpenBatch {
         self.last_seq = seq;
         let before = self.pending.len();
         match encoding {
+            _ if settings.keeps_records() => {
+                self.pending.extend_from_slice(record);
+                self.pending_records.push(ChunkRecord {
+                    seq,
+                    arrival_ms,
+                    end: self.pending.len(),
+                });
+                self.raw_len += encoding.buffered_len(record);
+            }
             Encoding::Framed(framer) => match framer.frame(record, &mut self.pending) {
                 Ok(()) => self.raw_len += self.pending.len() - before,
                 Err(error) => {
@@ -131,46 +143,51 @@ impl OpenBatch {
                 }
             },
             Encoding::Parquet(_) | Encoding::Rows(_) | Encoding::Documents(_) => {
-                self.pending.extend_from_slice(record);
-                self.pending_records.push(ChunkRecord {
-                    seq,
-                    arrival_ms,
-                    end: self.pending.len(),
-                });
-                self.raw_len += encoding.buffered_len(record);
+                unreachable!("these encodings keep records")
             }
         }
         self.records += 1;
         if self.pending.len() >= self.chunk_size {
-            self.dispatch_pending(encoding, codec, capacity);
+            self.dispatch_pending(settings, capacity);
         }
     }
 
-    /// Hands the pending bytes to the CPU pool: to be decoded into rows (Parquet) or
-    /// compressed (uncompressed, they are kept as they are).
-    fn dispatch_pending(
-        &mut self,
-        encoding: &Encoding,
-        codec: Codec,
-        capacity: &Arc<IngestCapacity>,
-    ) {
+    /// Hands the pending bytes to the CPU pool: to be transformed, then decoded into rows
+    /// or compressed (uncompressed and untransformed, they are kept as they are).
+    fn dispatch_pending(&mut self, settings: &BufferSettings, capacity: &Arc<IngestCapacity>) {
         if self.pending.is_empty() {
             return;
         }
+        let codec = settings.codec;
         let raw = std::mem::take(&mut self.pending);
-        if encoding.decodes_records() {
+        if settings.keeps_records() {
             let records = std::mem::take(&mut self.pending_records);
             let len = raw.len();
             capacity.start_compressing(len);
             let (sender, receiver) = oneshot::channel();
             let capacity = Arc::clone(capacity);
-            let encoding = encoding.clone();
+            let encoding = settings.encoding.clone();
+            let processors = settings.processors.clone();
             rayon::spawn(move || {
-                let chunk = match &encoding {
-                    Encoding::Parquet(encoder) => convert_chunk(encoder, &raw, &records),
-                    Encoding::Rows(table) => encode_chunk(table, &raw, &records),
-                    Encoding::Documents(encoder) => encode_documents(encoder, &raw, &records),
-                    Encoding::Framed(_) => RowChunk::default(),
+                let chunk = match processors {
+                    None => encode_records(&encoding, codec, &raw, &records),
+                    Some(chain) => {
+                        let processed = chain.process(&raw, &records);
+                        let mut chunk =
+                            encode_records(&encoding, codec, &processed.data, &processed.records);
+                        chunk.dropped = processed.dropped;
+                        chunk.failed.extend(processed.failed.into_iter().map(
+                            |(index, code, message)| {
+                                failed_record(
+                                    &raw,
+                                    &records,
+                                    index,
+                                    ConversionError { code, message },
+                                )
+                            },
+                        ));
+                        chunk
+                    }
                 };
                 capacity.finish_compressing(len);
                 let _ = sender.send(chunk);
@@ -198,15 +215,14 @@ impl OpenBatch {
     /// Closes the batch to new records and starts compressing its tail.
     pub(super) fn seal(
         mut self,
-        encoding: &Encoding,
-        codec: Codec,
+        settings: &BufferSettings,
         capacity: &Arc<IngestCapacity>,
         replayed: bool,
     ) -> SealedBatch {
-        self.dispatch_pending(encoding, codec, capacity);
+        self.dispatch_pending(settings, capacity);
         SealedBatch {
-            encoding: encoding.clone(),
-            codec,
+            encoding: settings.encoding.clone(),
+            codec: settings.codec,
             chunks: self.chunks,
             raw_len: self.raw_len,
             records: self.records,
@@ -217,6 +233,35 @@ impl OpenBatch {
             },
             replayed,
             failed: self.failed,
+        }
+    }
+}
+
+/// A chunk's records (kept one by one) in the stream's encoding: rows, documents, or framed
+/// and compressed.
+fn encode_records(
+    encoding: &Encoding,
+    codec: Codec,
+    data: &[u8],
+    records: &[ChunkRecord],
+) -> RowChunk {
+    match encoding {
+        Encoding::Parquet(encoder) => convert_chunk(encoder, data, records),
+        Encoding::Rows(table) => encode_chunk(table, data, records),
+        Encoding::Documents(encoder) => encode_documents(encoder, data, records),
+        Encoding::Framed(framer) => {
+            let mut out = Vec::with_capacity(data.len() + records.len());
+            let mut failed = Vec::new();
+            for (index, record) in chunk_records(data, records).enumerate() {
+                if let Err(error) = framer.frame(record, &mut out) {
+                    failed.push(failed_record(data, records, index, error));
+                }
+            }
+            RowChunk {
+                framed: Some(codec.compress_chunk(out)),
+                failed,
+                ..RowChunk::default()
+            }
         }
     }
 }
@@ -355,6 +400,8 @@ pub struct BatchBody {
     pub rows: Option<TableRows>,
     /// For a search cluster: the bulk request lines, chunk by chunk.
     pub documents: Option<Vec<BulkChunk>>,
+    /// Records a transform dropped on purpose.
+    pub dropped: u64,
 }
 
 /// A batch's table rows: encoded bytes and where each row is (with its record's number).
@@ -410,6 +457,7 @@ impl SealedBatch {
         let mut copy = Vec::new();
         let mut copy_rows = Vec::new();
         let mut documents = Vec::new();
+        let mut dropped = 0;
         for slot in self.chunks {
             match slot {
                 ChunkSlot::Ready(chunk) => compressed.push(chunk),
@@ -426,6 +474,8 @@ impl SealedBatch {
                     }));
                     copy.extend(chunk.copy);
                     documents.extend(chunk.documents);
+                    compressed.extend(chunk.framed);
+                    dropped += chunk.dropped;
                     failed.extend(chunk.failed);
                 }
             }
@@ -440,6 +490,7 @@ impl SealedBatch {
                         rows: copy_rows,
                     }),
                     documents: None,
+                    dropped,
                 });
             }
             Encoding::Documents(_) => {
@@ -448,6 +499,7 @@ impl SealedBatch {
                     failed,
                     rows: None,
                     documents: Some(documents),
+                    dropped,
                 });
             }
             Encoding::Framed(_) => self.codec.assemble(compressed),
@@ -468,6 +520,7 @@ impl SealedBatch {
             failed,
             rows: None,
             documents: None,
+            dropped,
         })
     }
 }

@@ -11,6 +11,8 @@ use crate::encode::RecordFramer;
 fn buffer(size_limit: usize, interval: Duration, codec: Codec) -> StreamBuffer {
     StreamBuffer::new(
         BufferSettings {
+            processors: None,
+            chunk_limit: None,
             size_limit,
             interval,
             encoding: Encoding::Framed(RecordFramer::new(Format::Raw, RecordDelimiter::Newline)),
@@ -289,6 +291,8 @@ async fn parquet_batches_decode_chunks_in_parallel_and_keep_record_order() {
     let size_limit = 1024 * 1024;
     let buffer = Arc::new(StreamBuffer::new(
         BufferSettings {
+            processors: None,
+            chunk_limit: None,
             size_limit,
             interval: Duration::from_secs(900),
             encoding: Encoding::Parquet(encoder),

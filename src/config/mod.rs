@@ -4,6 +4,7 @@
 mod load;
 mod parquet;
 mod postgres;
+mod processors;
 mod search;
 mod streams;
 mod validate;
@@ -11,6 +12,7 @@ mod validate;
 pub use load::{ConfigError, ConfigProblem, load_config, parse_config};
 pub use parquet::{ColumnConfig, EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
 pub use postgres::{PostgresColumn, PostgresDestination, PostgresMode};
+pub use processors::{ProcessorConfig, WasmProcessorConfig};
 pub use search::{
     BackupMode, DocumentIdConfig, IndexRotation, SearchAuthConfig, SearchBackup, SearchDestination,
     check_index_name,
@@ -131,6 +133,9 @@ pub struct StreamConfig {
     /// Codec level (gzip: 0–9, default 6; zstd: 1–19, default 3; snappy has none).
     #[serde(default)]
     pub compression_level: Option<Spanned<u32>>,
+    /// Transforms run over records before they are encoded, in order.
+    #[serde(default)]
+    pub processors: Vec<ProcessorConfig>,
     /// Where batches are delivered.
     pub destination: Destination,
 }

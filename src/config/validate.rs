@@ -99,6 +99,7 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
     super::parquet::validate(name, stream, problems);
     super::postgres::validate(name, stream, problems);
     super::search::validate(name, stream, problems);
+    super::processors::validate(name, &stream.processors, problems);
     if stream.format.value == super::Format::Ndjson
         && stream.record_delimiter == super::RecordDelimiter::None
     {

@@ -21,6 +21,9 @@ pub const OBJECT_STORE_FAILED: &str = "s3-failed";
 /// `!{firehose:error-output-type}` of records the stream's format could not take.
 pub const FORMAT_CONVERSION_FAILED: &str = "format-conversion-failed";
 
+/// `!{firehose:error-output-type}` of records a transform failed.
+pub const PROCESSING_FAILED: &str = "processing-failed";
+
 /// `!{firehose:error-output-type}` of records a PostgreSQL table could not take.
 pub const POSTGRES_FAILED: &str = "postgres-failed";
 
@@ -29,6 +32,7 @@ const S3_FAILED_SALT: u64 = 0x6572_726f_7273;
 const CONVERSION_FAILED_SALT: u64 = 0x666f_726d_6174;
 const POSTGRES_ROWS_SALT: u64 = 0x726f_7773;
 const POSTGRES_REFUSED_SALT: u64 = 0x7265_6675_7365;
+const PROCESSING_FAILED_SALT: u64 = 0x7472_616e_7366;
 
 /// Appends one error record in Firehose's format to `out`, as a JSON line.
 fn push_error_line(
@@ -114,6 +118,33 @@ impl DeliveryLoop {
         self.write_failed_records(
             FORMAT_CONVERSION_FAILED,
             CONVERSION_FAILED_SALT,
+            failed,
+            range,
+            oldest,
+            mode,
+        )
+        .await;
+    }
+
+    /// Writes the records of batch `range` that a transform failed to the
+    /// `processing-failed` error output, retrying until the destination takes them.
+    pub(super) async fn write_processing_failures(
+        &self,
+        failed: &[FailedRecord],
+        range: SeqRange,
+        oldest: DateTime<Utc>,
+        mode: WriteMode,
+    ) {
+        let count = failed.len() as u64;
+        self.counters
+            .processing_failures
+            .fetch_add(count, Ordering::Relaxed);
+        self.counters
+            .error_output_records
+            .fetch_add(count, Ordering::Relaxed);
+        self.write_failed_records(
+            PROCESSING_FAILED,
+            PROCESSING_FAILED_SALT,
             failed,
             range,
             oldest,

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::buffer::{BatchBody, FailedRecord, POSTGRES_INVALID_VALUE, SealedBatch, StreamBuffer};
 use crate::spool::{SeqRange, StreamSpool};
+use crate::transform::TRANSFORM_CODE_PREFIX;
 use hydrant_sinks::postgres::PostgresSink;
 use object_key::{ObjectKeyBuilder, batch_seed};
 
@@ -44,6 +45,10 @@ pub struct DeliveryCounters {
     pub conversion_failures: AtomicU64,
     /// Records of the batch being written right now.
     pub in_flight_records: AtomicU64,
+    /// Records a transform dropped on purpose.
+    pub dropped_records: AtomicU64,
+    /// Records sent to the `processing-failed` error output.
+    pub processing_failures: AtomicU64,
 }
 
 /// Everything the delivery loop of one stream needs.
@@ -146,6 +151,7 @@ impl DeliveryLoop {
             mut failed,
             rows: table_rows,
             documents,
+            dropped,
         } = match batch.into_body().await {
             Ok(body) => body,
             Err(failure) => {
@@ -165,6 +171,20 @@ impl DeliveryLoop {
                 tokio::time::sleep(delay).await;
             }
         }
+        if dropped > 0 {
+            self.counters
+                .dropped_records
+                .fetch_add(dropped, Ordering::Relaxed);
+        }
+        // Records a transform failed have their own error output type.
+        let processing_failed: Vec<FailedRecord> = failed
+            .extract_if(.., |f| f.error.code.starts_with(TRANSFORM_CODE_PREFIX))
+            .collect();
+        if !processing_failed.is_empty() {
+            self.write_processing_failures(&processing_failed, range, oldest, mode)
+                .await;
+        }
+        let records = records - dropped - processing_failed.len() as u64;
         if let Some(search) = &self.search {
             // Records that cannot be documents go with the refused documents.
             self.index_documents(search, documents.unwrap_or_default(), failed, range, oldest)

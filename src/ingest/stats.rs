@@ -28,6 +28,8 @@ pub(super) async fn handle(State(state): State<ApiState>, Path(name): Path<Strin
         "delivered_objects": counters.objects.load(Ordering::Relaxed),
         "failed_attempts": counters.failed_attempts.load(Ordering::Relaxed),
         "conversion_failures": counters.conversion_failures.load(Ordering::Relaxed),
+        "dropped_records": counters.dropped_records.load(Ordering::Relaxed),
+        "processing_failures": counters.processing_failures.load(Ordering::Relaxed),
     }))
     .into_response()
 }

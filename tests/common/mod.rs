@@ -95,6 +95,31 @@ pub fn servers() -> &'static TestServers {
     })
 }
 
+/// The directory of the built WebAssembly transforms (examples and test guests):
+/// `HYDRANT_TEST_TRANSFORMS` from `scripts/test`, else built now by
+/// `scripts/build-transforms`.
+pub fn transforms_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("HYDRANT_TEST_TRANSFORMS") {
+            return PathBuf::from(dir);
+        }
+        let output = Command::new(repo_root().join("scripts/build-transforms"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/build-transforms");
+        assert!(output.status.success(), "scripts/build-transforms failed");
+        PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+    })
+}
+
+/// The built component of transform crate `name` (`hydrant_example_redact`, ...).
+pub fn transform_module(name: &str) -> PathBuf {
+    let path = transforms_dir().join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
 /// A client of the test database, with its connection driven in the background.
 pub async fn pg_client() -> tokio_postgres::Client {
     let s = servers();
