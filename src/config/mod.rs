@@ -588,6 +588,54 @@ mod tests {
     }
 
     #[test]
+    fn processors_have_documented_defaults_and_limits() {
+        let config = parse(
+            "streams:\n  s:\n    processors:\n      - wasm: { module: t.wasm, config: { fields: [a, b], n: 1 } }\n      - wasm: { module: u.wasm }\n    destination: { local: { path: x } }\n",
+        );
+        let processors = &config.streams.0[0].1.processors;
+        assert_eq!(processors.len(), 2);
+        let ProcessorConfig::Wasm(first) = &processors[0];
+        assert_eq!(first.module.value, "t.wasm");
+        assert_eq!(
+            first.config.as_ref().unwrap(),
+            &serde_json::json!({ "fields": ["a", "b"], "n": 1 })
+        );
+        assert_eq!(first.timeout_ms.value, 3000);
+        assert_eq!(first.max_memory_mib.value, 64);
+        assert_eq!(first.buffer_size_mib.value, 1.0);
+        assert_eq!(first.buffer_interval_seconds.value, 60);
+        assert_eq!(first.retries.value, 3);
+        let ProcessorConfig::Wasm(second) = &processors[1];
+        assert!(second.config.is_none());
+
+        let error = parse_config(
+            "streams:\n  s:\n    processors:\n      - wasm:\n          module: t.wasm\n          timeout_ms: 0\n          max_memory_mib: 9999\n          buffer_size_mib: 5\n          retries: 11\n    destination: { local: { path: x } }\n",
+            "w.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "w.yaml:6:23: stream `s`: `timeout_ms` must be between 1 and 300000, got 0",
+            "w.yaml:7:27: stream `s`: `max_memory_mib` must be between 1 and 4096, got 9999",
+            "w.yaml:8:28: stream `s`: `buffer_size_mib` must be between 0.2 and 3, got 5",
+            "w.yaml:9:20: stream `s`: `retries` must be between 0 and 10, got 11",
+        ] {
+            assert!(
+                error.contains(expected),
+                "missing {expected:?} in:\n{error}"
+            );
+        }
+        let error = parse_config(
+            "streams:\n  s:\n    processors:\n      - lambda: { arn: x }\n    destination: { local: { path: x } }\n",
+            "l.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("l.yaml:4:"), "{error}");
+        assert!(error.contains("wasm"), "{error}");
+    }
+
+    #[test]
     fn an_empty_streams_mapping_is_a_problem() {
         let error = parse_config("streams: {}\n", "empty.yaml")
             .unwrap_err()
