@@ -348,6 +348,12 @@ impl Pipeline {
                 }
                 _ => None,
             };
+            if let Some(search) = &search {
+                tasks.push(tokio::spawn(announce_cluster(
+                    name.clone(),
+                    Arc::clone(&search.sink),
+                )));
+            }
             let processors = load_processors(&name, stream_config, base_dir).map_err(|error| {
                 PipelineError::Transform {
                     stream: name.clone(),
@@ -550,6 +556,23 @@ pub async fn check_destinations(config: &Config, base_dir: &Path) -> Vec<String>
         }
     }
     problems
+}
+
+/// Says at start-up whether a stream's search cluster answers (it is not required to:
+/// documents are retried until it does).
+async fn announce_cluster(stream: String, sink: Arc<SearchSink>) {
+    match sink.check().await {
+        Ok(version) => tracing::info!(
+            stream,
+            destination = sink.describe(),
+            version,
+            "search cluster answers"
+        ),
+        Err(error) => tracing::warn!(
+            stream,
+            "{error}; documents will be sent once it answers (retried for retry_duration_seconds)"
+        ),
+    }
 }
 
 /// The client of a search destination's cluster.

@@ -13,7 +13,7 @@ wasmtime::component::bindgen!({
     world: "transformer",
 });
 
-pub use hydrant::transform::types::OutcomeResult;
+pub use self::hydrant::transform::types::OutcomeResult;
 
 /// Why a call into a guest did not return outcomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
