@@ -6,8 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -270,25 +268,6 @@ async fn kill_9_mid_load_neither_loses_nor_duplicates_a_row() {
     assert!(ledger > 0, "each loaded batch is in the ledger");
 }
 
-fn validate(config: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hydrant.yaml");
-    std::fs::write(&path, config).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_hydrant"))
-        .args(["validate", "--config"])
-        .arg(Path::new(&path))
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
-}
-
 #[tokio::test]
 async fn validate_checks_credentials_the_table_and_its_columns() {
     let client = pg_client().await;
@@ -305,10 +284,10 @@ async fn validate_checks_credentials_the_table_and_its_columns() {
             indent(&postgres_destination_yaml(table, columns, password), 6)
         )
     };
-    let (ok, output) = validate(&config("- { name: id }\n- { name: at }\n", None, &table));
+    let (ok, output) = validate_config(&config("- { name: id }\n- { name: at }\n", None, &table));
     assert!(ok, "{output}");
 
-    let (ok, output) = validate(&config("- { name: id }\n", Some("wrong-password"), &table));
+    let (ok, output) = validate_config(&config("- { name: id }\n", Some("wrong-password"), &table));
     assert!(!ok);
     assert!(output.contains("Postgres.AccessDenied"), "{output}");
     assert!(
@@ -316,14 +295,14 @@ async fn validate_checks_credentials_the_table_and_its_columns() {
         "{output}"
     );
 
-    let (ok, output) = validate(&config("- { name: id }\n", None, "no_such_table"));
+    let (ok, output) = validate_config(&config("- { name: id }\n", None, "no_such_table"));
     assert!(!ok);
     assert!(
         output.contains("table `no_such_table` does not exist"),
         "{output}"
     );
 
-    let (ok, output) = validate(&config(
+    let (ok, output) = validate_config(&config(
         "- { name: id, type: text }\n- { name: tags }\n- { name: missing }\n- { name: at, from: '.a +' }\n",
         None,
         &table,
@@ -404,7 +383,7 @@ async fn upsert_updates_rows_in_place_and_the_last_record_of_a_key_wins() {
         assert_eq!((name, version), expected, "row {id}");
     }
 
-    let (ok, output) = validate(&format!(
+    let (ok, output) = validate_config(&format!(
         "streams:\n  s:\n    destination:\n{}",
         indent(
             &(postgres_destination_yaml(&table, "- { name: id }\n- { name: name }\n", None)
@@ -436,14 +415,14 @@ async fn tls_connections_are_verified_against_the_configured_root() {
         )
     };
     let verified = with_tls(&format!("  sslmode: verify-full\n  sslrootcert: {ca}\n"));
-    let (ok, output) = validate(&config(verified.clone()));
+    let (ok, output) = validate_config(&config(verified.clone()));
     assert!(ok, "{output}");
-    let (ok, output) = validate(&config(with_tls("  sslmode: require\n")));
+    let (ok, output) = validate_config(&config(with_tls("  sslmode: require\n")));
     assert!(
         ok,
         "require encrypts without checking the certificate: {output}"
     );
-    let (ok, output) = validate(&config(with_tls("  sslmode: verify-full\n")));
+    let (ok, output) = validate_config(&config(with_tls("  sslmode: verify-full\n")));
     assert!(!ok, "the system's roots do not know the test CA");
     assert!(output.contains("Postgres.Unavailable"), "{output}");
     assert!(output.to_lowercase().contains("certificate"), "{output}");

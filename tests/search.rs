@@ -8,37 +8,11 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::*;
 use serde_json::{Value, json};
-
-/// Error records of type `error_type` under the local directory `dir`.
-fn error_records(dir: &Path, error_type: &str) -> Vec<Value> {
-    let dir = dir.join(error_type);
-    if !dir.exists() {
-        return Vec::new();
-    }
-    files_under(&dir)
-        .iter()
-        .flat_map(|file| {
-            std::fs::read_to_string(file)
-                .unwrap()
-                .lines()
-                .map(|line| serde_json::from_str(line).unwrap())
-                .collect::<Vec<Value>>()
-        })
-        .collect()
-}
-
-fn raw_data(error: &Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(error["rawData"].as_str().unwrap())
-        .unwrap()
-}
 
 async fn search_get(path: &str) -> Value {
     let url = format!("{}/{path}", servers().search_endpoint);
@@ -423,25 +397,6 @@ async fn requests_shrink_when_the_cluster_says_they_are_too_large() {
     );
 }
 
-fn validate(config: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hydrant.yaml");
-    std::fs::write(&path, config).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_hydrant"))
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_reaches_the_cluster_and_reports_what_stops_it() {
     let config = |endpoint: &str, auth: &str| {
@@ -450,24 +405,24 @@ async fn validate_reaches_the_cluster_and_reports_what_stops_it() {
             indent(auth, 8)
         )
     };
-    let (ok, output) = validate(&config(&servers().search_endpoint, ""));
+    let (ok, output) = validate_config(&config(&servers().search_endpoint, ""));
     assert!(ok, "{output}");
 
     let closed = format!("http://127.0.0.1:{}", free_port());
-    let (ok, output) = validate(&config(&closed, ""));
+    let (ok, output) = validate_config(&config(&closed, ""));
     assert!(!ok);
     assert!(output.contains("stream `s`"), "{output}");
     assert!(output.contains("OpenSearch.Unavailable"), "{output}");
     assert!(output.contains(&closed), "{output}");
 
     let server = BulkServer::start(0, Some("ApiKey right-key")).await;
-    let (ok, output) = validate(&config(&server.url, "auth: { api_key: wrong-key }"));
+    let (ok, output) = validate_config(&config(&server.url, "auth: { api_key: wrong-key }"));
     assert!(!ok);
     assert!(output.contains("OpenSearch.AccessDenied"), "{output}");
-    let (ok, output) = validate(&config(&server.url, "auth: { api_key: right-key }"));
+    let (ok, output) = validate_config(&config(&server.url, "auth: { api_key: right-key }"));
     assert!(ok, "{output}");
 
-    let (ok, output) = validate(
+    let (ok, output) = validate_config(
         "streams:\n  s:\n    format: ndjson\n    destination:\n      opensearch:\n        endpoint: ftp://x\n        index: App\n        retry_duration_seconds: 9000\n        concurrency: 0\n",
     );
     assert!(!ok);

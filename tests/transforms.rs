@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::*;
 use serde_json::{Value, json};
 
@@ -33,31 +32,8 @@ async fn lines_under(bucket: &Bucket, prefix: &str) -> Vec<String> {
     lines
 }
 
-/// Error records under `dir/<error_type>`, by errorCode.
-fn error_records(dir: &Path, error_type: &str) -> Vec<Value> {
-    let dir = dir.join(error_type);
-    if !dir.exists() {
-        return Vec::new();
-    }
-    files_under(&dir)
-        .iter()
-        .flat_map(|file| {
-            std::fs::read_to_string(file)
-                .unwrap()
-                .lines()
-                .map(|line| serde_json::from_str(line).unwrap())
-                .collect::<Vec<Value>>()
-        })
-        .collect()
-}
-
-fn raw_data(error: &Value) -> String {
-    String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(error["rawData"].as_str().unwrap())
-            .unwrap(),
-    )
-    .unwrap()
+fn raw_text(error: &Value) -> String {
+    String::from_utf8(raw_data(error)).unwrap()
 }
 
 const ACCESS_LINES: [&str; 3] = [
@@ -179,7 +155,7 @@ async fn every_example_transforms_records_end_to_end_into_s3() {
             .contains("not an access-log line")
     );
     assert_eq!(
-        raw_data(failure),
+        raw_text(failure),
         ACCESS_LINES[2],
         "the record as it was sent"
     );
@@ -317,7 +293,7 @@ async fn misbehaving_guests_are_contained_and_reported_while_other_streams_flow(
         assert_eq!(with_code.len(), expected, "{behave}: {failures:?}");
         if !whole_batch {
             assert!(
-                raw_data(with_code[0]).contains("victim"),
+                raw_text(with_code[0]).contains("victim"),
                 "{behave}: the victim record failed"
             );
             let delivered: usize = files_under(&dir.join(behave))
@@ -348,28 +324,6 @@ async fn misbehaving_guests_are_contained_and_reported_while_other_streams_flow(
         log.contains("suppressed"),
         "40 lines in one batch are rate-limited"
     );
-}
-
-fn run_hydrant_with(streams: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hydrant.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "server:\n  listen: 127.0.0.1:0\nstreams:\n{}",
-            indent(streams, 2)
-        ),
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_hydrant"))
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -407,7 +361,10 @@ fn modules_that_cannot_be_loaded_are_reported_with_the_file_and_the_reason() {
             "give exactly one of `equals`, `in`, `matches` or `exists`",
         ),
     ] {
-        let (ok, stderr) = run_hydrant_with(&stream("s", module, config, "", local));
+        let (ok, stderr) = validate_config(&format!(
+            "streams:\n{}",
+            indent(&stream("s", module, config, "", local), 2)
+        ));
         assert!(!ok, "{} should not load", module.display());
         assert!(stderr.contains("stream `s`"), "{stderr}");
         assert!(stderr.contains(words), "missing {words:?} in {stderr}");

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::validate::at;
+use super::validate::{at, is_http_url};
 use super::{ConfigProblem, Destination};
 
 /// An OpenSearch or Elasticsearch destination.
@@ -194,9 +194,7 @@ pub(super) fn validate(
     }
     for endpoint in search.endpoint.iter().chain(&search.endpoints) {
         let url = &endpoint.value;
-        let valid = (url.starts_with("http://") || url.starts_with("https://"))
-            && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
-        if !valid {
+        if !is_http_url(url) {
             problems.push(at(
                 endpoint,
                 format!(

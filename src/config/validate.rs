@@ -189,18 +189,16 @@ fn validate_destination(name: &str, destination: &Destination, problems: &mut Ve
                     format!("stream `{name}`: `bucket` is empty"),
                 ));
             }
-            if let Some(endpoint) = &s3.endpoint {
-                let url = &endpoint.value;
-                let valid = (url.starts_with("http://") || url.starts_with("https://"))
-                    && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
-                if !valid {
-                    problems.push(at(
-                        endpoint,
-                        format!(
-                            "stream `{name}`: `endpoint` must be an http:// or https:// URL, got `{url}`"
-                        ),
-                    ));
-                }
+            if let Some(endpoint) = &s3.endpoint
+                && !is_http_url(&endpoint.value)
+            {
+                problems.push(at(
+                    endpoint,
+                    format!(
+                        "stream `{name}`: `endpoint` must be an http:// or https:// URL, got `{}`",
+                        endpoint.value
+                    ),
+                ));
             }
             if s3.multipart_part_mib.value < 5 {
                 problems.push(at(
@@ -222,6 +220,12 @@ fn validate_destination(name: &str, destination: &Destination, problems: &mut Ve
             }
         }
     }
+}
+
+/// Whether `url` is an `http://` or `https://` URL with something after the scheme.
+pub(super) fn is_http_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty())
 }
 
 pub(super) fn at<T>(spanned: &Spanned<T>, message: impl Into<String>) -> ConfigProblem {

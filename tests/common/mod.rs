@@ -120,6 +120,51 @@ pub fn transform_module(name: &str) -> PathBuf {
     path
 }
 
+/// `hydrant validate` of the configuration `config`: whether it passed, and its output.
+pub fn validate_config(config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hydrant.yaml");
+    std::fs::write(&path, config).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_hydrant"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// The error records (JSON lines) of type `error_type` under the local directory `dir`.
+pub fn error_records(dir: &Path, error_type: &str) -> Vec<Value> {
+    let dir = dir.join(error_type);
+    if !dir.exists() {
+        return Vec::new();
+    }
+    files_under(&dir)
+        .iter()
+        .flat_map(|file| {
+            std::fs::read_to_string(file)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
+/// The decoded `rawData` of an error record.
+pub fn raw_data(error: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(error["rawData"].as_str().unwrap())
+        .unwrap()
+}
+
 /// A client of the test database, with its connection driven in the background.
 pub async fn pg_client() -> tokio_postgres::Client {
     let s = servers();
