@@ -41,21 +41,12 @@ fn streams(bucket: &str, destination: &str) -> String {
 async fn acknowledged_records_survive_kill_9_at_random_moments_exactly_once() {
     let bucket = new_bucket("kill");
     let streams = streams(&bucket, &servers().s3_endpoint);
-    let mut hydrant = Hydrant::start_full("", &streams, &[]);
-    let base_url = Arc::new(Mutex::new(hydrant.base_url.clone()));
-    let producers = Producers::start(4, "durable", base_url.clone());
-    let mut rng = fastrand::Rng::with_seed(0x6b11);
-    let mut kills = 0;
-    for _ in 0..6 {
-        // A random moment: the chaos is the point here, nothing is being waited for.
-        tokio::time::sleep(Duration::from_millis(rng.u64(200..1200))).await;
-        let dir = hydrant.kill();
-        kills += 1;
-        hydrant = Hydrant::start_in(dir, "", &streams, &[]);
-        *base_url.lock().unwrap() = hydrant.base_url.clone();
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (acked, attempted) = producers.stop().await;
+    let KilledRun {
+        mut hydrant,
+        acked,
+        attempted,
+        kills,
+    } = produce_through_kills(&streams, "durable", 6, 0x6b11).await;
     assert!(kills >= 5);
     assert!(
         acked.len() > 1000,

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -235,19 +234,12 @@ async fn kill_9_mid_load_neither_loses_nor_duplicates_a_row() {
         "durable:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  destination:\n{}",
         indent(&postgres_destination_yaml(&table, columns, None), 4)
     );
-    let mut hydrant = Hydrant::start(&streams);
-    let base_url = Arc::new(Mutex::new(hydrant.base_url.clone()));
-    let producers = Producers::start(4, "durable", base_url.clone());
-    let mut rng = fastrand::Rng::with_seed(0x9e55);
-    for _ in 0..5 {
-        // A random moment: the chaos is the point here, nothing is being waited for.
-        tokio::time::sleep(Duration::from_millis(rng.u64(200..1200))).await;
-        let dir = hydrant.kill();
-        hydrant = Hydrant::start_in(dir, "", &streams, &[]);
-        *base_url.lock().unwrap() = hydrant.base_url.clone();
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (acked, attempted) = producers.stop().await;
+    let KilledRun {
+        mut hydrant,
+        acked,
+        attempted,
+        ..
+    } = produce_through_kills(&streams, "durable", 5, 0x9e55).await;
     assert!(
         acked.len() > 1000,
         "only {} records acknowledged",

@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -326,19 +325,12 @@ async fn only_items_refused_for_now_are_sent_again_and_nothing_is_indexed_twice(
 async fn kill_9_mid_indexing_neither_loses_nor_duplicates_a_document() {
     let server = BulkServer::start(0, None).await;
     let streams = fault_stream("durable", &server.url, "");
-    let mut hydrant = Hydrant::start(&streams);
-    let base_url = Arc::new(Mutex::new(hydrant.base_url.clone()));
-    let producers = Producers::start(4, "durable", base_url.clone());
-    let mut rng = fastrand::Rng::with_seed(0x5ea2c4);
-    for _ in 0..4 {
-        // A random moment: the chaos is the point here, nothing is being waited for.
-        tokio::time::sleep(Duration::from_millis(rng.u64(200..1200))).await;
-        let dir = hydrant.kill();
-        hydrant = Hydrant::start_in(dir, "", &streams, &[]);
-        *base_url.lock().unwrap() = hydrant.base_url.clone();
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (acked, attempted) = producers.stop().await;
+    let KilledRun {
+        mut hydrant,
+        acked,
+        attempted,
+        ..
+    } = produce_through_kills(&streams, "durable", 4, 0x5ea2c4).await;
     assert!(
         acked.len() > 1000,
         "only {} records acknowledged",

@@ -232,7 +232,7 @@ pub fn bulk_ceiling_mib_s(data: &[u8], encoder: &crate::encode::documents::Docum
         for (chunk, records) in &chunks {
             let encoded = encoder.encode_chunk(chunk, records);
             if compress {
-                std::hint::black_box(encoder.compress(encoded.body));
+                std::hint::black_box(encoder.compress(&encoded.body));
             } else {
                 std::hint::black_box(encoded.body);
             }

@@ -337,11 +337,10 @@ fn encode_documents(encoder: &DocumentEncoder, data: &[u8], records: &[ChunkReco
         .into_iter()
         .map(|(index, error)| failed_record(data, records, index, error))
         .collect();
-    let body = Bytes::from(encoded.body);
-    let compressed = (!encoder.codec().is_identity()).then(|| encoder.compress(body.to_vec()));
+    let compressed = (!encoder.codec().is_identity()).then(|| encoder.compress(&encoded.body));
     RowChunk {
         documents: Some(BulkChunk {
-            body,
+            body: Bytes::from(encoded.body),
             compressed,
             docs: encoded.docs,
         }),

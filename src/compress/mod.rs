@@ -83,9 +83,18 @@ impl Codec {
                 let len = raw.len();
                 CompressedChunk::without_crc(raw, len)
             }
-            Codec::Gzip { level } => gzip::compress_chunk(&raw, level),
-            Codec::Zstd { level } => zstd::compress_chunk(&raw, level),
-            Codec::Snappy => snappy::compress_chunk(&raw),
+            codec => codec.compress_slice(&raw),
+        }
+    }
+
+    /// Compresses one chunk the caller keeps (with [`Codec::None`], a copy). CPU-heavy for
+    /// real codecs: call it off the async reactor.
+    pub fn compress_slice(self, raw: &[u8]) -> CompressedChunk {
+        match self {
+            Codec::None => CompressedChunk::without_crc(raw.to_vec(), raw.len()),
+            Codec::Gzip { level } => gzip::compress_chunk(raw, level),
+            Codec::Zstd { level } => zstd::compress_chunk(raw, level),
+            Codec::Snappy => snappy::compress_chunk(raw),
         }
     }
 

@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use hydrant_sinks::prelude::*;
 
 use super::DeliveryLoop;
-use super::object_key::batch_seed;
 use crate::buffer::FailedRecord;
 use crate::spool::{SeqRange, StreamSpool};
 
@@ -34,26 +33,50 @@ const POSTGRES_ROWS_SALT: u64 = 0x726f_7773;
 const POSTGRES_REFUSED_SALT: u64 = 0x7265_6675_7365;
 const PROCESSING_FAILED_SALT: u64 = 0x7472_616e_7366;
 
-/// Appends one error record in Firehose's format to `out`, as a JSON line.
-fn push_error_line(
-    out: &mut Vec<u8>,
-    attempts: u32,
-    arrival_ms: i64,
-    code: &str,
-    message: &str,
-    ended_ms: i64,
-    raw: &[u8],
-) {
-    let line = serde_json::json!({
-        "attemptsMade": attempts,
-        "arrivalTimestamp": arrival_ms,
-        "errorCode": code,
-        "errorMessage": message,
-        "attemptEndingTimestamp": ended_ms,
-        "rawData": base64::engine::general_purpose::STANDARD.encode(raw),
-    });
-    let _ = serde_json::to_writer(&mut *out, &line);
-    out.push(b'\n');
+/// One error record in Firehose's format.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ErrorLine<'a> {
+    /// Delivery attempts made.
+    pub attempts_made: u32,
+    /// When the record arrived (Unix ms).
+    pub arrival_timestamp: i64,
+    /// Why it failed, as a stable code.
+    pub error_code: &'a str,
+    /// Why it failed, in words.
+    pub error_message: &'a str,
+    /// When the last attempt ended (Unix ms).
+    pub attempt_ending_timestamp: i64,
+    /// Where a search document was going (search destinations only).
+    #[serde(flatten)]
+    pub document: Option<DocumentTarget<'a>>,
+    /// The record.
+    #[serde(serialize_with = "as_base64")]
+    pub raw_data: &'a [u8],
+}
+
+/// The index and id of a document that could not be indexed.
+#[derive(serde::Serialize)]
+pub(super) struct DocumentTarget<'a> {
+    #[serde(rename = "esDocumentId")]
+    pub id: &'a str,
+    #[serde(rename = "esIndexName")]
+    pub index: &'a str,
+    /// Always empty: mapping types are gone from current clusters.
+    #[serde(rename = "esTypeName")]
+    pub type_name: &'a str,
+}
+
+fn as_base64<S: serde::Serializer>(raw: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
+impl ErrorLine<'_> {
+    /// Appends the record to `out` as a JSON line.
+    pub(super) fn push_to(&self, out: &mut Vec<u8>) {
+        let _ = serde_json::to_writer(&mut *out, self);
+        out.push(b'\n');
+    }
 }
 
 /// One error record per input record, as JSON lines.
@@ -66,17 +89,16 @@ pub fn error_lines(
     let message = error.to_string();
     let mut out = Vec::with_capacity(records.data.len() * 4 / 3 + records.len() * 256);
     for (_, arrival_ms, span) in &records.records {
-        let raw = &records.data[span.clone()];
-        let code = error.code();
-        push_error_line(
-            &mut out,
-            attempts,
-            *arrival_ms,
-            code,
-            &message,
-            ended_ms,
-            raw,
-        );
+        ErrorLine {
+            attempts_made: attempts,
+            arrival_timestamp: *arrival_ms,
+            error_code: error.code(),
+            error_message: &message,
+            attempt_ending_timestamp: ended_ms,
+            document: None,
+            raw_data: &records.data[span.clone()],
+        }
+        .push_to(&mut out);
     }
     out
 }
@@ -85,16 +107,16 @@ pub fn error_lines(
 pub fn conversion_failure_lines(failed: &[FailedRecord], ended_ms: i64) -> Vec<u8> {
     let mut out = Vec::new();
     for record in failed {
-        let (code, message) = (record.error.code, &record.error.message);
-        push_error_line(
-            &mut out,
-            1,
-            record.arrival_ms,
-            code,
-            message,
-            ended_ms,
-            &record.data,
-        );
+        ErrorLine {
+            attempts_made: 1,
+            arrival_timestamp: record.arrival_ms,
+            error_code: record.error.code,
+            error_message: &record.error.message,
+            attempt_ending_timestamp: ended_ms,
+            document: None,
+            raw_data: &record.data,
+        }
+        .push_to(&mut out);
     }
     out
 }
@@ -233,14 +255,7 @@ impl DeliveryLoop {
         oldest: DateTime<Utc>,
         body: Vec<u8>,
     ) -> EncodedObject {
-        let mut rng = match &self.spool {
-            Some(spool) => fastrand::Rng::with_seed(batch_seed(
-                spool.incarnation() ^ salt,
-                range.first,
-                range.last,
-            )),
-            None => fastrand::Rng::new(),
-        };
+        let mut rng = self.batch_rng(salt, range);
         EncodedObject {
             key: self.error_keys.key_with_type(oldest, &mut rng, error_type),
             parts: vec![Bytes::from(body)],

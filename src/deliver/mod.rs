@@ -159,10 +159,7 @@ impl DeliveryLoop {
                 return;
             }
         };
-        let mode = match &self.spool {
-            Some(_) => WriteMode::CreateOnly,
-            None => WriteMode::Overwrite,
-        };
+        let mode = self.write_mode();
         if let Some(spool) = &self.spool {
             let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
             while let Err(error) = spool.record_sealed(range).await {
@@ -210,14 +207,7 @@ impl DeliveryLoop {
                     .await
             }
             None => {
-                let mut rng = match &self.spool {
-                    Some(spool) => fastrand::Rng::with_seed(batch_seed(
-                        spool.incarnation(),
-                        range.first,
-                        range.last,
-                    )),
-                    None => fastrand::Rng::new(),
-                };
+                let mut rng = self.batch_rng(0, range);
                 let object = EncodedObject {
                     key: self.keys.key(oldest, &mut rng),
                     parts,
@@ -236,6 +226,28 @@ impl DeliveryLoop {
             return;
         }
         self.checkpoint(range);
+    }
+
+    /// The randomness of batch `range`'s object keys: with a spool, seeded from the range
+    /// (and `salt`, one per kind of object), so a replay names the same key.
+    fn batch_rng(&self, salt: u64, range: SeqRange) -> fastrand::Rng {
+        match &self.spool {
+            Some(spool) => fastrand::Rng::with_seed(batch_seed(
+                spool.incarnation() ^ salt,
+                range.first,
+                range.last,
+            )),
+            None => fastrand::Rng::new(),
+        }
+    }
+
+    /// How a batch's objects are written: with a spool, never over an object a run before
+    /// a crash wrote (its key is the same); without one, keys are random anyway.
+    fn write_mode(&self) -> WriteMode {
+        match &self.spool {
+            Some(_) => WriteMode::CreateOnly,
+            None => WriteMode::Overwrite,
+        }
     }
 
     /// Moves the spool's checkpoint past the delivered batch `range`.

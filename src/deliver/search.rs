@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
@@ -16,7 +15,7 @@ use hydrant_sinks::search::{ItemOutcome, SearchSink};
 use tokio::time::Instant;
 
 use super::DeliveryLoop;
-use super::object_key::batch_seed;
+use super::error_output::{DocumentTarget, ErrorLine};
 use crate::buffer::FailedRecord;
 use crate::compress::Codec;
 use crate::encode::documents::{BulkChunk, DocSpan, DocumentEncoder};
@@ -263,23 +262,13 @@ impl DeliveryLoop {
         if parts.is_empty() {
             return;
         }
-        let mut rng = match &self.spool {
-            Some(spool) => {
-                fastrand::Rng::with_seed(batch_seed(spool.incarnation(), range.first, range.last))
-            }
-            None => fastrand::Rng::new(),
-        };
         let object = EncodedObject {
-            key: self.keys.key(oldest, &mut rng),
-            parts: vec![Bytes::from(parts.concat())],
+            key: self.keys.key(oldest, &mut self.batch_rng(0, range)),
+            parts,
             content_type: "application/x-ndjson",
             content_encoding: None,
         };
-        let mode = match &self.spool {
-            Some(_) => WriteMode::CreateOnly,
-            None => WriteMode::Overwrite,
-        };
-        self.put_until_taken(&object, mode).await;
+        self.put_until_taken(&object, self.write_mode()).await;
         tracing::debug!(stream = %self.stream, key = %object.key, "backed up the batch's documents");
     }
 
@@ -295,19 +284,20 @@ impl DeliveryLoop {
         let ended_ms = Utc::now().timestamp_millis();
         let mut body = Vec::new();
         for failure in failures {
-            let line = serde_json::json!({
-                "attemptsMade": failure.attempts,
-                "arrivalTimestamp": failure.arrival_ms,
-                "errorCode": failure.code,
-                "errorMessage": failure.message,
-                "attemptEndingTimestamp": ended_ms,
-                "esDocumentId": failure.document_id,
-                "esIndexName": failure.index,
-                "esTypeName": "",
-                "rawData": base64::engine::general_purpose::STANDARD.encode(&failure.raw),
-            });
-            let _ = serde_json::to_writer(&mut body, &line);
-            body.push(b'\n');
+            ErrorLine {
+                attempts_made: failure.attempts,
+                arrival_timestamp: failure.arrival_ms,
+                error_code: &failure.code,
+                error_message: &failure.message,
+                attempt_ending_timestamp: ended_ms,
+                document: Some(DocumentTarget {
+                    id: &failure.document_id,
+                    index: &failure.index,
+                    type_name: "",
+                }),
+                raw_data: &failure.raw,
+            }
+            .push_to(&mut body);
         }
         let object = self.error_object(SEARCH_FAILED, SEARCH_FAILED_SALT, range, oldest, body);
         self.put_until_taken(&object, WriteMode::Overwrite).await;
@@ -448,7 +438,7 @@ async fn retry_requests(
         let encoder = Arc::clone(&search.encoder);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         rayon::spawn(move || {
-            let _ = sender.send(encoder.compress(raw));
+            let _ = sender.send(encoder.compress(&raw));
         });
         if let Ok(compressed) = receiver.await {
             request.body = codec.assemble(vec![compressed]);

@@ -179,10 +179,10 @@ impl DocumentEncoder {
         out
     }
 
-    /// Compresses one body (or a run of whole chunks' bodies) for a request; CPU-heavy
-    /// with gzip, so call it off the async reactor.
-    pub fn compress(&self, body: Vec<u8>) -> CompressedChunk {
-        self.codec.compress_chunk(body)
+    /// Compresses one request body (or a chunk's part of one); CPU-heavy with gzip, so
+    /// call it off the async reactor.
+    pub fn compress(&self, body: &[u8]) -> CompressedChunk {
+        self.codec.compress_slice(body)
     }
 
     /// A number that changes when the rotated index name may change.

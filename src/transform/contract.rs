@@ -1,8 +1,6 @@
 //! Firehose's contract between a batch and its outcomes: every record comes back exactly
 //! once, under its own id. Anything else is a processing failure of the records concerned.
 
-use std::collections::HashMap;
-
 use super::guest::{Outcome, OutcomeResult};
 
 /// What the outcomes say about one record.
@@ -32,13 +30,13 @@ pub const INVALID_OUTCOME: &str = "Transform.InvalidOutcome";
 /// contract (then the batch is worth calling again).
 pub fn verdicts(count: usize, outcomes: Vec<Outcome>) -> (Vec<Verdict>, bool) {
     let mut seen: Vec<Option<Outcome>> = vec![None; count];
-    let mut duplicated: HashMap<usize, ()> = HashMap::new();
+    let mut duplicated = vec![false; count];
     let mut unknown = Vec::new();
     for outcome in outcomes {
         match outcome.record_id.parse::<usize>() {
             Ok(index) if index < count && outcome.record_id == index.to_string() => {
                 if seen[index].is_some() {
-                    duplicated.insert(index, ());
+                    duplicated[index] = true;
                 } else {
                     seen[index] = Some(outcome);
                 }
@@ -46,12 +44,12 @@ pub fn verdicts(count: usize, outcomes: Vec<Outcome>) -> (Vec<Verdict>, bool) {
             _ => unknown.push(outcome.record_id),
         }
     }
-    let mut broken = !duplicated.is_empty() || !unknown.is_empty();
+    let mut broken = duplicated.contains(&true) || !unknown.is_empty();
     let verdicts = seen
         .into_iter()
         .enumerate()
         .map(|(index, outcome)| {
-            if duplicated.contains_key(&index) {
+            if duplicated[index] {
                 return Verdict::Failed(
                     DUPLICATE_RECORD_ID,
                     format!("the transform returned record id {index} more than once"),

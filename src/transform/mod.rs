@@ -14,7 +14,7 @@ pub use contract::{
     Verdict,
 };
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -217,27 +217,39 @@ impl ProcessorChain {
 
     /// Runs every processor over the chunk (`records` of `data`).
     pub fn process(&self, data: &[u8], records: &[ChunkRecord]) -> Processed {
-        let mut current = Processed {
-            data: data.to_vec(),
-            records: records.to_vec(),
-            ..Processed::default()
-        };
+        // The first processor reads the chunk as it is; each later one what the one before
+        // it delivered.
+        let mut current: Option<Processed> = None;
         // Where each current record came from in the input chunk.
         let mut origin: Vec<usize> = (0..records.len()).collect();
         for processor in &self.processors {
-            if current.records.is_empty() {
+            let mut previous = current.take();
+            let (input, input_records, failed, dropped) = match &mut previous {
+                Some(p) => (
+                    &p.data[..],
+                    &p.records[..],
+                    std::mem::take(&mut p.failed),
+                    p.dropped,
+                ),
+                None => (data, records, Vec::new(), 0),
+            };
+            if input_records.is_empty() {
+                current = Some(Processed {
+                    failed,
+                    dropped,
+                    ..Processed::default()
+                });
                 break;
             }
-            let verdicts = processor.process(&current.data, &current.records);
+            let verdicts = processor.process(input, input_records);
             let mut next = Processed {
-                data: Vec::with_capacity(current.data.len()),
-                records: Vec::with_capacity(current.records.len()),
-                failed: std::mem::take(&mut current.failed),
-                dropped: current.dropped,
+                data: Vec::with_capacity(input.len()),
+                records: Vec::with_capacity(input_records.len()),
+                failed,
+                dropped,
             };
             let mut next_origin = Vec::with_capacity(origin.len());
-            for ((verdict, record), from) in verdicts.into_iter().zip(&current.records).zip(&origin)
-            {
+            for ((verdict, record), from) in verdicts.into_iter().zip(input_records).zip(&origin) {
                 match verdict {
                     Verdict::Ok(bytes, _) => {
                         next.data.extend_from_slice(&bytes);
@@ -251,10 +263,10 @@ impl ProcessorChain {
                     Verdict::Failed(code, message) => next.failed.push((*from, code, message)),
                 }
             }
-            current = next;
+            current = Some(next);
             origin = next_origin;
         }
-        current
+        current.unwrap_or_default()
     }
 }
 
@@ -268,9 +280,4 @@ pub fn load_chain(
         .map(|s| WasmProcessor::load(stream, s))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ProcessorChain::new(processors))
-}
-
-/// A module path from the configuration, relative to its directory.
-pub fn module_path(base_dir: &Path, module: &str) -> PathBuf {
-    base_dir.join(module)
 }

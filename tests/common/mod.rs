@@ -6,7 +6,7 @@ mod bulk_server;
 mod producers;
 
 pub use bulk_server::{BulkServer, Fate};
-pub use producers::{Producers, check_exactly_once, record};
+pub use producers::{KilledRun, Producers, check_exactly_once, produce_through_kills, record};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};

@@ -93,6 +93,50 @@ impl Producers {
     }
 }
 
+/// What producers putting through repeated kill -9 of the service left behind.
+pub struct KilledRun {
+    /// The service as last restarted, still running.
+    pub hydrant: super::Hydrant,
+    /// Ids acknowledged to the producers.
+    pub acked: HashSet<String>,
+    /// Ids the producers tried to put.
+    pub attempted: HashSet<String>,
+    /// How many times the service was killed.
+    pub kills: usize,
+}
+
+/// Starts the service with `streams`, has four producers put into `stream`, kills the
+/// service with SIGKILL `kills` times at random moments (drawn from `seed`), restarting it
+/// in the same directory each time, then stops the producers.
+pub async fn produce_through_kills(
+    streams: &str,
+    stream: &str,
+    kills: usize,
+    seed: u64,
+) -> KilledRun {
+    let mut hydrant = super::Hydrant::start(streams);
+    let base_url = Arc::new(Mutex::new(hydrant.base_url.clone()));
+    let producers = Producers::start(4, stream, base_url.clone());
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut done = 0;
+    for _ in 0..kills {
+        // A random moment: the chaos is the point here, nothing is being waited for.
+        tokio::time::sleep(Duration::from_millis(rng.u64(200..1200))).await;
+        let dir = hydrant.kill();
+        done += 1;
+        hydrant = super::Hydrant::start_in(dir, "", streams, &[]);
+        *base_url.lock().unwrap() = hydrant.base_url.clone();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, attempted) = producers.stop().await;
+    KilledRun {
+        hydrant,
+        acked,
+        attempted,
+        kills: done,
+    }
+}
+
 /// Fails unless every acknowledged id was delivered exactly once and nothing else was.
 pub fn check_exactly_once(
     delivered: &HashMap<String, usize>,

@@ -143,6 +143,19 @@ impl SearchSink {
         }
     }
 
+    /// The error of a request answered with a failure status (the start of its body says
+    /// why).
+    fn status_error(&self, status: reqwest::StatusCode, url: &str, body: &[u8]) -> SinkError {
+        self.error(
+            status_kind(status.as_u16()),
+            url,
+            format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(500)])
+            ),
+        )
+    }
+
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
         let request = self.client.request(method, url);
         match &self.authorization {
@@ -189,14 +202,7 @@ impl SearchSink {
             )
         })?;
         if !status.is_success() {
-            return Err(self.error(
-                status_kind(status.as_u16()),
-                url,
-                format!(
-                    "HTTP {status}: {}",
-                    String::from_utf8_lossy(&body[..body.len().min(500)])
-                ),
-            ));
+            return Err(self.status_error(status, url, &body));
         }
         parse_bulk_response(&body, documents)
             .map_err(|reason| self.error(SinkErrorKind::Unavailable, url, reason))
@@ -222,14 +228,7 @@ impl SearchSink {
             let status = response.status();
             let body = response.bytes().await.unwrap_or_default();
             if !status.is_success() {
-                return Err(self.error(
-                    status_kind(status.as_u16()),
-                    &url,
-                    format!(
-                        "HTTP {status}: {}",
-                        String::from_utf8_lossy(&body[..body.len().min(300)])
-                    ),
-                ));
+                return Err(self.status_error(status, &url, &body));
             }
             version = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
