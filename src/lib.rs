@@ -3,7 +3,7 @@
 //! The modules follow a record's path: [`ingest`] (the API) → [`buffer`] (per-stream batches)
 //! → [`transform`] (WebAssembly processors) → [`encode`] (record layout) → [`compress`] → [`deliver`] (object keys, retries) into a
 //! destination from the `hydrant-sinks` crate. [`spool`] makes puts durable, [`metrics`]
-//! counts what happens. [`config`] is the YAML file, [`pipeline`]
+//! counts what happens, [`cpu_pool`] runs the CPU-heavy stages. [`config`] is the YAML file, [`pipeline`]
 //! wires one stream together, [`server`] runs it all, [`bench`] is the load generator.
 
 #![warn(missing_docs)]
@@ -12,6 +12,7 @@ pub mod bench;
 pub mod buffer;
 pub mod compress;
 pub mod config;
+pub mod cpu_pool;
 pub mod deliver;
 pub mod encode;
 pub mod ingest;

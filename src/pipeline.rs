@@ -156,21 +156,27 @@ impl DeliveryStream {
     /// buffer without a spool. Waits up to `wait` for space when full. Returns the accepted
     /// prefix as an [`Admission`], which the caller awaits (after dropping its copy of the
     /// records, so memory is not held while waiting for the disk) before acknowledging.
+    ///
+    /// Records are counted as accepted as soon as they are taken, even when the put is
+    /// abandoned (its client went away) while it waits for space for the rest: those records
+    /// are delivered like any other.
     pub async fn admit(
         &self,
         records: &[&[u8]],
         arrival_ms: i64,
         wait: Duration,
     ) -> Result<Admission, SpoolError> {
-        let admission = self.admit_inner(records, arrival_ms, wait).await;
-        let accepted = admission.as_ref().map_or(0, |a| a.accepted.count);
-        let counters = &self.counters;
-        counters
-            .accepted
-            .fetch_add(accepted as u64, Ordering::Relaxed);
-        counters
-            .refused
-            .fetch_add((records.len() - accepted) as u64, Ordering::Relaxed);
+        let mut count = AdmissionCount {
+            stream: &self.name,
+            counters: &self.counters,
+            offered: records.len(),
+            taken: 0,
+            finished: false,
+        };
+        let admission = self
+            .admit_inner(records, arrival_ms, wait, &mut count.taken)
+            .await;
+        count.finished = true;
         admission
     }
 
@@ -179,29 +185,35 @@ impl DeliveryStream {
         records: &[&[u8]],
         arrival_ms: i64,
         wait: Duration,
+        taken: &mut usize,
     ) -> Result<Admission, SpoolError> {
         let admission = match &self.spool {
             None => {
-                let (first_seq, count) = self.buffer.append(records, arrival_ms, wait).await;
+                let first_seq = self
+                    .buffer
+                    .append_counted(records, arrival_ms, wait, taken)
+                    .await;
                 Admission {
-                    accepted: Accepted { first_seq, count },
+                    accepted: Accepted {
+                        first_seq,
+                        count: *taken,
+                    },
                     pending: Vec::new(),
                 }
             }
             Some(spool) => {
                 let deadline = tokio::time::Instant::now() + wait;
                 let mut first_seq = None;
-                let mut count = 0;
                 let mut pending = Vec::new();
                 loop {
                     let freed = spool.space_freed();
                     tokio::pin!(freed);
                     freed.as_mut().enable();
-                    let enqueued = spool.enqueue(&records[count..], arrival_ms)?;
+                    let enqueued = spool.enqueue(&records[*taken..], arrival_ms)?;
                     first_seq.get_or_insert(enqueued.appended.first_seq);
-                    count += enqueued.appended.accepted;
+                    *taken += enqueued.appended.accepted;
                     pending.push(enqueued);
-                    if count == records.len()
+                    if *taken == records.len()
                         || tokio::time::timeout_at(deadline, freed).await.is_err()
                     {
                         break;
@@ -210,7 +222,7 @@ impl DeliveryStream {
                 Admission {
                     accepted: Accepted {
                         first_seq: first_seq.unwrap_or(0),
-                        count,
+                        count: *taken,
                     },
                     pending,
                 }
@@ -234,6 +246,38 @@ impl DeliveryStream {
                 self.buffer.buffered_records()
                     + self.counters.in_flight_records.load(Ordering::Relaxed)
             }
+        }
+    }
+}
+
+/// Counts a put's records into the stream's totals when the put ends, however it ends:
+/// answered, failed, or dropped while waiting for space because its client went away.
+struct AdmissionCount<'a> {
+    stream: &'a str,
+    counters: &'a DeliveryCounters,
+    offered: usize,
+    /// Records taken into the spool (or buffer) so far.
+    taken: usize,
+    /// Whether the put got as far as an answer.
+    finished: bool,
+}
+
+impl Drop for AdmissionCount<'_> {
+    fn drop(&mut self) {
+        self.counters
+            .accepted
+            .fetch_add(self.taken as u64, Ordering::Relaxed);
+        self.counters
+            .refused
+            .fetch_add((self.offered - self.taken) as u64, Ordering::Relaxed);
+        if !self.finished {
+            tracing::debug!(
+                stream = self.stream,
+                accepted = self.taken,
+                not_taken = self.offered - self.taken,
+                "put abandoned while waiting for space (its client went away); the records \
+                 already taken will be delivered"
+            );
         }
     }
 }
@@ -480,7 +524,11 @@ fn warn_about_orphaned_spools(root: &Path, streams: &HashMap<String, Arc<Deliver
 
 /// Moves records from a stream's spool into its buffer, in order, as they become durable;
 /// closes the buffer once the spool is closed and read to its end.
-async fn feed_from_spool(stream: String, spool: Arc<StreamSpool>, buffer: Arc<StreamBuffer>) {
+pub(crate) async fn feed_from_spool(
+    stream: String,
+    spool: Arc<StreamSpool>,
+    buffer: Arc<StreamBuffer>,
+) {
     let mut reader = spool.delivery_reader();
     loop {
         match reader.read(1 << 20).await {
@@ -762,6 +810,7 @@ fn build_stream(
         codec,
         processors: delivered.processors.clone(),
         chunk_limit,
+        faults: None,
     };
     let buffer = Arc::new(StreamBuffer::new(settings, capacity));
     if let Some(spool) = &spool {

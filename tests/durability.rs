@@ -169,6 +169,81 @@ async fn a_full_spool_answers_slow_down_keeps_memory_bounded_and_resumes_after_d
     assert_eq!(delivered.len(), acked.len());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_abandoned_while_waiting_for_spool_space_counts_what_it_spooled() {
+    use tokio::io::AsyncWriteExt as _;
+
+    let bucket = new_bucket("abandon");
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hydrant.yaml");
+    // Puts wait up to a minute for spool space, so the client leaves first.
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  listen: 127.0.0.1:0\n  backpressure_wait_ms: 60000\n\
+             spool:\n  max_mib: 8\nstreams:\n{}",
+            indent(&streams(&bucket, &format!("http://127.0.0.1:{port}")), 2)
+        ),
+    )
+    .unwrap();
+    let mut hydrant = Hydrant::start_with_file(&config, dir);
+    // Twelve 1 MB lines while the destination is down: 6 to 9 fit in the 8 MiB spool and
+    // the put waits for space for the rest.
+    let mut body = Vec::new();
+    for i in 0..12 {
+        let mut line = format!(r#"{{"id":"abandoned-{i}","pad":""#).into_bytes();
+        line.resize(1_000_000, b'x');
+        line.extend_from_slice(b"\"}\n");
+        body.extend_from_slice(&line);
+    }
+    let address = hydrant.base_url.trim_start_matches("http://").to_string();
+    let mut client = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /streams/durable/records HTTP/1.1\r\nHost: {address}\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&body).await.unwrap();
+    let spooled = eventually(Duration::from_secs(30), "records in the spool", || async {
+        let undelivered = hydrant.stats("durable").await["undelivered_records"]
+            .as_u64()
+            .unwrap();
+        (undelivered > 0).then_some(undelivered)
+    })
+    .await;
+    assert!((6..=9).contains(&spooled), "{spooled} records spooled");
+    // The client gives up while its put waits for space.
+    drop(client);
+    hydrant
+        .wait_for_log(
+            "put abandoned while waiting for space",
+            Duration::from_secs(30),
+        )
+        .await;
+    let _forwarder = forward(port, &servers().s3_endpoint).await;
+    let stats = eventually(Duration::from_secs(60), "the spool drained", || async {
+        let stats = hydrant.stats("durable").await;
+        (stats["undelivered_records"] == 0 && stats["delivered_records"].as_u64() > Some(0))
+            .then_some(stats)
+    })
+    .await;
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    let delivered = delivered_ids(&Bucket::new(&bucket), "d/").await;
+    assert_eq!(
+        delivered.len() as u64,
+        spooled,
+        "every spooled record, once"
+    );
+    assert!(delivered.values().all(|&n| n == 1));
+    assert_eq!(stats["delivered_records"], spooled);
+    assert_eq!(
+        stats["accepted_records"], spooled,
+        "records of an abandoned put are counted as accepted: {stats}"
+    );
+}
+
 #[tokio::test]
 async fn a_full_disk_answers_503_and_logs_it() {
     let dir = tempfile::tempdir().unwrap();

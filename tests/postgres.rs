@@ -219,6 +219,58 @@ async fn rows_arrive_row_for_row_and_values_that_do_not_fit_go_alone_to_the_erro
     }
 }
 
+#[tokio::test]
+async fn many_refused_rows_of_one_batch_are_written_to_the_error_output_once() {
+    let client = pg_client().await;
+    let table = table_name("refused");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int8 PRIMARY KEY, v int4 CHECK (v < 100))"
+        ))
+        .await
+        .unwrap();
+    let columns = "- { name: id }\n- { name: v }\n";
+    let streams = format!(
+        "refused:\n  buffer: {{ size_mib: 1, interval_seconds: 900 }}\n  destination:\n{}",
+        indent(&postgres_destination_yaml(&table, columns, None), 4)
+    );
+    let mut hydrant = Hydrant::start(&streams);
+    // One batch of 300 rows; the server's check constraint refuses 200 of them.
+    let records: Vec<Vec<u8>> = (0..300)
+        .map(|id| {
+            let v = if id % 3 == 0 { id % 100 } else { 100 + id };
+            serde_json::to_vec(&json!({ "id": id, "v": v })).unwrap()
+        })
+        .collect();
+    hydrant.put_all("refused", &records).await;
+    // Shutting down delivers the open batch.
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+
+    let loaded = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(loaded, 100);
+    let failed = error_records(&hydrant.dir.path().join("errors"), "postgres-failed");
+    assert_eq!(failed.len(), 200, "every refused row, once");
+    for record in &failed {
+        assert_eq!(record["errorCode"], "Postgres.Refused");
+        let message = record["errorMessage"].as_str().unwrap();
+        assert!(message.contains("check constraint"), "{message}");
+        let row: Value = serde_json::from_slice(&raw_data(record)).unwrap();
+        assert!(row["v"].as_i64().unwrap() >= 100, "{row}");
+    }
+    let objects = files_under(&hydrant.dir.path().join("errors/postgres-failed"));
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let log = hydrant.log();
+    let writes = log
+        .lines()
+        .filter(|l| l.contains("sent to the error output") && l.contains("postgres-failed"))
+        .count();
+    assert_eq!(writes, 1, "the error object is written once:\n{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_load_neither_loses_nor_duplicates_a_row() {
     let client = pg_client().await;

@@ -1,5 +1,6 @@
 //! Process-wide accounting of bytes waiting for compression, and the signal that space freed.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
@@ -28,15 +29,14 @@ impl IngestCapacity {
         self.compressing.load(Ordering::Acquire) < self.compression_budget
     }
 
-    /// Records `bytes` handed to the compression pool.
-    pub fn start_compressing(&self, bytes: usize) {
+    /// Records `bytes` handed to the compression pool until the returned guard is dropped
+    /// (when the job ends, however it ends), which wakes waiting puts.
+    pub fn start_compressing(self: &Arc<Self>, bytes: usize) -> Compressing {
         self.compressing.fetch_add(bytes, Ordering::AcqRel);
-    }
-
-    /// Records `bytes` compressed, and wakes waiting puts.
-    pub fn finish_compressing(&self, bytes: usize) {
-        self.compressing.fetch_sub(bytes, Ordering::AcqRel);
-        self.notify_freed();
+        Compressing {
+            capacity: Arc::clone(self),
+            bytes,
+        }
     }
 
     /// Wakes every put waiting for space.
@@ -47,5 +47,21 @@ impl IngestCapacity {
     /// Resolves at the next [`notify_freed`](Self::notify_freed).
     pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
         self.freed.notified()
+    }
+}
+
+/// Bytes of one job counted against the compression budget while the job runs.
+#[derive(Debug)]
+pub struct Compressing {
+    capacity: Arc<IngestCapacity>,
+    bytes: usize,
+}
+
+impl Drop for Compressing {
+    fn drop(&mut self) {
+        self.capacity
+            .compressing
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+        self.capacity.notify_freed();
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::compress::Codec;
+use crate::cpu_pool::EncodeFaults;
 use crate::encode::Encoding;
 use crate::spool::{RecordChunk, SeqRange};
 use crate::transform::ProcessorChain;
@@ -43,6 +44,8 @@ pub struct BufferSettings {
     pub processors: Option<Arc<ProcessorChain>>,
     /// Largest chunk handed to the CPU pool (with processors: their batch size).
     pub chunk_limit: Option<usize>,
+    /// Encoding faults to inject (tests only; `None` in a running service).
+    pub faults: Option<Arc<EncodeFaults>>,
 }
 
 impl BufferSettings {
@@ -245,25 +248,41 @@ impl StreamBuffer {
     /// Appends `records`, waiting up to `wait` for space when the buffer is full; returns
     /// the first record's number and how many (a prefix) were taken.
     pub async fn append(&self, records: &[&[u8]], arrival_ms: i64, wait: Duration) -> (u64, usize) {
+        let mut taken = 0;
+        let first_seq = self
+            .append_counted(records, arrival_ms, wait, &mut taken)
+            .await;
+        (first_seq, taken)
+    }
+
+    /// [`append`](Self::append), counting the records in `taken` as they are taken, so a
+    /// caller whose wait is cancelled still knows how many went in; returns the first
+    /// record's number.
+    pub async fn append_counted(
+        &self,
+        records: &[&[u8]],
+        arrival_ms: i64,
+        wait: Duration,
+        taken: &mut usize,
+    ) -> u64 {
         let deadline = Instant::now() + wait;
-        let (first_seq, mut taken) = self.try_append_numbered(records, arrival_ms);
+        let (first_seq, first) = self.try_append_numbered(records, arrival_ms);
+        *taken = first;
         loop {
-            if taken == records.len() || self.is_closed() {
-                return (first_seq, taken);
+            if *taken == records.len() || self.is_closed() {
+                return first_seq;
             }
             let freed = self.capacity.freed();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            taken += self.try_append(&records[taken..], arrival_ms);
-            if taken == records.len() {
-                return (first_seq, taken);
+            *taken += self.try_append(&records[*taken..], arrival_ms);
+            if *taken == records.len() {
+                return first_seq;
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 // One last try: space may have been freed just as the wait ran out.
-                return (
-                    first_seq,
-                    taken + self.try_append(&records[taken..], arrival_ms),
-                );
+                *taken += self.try_append(&records[*taken..], arrival_ms);
+                return first_seq;
             }
         }
     }
@@ -282,6 +301,18 @@ impl StreamBuffer {
             }
             freed.await;
         }
+    }
+
+    /// A sealed batch of `records` (a batch read back from the spool), encoded again from
+    /// the start: for a batch whose body could not be built the first time.
+    pub fn rebuild(&self, records: &RecordChunk) -> SealedBatch {
+        let mut open = OpenBatch::new(self.chunk_size);
+        let now = Instant::now();
+        for (seq, arrival_ms, span) in &records.records {
+            let data = &records.data[span.clone()];
+            open.append(*seq, data, *arrival_ms, now, &self.settings, &self.capacity);
+        }
+        open.seal(&self.settings, &self.capacity, true)
     }
 
     fn is_closed(&self) -> bool {

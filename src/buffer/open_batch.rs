@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{BufferSettings, IngestCapacity};
 use crate::compress::{Codec, CompressedChunk};
+use crate::cpu_pool::{self, CpuJob, EncodeFaults, JobFailure};
 use crate::encode::documents::{BulkChunk, DocumentEncoder};
 use crate::encode::parquet::{ParquetEncoder, WriteError};
 use crate::encode::{ChunkRecord, chunk_records};
@@ -50,8 +50,8 @@ struct RowChunk {
 #[derive(Debug)]
 enum ChunkSlot {
     Ready(CompressedChunk),
-    Compressing(oneshot::Receiver<CompressedChunk>),
-    Converting(oneshot::Receiver<RowChunk>),
+    Compressing(CpuJob<CompressedChunk>),
+    Converting(CpuJob<RowChunk>),
 }
 
 /// The batch currently taking records.
@@ -160,16 +160,18 @@ impl OpenBatch {
         }
         let codec = settings.codec;
         let raw = std::mem::take(&mut self.pending);
+        let faults = settings.faults.clone();
         if settings.keeps_records() {
             let records = std::mem::take(&mut self.pending_records);
-            let len = raw.len();
-            capacity.start_compressing(len);
-            let (sender, receiver) = oneshot::channel();
-            let capacity = Arc::clone(capacity);
+            let compressing = capacity.start_compressing(raw.len());
             let encoding = settings.encoding.clone();
             let processors = settings.processors.clone();
-            rayon::spawn(move || {
-                let chunk = match processors {
+            let job = cpu_pool::spawn(move || {
+                let _compressing = compressing;
+                if let Some(faults) = faults {
+                    faults.before_job();
+                }
+                match processors {
                     None => encode_records(&encoding, codec, &raw, &records),
                     Some(chain) => {
                         let processed = chain.process(&raw, &records);
@@ -188,11 +190,9 @@ impl OpenBatch {
                         ));
                         chunk
                     }
-                };
-                capacity.finish_compressing(len);
-                let _ = sender.send(chunk);
+                }
             });
-            self.chunks.push(ChunkSlot::Converting(receiver));
+            self.chunks.push(ChunkSlot::Converting(job));
             return;
         }
         if codec.is_identity() {
@@ -200,16 +200,15 @@ impl OpenBatch {
                 .push(ChunkSlot::Ready(codec.compress_chunk(raw)));
             return;
         }
-        let len = raw.len();
-        capacity.start_compressing(len);
-        let (sender, receiver) = oneshot::channel();
-        let capacity = Arc::clone(capacity);
-        rayon::spawn(move || {
-            let chunk = codec.compress_chunk(raw);
-            capacity.finish_compressing(len);
-            let _ = sender.send(chunk);
+        let compressing = capacity.start_compressing(raw.len());
+        let job = cpu_pool::spawn(move || {
+            let _compressing = compressing;
+            if let Some(faults) = faults {
+                faults.before_job();
+            }
+            codec.compress_chunk(raw)
         });
-        self.chunks.push(ChunkSlot::Compressing(receiver));
+        self.chunks.push(ChunkSlot::Compressing(job));
     }
 
     /// Closes the batch to new records and starts compressing its tail.
@@ -233,6 +232,7 @@ impl OpenBatch {
             },
             replayed,
             failed: self.failed,
+            faults: settings.faults.clone(),
         }
     }
 }
@@ -365,21 +365,22 @@ pub struct SealedBatch {
     range: SeqRange,
     replayed: bool,
     failed: Vec<FailedRecord>,
+    faults: Option<Arc<EncodeFaults>>,
 }
 
 /// A batch whose body could not be produced.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchFailure {
-    /// A job on the CPU pool ended without a result (it panicked).
-    #[error(
-        "a compression or conversion job ended without a result; the batch's {records} records cannot be written"
-    )]
-    JobLost {
+    /// A job on the CPU pool panicked or ended without a result.
+    #[error("{failure}; the batch's {records} records could not be encoded")]
+    Job {
         /// Records in the batch.
         records: u64,
+        /// What happened to the job.
+        failure: JobFailure,
     },
     /// The Parquet writer failed.
-    #[error("{error}; the batch's {records} records cannot be written")]
+    #[error("{error}; the batch's {records} records could not be encoded")]
     Parquet {
         /// Records in the batch.
         records: u64,
@@ -449,7 +450,7 @@ impl SealedBatch {
     /// format could not take.
     pub async fn into_body(self) -> Result<BatchBody, BatchFailure> {
         let records = self.records;
-        let lost = || BatchFailure::JobLost { records };
+        let lost = |failure| BatchFailure::Job { records, failure };
         let mut failed = self.failed;
         let mut compressed = Vec::with_capacity(self.chunks.len());
         let mut rows = Vec::new();
@@ -460,11 +461,9 @@ impl SealedBatch {
         for slot in self.chunks {
             match slot {
                 ChunkSlot::Ready(chunk) => compressed.push(chunk),
-                ChunkSlot::Compressing(receiver) => {
-                    compressed.push(receiver.await.map_err(|_| lost())?)
-                }
-                ChunkSlot::Converting(receiver) => {
-                    let chunk = receiver.await.map_err(|_| lost())?;
+                ChunkSlot::Compressing(job) => compressed.push(job.result().await.map_err(lost)?),
+                ChunkSlot::Converting(job) => {
+                    let chunk = job.result().await.map_err(lost)?;
                     rows.extend(chunk.batches);
                     let offset = copy.len();
                     copy_rows.extend(chunk.copy_rows.into_iter().map(|row| RowSpan {
@@ -504,14 +503,17 @@ impl SealedBatch {
             Encoding::Framed(_) => self.codec.assemble(compressed),
             Encoding::Parquet(_) if rows.is_empty() => Vec::new(),
             Encoding::Parquet(encoder) => {
-                let (sender, receiver) = oneshot::channel();
-                rayon::spawn(move || {
-                    let _ = sender.send(encoder.write_file(rows));
-                });
-                receiver
-                    .await
-                    .map_err(|_| lost())?
-                    .map_err(|error| BatchFailure::Parquet { records, error })?
+                let faults = self.faults;
+                cpu_pool::spawn(move || {
+                    if let Some(faults) = faults {
+                        faults.before_job();
+                    }
+                    encoder.write_file(rows)
+                })
+                .result()
+                .await
+                .map_err(lost)?
+                .map_err(|error| BatchFailure::Parquet { records, error })?
             }
         };
         Ok(BatchBody {

@@ -13,6 +13,7 @@ fn buffer(size_limit: usize, interval: Duration, codec: Codec) -> StreamBuffer {
         BufferSettings {
             processors: None,
             chunk_limit: None,
+            faults: None,
             size_limit,
             interval,
             encoding: Encoding::Framed(RecordFramer::new(Format::Raw, RecordDelimiter::Newline)),
@@ -293,6 +294,7 @@ async fn parquet_batches_decode_chunks_in_parallel_and_keep_record_order() {
         BufferSettings {
             processors: None,
             chunk_limit: None,
+            faults: None,
             size_limit,
             interval: Duration::from_secs(900),
             encoding: Encoding::Parquet(encoder),

@@ -12,7 +12,7 @@ use hydrant_sinks::prelude::*;
 
 use super::DeliveryLoop;
 use crate::buffer::FailedRecord;
-use crate::spool::{SeqRange, StreamSpool};
+use crate::spool::{RecordChunk, SeqRange, StreamSpool};
 
 /// `!{firehose:error-output-type}` of records an object store refused.
 pub const OBJECT_STORE_FAILED: &str = "s3-failed";
@@ -79,21 +79,32 @@ impl ErrorLine<'_> {
     }
 }
 
+/// Why a whole batch went to the error output.
+#[derive(Debug, Clone)]
+pub struct BatchErrorReason {
+    /// `!{firehose:error-output-type}`.
+    pub error_type: &'static str,
+    /// Firehose-style error code.
+    pub code: String,
+    /// What happened, in words.
+    pub message: String,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
 /// One error record per input record, as JSON lines.
 pub fn error_lines(
     records: &crate::spool::RecordChunk,
-    error: &SinkError,
-    attempts: u32,
+    reason: &BatchErrorReason,
     ended_ms: i64,
 ) -> Vec<u8> {
-    let message = error.to_string();
     let mut out = Vec::with_capacity(records.data.len() * 4 / 3 + records.len() * 256);
     for (_, arrival_ms, span) in &records.records {
         ErrorLine {
-            attempts_made: attempts,
+            attempts_made: reason.attempts,
             arrival_timestamp: *arrival_ms,
-            error_code: error.code(),
-            error_message: &message,
+            error_code: &reason.code,
+            error_message: &reason.message,
             attempt_ending_timestamp: ended_ms,
             document: None,
             raw_data: &records.data[span.clone()],
@@ -198,19 +209,20 @@ impl DeliveryLoop {
         .await;
     }
 
-    /// Writes the rows of batch `range` the server refused so far to the `postgres-failed`
-    /// error output, replacing the object an earlier refusal in the same batch wrote (so
-    /// only the newest row is counted): it is written before the load that leaves those
-    /// rows out can commit, so a crash never leaves a committed batch without their trace.
+    /// Writes the rows of batch `range` the server refused to the `postgres-failed` error
+    /// output, before the load that leaves them out can commit, so a crash never leaves a
+    /// committed batch without their trace. `new` of them were not written before: should
+    /// a later load find more, the object is written again with all of them (same key).
     pub(super) async fn write_refused_records(
         &self,
         refused: &[FailedRecord],
+        new: usize,
         range: SeqRange,
         oldest: DateTime<Utc>,
     ) {
         self.counters
             .error_output_records
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(new as u64, Ordering::Relaxed);
         self.write_failed_records(
             POSTGRES_FAILED,
             POSTGRES_REFUSED_SALT,
@@ -287,6 +299,20 @@ impl DeliveryLoop {
         }
     }
 
+    /// The reason a batch goes to the error output after its destination failed with
+    /// `error` `attempts` times.
+    pub(super) fn destination_failed(&self, error: &SinkError, attempts: u32) -> BatchErrorReason {
+        BatchErrorReason {
+            error_type: match self.table {
+                Some(_) => POSTGRES_FAILED,
+                None => OBJECT_STORE_FAILED,
+            },
+            code: error.code().to_string(),
+            message: error.to_string(),
+            attempts,
+        }
+    }
+
     /// Writes the batch `range` to the error output, retrying until the destination takes
     /// it, then advances the checkpoint past it.
     pub(super) async fn write_error_output(
@@ -294,25 +320,11 @@ impl DeliveryLoop {
         spool: &Arc<StreamSpool>,
         range: SeqRange,
         oldest: DateTime<Utc>,
-        error: &SinkError,
-        attempts: u32,
+        reason: &BatchErrorReason,
     ) {
-        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
-        let records = loop {
-            match spool.read_range(range).await {
-                Ok(records) => break records,
-                Err(read_error) => {
-                    tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot read the batch back from the spool for the error output; will retry: {read_error}");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
-        };
-        let body = error_lines(&records, error, attempts, Utc::now().timestamp_millis());
-        let error_type = match self.table {
-            Some(_) => POSTGRES_FAILED,
-            None => OBJECT_STORE_FAILED,
-        };
-        let object = self.error_object(error_type, S3_FAILED_SALT, range, oldest, body);
+        let records = self.read_back(spool, range).await;
+        let body = error_lines(&records, reason, Utc::now().timestamp_millis());
+        let object = self.error_object(reason.error_type, S3_FAILED_SALT, range, oldest, body);
         self.put_until_taken(&object, WriteMode::CreateOnly).await;
         self.counters
             .error_output_records
@@ -323,10 +335,25 @@ impl DeliveryLoop {
             records = records.len(),
             first_seq = range.first,
             last_seq = range.last,
+            error_code = reason.code,
             "batch written to the error output"
         );
-        if let Err(e) = spool.record_delivered(range) {
+        if let Err(e) = spool.record_delivered(range).await {
             tracing::error!(stream = %self.stream, "cannot advance the checkpoint past the error output: {e}");
+        }
+    }
+
+    /// Every record of batch `range`, read back from the spool (retried until it can be).
+    pub(super) async fn read_back(&self, spool: &Arc<StreamSpool>, range: SeqRange) -> RecordChunk {
+        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        loop {
+            match spool.read_range(range).await {
+                Ok(records) => return records,
+                Err(read_error) => {
+                    tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot read the batch back from the spool; will retry: {read_error}");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
         }
     }
 }

@@ -3,10 +3,12 @@
 
 pub mod object_key;
 
+mod batch_body;
 mod error_output;
 mod search;
 mod table;
 
+pub use batch_body::ENCODE_FAILED;
 pub use search::{SEARCH_FAILED, SearchDelivery};
 
 use std::sync::Arc;
@@ -116,8 +118,8 @@ impl DeliveryLoop {
                 attempts,
                 "retry duration exhausted; sending the batch to the error output"
             );
-            self.write_error_output(spool, range, oldest, error, attempts)
-                .await;
+            let reason = self.destination_failed(error, attempts);
+            self.write_error_output(spool, range, oldest, &reason).await;
             return None;
         }
         let mut delay = backoff.next_delay();
@@ -146,28 +148,18 @@ impl DeliveryLoop {
         let oldest = DateTime::<Utc>::from_timestamp_millis(batch.oldest_arrival_ms())
             .unwrap_or_else(Utc::now);
         let range = batch.range();
-        let BatchBody {
+        let Some(BatchBody {
             parts,
             mut failed,
             rows: table_rows,
             documents,
             dropped,
-        } = match batch.into_body().await {
-            Ok(body) => body,
-            Err(failure) => {
-                tracing::error!(stream = %self.stream, records, "{failure}");
-                return;
-            }
+        }) = self.build_body(batch, oldest).await
+        else {
+            return;
         };
         let mode = self.write_mode();
-        if let Some(spool) = &self.spool {
-            let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
-            while let Err(error) = spool.record_sealed(range).await {
-                let delay = backoff.next_delay();
-                tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot journal the batch before writing it; will retry: {error}");
-                tokio::time::sleep(delay).await;
-            }
-        }
+        self.journal(range).await;
         if dropped > 0 {
             self.counters
                 .dropped_records
@@ -186,7 +178,7 @@ impl DeliveryLoop {
             // Records that cannot be documents go with the refused documents.
             self.index_documents(search, documents.unwrap_or_default(), failed, range, oldest)
                 .await;
-            self.checkpoint(range);
+            self.checkpoint(range).await;
             return;
         }
         // Values a table column cannot take have their own error output type.
@@ -225,7 +217,7 @@ impl DeliveryLoop {
             // Sent to the error output, which moved the checkpoint on.
             return;
         }
-        self.checkpoint(range);
+        self.checkpoint(range).await;
     }
 
     /// The randomness of batch `range`'s object keys: with a spool, seeded from the range
@@ -250,10 +242,23 @@ impl DeliveryLoop {
         }
     }
 
+    /// Durably records, before anything of batch `range` is written, that it is one batch,
+    /// so a restart rebuilds it with the same boundaries (and object keys).
+    async fn journal(&self, range: SeqRange) {
+        if let Some(spool) = &self.spool {
+            let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+            while let Err(error) = spool.record_sealed(range).await {
+                let delay = backoff.next_delay();
+                tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot journal the batch before writing it; will retry: {error}");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
     /// Moves the spool's checkpoint past the delivered batch `range`.
-    fn checkpoint(&self, range: SeqRange) {
+    async fn checkpoint(&self, range: SeqRange) {
         if let Some(spool) = &self.spool
-            && let Err(error) = spool.record_delivered(range)
+            && let Err(error) = spool.record_delivered(range).await
         {
             tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot advance the checkpoint (the batch will be checked again after a restart): {error}");
         }
@@ -330,3 +335,6 @@ impl DeliveryLoop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

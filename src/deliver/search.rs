@@ -436,11 +436,10 @@ async fn retry_requests(
     for request in &mut requests {
         let raw = request.body.concat();
         let encoder = Arc::clone(&search.encoder);
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        rayon::spawn(move || {
-            let _ = sender.send(encoder.compress(&raw));
-        });
-        if let Ok(compressed) = receiver.await {
+        if let Ok(compressed) = crate::cpu_pool::spawn(move || encoder.compress(&raw))
+            .result()
+            .await
+        {
             request.body = codec.assemble(vec![compressed]);
         }
     }

@@ -1,12 +1,14 @@
 //! Delivery into a PostgreSQL table: the batch's rows (encoded while it filled; records
 //! whose values did not fit went to the `postgres-failed` error output) are loaded in one
 //! transaction with the batch's ledger entry, retried until the retry duration runs out.
+//! Rows the server refuses are found by rehearsed loads and written to the error output
+//! once, before the load without them commits.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
-use hydrant_sinks::postgres::{LoadError, LoadOutcome, PostgresSink};
+use hydrant_sinks::postgres::{LoadCommit, LoadError, LoadOutcome, PostgresSink};
 use hydrant_sinks::prelude::*;
 use tokio::time::Instant;
 
@@ -18,8 +20,9 @@ use crate::spool::SeqRange;
 impl DeliveryLoop {
     /// Loads the batch `range`'s `rows`; `true` when loaded (or loaded before), `false`
     /// when it went to the error output. A row the server refuses (a value out of a
-    /// column's range, a violated constraint) is taken out and sent alone to the
-    /// `postgres-failed` error output, and the rest is loaded at once.
+    /// column's range, a violated constraint) is taken out; the rest is rehearsed until the
+    /// server takes all of it, then the refused rows go to the `postgres-failed` error
+    /// output in one object and the rest is loaded.
     pub(super) async fn load_into_table(
         &self,
         table: &Arc<PostgresSink>,
@@ -41,15 +44,33 @@ impl DeliveryLoop {
             None => format!("{}/{}", self.stream, uuid_like()),
         };
         let mut refused: Vec<FailedRecord> = Vec::new();
+        // Refused rows not yet in the error output. While there are any, loads only
+        // rehearse: the batch never commits without its refused rows' trace, and they are
+        // written once, when the server takes every other row.
+        let mut unwritten = 0;
         let mut stream = rows.stream();
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
         let give_up_at = Instant::now() + self.retry_duration;
         loop {
             let count = rows.rows.len() as u64;
-            let error = match table.load(&batch_id, &stream, count).await {
+            let commit = match unwritten {
+                0 => LoadCommit::Commit,
+                _ => LoadCommit::Rehearse,
+            };
+            let error = match table.load(&batch_id, &stream, count, commit).await {
+                Ok(LoadOutcome::Rehearsed) => {
+                    self.write_refused_records(&refused, unwritten, range, oldest)
+                        .await;
+                    unwritten = 0;
+                    continue;
+                }
                 Ok(outcome) => {
                     if outcome == LoadOutcome::AlreadyLoaded {
                         tracing::info!(stream = %self.stream, batch_id, "batch already loaded before a restart; not loading it again");
+                    }
+                    if unwritten > 0 {
+                        self.write_refused_records(&refused, unwritten, range, oldest)
+                            .await;
                     }
                     self.counters.records.fetch_add(count, Ordering::Relaxed);
                     self.counters.objects.fetch_add(1, Ordering::Relaxed);
@@ -67,10 +88,12 @@ impl DeliveryLoop {
                 }
                 Err(LoadError::Row { row, reason }) if row < rows.rows.len() => {
                     let removed = rows.rows.remove(row);
-                    tracing::warn!(stream = %self.stream, batch_id, seq = removed.record, reason, "the table refused a row; loading the batch without it");
+                    tracing::debug!(stream = %self.stream, batch_id, seq = removed.record, reason, "the table refused a row; loading the batch without it");
                     refused.push(self.refused_record(removed.record, reason, oldest).await);
-                    self.write_refused_records(&refused, range, oldest).await;
+                    unwritten += 1;
                     if rows.rows.is_empty() {
+                        self.write_refused_records(&refused, unwritten, range, oldest)
+                            .await;
                         return true;
                     }
                     stream = rows.stream();

@@ -1,7 +1,7 @@
 //! Firehose's size limits on records and calls.
 
-/// Largest record `Data`, before base64: 1,000 KiB.
-pub const MAX_RECORD_BYTES: usize = 1_024_000;
+/// Largest record `Data`, before base64: 1,000 KiB (also the largest spool frame).
+pub const MAX_RECORD_BYTES: usize = crate::spool::MAX_RECORD_BYTES;
 
 /// Most records in one `PutRecordBatch`.
 pub const MAX_BATCH_RECORDS: usize = 500;

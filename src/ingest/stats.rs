@@ -23,6 +23,7 @@ pub(super) async fn handle(State(state): State<ApiState>, Path(name): Path<Strin
     Json(json!({
         "accepted_records": counters.accepted.load(Ordering::Relaxed),
         "buffered_records": stream.buffer.buffered_records(),
+        "undelivered_records": stream.undelivered(),
         "in_flight_records": counters.in_flight_records.load(Ordering::Relaxed),
         "delivered_records": counters.records.load(Ordering::Relaxed),
         "delivered_objects": counters.objects.load(Ordering::Relaxed),

@@ -10,6 +10,10 @@
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 24;
 
+/// Largest payload a frame holds: the largest record the API takes (Firehose's 1,000 KiB).
+/// A header declaring more is corrupt (or torn), and is never trusted for an allocation.
+pub const MAX_PAYLOAD_LEN: usize = 1_024_000;
+
 /// A frame's header fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -23,8 +27,12 @@ pub struct FrameHeader {
     pub arrival_ms: i64,
 }
 
-/// Appends one frame to `out`.
+/// Appends one frame to `out`; `payload` is at most [`MAX_PAYLOAD_LEN`] bytes.
 pub fn encode(seq: u64, arrival_ms: i64, payload: &[u8], out: &mut Vec<u8>) {
+    debug_assert!(
+        payload.len() <= MAX_PAYLOAD_LEN,
+        "records are checked at ingest"
+    );
     let crc = checksum(seq, arrival_ms, payload);
     out.reserve(HEADER_LEN + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -48,6 +56,16 @@ pub fn decode_header(bytes: &[u8; HEADER_LEN]) -> FrameHeader {
         crc: u32_at(4),
         seq: u64_at(8),
         arrival_ms: u64_at(16) as i64,
+    }
+}
+
+impl FrameHeader {
+    /// The payload length, or `None` when it is larger than any frame ever written (the
+    /// header is corrupt or torn): checked before the checksum can be, so that a damaged
+    /// length never sizes an allocation.
+    pub fn payload_len(&self) -> Option<usize> {
+        let len = self.len as usize;
+        (len <= MAX_PAYLOAD_LEN).then_some(len)
     }
 }
 

@@ -15,6 +15,9 @@ mod segments;
 mod writer;
 
 pub use journal::SeqRange;
+
+/// Largest record the spool takes: Firehose's 1,000 KiB, checked at ingest.
+pub const MAX_RECORD_BYTES: usize = frame::MAX_PAYLOAD_LEN;
 pub use reader::{RecordChunk, SpoolReader};
 
 use std::path::{Path, PathBuf};
@@ -361,15 +364,38 @@ impl StreamSpool {
     }
 
     /// Durably records that `range` is about to be written to the destination as one batch.
-    pub async fn record_sealed(&self, range: SeqRange) -> Result<(), SpoolError> {
+    /// The journal's sync runs on a blocking thread, never on the async reactor.
+    pub async fn record_sealed(self: &Arc<Self>, range: SeqRange) -> Result<(), SpoolError> {
         self.sync_through(range.last).await?;
-        lock(&self.journal)
-            .record_sealed(range)
-            .map_err(|e| self.write_error(format!("journal: {e}")))
+        let spool = Arc::clone(self);
+        self.blocking(move || {
+            lock(&spool.journal)
+                .record_sealed(range)
+                .map_err(|e| spool.write_error(format!("journal: {e}")))
+        })
+        .await
     }
 
-    /// Moves the checkpoint past `range` and deletes segments no longer needed.
-    pub fn record_delivered(&self, range: SeqRange) -> Result<(), SpoolError> {
+    /// Moves the checkpoint past `range` and deletes segments no longer needed, on a
+    /// blocking thread (the journal write, its compaction and the deletions touch the disk).
+    pub async fn record_delivered(self: &Arc<Self>, range: SeqRange) -> Result<(), SpoolError> {
+        let spool = Arc::clone(self);
+        self.blocking(move || spool.record_delivered_now(range))
+            .await
+    }
+
+    /// Runs disk work `job` on tokio's blocking pool.
+    async fn blocking(
+        &self,
+        job: impl FnOnce() -> Result<(), SpoolError> + Send + 'static,
+    ) -> Result<(), SpoolError> {
+        tokio::task::spawn_blocking(job)
+            .await
+            .unwrap_or_else(|e| Err(self.write_error(format!("the disk task failed: {e}"))))
+    }
+
+    /// [`record_delivered`](Self::record_delivered), on the calling thread.
+    fn record_delivered_now(&self, range: SeqRange) -> Result<(), SpoolError> {
         lock(&self.journal)
             .record_delivered(range)
             .map_err(|e| self.write_error(format!("journal: {e}")))?;

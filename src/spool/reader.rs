@@ -68,7 +68,7 @@ impl SpoolReader {
         loop {
             let available = *written.borrow_and_update();
             if available > self.next_seq {
-                return self.read_available(available, max_bytes).map(Some);
+                return self.read_available(available, max_bytes).await.map(Some);
             }
             if self.spool.closed.load(Ordering::Acquire) {
                 return Ok(None);
@@ -80,12 +80,22 @@ impl SpoolReader {
     }
 
     /// Reads records `next_seq..end` (at most about `max_bytes`): from the cache of recently
-    /// written groups when they are still there, else from the segment files.
-    fn read_available(&mut self, end: u64, max_bytes: usize) -> std::io::Result<RecordChunk> {
+    /// written groups when they are still there, else from the segment files on a blocking
+    /// thread (reads of megabytes must not stall the async reactor's API calls).
+    async fn read_available(&mut self, end: u64, max_bytes: usize) -> std::io::Result<RecordChunk> {
         if let Some(chunk) = self.read_cached() {
             return Ok(chunk);
         }
-        self.read_from_disk(end, max_bytes)
+        let stand_in = SpoolReader::new(Arc::clone(&self.spool), self.next_seq, self.evicts);
+        let mut reader = std::mem::replace(self, stand_in);
+        let (reader, read) = tokio::task::spawn_blocking(move || {
+            let read = reader.read_from_disk(end, max_bytes);
+            (reader, read)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        *self = reader;
+        read
     }
 
     /// The rest of the cached group holding `next_seq`, without copying it.
@@ -144,26 +154,22 @@ impl SpoolReader {
                 self.open_segment_for(self.next_seq, true)?;
                 continue;
             }
+            if got < frame::HEADER_LEN {
+                return Err(self.corrupt("found a torn frame header"));
+            }
             let parsed = frame::decode_header(&header);
-            let start = data.len();
-            data.resize(start + parsed.len as usize, 0);
-            let read = if got == frame::HEADER_LEN {
-                read_full(&mut segment.reader, &mut data[start..])?
-            } else {
-                0
+            let Some(len) = parsed.payload_len() else {
+                return Err(self.corrupt(&format!(
+                    "a frame header declares {} payload bytes, more than the largest record ({})",
+                    parsed.len,
+                    frame::MAX_PAYLOAD_LEN
+                )));
             };
-            let intact = got == frame::HEADER_LEN
-                && read == parsed.len as usize
-                && frame::verify(&parsed, &data[start..]);
-            if !intact || parsed.seq > self.next_seq {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "spool {} is corrupt at record {} (found a damaged frame or a gap)",
-                        self.spool.dir().display(),
-                        self.next_seq
-                    ),
-                ));
+            let start = data.len();
+            data.resize(start + len, 0);
+            let read = read_full(&mut segment.reader, &mut data[start..])?;
+            if read < len || !frame::verify(&parsed, &data[start..]) || parsed.seq > self.next_seq {
+                return Err(self.corrupt("found a damaged frame or a gap"));
             }
             if parsed.seq < self.next_seq {
                 // Before the start point (already delivered): skip.
@@ -177,6 +183,18 @@ impl SpoolReader {
             data: data.into(),
             records,
         })
+    }
+
+    /// The error of a spool found damaged at the next record.
+    fn corrupt(&self, what: &str) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "spool {} is corrupt at record {} ({what})",
+                self.spool.dir().display(),
+                self.next_seq
+            ),
+        )
     }
 
     /// Opens the segment holding `seq`: the last one starting at or before it, or with

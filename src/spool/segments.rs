@@ -146,10 +146,13 @@ fn scan(path: &Path, first_seq: u64) -> std::io::Result<(u64, u64)> {
             break;
         }
         let parsed = frame::decode_header(&header);
+        let Some(len) = parsed.payload_len() else {
+            break;
+        };
         if parsed.seq != next_seq {
             break;
         }
-        payload.resize(parsed.len as usize, 0);
+        payload.resize(len, 0);
         if read_full(&mut reader, &mut payload)? < payload.len()
             || !frame::verify(&parsed, &payload)
         {

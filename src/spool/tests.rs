@@ -72,7 +72,7 @@ async fn a_full_spool_takes_a_prefix_and_frees_space_once_delivered() {
     assert!((38..=42).contains(&accepted), "accepted {accepted}");
     assert_eq!(spool.append(&[&record], 0).await.unwrap().accepted, 0);
     spool
-        .record_delivered(SeqRange {
+        .record_delivered_now(SeqRange {
             first: 0,
             last: accepted as u64 - 1,
         })
@@ -103,6 +103,64 @@ async fn interval_policy_acks_after_write_and_syncs_on_request() {
         .unwrap()
         .unwrap();
     assert_eq!(*spool.synced.borrow(), 2);
+    spool.close();
+}
+
+/// Sets the length field of the frame of record `seq` in the segment file at `path`.
+fn corrupt_length(path: &Path, seq: u64, len: u32) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mut offset = 0;
+    loop {
+        let header: &[u8; frame::HEADER_LEN] = bytes[offset..offset + frame::HEADER_LEN]
+            .try_into()
+            .unwrap();
+        let parsed = frame::decode_header(header);
+        if parsed.seq == seq {
+            bytes[offset..offset + 4].copy_from_slice(&len.to_le_bytes());
+            std::fs::write(path, bytes).unwrap();
+            return;
+        }
+        offset += frame::frame_len(parsed.len as usize);
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_frame_length_is_refused_before_it_sizes_an_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = vec![b'r'; 50_000];
+    let segments = {
+        // 8 MiB spool: 1 MiB segments, so 60 records of 50 kB span three segments.
+        let spool = StreamSpool::open(settings(dir.path(), FsyncPolicy::Always, 8 << 20)).unwrap();
+        for _ in 0..60 {
+            spool.append(&[&record], 0).await.unwrap();
+        }
+        spool.close();
+        let segments = lock(&spool.segments).clone();
+        assert!(segments.len() >= 3, "expected segment rolls");
+        segments
+    };
+    // A record in the middle of the first segment, which recovery does not scan: reading
+    // it back must fail as corrupt without trusting the 4 GiB length.
+    corrupt_length(&segments[0].path, 3, u32::MAX);
+    // A record in the last segment: recovery cuts the spool there.
+    let last = segments.last().unwrap();
+    let cut_at = last.first_seq + 2;
+    corrupt_length(&last.path, cut_at, 0x8000_0000);
+    let spool = StreamSpool::open(settings(dir.path(), FsyncPolicy::Always, 8 << 20)).unwrap();
+    assert_eq!(
+        *spool.written.borrow(),
+        cut_at,
+        "recovery cut at the bad frame"
+    );
+    let mut reader = spool.reader(0);
+    let first = reader.read(150_000).await.unwrap().unwrap();
+    assert_eq!(first.len(), 3, "the records before the bad frame are read");
+    let error = reader.read(1 << 20).await.unwrap_err().to_string();
+    assert!(
+        error.contains("is corrupt at record 3")
+            && error.contains("declares 4294967295 payload bytes"),
+        "{error}"
+    );
     spool.close();
 }
 
@@ -202,7 +260,7 @@ mod model {
                         Op::Deliver(n) => {
                             let n = n.min(appended.len() - delivered);
                             if n > 0 {
-                                spool.record_delivered(SeqRange {
+                                spool.record_delivered_now(SeqRange {
                                     first: delivered as u64,
                                     last: (delivered + n - 1) as u64,
                                 }).unwrap();

@@ -204,6 +204,18 @@ pub enum LoadOutcome {
     Loaded,
     /// The ledger already holds the batch: it was loaded before (e.g. before a restart).
     AlreadyLoaded,
+    /// A rehearsal went through: the server takes every row, and nothing was committed.
+    Rehearsed,
+}
+
+/// Whether a load commits or only finds out whether the server takes every row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadCommit {
+    /// Commit the rows with the batch's ledger entry.
+    Commit,
+    /// Load everything, then roll back: finds the rows the server refuses (one per
+    /// attempt) without committing the batch before their error output is written.
+    Rehearse,
 }
 
 /// A connection pool to one table, checked at start-up.
@@ -401,11 +413,13 @@ impl PostgresSink {
 
     /// Loads the binary COPY `stream` (`rows` rows) as batch `batch_id` in one
     /// transaction with its ledger entry; a batch already in the ledger is not loaded again.
+    /// With [`LoadCommit::Rehearse`] the transaction is rolled back once everything is in.
     pub async fn load(
         &self,
         batch_id: &str,
         stream: &[Bytes],
         rows: u64,
+        commit: LoadCommit,
     ) -> Result<LoadOutcome, LoadError> {
         let error = |e: &tokio_postgres::Error| match refused_row(e) {
             Some((row, reason)) => LoadError::Row { row, reason },
@@ -445,6 +459,10 @@ impl PostgresSink {
                 .batch_execute(&upsert.merge)
                 .await
                 .map_err(|e| error(&e))?;
+        }
+        if commit == LoadCommit::Rehearse {
+            transaction.rollback().await.map_err(|e| error(&e))?;
+            return Ok(LoadOutcome::Rehearsed);
         }
         transaction.commit().await.map_err(|e| error(&e))?;
         Ok(LoadOutcome::Loaded)

@@ -1,0 +1,111 @@
+//! The CPU pool (rayon's global pool): compression, conversion and transforms run there,
+//! off the async reactor, and are awaited from it.
+//!
+//! A job that panics (a bug in an encoder reached by some input) must not take the service
+//! down: rayon aborts the process on a panic in a spawned job, and a restart would replay
+//! the same records into the same panic. Jobs started here catch their panic and report it
+//! as a failure the delivery loop can retry and, in the end, send to the error output.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::sync::oneshot;
+
+/// Why a job gave no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobFailure {
+    /// The job panicked; the panic's message.
+    #[error("a job on the CPU pool panicked: {0}")]
+    Panicked(String),
+    /// The job ended without sending its result (the pool was shut down).
+    #[error("a job on the CPU pool ended without a result")]
+    Lost,
+}
+
+/// A job started on the CPU pool; await [`result`](Self::result).
+#[derive(Debug)]
+pub struct CpuJob<T> {
+    receiver: oneshot::Receiver<Result<T, JobFailure>>,
+}
+
+impl<T> CpuJob<T> {
+    /// The job's result, or why it has none.
+    pub async fn result(self) -> Result<T, JobFailure> {
+        self.receiver.await.unwrap_or(Err(JobFailure::Lost))
+    }
+}
+
+/// Runs `job` on the CPU pool, catching a panic.
+pub fn spawn<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> CpuJob<T> {
+    let (sender, receiver) = oneshot::channel();
+    rayon::spawn(move || {
+        let result = catch_unwind(AssertUnwindSafe(job)).map_err(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_string());
+            JobFailure::Panicked(message)
+        });
+        let _ = sender.send(result);
+    });
+    CpuJob { receiver }
+}
+
+/// Makes encoding jobs panic on demand, so tests can prove that a batch whose body cannot be
+/// built is built again and, if that keeps failing, reported in the error output rather
+/// than lost. A running service has none.
+#[derive(Debug, Default)]
+pub struct EncodeFaults {
+    remaining: AtomicU32,
+}
+
+impl EncodeFaults {
+    /// The next `jobs` encoding jobs panic (`u32::MAX`: until told otherwise; 0: none).
+    pub fn fail_next(&self, jobs: u32) {
+        self.remaining.store(jobs, Ordering::SeqCst);
+    }
+
+    /// Called at the start of every encoding job: panics while faults remain.
+    pub fn before_job(&self) {
+        let failed = self
+            .remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                0 => None,
+                u32::MAX => Some(u32::MAX),
+                n => Some(n - 1),
+            })
+            .is_ok();
+        if failed {
+            panic!("injected encoding fault");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_job_is_a_failure_with_its_message_and_the_pool_keeps_working() {
+        let failed = spawn(|| -> u32 { panic!("boom {}", 7) }).result().await;
+        assert_eq!(failed, Err(JobFailure::Panicked("boom 7".into())));
+        assert_eq!(spawn(|| 6 * 7).result().await, Ok(42));
+    }
+
+    #[test]
+    fn faults_run_out_unless_unbounded() {
+        let faults = EncodeFaults::default();
+        faults.fail_next(2);
+        for _ in 0..2 {
+            assert!(catch_unwind(|| faults.before_job()).is_err());
+        }
+        faults.before_job();
+        faults.fail_next(u32::MAX);
+        for _ in 0..5 {
+            assert!(catch_unwind(|| faults.before_job()).is_err());
+        }
+        faults.fail_next(0);
+        faults.before_job();
+    }
+}
