@@ -75,7 +75,7 @@ async fn ndjson_writes_one_line_per_record_and_sends_the_rest_to_the_error_outpu
             failure["errorMessage"]
                 .as_str()
                 .unwrap()
-                .contains("not one JSON value")
+                .contains("not valid JSON")
         );
         assert!(failure["arrivalTimestamp"].as_i64().unwrap() > 0);
         assert_eq!(failure["attemptsMade"], 1);

@@ -104,7 +104,7 @@ async fn rows_arrive_row_for_row_and_values_that_do_not_fit_go_alone_to_the_erro
         (
             b"this is not json".to_vec(),
             "DataFormatConversion.ParseError",
-            "not a JSON object",
+            "not valid JSON",
         ),
     ];
     // Refused by the server, not by Hydrant's checks: a value beyond numeric(12,3), and a

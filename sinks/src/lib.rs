@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod json;
 pub mod object;
 pub mod postgres;
 pub mod retry;

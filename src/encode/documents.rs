@@ -218,8 +218,12 @@ fn push_hex(out: &mut Vec<u8>, value: u64) {
     }
 }
 
-/// Whether `record` is exactly one JSON object.
+/// Whether `record` is exactly one valid JSON object.
 fn check_object(record: &[u8]) -> Result<(), ConversionError> {
+    super::check_json(record).map_err(|error| ConversionError {
+        code: NOT_A_JSON_OBJECT,
+        message: error.message,
+    })?;
     let first = record.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(ConversionError {
@@ -227,10 +231,6 @@ fn check_object(record: &[u8]) -> Result<(), ConversionError> {
             message: "the record is not a JSON object; a search document must be one".into(),
         });
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(record).map_err(|error| ConversionError {
-        code: NOT_A_JSON_OBJECT,
-        message: format!("the record is not one JSON object: {error}"),
-    })?;
     Ok(())
 }
 

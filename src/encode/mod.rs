@@ -115,6 +115,16 @@ impl ConversionError {
     }
 }
 
+/// Checks that `record` is one valid JSON value by the rules every JSON format shares
+/// ([`hydrant_sinks::json`]); a record that is not fails with `DataFormatConversion.ParseError`.
+pub fn check_json(record: &[u8]) -> Result<(), ConversionError> {
+    hydrant_sinks::json::check_record(record)
+        .map_err(|error| ConversionError::parse(format!("{NOT_VALID_JSON}{error}")))
+}
+
+/// How the message of a record that is not valid JSON begins, in every format.
+pub const NOT_VALID_JSON: &str = "the record is not valid JSON: ";
+
 /// Writes records into an object body according to the stream's format.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordFramer {
@@ -140,7 +150,7 @@ impl RecordFramer {
     }
 
     /// Appends `record` in the stream's format, or says why it cannot be. With `ndjson`, the
-    /// record must be exactly one JSON value; it is written on one line (line breaks between
+    /// record must be exactly one valid JSON value ([`check_json`]); it is written on one line (line breaks between
     /// tokens are dropped: inside JSON strings they can only appear escaped, so this never
     /// changes a value).
     pub fn frame(&self, record: &[u8], out: &mut Vec<u8>) -> Result<(), ConversionError> {
@@ -148,11 +158,7 @@ impl RecordFramer {
             self.append(record, out);
             return Ok(());
         }
-        if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(record) {
-            return Err(ConversionError::parse(format!(
-                "the record is not one JSON value: {error}"
-            )));
-        }
+        check_json(record)?;
         out.extend(
             record
                 .iter()
@@ -229,11 +235,7 @@ mod tests {
         for bad in [&b"not json"[..], b"", b"{\"a\":1} {\"b\":2}", b"{\"a\":"] {
             let error = framer.frame(bad, &mut out).unwrap_err();
             assert_eq!(error.code, "DataFormatConversion.ParseError");
-            assert!(
-                error
-                    .message
-                    .starts_with("the record is not one JSON value")
-            );
+            assert!(error.message.starts_with("the record is not valid JSON"));
         }
         assert_eq!(
             out.iter().filter(|b| **b == b'\n').count(),

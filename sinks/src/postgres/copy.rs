@@ -147,6 +147,8 @@ impl<'a> Fields<'a> {
 
 /// Appends one row: field count, then each field's length and bytes (-1 for NULL).
 fn encode_row(columns: &[Column], record: &[u8], row: &mut BytesMut) -> Result<(), RowError> {
+    crate::json::check_record(record)
+        .map_err(|e| RowError::NotJson(format!("the record is not valid JSON: {e}")))?;
     let fields = Fields::parse(record)?;
     row.put_i16(columns.len() as i16);
     for column in columns {

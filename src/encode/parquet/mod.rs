@@ -19,7 +19,7 @@ use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::{WriterProperties, WriterVersion};
 
 use crate::config::{EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
-use crate::encode::{ChunkRecord, ConversionError, chunk_records};
+use crate::encode::{ChunkRecord, ConversionError, check_json, chunk_records};
 use decode::{HydrantDecoders, KeyRules, RowErrors};
 
 /// A record that could not become a row, with the reason.
@@ -160,6 +160,12 @@ impl ParquetEncoder {
         let mut out = ConvertedChunk::default();
         let mut segment = Segment::new(self, schemas, records.len());
         for (index, bytes) in chunk_records(data, records).enumerate() {
+            // The decoder is lenient (about commas, for one); every format refuses the same
+            // records, so each is checked first and a bad one never reaches the decoder.
+            if let Err(error) = check_json(bytes) {
+                out.rejected.push(RejectedRecord { index, error });
+                continue;
+            }
             match segment.feed(bytes) {
                 Fed::Row => segment.rows.push(index),
                 Fed::Nothing(reason) => out.rejected.push(RejectedRecord {
