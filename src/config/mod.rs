@@ -1,6 +1,7 @@
 //! The pipeline YAML: its shape (these types are the reference), loading with `${ENV}`
 //! substitution, and validation that reports every problem as `FILE:LINE:COLUMN: message`.
 
+mod auth;
 mod load;
 mod parquet;
 mod postgres;
@@ -9,6 +10,7 @@ mod search;
 mod streams;
 mod validate;
 
+pub use auth::{ACTIONS, AccessKeyConfig, AllowConfig, AuthConfig, Secret};
 pub use load::{ConfigError, ConfigProblem, load_config, parse_config};
 pub use parquet::{ColumnConfig, EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
 pub use postgres::{PostgresColumn, PostgresDestination, PostgresMode};
@@ -55,6 +57,9 @@ pub struct ServerConfig {
     /// record is refused with `ServiceUnavailableException` ("Slow down."). Default 2000.
     #[serde(default = "default_backpressure_wait_ms")]
     pub backpressure_wait_ms: u64,
+    /// Access keys that may call the API; without it, unsigned calls are accepted.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +69,7 @@ impl Default for ServerConfig {
             max_concurrent_requests: default_max_concurrent_requests(),
             max_request_memory_mib: default_max_request_memory_mib(),
             backpressure_wait_ms: default_backpressure_wait_ms(),
+            auth: None,
         }
     }
 }
@@ -712,5 +718,41 @@ mod tests {
         .to_string();
         assert!(error.starts_with("r.yaml:4:"), "{error}");
         assert!(error.contains("`infer` or a list of columns"), "{error}");
+    }
+
+    #[test]
+    fn auth_keys_are_checked_and_secrets_never_printed() {
+        let text = "server:\n  auth:\n    access_keys:\n      - id: short\n        secret: tiny\n        allow: { streams: [\"app-*\", \"bad name\"], actions: [PutRecord, Delete] }\n      - id: AKIDOPS0000000001\n        secret: a-long-enough-secret-value\n        allow: { streams: [\"*\"], actions: [\"*\"] }\n    region: US_EAST\nstreams:\n  s:\n    destination: { local: { path: x } }\n";
+        let error = parse_config(text, "auth.yaml").unwrap_err().to_string();
+        for expected in [
+            "auth.yaml:4:",
+            "access key id `short` must be 16 to 128 letters and digits",
+            "auth.yaml:5:",
+            "the secret of access key `short` must be at least 16 characters",
+            "`bad name` is not a stream name pattern",
+            "unknown action `Delete`",
+            "`region` `US_EAST` is not a region name",
+        ] {
+            assert!(
+                error.contains(expected),
+                "missing {expected:?} in:\n{error}"
+            );
+        }
+        let config = parse(
+            &text
+                .replace("id: short", "id: AKIDSHIPPER000001")
+                .replace("tiny", "shipper-secret-0123456789")
+                .replace(", \"bad name\"", "")
+                .replace(", Delete", "")
+                .replace("US_EAST", "us-east-1"),
+        );
+        let auth = config.server.auth.expect("auth");
+        assert_eq!(auth.access_keys.value.len(), 2);
+        let printed = format!("{:?}", auth.access_keys.value);
+        assert!(
+            printed.contains("AKIDSHIPPER000001") && printed.contains("<redacted>"),
+            "{printed}"
+        );
+        assert!(!printed.contains("shipper-secret"), "{printed}");
     }
 }

@@ -36,6 +36,9 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             "`max_concurrent_requests` must be at least 1",
         ));
     }
+    if let Some(auth) = &server.auth {
+        validate_auth(auth, &mut problems);
+    }
     let spool = &config.spool;
     if spool.fsync != super::FsyncConfig::Disabled {
         if spool.path.value.trim().is_empty() {
@@ -73,6 +76,81 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
     }
     problems.sort_by_key(|p| (p.line, p.column));
     problems
+}
+
+fn validate_auth(auth: &super::AuthConfig, problems: &mut Vec<ConfigProblem>) {
+    if auth.access_keys.value.is_empty() {
+        problems.push(at(
+            &auth.access_keys,
+            "`auth.access_keys` is empty: no call could be made; add a key or remove `auth`",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for key in &auth.access_keys.value {
+        let id = &key.id.value;
+        if !(16..=128).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            problems.push(at(
+                &key.id,
+                format!("access key id `{id}` must be 16 to 128 letters and digits"),
+            ));
+        }
+        if !seen.insert(id.clone()) {
+            problems.push(at(&key.id, format!("access key id `{id}` appears twice")));
+        }
+        if key.secret.value.expose().len() < 16 {
+            problems.push(at(
+                &key.secret,
+                format!("the secret of access key `{id}` must be at least 16 characters"),
+            ));
+        }
+        if key.allow.streams.is_empty() || key.allow.actions.is_empty() {
+            problems.push(at(
+                &key.id,
+                format!(
+                    "access key `{id}` allows nothing: give `allow.streams` and `allow.actions` (`[\"*\"]` for all)"
+                ),
+            ));
+        }
+        for pattern in &key.allow.streams {
+            let name = pattern.value.replace('*', "a");
+            if pattern.value != "*" && check_stream_name(&name).is_err() {
+                problems.push(at(
+                    pattern,
+                    format!(
+                        "`{}` is not a stream name pattern: stream names are 1-64 of [a-zA-Z0-9_.-], and `*` matches any run of them",
+                        pattern.value
+                    ),
+                ));
+            }
+        }
+        for action in &key.allow.actions {
+            if action.value != "*" && !super::ACTIONS.contains(&action.value.as_str()) {
+                problems.push(at(
+                    action,
+                    format!(
+                        "unknown action `{}`; expected one of {} or `*`",
+                        action.value,
+                        super::ACTIONS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(region) = &auth.region
+        && (region.value.is_empty()
+            || !region
+                .value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+    {
+        problems.push(at(
+            region,
+            format!(
+                "`region` `{}` is not a region name such as us-east-1",
+                region.value
+            ),
+        ));
+    }
 }
 
 fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigProblem>) {

@@ -18,6 +18,16 @@ pub enum AwsErrorType {
     UnknownOperation,
     /// The service is temporarily unable to take the call; retry with backoff.
     ServiceUnavailable,
+    /// The call carries no `Authorization` header.
+    MissingAuthenticationToken,
+    /// The `Authorization` header is malformed.
+    IncompleteSignature,
+    /// The access key is not known.
+    UnrecognizedClient,
+    /// The signature does not match, has expired, or is scoped to another service or region.
+    InvalidSignature,
+    /// The key may not perform this operation on this stream.
+    AccessDenied,
 }
 
 impl AwsErrorType {
@@ -30,12 +40,18 @@ impl AwsErrorType {
             AwsErrorType::Serialization => "SerializationException",
             AwsErrorType::UnknownOperation => "UnknownOperationException",
             AwsErrorType::ServiceUnavailable => "ServiceUnavailableException",
+            AwsErrorType::MissingAuthenticationToken => "MissingAuthenticationTokenException",
+            AwsErrorType::IncompleteSignature => "IncompleteSignatureException",
+            AwsErrorType::UnrecognizedClient => "UnrecognizedClientException",
+            AwsErrorType::InvalidSignature => "InvalidSignatureException",
+            AwsErrorType::AccessDenied => "AccessDeniedException",
         }
     }
 
     fn status(self) -> StatusCode {
         match self {
             AwsErrorType::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AwsErrorType::MissingAuthenticationToken => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
         }
     }

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::Principal;
 use super::aws_error::{AwsError, AwsErrorType};
 use super::record_limits::*;
 use super::stream_name::check_stream_name;
@@ -45,13 +46,21 @@ async fn dispatch(state: &ApiState, request: Request) -> Result<Response, AwsErr
             },
         )
     })?;
+    let principal = request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or(Principal::Anyone);
     let body = read_body(request.into_body(), MAX_FIREHOSE_BODY_BYTES).await?;
-    let pipeline = &state.pipeline;
+    let caller = Caller {
+        pipeline: &state.pipeline,
+        principal: &principal,
+    };
     match operation {
-        "PutRecord" => put_record(pipeline, body).await,
-        "PutRecordBatch" => put_record_batch(pipeline, body).await,
-        "ListDeliveryStreams" => list_delivery_streams(pipeline, &body),
-        "DescribeDeliveryStream" => describe_delivery_stream(pipeline, &body),
+        "PutRecord" => put_record(caller, body).await,
+        "PutRecordBatch" => put_record_batch(caller, body).await,
+        "ListDeliveryStreams" => list_delivery_streams(caller, &body),
+        "DescribeDeliveryStream" => describe_delivery_stream(caller, &body),
         other => Err(AwsError::new(
             AwsErrorType::UnknownOperation,
             format!(
@@ -81,10 +90,20 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, AwsError> {
     })
 }
 
-fn lookup<'p>(
+/// The streams a call reaches and who makes it.
+#[derive(Clone, Copy)]
+struct Caller<'p> {
     pipeline: &'p Pipeline,
+    principal: &'p Principal,
+}
+
+/// The stream `name` that operation `action` works on, once the caller may do that.
+fn lookup<'p>(
+    caller: Caller<'p>,
+    action: &str,
     name: Option<&str>,
 ) -> Result<&'p std::sync::Arc<DeliveryStream>, AwsError> {
+    let pipeline = caller.pipeline;
     let Some(name) = name else {
         return Err(AwsError::constraint(
             "deliveryStreamName",
@@ -92,6 +111,7 @@ fn lookup<'p>(
             "Member must not be null",
         ));
     };
+    caller.principal.authorize(action, Some(name))?;
     if let Err(reason) = check_stream_name(name) {
         return Err(AwsError::constraint(
             "deliveryStreamName",
@@ -190,12 +210,14 @@ fn record_slices<'d>(data: &'d [u8], ends: &[usize]) -> Vec<&'d [u8]> {
 /// the stream, how many records (a prefix) were taken, and the sequence number of the first
 /// one's id. The decoded records are released before waiting for the disk.
 async fn append<'p>(
-    pipeline: &'p Pipeline,
+    caller: Caller<'p>,
+    action: &str,
     stream_name: Option<&str>,
     data: Vec<u8>,
     ends: &[usize],
 ) -> Result<(&'p std::sync::Arc<DeliveryStream>, usize, u64), AwsError> {
-    let stream = lookup(pipeline, stream_name)?;
+    let stream = lookup(caller, action, stream_name)?;
+    let pipeline = caller.pipeline;
     let slices = record_slices(&data, ends);
     let admission = stream
         .admit(&slices, now_ms(), pipeline.backpressure_wait)
@@ -228,7 +250,7 @@ fn json_response(body: Vec<u8>) -> Response {
     response
 }
 
-async fn put_record(pipeline: &Pipeline, body: bytes::Bytes) -> Result<Response, AwsError> {
+async fn put_record(caller: Caller<'_>, body: bytes::Bytes) -> Result<Response, AwsError> {
     let (stream_name, data, ends) = {
         let input: PutRecordInput = parse(&body)?;
         let Some(record) = input.record else {
@@ -242,7 +264,8 @@ async fn put_record(pipeline: &Pipeline, body: bytes::Bytes) -> Result<Response,
         (input.stream.map(Cow::into_owned), data, ends)
     };
     drop(body);
-    let (stream, taken, seq) = append(pipeline, stream_name.as_deref(), data, &ends).await?;
+    let (stream, taken, seq) =
+        append(caller, "PutRecord", stream_name.as_deref(), data, &ends).await?;
     if taken == 0 {
         return Err(AwsError::new(AwsErrorType::ServiceUnavailable, SLOW_DOWN));
     }
@@ -253,10 +276,17 @@ async fn put_record(pipeline: &Pipeline, body: bytes::Bytes) -> Result<Response,
     Ok(json_response(out))
 }
 
-async fn put_record_batch(pipeline: &Pipeline, body: bytes::Bytes) -> Result<Response, AwsError> {
+async fn put_record_batch(caller: Caller<'_>, body: bytes::Bytes) -> Result<Response, AwsError> {
     let (stream_name, data, ends) = decode_batch(&body)?;
     drop(body);
-    let (stream, taken, seq) = append(pipeline, stream_name.as_deref(), data, &ends).await?;
+    let (stream, taken, seq) = append(
+        caller,
+        "PutRecordBatch",
+        stream_name.as_deref(),
+        data,
+        &ends,
+    )
+    .await?;
     let failed = ends.len() - taken;
     let mut out = Vec::with_capacity(64 + taken * 48 + failed * 80);
     let _ = write!(
@@ -331,7 +361,9 @@ struct ListInput {
     exclusive_start: Option<String>,
 }
 
-fn list_delivery_streams(pipeline: &Pipeline, body: &[u8]) -> Result<Response, AwsError> {
+fn list_delivery_streams(caller: Caller<'_>, body: &[u8]) -> Result<Response, AwsError> {
+    caller.principal.authorize("ListDeliveryStreams", None)?;
+    let pipeline = caller.pipeline;
     let input: ListInput = parse(body)?;
     let limit = input.limit.unwrap_or(10);
     if !(1..=10_000).contains(&limit) {
@@ -380,9 +412,9 @@ struct DescribeInput {
     stream: Option<String>,
 }
 
-fn describe_delivery_stream(pipeline: &Pipeline, body: &[u8]) -> Result<Response, AwsError> {
+fn describe_delivery_stream(caller: Caller<'_>, body: &[u8]) -> Result<Response, AwsError> {
     let input: DescribeInput = parse(body)?;
-    let stream = lookup(pipeline, input.stream.as_deref())?;
+    let stream = lookup(caller, "DescribeDeliveryStream", input.stream.as_deref())?;
     let summary = &stream.summary;
     let created = stream.created.timestamp_millis() as f64 / 1000.0;
     let hints = json!({

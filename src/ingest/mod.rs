@@ -1,6 +1,7 @@
 //! The ingest API: Firehose's data plane (AWS JSON 1.1 on `POST /`), a plain NDJSON endpoint
 //! for curl and log shippers, and a health check.
 
+pub mod auth;
 pub mod aws_error;
 mod firehose;
 mod ndjson;
@@ -11,7 +12,7 @@ pub mod stream_name;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -35,6 +36,8 @@ pub struct ApiState {
     pub request_memory: Arc<Semaphore>,
     /// Renders the Prometheus metrics.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Checks callers' keys; `None` when unsigned calls are accepted.
+    pub auth: Option<Arc<auth::Authenticator>>,
 }
 
 /// The API's routes.
@@ -44,6 +47,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/streams/{stream}/records", post(ndjson::handle))
         .route("/streams/{stream}/stats", get(stats::handle))
         .route("/metrics", get(render_metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .route("/health", get(|| async { "ok\n" }))
         .layer(middleware::from_fn_with_state(state.clone(), limit_and_tag))
         .with_state(state)
@@ -72,8 +79,14 @@ async fn limit_and_tag(State(state): State<ApiState>, request: Request, next: Ne
 }
 
 /// `GET /metrics`: Prometheus text format, every stream's totals published first.
-async fn render_metrics(State(state): State<ApiState>) -> Response {
+async fn render_metrics(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<auth::Principal>,
+) -> Response {
     use axum::response::IntoResponse as _;
+    if let Err(denied) = principal.authorize("GetMetrics", None) {
+        return denied.into_response();
+    }
     for stream in state.pipeline.streams() {
         stream.publish_metrics();
     }

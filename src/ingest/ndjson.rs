@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::auth::Principal;
 use super::aws_error::{AwsError, AwsErrorType};
 use super::record_limits::{MAX_NDJSON_BODY_BYTES, MAX_NDJSON_RECORDS, MAX_RECORD_BYTES};
 use super::stream_name::check_stream_name;
@@ -34,6 +35,9 @@ async fn accept(
             AwsErrorType::Validation,
             format!("stream name `{stream_name}` in the path is invalid: {reason}"),
         ));
+    }
+    if let Some(principal) = request.extensions().get::<Principal>() {
+        principal.authorize("PutRecordBatch", Some(stream_name))?;
     }
     let stream = state.pipeline.stream(stream_name).ok_or_else(|| {
         AwsError::new(

@@ -4,14 +4,22 @@
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::ApiState;
+use super::auth::Principal;
 use super::aws_error::{AwsError, AwsErrorType};
 
-pub(super) async fn handle(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+pub(super) async fn handle(
+    State(state): State<ApiState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(denied) = principal.authorize("DescribeDeliveryStream", Some(&name)) {
+        return denied.into_response();
+    }
     let Some(stream) = state.pipeline.stream(&name) else {
         return AwsError::new(
             AwsErrorType::ResourceNotFound,

@@ -39,6 +39,10 @@ pub struct TestServers {
     pub pg_ca: PathBuf,
     /// Base URL of the OpenSearch-compatible server.
     pub search_endpoint: String,
+    /// The AWS CLI (`aws`).
+    pub aws_cli: PathBuf,
+    /// `node_modules` holding the AWS SDK for JavaScript v3's Firehose client.
+    pub node_modules: PathBuf,
 }
 
 fn repo_root() -> PathBuf {
@@ -56,6 +60,7 @@ pub fn servers() -> &'static TestServers {
         if !settings.contains_key("HYDRANT_TEST_S3_ENDPOINT")
             || !settings.contains_key("HYDRANT_TEST_PG_CA")
             || !settings.contains_key("HYDRANT_TEST_SEARCH_ENDPOINT")
+            || !settings.contains_key("HYDRANT_TEST_NODE_MODULES")
         {
             let output = Command::new(repo_root().join("scripts/test-servers.sh"))
                 .arg("ensure")
@@ -91,6 +96,8 @@ pub fn servers() -> &'static TestServers {
             pg_bin: PathBuf::from(get("HYDRANT_TEST_PG_BIN")),
             pg_ca: PathBuf::from(get("HYDRANT_TEST_PG_CA")),
             search_endpoint: get("HYDRANT_TEST_SEARCH_ENDPOINT"),
+            aws_cli: PathBuf::from(get("HYDRANT_TEST_AWS_CLI")),
+            node_modules: PathBuf::from(get("HYDRANT_TEST_NODE_MODULES")),
         }
     })
 }

@@ -1,0 +1,68 @@
+//! `server.auth`: the access keys that may call the API, and what each may do.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// Who may call the API. Without it, every caller may do everything (and the service says so
+/// at start-up).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The keys callers sign requests with (AWS Signature Version 4, as the AWS SDKs and
+    /// CLI do) or present as `Authorization: Bearer <id>:<secret>`.
+    pub access_keys: Spanned<Vec<AccessKeyConfig>>,
+    /// The only region signatures may be scoped to; any region when absent.
+    #[serde(default)]
+    pub region: Option<Spanned<String>>,
+}
+
+/// One access key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKeyConfig {
+    /// The access key id, as clients send it (`AKID...`); 16–128 letters and digits.
+    pub id: Spanned<String>,
+    /// The secret access key (write `${ENV}` rather than the secret itself).
+    pub secret: Spanned<Secret>,
+    /// What the key may do.
+    pub allow: AllowConfig,
+}
+
+/// The streams and operations a key is allowed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowConfig {
+    /// Stream name patterns (`*` matches any run of characters): `["app-*"]`, `["*"]`.
+    pub streams: Vec<Spanned<String>>,
+    /// Operations: `PutRecord`, `PutRecordBatch` (also the NDJSON endpoint),
+    /// `ListDeliveryStreams`, `DescribeDeliveryStream` (also a stream's stats), `GetMetrics`
+    /// (`/metrics`), or `*` for all.
+    pub actions: Vec<Spanned<String>>,
+}
+
+/// A secret from the configuration: never printed (`Debug` shows `<redacted>`).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for signing and comparing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The operations a key can be allowed, as written in `actions`.
+pub const ACTIONS: [&str; 5] = [
+    "PutRecord",
+    "PutRecordBatch",
+    "ListDeliveryStreams",
+    "DescribeDeliveryStream",
+    "GetMetrics",
+];
