@@ -4,7 +4,7 @@
 //! → [`transform`] (WebAssembly processors) → [`encode`] (record layout) → [`compress`] → [`deliver`] (object keys, retries) into a
 //! destination from the `hydrant-sinks` crate. [`spool`] makes puts durable, [`metrics`]
 //! counts what happens, [`cpu_pool`] runs the CPU-heavy stages. [`config`] is the YAML file, [`pipeline`]
-//! wires one stream together, [`server`] runs it all, [`bench`] is the load generator.
+//! wires one stream together, [`server`] runs it all ([`tls`] on its listener), [`bench`] is the load generator.
 
 #![warn(missing_docs)]
 
@@ -20,4 +20,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod spool;
+pub mod tls;
 pub mod transform;

@@ -12,6 +12,8 @@ use tokio::sync::Semaphore;
 use crate::config::load_config;
 use crate::ingest::{ApiState, router};
 use crate::pipeline::Pipeline;
+use crate::tls::TlsFiles;
+use axum_server::tls_rustls::RustlsConfig;
 
 /// Runs the service described by the configuration file at `config_path` until a signal.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -60,13 +62,39 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     tracing::info!(
         streams = pipeline.sorted_names().join(","),
-        "hydrant listening on http://{local}"
+        "hydrant listening on {local}"
     );
-    println!("hydrant listening on http://{local}");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the API server failed")?;
+    let app = router(state);
+    match &config.server.tls {
+        None => {
+            println!("hydrant listening on http://{local}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("the API server failed")?;
+        }
+        Some(tls) => {
+            let files = TlsFiles::new(tls, base_dir);
+            let rustls = RustlsConfig::from_config(files.load()?);
+            tokio::spawn(reload_on_hangup(files.clone(), rustls.clone()));
+            tracing::info!(
+                client_certificates = files.requires_client_certificates(),
+                "serving HTTPS (TLS 1.2 and 1.3); SIGHUP re-reads the certificate files"
+            );
+            println!("hydrant listening on https://{local}");
+            let handle = axum_server::Handle::new();
+            let stopping = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stopping.graceful_shutdown(None);
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, rustls)?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+                .context("the API server failed")?;
+        }
+    }
     tracing::info!(
         undelivered_records = pipeline.undelivered_records(),
         "stopped taking records; delivering what is buffered (signal again to exit at once)"
@@ -84,6 +112,33 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             } else {
                 anyhow::bail!("second signal: exiting with {pending} accepted records not delivered (the spool is disabled, so they are lost)")
             }
+        }
+    }
+}
+
+/// Re-reads the listener's certificate files at every SIGHUP: new connections get the new
+/// certificate, open ones keep theirs. Files that do not load leave the current ones in use.
+async fn reload_on_hangup(files: TlsFiles, rustls: RustlsConfig) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::error!("cannot listen for SIGHUP; the TLS certificate is read only at start-up");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match tokio::task::spawn_blocking({
+            let files = files.clone();
+            move || files.load()
+        })
+        .await
+        {
+            Ok(Ok(config)) => {
+                rustls.reload_from_config(config);
+                tracing::info!("SIGHUP: reloaded the TLS certificate files");
+            }
+            Ok(Err(error)) => {
+                tracing::error!("SIGHUP: keeping the current TLS certificate: {error}")
+            }
+            Err(error) => tracing::error!("SIGHUP: the reload task failed: {error}"),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `server.auth`: the access keys that may call the API, and what each may do.
+//! `server.auth` and `server.tls`: who may call the API, and how the connection is protected.
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -66,3 +66,18 @@ pub const ACTIONS: [&str; 5] = [
     "DescribeDeliveryStream",
     "GetMetrics",
 ];
+
+/// TLS on the API listener (TLS 1.2 and 1.3), re-read on SIGHUP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (the server's certificate first), relative to the
+    /// configuration file.
+    pub cert: Spanned<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1), relative to the configuration file.
+    pub key: Spanned<String>,
+    /// PEM certificates of the CAs client certificates must chain to; when set, every client
+    /// must present one (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<Spanned<String>>,
+}

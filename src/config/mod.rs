@@ -10,7 +10,7 @@ mod search;
 mod streams;
 mod validate;
 
-pub use auth::{ACTIONS, AccessKeyConfig, AllowConfig, AuthConfig, Secret};
+pub use auth::{ACTIONS, AccessKeyConfig, AllowConfig, AuthConfig, Secret, TlsConfig};
 pub use load::{ConfigError, ConfigProblem, load_config, parse_config};
 pub use parquet::{ColumnConfig, EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
 pub use postgres::{PostgresColumn, PostgresDestination, PostgresMode};
@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// Access keys that may call the API; without it, unsigned calls are accepted.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// TLS on the listener; without it, the API speaks plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             max_request_memory_mib: default_max_request_memory_mib(),
             backpressure_wait_ms: default_backpressure_wait_ms(),
             auth: None,
+            tls: None,
         }
     }
 }

@@ -3,7 +3,7 @@ prints one JSON line per scenario with what happened: {"name", "ok", "code", "st
 "message"}. The expectations live in the Rust test that runs it.
 
 A scenario: {"name", "op", "stream", "key_id", "secret", "unsigned": bool,
-"skew_seconds": int}. op is a Firehose operation, or "NdjsonPost": a POST of two lines to
+"skew_seconds": int, "verify": CA bundle path for an https endpoint}. op is a Firehose operation, or "NdjsonPost": a POST of two lines to
 /streams/<stream>/records signed with botocore's SigV4 signer.
 
 usage: signed_calls_boto3.py ENDPOINT SCENARIOS_JSON
@@ -37,6 +37,7 @@ def client(scenario):
         aws_access_key_id=scenario.get("key_id", "unused"),
         aws_secret_access_key=scenario.get("secret", "unused"),
         config=config,
+        verify=scenario.get("verify"),
     )
 
 
