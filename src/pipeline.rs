@@ -359,6 +359,7 @@ impl Pipeline {
                         dir: spool_root.join(&name),
                         fsync,
                         max_bytes: config.spool.max_mib.value * MIB as u64,
+                        keys: config.spool.encryption.as_ref().and_then(|e| e.keys().ok()),
                     })
                     .map_err(|error| PipelineError::Spool {
                         stream: name.clone(),

@@ -63,6 +63,45 @@ async fn acknowledged_records_survive_kill_9_at_random_moments_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_encrypted_spool_survives_kill_9_exactly_once_and_holds_no_record_text() {
+    let bucket = new_bucket("sealed");
+    let streams = streams(&bucket, &servers().s3_endpoint);
+    // A fixed test key: 32 bytes in base64.
+    let top = "spool:\n  encryption:\n    key: c3Bvb2wtdGVzdC1rZXktMzItYnl0ZXMtbG9uZyEhISE=\n";
+    let KilledRun {
+        hydrant,
+        acked,
+        attempted,
+        kills,
+    } = produce_through_kills_with(top, &streams, "durable", 4, 0x5ea1).await;
+    assert!(kills >= 3);
+    assert!(
+        acked.len() > 500,
+        "only {} records acknowledged",
+        acked.len()
+    );
+    // Killed once more with records still spooled: nothing in the spool reads as a record.
+    let dir = hydrant.kill();
+    let spool = dir.path().join("hydrant-spool/durable");
+    let mut segments = 0;
+    for file in files_under(&spool) {
+        let bytes = std::fs::read(&file).unwrap();
+        segments += usize::from(file.extension().is_some_and(|e| e == "seg"));
+        assert!(
+            !bytes.windows(6).any(|w| w == b"\"id\":\"")
+                && !bytes.windows(16).any(|w| w == b"pppppppppppppppp"),
+            "record text in {}",
+            file.display()
+        );
+    }
+    assert!(segments > 0);
+    let mut hydrant = Hydrant::start_in(dir, top, &streams, &[]);
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    let delivered = delivered_ids(&Bucket::new(&bucket), "d/").await;
+    check_exactly_once(&delivered, &acked, &attempted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_outage_longer_than_the_flush_interval_loses_and_duplicates_nothing() {
     let bucket = new_bucket("outage-load");
     let port = free_port();

@@ -96,6 +96,9 @@ pub struct SpoolConfig {
     /// with "Slow down.". Default 1024.
     #[serde(default = "default_spool_max_mib")]
     pub max_mib: Spanned<u64>,
+    /// Encryption of the spool's records at rest; without it they are stored in clear.
+    #[serde(default)]
+    pub encryption: Option<SpoolEncryptionConfig>,
 }
 
 impl Default for SpoolConfig {
@@ -104,8 +107,56 @@ impl Default for SpoolConfig {
             path: default_spool_path(),
             fsync: FsyncConfig::default(),
             max_mib: default_spool_max_mib(),
+            encryption: None,
         }
     }
+}
+
+/// `spool.encryption`: the key records are encrypted with (AES-256-GCM), and older keys
+/// still needed to read what was spooled before a key change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolEncryptionConfig {
+    /// 32 random bytes in base64 (`openssl rand -base64 32`); write `${ENV}`.
+    pub key: Spanned<Secret>,
+    /// Keys the spool was written with before, still read until what they encrypted is
+    /// delivered.
+    #[serde(default)]
+    pub previous_keys: Vec<Spanned<Secret>>,
+}
+
+impl SpoolEncryptionConfig {
+    /// The keys, decoded; `Err` names the first that is not 32 bytes of base64.
+    pub fn keys(&self) -> Result<crate::spool::SpoolKeys, (&Spanned<Secret>, String)> {
+        Ok(crate::spool::SpoolKeys {
+            current: decode_key(&self.key, "`spool.encryption.key`")?,
+            previous: self
+                .previous_keys
+                .iter()
+                .map(|key| decode_key(key, "each of `spool.encryption.previous_keys`"))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// A 32-byte key from its base64 text, or the problem naming `what`.
+fn decode_key<'k>(
+    key: &'k Spanned<Secret>,
+    what: &str,
+) -> Result<[u8; 32], (&'k Spanned<Secret>, String)> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(key.value.expose().trim())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| {
+            (
+                key,
+                format!(
+                    "{what} must be 32 bytes in base64 (make one with `openssl rand -base64 32`)"
+                ),
+            )
+        })
 }
 
 /// The spool's flush policy.
@@ -758,5 +809,29 @@ mod tests {
             "{printed}"
         );
         assert!(!printed.contains("shipper-secret"), "{printed}");
+    }
+
+    #[test]
+    fn spool_keys_are_32_bytes_of_base64() {
+        let text = "spool:\n  encryption:\n    key: c2hvcnQ=\n    previous_keys: [\"not base64!\"]\nstreams:\n  s:\n    destination: { local: { path: x } }\n";
+        let error = parse_config(text, "spool.yaml").unwrap_err().to_string();
+        assert!(
+            error.contains("spool.yaml:3:")
+                && error.contains("`spool.encryption.key` must be 32 bytes in base64"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("c2hvcnQ"),
+            "the key is not printed: {error}"
+        );
+        let good = text
+            .replace("c2hvcnQ=", "c3Bvb2wtdGVzdC1rZXktMzItYnl0ZXMtbG9uZyEhISE=")
+            .replace(
+                "\"not base64!\"",
+                "YmVuY2htYXJrLWtleS1ub3QtYS1zZWNyZXQtMzJieXQ=",
+            );
+        let keys = parse(&good).spool.encryption.unwrap().keys().unwrap();
+        assert_eq!(&keys.current, b"spool-test-key-32-bytes-long!!!!");
+        assert_eq!(keys.previous.len(), 1);
     }
 }

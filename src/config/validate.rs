@@ -40,6 +40,11 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
         validate_auth(auth, &mut problems);
     }
     let spool = &config.spool;
+    if let Some(encryption) = &spool.encryption
+        && let Err((key, message)) = encryption.keys()
+    {
+        problems.push(at(key, message));
+    }
     if spool.fsync != super::FsyncConfig::Disabled {
         if spool.path.value.trim().is_empty() {
             problems.push(at(&spool.path, "`spool.path` is empty"));

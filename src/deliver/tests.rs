@@ -26,6 +26,7 @@ fn open_spool(dir: &Path) -> Arc<StreamSpool> {
         dir: dir.join("spool"),
         fsync: FsyncPolicy::Always,
         max_bytes: 64 << 20,
+        keys: None,
     })
     .unwrap()
 }

@@ -5,14 +5,21 @@
 //! ```
 //!
 //! All integers little-endian; the CRC-32C covers `seq`, `arrival_ms` and the payload, so a
-//! torn or corrupted frame is recognised and never mistaken for a record.
+//! torn or corrupted frame is recognised and never mistaken for a record. The top bit of
+//! `len` marks an encrypted frame, whose payload is sealed by [`super::cipher`].
+
+use super::cipher::{OVERHEAD, SpoolCipher};
 
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 24;
 
-/// Largest payload a frame holds: the largest record the API takes (Firehose's 1,000 KiB).
-/// A header declaring more is corrupt (or torn), and is never trusted for an allocation.
+/// Largest record a frame holds: the largest record the API takes (Firehose's 1,000 KiB). A
+/// header declaring more (with an encrypted frame's overhead) is corrupt or torn, and is
+/// never trusted for an allocation.
 pub const MAX_PAYLOAD_LEN: usize = 1_024_000;
+
+/// The bit of `len` that marks an encrypted payload.
+const ENCRYPTED: u32 = 1 << 31;
 
 /// A frame's header fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +34,37 @@ pub struct FrameHeader {
     pub arrival_ms: i64,
 }
 
-/// Appends one frame to `out`; `payload` is at most [`MAX_PAYLOAD_LEN`] bytes.
+/// Appends one frame of `record` to `out`, encrypted when `cipher` is given; `record` is at
+/// most [`MAX_PAYLOAD_LEN`] bytes.
+pub fn encode_record(
+    seq: u64,
+    arrival_ms: i64,
+    record: &[u8],
+    cipher: Option<&SpoolCipher>,
+    out: &mut Vec<u8>,
+) {
+    let Some(cipher) = cipher else {
+        encode(seq, arrival_ms, record, out);
+        return;
+    };
+    let start = out.len();
+    out.resize(start + HEADER_LEN, 0);
+    cipher.seal(seq, arrival_ms, record, out);
+    let payload = &out[start + HEADER_LEN..];
+    let crc = checksum(seq, arrival_ms, payload);
+    let len = payload.len() as u32 | ENCRYPTED;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    out[start + 8..start + 16].copy_from_slice(&seq.to_le_bytes());
+    out[start + 16..start + 24].copy_from_slice(&arrival_ms.to_le_bytes());
+}
+
+/// Bytes the frame of a `record_len`-byte record takes on disk.
+pub fn record_frame_len(record_len: usize, encrypted: bool) -> usize {
+    frame_len(record_len + if encrypted { OVERHEAD } else { 0 })
+}
+
+/// Appends one plain frame to `out`; `payload` is at most [`MAX_PAYLOAD_LEN`] bytes.
 pub fn encode(seq: u64, arrival_ms: i64, payload: &[u8], out: &mut Vec<u8>) {
     debug_assert!(
         payload.len() <= MAX_PAYLOAD_LEN,
@@ -64,14 +101,20 @@ impl FrameHeader {
     /// header is corrupt or torn): checked before the checksum can be, so that a damaged
     /// length never sizes an allocation.
     pub fn payload_len(&self) -> Option<usize> {
-        let len = self.len as usize;
-        (len <= MAX_PAYLOAD_LEN).then_some(len)
+        let len = (self.len & !ENCRYPTED) as usize;
+        let max = MAX_PAYLOAD_LEN + if self.encrypted() { OVERHEAD } else { 0 };
+        (len <= max).then_some(len)
+    }
+
+    /// Whether the payload is encrypted.
+    pub fn encrypted(&self) -> bool {
+        self.len & ENCRYPTED != 0
     }
 }
 
 /// Whether `payload` matches the header's checksum.
 pub fn verify(header: &FrameHeader, payload: &[u8]) -> bool {
-    payload.len() == header.len as usize
+    Some(payload.len()) == header.payload_len()
         && checksum(header.seq, header.arrival_ms, payload) == header.crc
 }
 

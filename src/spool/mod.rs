@@ -8,12 +8,14 @@
 //! written to the destination, and the checkpoint advances only after the destination
 //! confirms, when fully delivered segments are deleted.
 
+pub mod cipher;
 mod frame;
 pub mod journal;
 mod reader;
 mod segments;
 mod writer;
 
+pub use cipher::SpoolKeys;
 pub use journal::SeqRange;
 
 /// Largest record the spool takes: Firehose's 1,000 KiB, checked at ingest.
@@ -51,6 +53,8 @@ pub struct SpoolSettings {
     pub fsync: FsyncPolicy,
     /// Most bytes of segments on disk; beyond that, puts are refused ("Slow down.").
     pub max_bytes: u64,
+    /// Keys frames are encrypted with; `None` writes them in clear.
+    pub keys: Option<SpoolKeys>,
 }
 
 /// Why the spool could not take or keep records.
@@ -131,6 +135,8 @@ pub struct StreamSpool {
     /// reading them back from the file.
     tail: Mutex<std::collections::VecDeque<CachedGroup>>,
     tail_bytes: AtomicUsize,
+    /// Encrypts new frames and decrypts encrypted ones; `None` without keys.
+    cipher: Option<cipher::SpoolCipher>,
 }
 
 /// A written group kept in memory for the reader.
@@ -168,6 +174,25 @@ impl StreamSpool {
                 "cannot read or write its spool.id (is it writable?): {e}"
             ))
         })?;
+        // Nothing is written before the spool is known to be readable with these keys.
+        let checking = settings
+            .keys
+            .as_ref()
+            .map(|keys| cipher::SpoolCipher::new(keys, incarnation, 0));
+        segments::check_readable(&dir, checking.as_ref()).map_err(|reason| {
+            directory_error(format!(
+                "{reason}; nothing was changed. Configure the key the spool was written with \
+                 (as spool.encryption.key, or among its previous_keys)"
+            ))
+        })?;
+        let cipher = match &settings.keys {
+            None => None,
+            Some(keys) => {
+                let run = cipher::next_run(&dir)
+                    .map_err(|e| directory_error(format!("cannot advance spool.run: {e}")))?;
+                Some(cipher::SpoolCipher::new(keys, incarnation, run))
+            }
+        };
         let journal = Journal::open(&dir)
             .map_err(|e| directory_error(format!("cannot open the batch journal: {e}")))?;
         let checkpoint = journal.delivered_through();
@@ -196,6 +221,7 @@ impl StreamSpool {
             space_freed: tokio::sync::Notify::new(),
             tail: Mutex::new(std::collections::VecDeque::new()),
             tail_bytes: AtomicUsize::new(0),
+            cipher,
             settings,
         });
         let active = recovered.active;
@@ -256,11 +282,17 @@ impl StreamSpool {
         let mut used = 0u64;
         let mut accepted = 0;
         for record in records {
-            let len = frame::frame_len(record.len()) as u64;
+            let len = frame::record_frame_len(record.len(), self.cipher.is_some()) as u64;
             if used + len > budget {
                 break;
             }
-            frame::encode(state.next_seq, arrival_ms, record, &mut state.group.buf);
+            frame::encode_record(
+                state.next_seq,
+                arrival_ms,
+                record,
+                self.cipher.as_ref(),
+                &mut state.group.buf,
+            );
             state.next_seq += 1;
             state.group.records += 1;
             used += len;

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
+use super::cipher::{DecryptError, SpoolCipher};
 use super::segments::read_full;
 use super::{StreamSpool, frame, lock};
 
@@ -84,7 +85,7 @@ impl SpoolReader {
     /// thread (reads of megabytes must not stall the async reactor's API calls).
     async fn read_available(&mut self, end: u64, max_bytes: usize) -> std::io::Result<RecordChunk> {
         if let Some(chunk) = self.read_cached() {
-            return Ok(chunk);
+            return chunk;
         }
         let stand_in = SpoolReader::new(Arc::clone(&self.spool), self.next_seq, self.evicts);
         let mut reader = std::mem::replace(self, stand_in);
@@ -98,8 +99,9 @@ impl SpoolReader {
         read
     }
 
-    /// The rest of the cached group holding `next_seq`, without copying it.
-    fn read_cached(&mut self) -> Option<RecordChunk> {
+    /// The rest of the cached group holding `next_seq`: without copying it, or decrypted
+    /// into a new buffer when the spool is encrypted.
+    fn read_cached(&mut self) -> Option<std::io::Result<RecordChunk>> {
         let mut tail = lock(&self.spool.tail);
         if self.evicts {
             while tail
@@ -127,14 +129,56 @@ impl SpoolReader {
                 .expect("header length");
             let parsed = frame::decode_header(header);
             let start = offset + frame::HEADER_LEN;
-            let stop = start + parsed.len as usize;
+            let stop = start
+                + parsed
+                    .payload_len()
+                    .expect("frames written by this process");
             if parsed.seq >= self.next_seq {
                 records.push((parsed.seq, parsed.arrival_ms, start..stop));
             }
             offset = stop;
         }
         self.next_seq = records.last().map_or(self.next_seq, |r| r.0 + 1);
-        Some(RecordChunk { data, records })
+        let chunk = RecordChunk { data, records };
+        Some(match &self.spool.cipher {
+            None => Ok(chunk),
+            Some(cipher) => self.decrypt_cached(cipher, chunk),
+        })
+    }
+
+    /// The records of `chunk` (encrypted frames' payloads) decrypted into a new buffer.
+    fn decrypt_cached(
+        &self,
+        cipher: &SpoolCipher,
+        chunk: RecordChunk,
+    ) -> std::io::Result<RecordChunk> {
+        let mut data = Vec::with_capacity(chunk.data.len());
+        let mut records = Vec::with_capacity(chunk.records.len());
+        for (seq, arrival_ms, span) in chunk.records {
+            let start = data.len();
+            data.extend_from_slice(&chunk.data[span]);
+            let plain = cipher
+                .open(seq, arrival_ms, &mut data[start..])
+                .map_err(|e| self.undecryptable(seq, &e))?;
+            data.copy_within(start + plain.start..start + plain.end, start);
+            data.truncate(start + plain.len());
+            records.push((seq, arrival_ms, start..data.len()));
+        }
+        Ok(RecordChunk {
+            data: data.into(),
+            records,
+        })
+    }
+
+    /// The error of record `seq`, whose frame could not be decrypted.
+    fn undecryptable(&self, seq: u64, error: &DecryptError) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "spool {}: record {seq} cannot be read: {error}",
+                self.spool.dir().display()
+            ),
+        )
     }
 
     /// Reads records `next_seq..end` (at most about `max_bytes`) from the segment files.
@@ -175,6 +219,16 @@ impl SpoolReader {
                 // Before the start point (already delivered): skip.
                 data.truncate(start);
                 continue;
+            }
+            if parsed.encrypted() {
+                let Some(cipher) = &self.spool.cipher else {
+                    return Err(self.undecryptable(parsed.seq, &DecryptError::NoKeys));
+                };
+                let plain = cipher
+                    .open(parsed.seq, parsed.arrival_ms, &mut data[start..])
+                    .map_err(|e| self.undecryptable(parsed.seq, &e))?;
+                data.copy_within(start + plain.start..start + plain.end, start);
+                data.truncate(start + plain.len());
             }
             records.push((parsed.seq, parsed.arrival_ms, start..data.len()));
             self.next_seq += 1;

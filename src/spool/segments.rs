@@ -4,6 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
+use super::cipher::{DecryptError, SpoolCipher};
 use super::frame;
 
 /// One segment file.
@@ -67,7 +68,7 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn list(dir: &Path) -> std::io::Result<Vec<Segment>> {
+pub fn list(dir: &Path) -> std::io::Result<Vec<Segment>> {
     let mut segments = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -162,6 +163,40 @@ fn scan(path: &Path, first_seq: u64) -> std::io::Result<(u64, u64)> {
         next_seq += 1;
     }
     Ok((valid, next_seq))
+}
+
+/// Checks, before anything in `dir` is changed, that the spool can be read with `cipher`:
+/// the first intact frame of every segment decrypts (or is plain). A spool encrypted with
+/// another key, or encrypted while no key is configured, is an error naming the segment.
+pub fn check_readable(dir: &Path, cipher: Option<&SpoolCipher>) -> Result<(), String> {
+    let segments = list(dir).map_err(|e| format!("cannot list the segments: {e}"))?;
+    for segment in segments {
+        let name = segment.path.display();
+        let mut reader = BufReader::new(
+            File::open(&segment.path).map_err(|e| format!("cannot open {name}: {e}"))?,
+        );
+        let mut header = [0u8; frame::HEADER_LEN];
+        let got = read_full(&mut reader, &mut header).map_err(|e| format!("{name}: {e}"))?;
+        let parsed = frame::decode_header(&header);
+        let Some(len) = parsed.payload_len().filter(|_| got == frame::HEADER_LEN) else {
+            continue;
+        };
+        let mut payload = vec![0u8; len];
+        let got = read_full(&mut reader, &mut payload).map_err(|e| format!("{name}: {e}"))?;
+        if got < len || !frame::verify(&parsed, &payload) || !parsed.encrypted() {
+            continue;
+        }
+        let opened = match cipher {
+            None => Err(DecryptError::NoKeys),
+            Some(cipher) => cipher
+                .open(parsed.seq, parsed.arrival_ms, &mut payload)
+                .map(drop),
+        };
+        if let Err(error) = opened {
+            return Err(format!("segment {name} cannot be read: {error}"));
+        }
+    }
+    Ok(())
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.

@@ -7,6 +7,7 @@ fn settings(dir: &Path, fsync: FsyncPolicy, max_bytes: u64) -> SpoolSettings {
         dir: dir.to_path_buf(),
         fsync,
         max_bytes,
+        keys: None,
     }
 }
 
@@ -120,7 +121,7 @@ fn corrupt_length(path: &Path, seq: u64, len: u32) {
             std::fs::write(path, bytes).unwrap();
             return;
         }
-        offset += frame::frame_len(parsed.len as usize);
+        offset += frame::frame_len(parsed.payload_len().unwrap());
     }
 }
 
@@ -161,6 +162,159 @@ async fn a_corrupt_frame_length_is_refused_before_it_sizes_an_allocation() {
             && error.contains("declares 4294967295 payload bytes"),
         "{error}"
     );
+    spool.close();
+}
+
+fn keys(current: u8, previous: &[u8]) -> Option<SpoolKeys> {
+    Some(SpoolKeys {
+        current: [current; 32],
+        previous: previous.iter().map(|&b| [b; 32]).collect(),
+    })
+}
+
+fn open_keyed(dir: &Path, keys: Option<SpoolKeys>) -> Result<Arc<StreamSpool>, SpoolError> {
+    StreamSpool::open(SpoolSettings {
+        keys,
+        ..settings(dir, FsyncPolicy::Always, 8 << 20)
+    })
+}
+
+/// Every file of the spool directory with its bytes.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn secret_records(from: usize, to: usize) -> Vec<Vec<u8>> {
+    (from..to)
+        .map(|i| format!("SECRET-RECORD-{i:05}-").repeat(40).into_bytes())
+        .collect()
+}
+
+async fn append_all(spool: &Arc<StreamSpool>, records: &[Vec<u8>]) {
+    for chunk in records.chunks(50) {
+        let slices: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            spool.append(&slices, 42).await.unwrap().accepted,
+            slices.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_encrypted_spool_holds_no_record_text_and_reads_back_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = secret_records(0, 1500);
+    {
+        let spool = open_keyed(dir.path(), keys(1, &[])).unwrap();
+        append_all(&spool, &records).await;
+        // Fresh groups are read from memory, decrypted.
+        let read = read_all(&spool, 0).await;
+        assert_eq!(read.len(), records.len());
+        assert!(
+            read.iter()
+                .all(|(seq, data)| *data == records[*seq as usize])
+        );
+        spool.close();
+    }
+    for (path, bytes) in snapshot(dir.path()) {
+        assert!(
+            !bytes.windows(13).any(|w| w == b"SECRET-RECORD"),
+            "record text in {}",
+            path.display()
+        );
+    }
+    let spool = open_keyed(dir.path(), keys(1, &[])).unwrap();
+    let read = read_all(&spool, 0).await;
+    assert_eq!(read.len(), records.len(), "read back from the disk");
+    assert!(
+        read.iter()
+            .all(|(seq, data)| *data == records[*seq as usize])
+    );
+    spool.close();
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_key_stops_opening_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = open_keyed(dir.path(), keys(1, &[])).unwrap();
+        append_all(&spool, &secret_records(0, 100)).await;
+        spool.close();
+    }
+    let before = snapshot(dir.path());
+    let error = open_keyed(dir.path(), keys(2, &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("cannot be read: it was encrypted with key")
+            && error.contains("nothing was changed"),
+        "{error}"
+    );
+    let error = open_keyed(dir.path(), None).unwrap_err().to_string();
+    assert!(
+        error.contains("it is encrypted, and `spool.encryption` is not configured"),
+        "{error}"
+    );
+    assert_eq!(snapshot(dir.path()), before, "the spool was not touched");
+}
+
+#[tokio::test]
+async fn after_a_key_change_the_backlog_is_read_with_the_previous_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = secret_records(0, 400);
+    let new = secret_records(400, 800);
+    {
+        let spool = open_keyed(dir.path(), keys(1, &[])).unwrap();
+        append_all(&spool, &old).await;
+        spool.close();
+    }
+    {
+        let spool = open_keyed(dir.path(), keys(2, &[1])).unwrap();
+        append_all(&spool, &new).await;
+        spool.close();
+    }
+    let spool = open_keyed(dir.path(), keys(2, &[1])).unwrap();
+    let read = read_all(&spool, 0).await;
+    let all: Vec<Vec<u8>> = old.iter().chain(&new).cloned().collect();
+    assert_eq!(read.len(), all.len());
+    assert!(read.iter().all(|(seq, data)| *data == all[*seq as usize]));
+    spool.close();
+    let error = open_keyed(dir.path(), keys(2, &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("neither spool.encryption.key nor one of its previous_keys"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_plain_spool_stays_readable_when_encryption_is_turned_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = secret_records(0, 100);
+    {
+        let spool = open_keyed(dir.path(), None).unwrap();
+        append_all(&spool, &plain).await;
+        spool.close();
+    }
+    let spool = open_keyed(dir.path(), keys(3, &[])).unwrap();
+    let sealed = secret_records(100, 200);
+    append_all(&spool, &sealed).await;
+    spool.close();
+    let spool = open_keyed(dir.path(), keys(3, &[])).unwrap();
+    let read = read_all(&spool, 0).await;
+    let all: Vec<Vec<u8>> = plain.iter().chain(&sealed).cloned().collect();
+    assert_eq!(read.len(), 200);
+    assert!(read.iter().all(|(seq, data)| *data == all[*seq as usize]));
     spool.close();
 }
 
@@ -212,12 +366,14 @@ mod model {
         (0..len).map(|i| (seq * 31 + i) as u8).collect()
     }
 
-    fn open(dir: &Path) -> Arc<StreamSpool> {
+    /// The model's spool, its frames encrypted when `keyed`.
+    fn open(dir: &Path, keyed: bool) -> Arc<StreamSpool> {
         StreamSpool::open(SpoolSettings {
             dir: dir.to_path_buf(),
             fsync: FsyncPolicy::Interval(Duration::from_secs(3600)),
             // Small, so segments (1 MiB) roll and are deleted, and the spool sometimes fills.
             max_bytes: 4 << 20,
+            keys: if keyed { keys(9, &[]) } else { None },
         })
         .unwrap()
     }
@@ -236,11 +392,11 @@ mod model {
         #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
         #[test]
-        fn recovery_yields_exactly_the_undelivered_records_in_order(ops in prop::collection::vec(op(), 1..30)) {
+        fn recovery_yields_exactly_the_undelivered_records_in_order(ops in prop::collection::vec(op(), 1..30), keyed in any::<bool>()) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
-                let mut spool = open(dir.path());
+                let mut spool = open(dir.path(), keyed);
                 let mut appended: Vec<Vec<u8>> = Vec::new();
                 let mut delivered = 0usize;
                 for op in ops {
@@ -277,7 +433,7 @@ mod model {
                                     .unwrap();
                                 file.write_all(&vec![0xA5; garbage]).unwrap();
                             }
-                            spool = open(dir.path());
+                            spool = open(dir.path(), keyed);
                             prop_assert_eq!(spool.start_seq(), delivered as u64);
                             let read = read_all(&spool, spool.start_seq()).await;
                             prop_assert_eq!(read.len(), appended.len() - delivered);

@@ -6,7 +6,10 @@ mod bulk_server;
 mod producers;
 
 pub use bulk_server::{BulkServer, Fate};
-pub use producers::{KilledRun, Producers, check_exactly_once, produce_through_kills, record};
+pub use producers::{
+    KilledRun, Producers, check_exactly_once, produce_through_kills, produce_through_kills_with,
+    record,
+};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};

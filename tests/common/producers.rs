@@ -114,7 +114,19 @@ pub async fn produce_through_kills(
     kills: usize,
     seed: u64,
 ) -> KilledRun {
-    let mut hydrant = super::Hydrant::start(streams);
+    produce_through_kills_with("", streams, stream, kills, seed).await
+}
+
+/// [`produce_through_kills`] with extra top-level sections (`spool:` ...) in every run's
+/// configuration.
+pub async fn produce_through_kills_with(
+    top_yaml: &str,
+    streams: &str,
+    stream: &str,
+    kills: usize,
+    seed: u64,
+) -> KilledRun {
+    let mut hydrant = super::Hydrant::start_full(top_yaml, streams, &[]);
     let base_url = Arc::new(Mutex::new(hydrant.base_url.clone()));
     let producers = Producers::start(4, stream, base_url.clone());
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -124,7 +136,7 @@ pub async fn produce_through_kills(
         tokio::time::sleep(Duration::from_millis(rng.u64(200..1200))).await;
         let dir = hydrant.kill();
         done += 1;
-        hydrant = super::Hydrant::start_in(dir, "", streams, &[]);
+        hydrant = super::Hydrant::start_in(dir, top_yaml, streams, &[]);
         *base_url.lock().unwrap() = hydrant.base_url.clone();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
