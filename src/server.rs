@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -48,7 +49,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .auth
             .as_ref()
             .map(|auth| Arc::new(crate::ingest::auth::Authenticator::new(auth))),
+        body_read_timeout: Duration::from_secs(config.server.body_read_timeout_seconds.value),
     };
+    let header_timeout = Duration::from_secs(config.server.header_read_timeout_seconds.value);
     match &config.server.auth {
         Some(auth) => tracing::info!(
             access_keys = auth.access_keys.value.len(),
@@ -64,14 +67,20 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         streams = pipeline.sorted_names().join(","),
         "hydrant listening on {local}"
     );
-    let app = router(state);
+    let app = router(state).into_make_service();
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stopping.graceful_shutdown(None);
+    });
+    let listener = listener.into_std()?;
     match &config.server.tls {
         None => {
             println!("hydrant listening on http://{local}");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
-                .context("the API server failed")?;
+            let mut server = axum_server::from_tcp(listener)?.handle(handle);
+            limit_header_time(server.http_builder(), header_timeout);
+            server.serve(app).await
         }
         Some(tls) => {
             let files = TlsFiles::new(tls, base_dir);
@@ -82,19 +91,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 "serving HTTPS (TLS 1.2 and 1.3); SIGHUP re-reads the certificate files"
             );
             println!("hydrant listening on https://{local}");
-            let handle = axum_server::Handle::new();
-            let stopping = handle.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                stopping.graceful_shutdown(None);
-            });
-            axum_server::from_tcp_rustls(listener.into_std()?, rustls)?
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
-                .context("the API server failed")?;
+            let mut server = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle);
+            limit_header_time(server.http_builder(), header_timeout);
+            server.serve(app).await
         }
     }
+    .context("the API server failed")?;
     tracing::info!(
         undelivered_records = pipeline.undelivered_records(),
         "stopped taking records; delivering what is buffered (signal again to exit at once)"
@@ -114,6 +116,17 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Closes connections whose request headers do not arrive within `timeout`.
+fn limit_header_time(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    timeout: Duration,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout);
 }
 
 /// Re-reads the listener's certificate files at every SIGHUP: new connections get the new

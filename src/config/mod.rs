@@ -63,6 +63,15 @@ pub struct ServerConfig {
     /// TLS on the listener; without it, the API speaks plain HTTP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// How long a client may take to send a request's headers before the connection is
+    /// closed. Default 10.
+    #[serde(default = "default_header_read_timeout_seconds")]
+    pub header_read_timeout_seconds: Spanned<u64>,
+    /// How long a client may take to send a request's body before it is answered
+    /// `RequestTimeoutException` (408). The body arrives before the request takes one of
+    /// `max_concurrent_requests`, so slow senders never hold those. Default 30.
+    #[serde(default = "default_body_read_timeout_seconds")]
+    pub body_read_timeout_seconds: Spanned<u64>,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +83,8 @@ impl Default for ServerConfig {
             backpressure_wait_ms: default_backpressure_wait_ms(),
             auth: None,
             tls: None,
+            header_read_timeout_seconds: default_header_read_timeout_seconds(),
+            body_read_timeout_seconds: default_body_read_timeout_seconds(),
         }
     }
 }
@@ -468,6 +479,12 @@ fn default_max_concurrent_requests() -> Spanned<u32> {
 }
 fn default_max_request_memory_mib() -> Spanned<u32> {
     spanned(256)
+}
+fn default_header_read_timeout_seconds() -> Spanned<u64> {
+    spanned(10)
+}
+fn default_body_read_timeout_seconds() -> Spanned<u64> {
+    spanned(30)
 }
 fn default_backpressure_wait_ms() -> u64 {
     2000

@@ -30,6 +30,23 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             ),
         ));
     }
+    for (timeout, key) in [
+        (
+            &server.header_read_timeout_seconds,
+            "header_read_timeout_seconds",
+        ),
+        (
+            &server.body_read_timeout_seconds,
+            "body_read_timeout_seconds",
+        ),
+    ] {
+        if !(1..=3600).contains(&timeout.value) {
+            problems.push(at(
+                timeout,
+                format!("`{key}` must be 1 to 3600, got {}", timeout.value),
+            ));
+        }
+    }
     if server.max_concurrent_requests.value == 0 {
         problems.push(at(
             &server.max_concurrent_requests,

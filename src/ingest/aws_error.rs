@@ -28,6 +28,8 @@ pub enum AwsErrorType {
     InvalidSignature,
     /// The key may not perform this operation on this stream.
     AccessDenied,
+    /// The request body did not arrive in time.
+    RequestTimeout,
 }
 
 impl AwsErrorType {
@@ -45,6 +47,7 @@ impl AwsErrorType {
             AwsErrorType::UnrecognizedClient => "UnrecognizedClientException",
             AwsErrorType::InvalidSignature => "InvalidSignatureException",
             AwsErrorType::AccessDenied => "AccessDeniedException",
+            AwsErrorType::RequestTimeout => "RequestTimeoutException",
         }
     }
 
@@ -52,6 +55,7 @@ impl AwsErrorType {
         match self {
             AwsErrorType::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             AwsErrorType::MissingAuthenticationToken => StatusCode::FORBIDDEN,
+            AwsErrorType::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             _ => StatusCode::BAD_REQUEST,
         }
     }

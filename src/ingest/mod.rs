@@ -12,9 +12,11 @@ pub mod stream_name;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Extension, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
+use axum::response::IntoResponse as _;
 use axum::response::Response;
 use axum::routing::{get, post};
 use tokio::sync::Semaphore;
@@ -38,6 +40,8 @@ pub struct ApiState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Checks callers' keys; `None` when unsigned calls are accepted.
     pub auth: Option<Arc<auth::Authenticator>>,
+    /// How long a request body may take to arrive.
+    pub body_read_timeout: std::time::Duration,
 }
 
 /// The API's routes.
@@ -56,10 +60,11 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Holds a request slot and the request's share of request memory while it is processed,
-/// and tags every answer with a request id as AWS services do.
+/// Holds the request's share of request memory, receives its body (within
+/// `body_read_timeout`), then holds a request slot while it is processed; tags every answer
+/// with a request id as AWS services do. The body arrives before the slot is taken, so a
+/// client that sends slowly holds only its memory share, never a slot that producers need.
 async fn limit_and_tag(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let _slot = state.request_slots.acquire().await;
     // The body and the records decoded from it; without a length, assume the largest body.
     let body_bytes = request
         .headers()
@@ -70,7 +75,32 @@ async fn limit_and_tag(State(state): State<ApiState>, request: Request, next: Ne
         .min(record_limits::MAX_NDJSON_BODY_BYTES);
     let share = u32::try_from((2 * body_bytes).max(4096)).unwrap_or(u32::MAX);
     let _memory = state.request_memory.acquire_many(share).await;
-    let mut response = next.run(request).await;
+    let (parts, body) = request.into_parts();
+    let limit = record_limits::MAX_NDJSON_BODY_BYTES;
+    let body = match tokio::time::timeout(state.body_read_timeout, firehose::read_body(body, limit))
+        .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => return tag(error.into_response()),
+        Err(_) => {
+            return tag(
+                aws_error::AwsError::new(
+                    aws_error::AwsErrorType::RequestTimeout,
+                    format!(
+                        "the request body did not arrive within {} s (server.body_read_timeout_seconds)",
+                        state.body_read_timeout.as_secs()
+                    ),
+                )
+                .into_response(),
+            );
+        }
+    };
+    let _slot = state.request_slots.acquire().await;
+    tag(next.run(Request::from_parts(parts, Body::from(body))).await)
+}
+
+/// Gives `response` a request id, as AWS services do.
+fn tag(mut response: Response) -> Response {
     let id = format!("{:032x}", fastrand::u128(..));
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-amzn-RequestId", value);
