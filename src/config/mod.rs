@@ -851,4 +851,41 @@ mod tests {
         assert_eq!(&keys.current, b"spool-test-key-32-bytes-long!!!!");
         assert_eq!(keys.previous.len(), 1);
     }
+
+    mod hostile {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const QUICKSTART: &str = include_str!("../../examples/quickstart.yaml");
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn hostile_yaml_loads_or_fails_with_located_problems(
+                text in prop_oneof![
+                    "[ -~\n\t]{0,300}",
+                    prop::collection::vec((0usize..QUICKSTART.len(), "[ -~\n:{}\\[\\]-]{0,3}", any::<bool>()), 1..6)
+                        .prop_map(|edits| {
+                            let mut text = QUICKSTART.to_string();
+                            for (at, insert, cut) in edits {
+                                let at = (0..=at.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+                                if cut {
+                                    let end = (at..=text.len()).find(|&i| text.is_char_boundary(i) && i >= at + 2).unwrap_or(text.len());
+                                    text.replace_range(at..end, "");
+                                }
+                                text.insert_str(at, &insert);
+                            }
+                            text
+                        }),
+                ]
+            ) {
+                if let Err(error) = parse_config(&text, "fuzz.yaml") {
+                    let message = error.to_string();
+                    prop_assert!(message.starts_with("fuzz.yaml"), "{}", message);
+                }
+            }
+        }
+    }
 }

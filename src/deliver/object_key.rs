@@ -435,4 +435,31 @@ mod tests {
                 .contains("nope")
         );
     }
+
+    mod hostile {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn hostile_prefixes_parse_or_are_refused_and_parsed_ones_build_keys(
+                prefix in prop_oneof![
+                    ".{0,60}",
+                    "([a-z/=]{0,6}(!\\{(timestamp|firehose|partitionKeyFromQuery):[a-zA-Z'/-]{0,12}\\}?)?){0,4}",
+                ]
+            ) {
+                for template in [KeyTemplate::parse(&prefix), KeyTemplate::parse_error_prefix(&prefix)]
+                    .into_iter()
+                    .flatten()
+                {
+                    let keys = ObjectKeyBuilder::new("s", template, ".gz");
+                    let key = keys.key_with_type(Utc::now(), &mut fastrand::Rng::with_seed(1), "s3-failed");
+                    prop_assert!(key.ends_with(".gz"));
+                }
+            }
+        }
+    }
 }

@@ -462,3 +462,59 @@ fn describe_delivery_stream(caller: Caller<'_>, body: &[u8]) -> Result<Response,
     });
     Ok(json_response(body.to_string().into_bytes()))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const VALID: &str = r#"{"DeliveryStreamName":"events","Records":[{"Data":"eyJhIjoxfQ=="},{"Data":"aGVsbG8="}]}"#;
+
+    /// A valid batch with bytes replaced, inserted or cut off at random places.
+    fn mutated() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec((0usize..VALID.len(), any::<u8>(), 0u8..3), 1..8).prop_map(|edits| {
+            let mut body = VALID.as_bytes().to_vec();
+            for (at, byte, kind) in edits {
+                let at = at.min(body.len());
+                match kind {
+                    0 if at < body.len() => body[at] = byte,
+                    1 => body.insert(at, byte),
+                    _ => body.truncate(at),
+                }
+            }
+            body
+        })
+    }
+
+    fn documented(error: &AwsError) -> bool {
+        matches!(
+            error.kind,
+            AwsErrorType::Serialization | AwsErrorType::Validation | AwsErrorType::InvalidArgument
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn hostile_batches_decode_or_fail_with_a_documented_error(
+            body in prop_oneof![prop::collection::vec(any::<u8>(), 0..512), mutated()]
+        ) {
+            match decode_batch(&body) {
+                Ok((_, data, ends)) => {
+                    prop_assert!(data.len() <= MAX_BATCH_BYTES);
+                    prop_assert!(ends.len() <= MAX_BATCH_RECORDS);
+                    prop_assert_eq!(ends.last().copied().unwrap_or(0), data.len());
+                }
+                Err(error) => prop_assert!(documented(&error), "{:?}", error),
+            }
+            if let Err(error) = parse::<PutRecordInput>(&body).and_then(|input| {
+                let record = input.record.ok_or_else(|| AwsError::constraint("record", "null", "x"))?;
+                decode_records(&[record], |_| "record.data".into())
+            }) {
+                prop_assert!(documented(&error), "{:?}", error);
+            }
+        }
+    }
+}

@@ -46,32 +46,7 @@ async fn accept(
         )
     })?;
     let body = super::firehose::read_body(request.into_body(), MAX_NDJSON_BODY_BYTES).await?;
-    let mut lines = Vec::new();
-    for (number, line) in body.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            continue;
-        }
-        if line.len() > MAX_RECORD_BYTES {
-            return Err(AwsError::new(
-                AwsErrorType::Validation,
-                format!(
-                    "line {} is {} bytes; a record may be at most {MAX_RECORD_BYTES} bytes",
-                    number + 1,
-                    line.len()
-                ),
-            ));
-        }
-        if lines.len() == MAX_NDJSON_RECORDS {
-            return Err(AwsError::new(
-                AwsErrorType::Validation,
-                format!(
-                    "the body holds more than {MAX_NDJSON_RECORDS} records; send at most {MAX_NDJSON_RECORDS} lines per request"
-                ),
-            ));
-        }
-        lines.push(line);
-    }
+    let lines = split_records(&body)?;
     let admission = stream
         .admit(&lines, now_ms(), state.pipeline.backpressure_wait)
         .await
@@ -107,4 +82,79 @@ async fn accept(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     Ok(response)
+}
+
+/// The records of an NDJSON body: every non-empty line (a trailing `\r` dropped), each at
+/// most [`MAX_RECORD_BYTES`], at most [`MAX_NDJSON_RECORDS`] of them.
+fn split_records(body: &[u8]) -> Result<Vec<&[u8]>, AwsError> {
+    let mut lines = Vec::new();
+    for (number, line) in body.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        if line.len() > MAX_RECORD_BYTES {
+            return Err(AwsError::new(
+                AwsErrorType::Validation,
+                format!(
+                    "line {} is {} bytes; a record may be at most {MAX_RECORD_BYTES} bytes",
+                    number + 1,
+                    line.len()
+                ),
+            ));
+        }
+        if lines.len() == MAX_NDJSON_RECORDS {
+            return Err(AwsError::new(
+                AwsErrorType::Validation,
+                format!(
+                    "the body holds more than {MAX_NDJSON_RECORDS} records; send at most {MAX_NDJSON_RECORDS} lines per request"
+                ),
+            ));
+        }
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_body_splits_into_its_non_empty_lines(
+            body in prop::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), any::<u8>()], 0..2048)
+        ) {
+            let lines = split_records(&body).unwrap();
+            let expected: Vec<&[u8]> = body
+                .split(|&b| b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter(|l| !l.is_empty())
+                .collect();
+            prop_assert_eq!(lines, expected);
+        }
+    }
+
+    #[test]
+    fn too_long_lines_and_too_many_lines_are_named() {
+        let long = vec![b'x'; MAX_RECORD_BYTES + 1];
+        let error = split_records(&[b"ok\n".as_slice(), &long].concat()).unwrap_err();
+        assert_eq!(error.kind, AwsErrorType::Validation);
+        assert!(
+            error.message.starts_with("line 2 is 1024001 bytes"),
+            "{}",
+            error.message
+        );
+        let many = b"r\n".repeat(MAX_NDJSON_RECORDS + 1);
+        let error = split_records(&many).unwrap_err();
+        assert!(
+            error.message.contains("more than 50000 records"),
+            "{}",
+            error.message
+        );
+    }
 }

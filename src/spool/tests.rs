@@ -449,3 +449,81 @@ mod model {
         }
     }
 }
+
+mod hostile {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Two segments: valid frames with bytes replaced or cut, or arbitrary bytes.
+    fn segment_bytes(first_seq: u64) -> impl Strategy<Value = Vec<u8>> {
+        let valid = move |n: usize| {
+            let mut out = Vec::new();
+            for i in 0..n {
+                frame::encode(
+                    first_seq + i as u64,
+                    7,
+                    format!("record {i}").as_bytes(),
+                    &mut out,
+                );
+            }
+            out
+        };
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..400),
+            (
+                1usize..20,
+                prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+                any::<prop::sample::Index>()
+            )
+                .prop_map(move |(n, flips, cut)| {
+                    let mut bytes = valid(n);
+                    for (at, byte) in flips {
+                        let at = at.index(bytes.len());
+                        bytes[at] = byte;
+                    }
+                    let keep = cut.index(bytes.len() + 1);
+                    bytes.truncate(keep.max(bytes.len() / 2));
+                    bytes
+                }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn damaged_segments_open_and_read_or_fail_as_corrupt(
+            first in segment_bytes(0),
+            second in segment_bytes(20),
+            keyed in any::<bool>(),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                std::fs::write(segments::segment_path(dir.path(), 0), &first).unwrap();
+                std::fs::write(segments::segment_path(dir.path(), 20), &second).unwrap();
+                let Ok(spool) = open_keyed(dir.path(), if keyed { keys(4, &[]) } else { None }) else {
+                    return Ok(());
+                };
+                let mut reader = spool.reader(0);
+                let end = *spool.written.borrow();
+                while reader.next_seq() < end {
+                    match reader.read(1 << 20).await {
+                        Ok(Some(chunk)) => prop_assert!(!chunk.is_empty()),
+                        Ok(None) => break,
+                        Err(error) => {
+                            prop_assert!(
+                                matches!(error.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::NotFound),
+                                "{:?}", error
+                            );
+                            break;
+                        }
+                    }
+                }
+                spool.close();
+                Ok(())
+            })?;
+        }
+    }
+}

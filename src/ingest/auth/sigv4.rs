@@ -495,4 +495,57 @@ mod tests {
             "GET\n/streams/a%2520b/stats\na=1&a=x%2Fy&b=2\nhost:firehose.us-east-1.amazonaws.com\n\nhost\nh"
         );
     }
+
+    mod hostile {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const VALID: &str = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/firehose/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=00ff";
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn hostile_authorization_headers_parse_or_are_incomplete(
+                text in prop_oneof![
+                    ".{0,200}",
+                    (0usize..VALID.len(), ".{0,20}").prop_map(|(at, junk)| {
+                        let at = (0..=at).rev().find(|&i| VALID.is_char_boundary(i)).unwrap_or(0);
+                        format!("{}{junk}", &VALID[..at])
+                    }),
+                ]
+            ) {
+                if let Err(error) = parse_header(&text) {
+                    prop_assert!(matches!(error, AuthFailure::Incomplete(_)), "{:?}", error);
+                }
+            }
+
+            #[test]
+            fn hostile_requests_never_verify_and_never_panic(
+                date in "[0-9TZ]{0,20}",
+                signature in "[0-9a-fA-F]{0,70}",
+                path in "/[ -~]{0,40}",
+                query in prop::option::of("[ -~]{0,40}"),
+                body in prop::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let mut headers = HeaderMap::new();
+                headers.insert("host", HeaderValue::from_static("h"));
+                if let Ok(value) = HeaderValue::from_str(&date) {
+                    headers.insert("x-amz-date", value);
+                }
+                let method = Method::POST;
+                let request = ArrivedRequest { method: &method, path: &path, query: query.as_deref(), headers: &headers, body: &body };
+                let header = SignatureHeader {
+                    access_key: "AKID",
+                    date: date.get(..8).unwrap_or(""),
+                    region: "us-east-1",
+                    service: "firehose",
+                    signed_headers: vec!["host", "x-amz-date"],
+                    signature: &signature,
+                };
+                prop_assert!(verify(&request, &header, "secret", None, Utc::now()).is_err());
+            }
+        }
+    }
 }
