@@ -88,6 +88,9 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
             checked.join("\n  ")
         );
     }
+    for note in hydrant::config::encryption_notes(&config) {
+        println!("{note}");
+    }
     println!(
         "{}: ok ({} delivery stream{})",
         path.display(),

@@ -578,6 +578,7 @@ fn build_sink(
             multipart_threshold_bytes: s3.multipart_threshold_mib.value as usize * MIB,
             multipart_part_bytes: s3.multipart_part_mib.value as usize * MIB,
             request_timeout: Duration::from_secs(s3.request_timeout_seconds.max(1)),
+            server_side_encryption: s3.server_side_encryption().ok().flatten(),
         })?),
     })
 }

@@ -236,3 +236,22 @@ fn walk_to_file(dir: &Path) -> std::path::PathBuf {
         entries[0].clone()
     }
 }
+
+#[test]
+fn validate_explains_which_stores_do_the_server_side_encryption_asked_for() {
+    let (ok, output) = validate_config(
+        "streams:\n  s:\n    destination:\n      s3:\n        bucket: b\n        \
+         server_side_encryption: SSE-C\n        sse_customer_key: c3NlLWMtdGVzdC1rZXktb2YtMzItYnl0ZXMhISEhISE=\n",
+    );
+    assert!(ok, "{output}");
+    assert!(
+        output.contains(
+            "note: stream `s` asks its store for SSE-C: AWS S3 and MinIO take it over HTTPS only"
+        ),
+        "{output}"
+    );
+    assert!(
+        !output.contains("c3NlLWMt"),
+        "the key is not printed: {output}"
+    );
+}

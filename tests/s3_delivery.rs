@@ -480,3 +480,96 @@ async fn every_codec_round_trips_through_its_standard_tool() {
         assert!(decoded == expected, "{codec}: decoded bytes differ");
     }
 }
+
+/// What `tests/clients/sse_read_boto3.py` saw of each object under `prefix`.
+fn sse_objects(bucket: &str, prefix: &str, customer_key: Option<&str>) -> Vec<serde_json::Value> {
+    let s = servers();
+    let mut command = std::process::Command::new(&s.python);
+    command
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/sse_read_boto3.py"
+        ))
+        .args([&s.s3_endpoint, &s.access_key, &s.secret_key, bucket, prefix]);
+    if let Some(key) = customer_key {
+        command.arg(key);
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn objects_are_encrypted_by_the_store_with_sse_s3_and_sse_c() {
+    let bucket = new_bucket("sse");
+    // A fixed test key: 32 bytes in base64.
+    let customer_key = "c3NlLWMtdGVzdC1rZXktb2YtMzItYnl0ZXMhISEhISE=";
+    let destination = |prefix: &str, sse: &str| {
+        indent(
+            &format!(
+                "{}  multipart_threshold_mib: 5\n  multipart_part_mib: 5\n{sse}",
+                s3_destination_yaml(&bucket, prefix, None)
+            ),
+            4,
+        )
+    };
+    let streams = format!(
+        "managed:\n  buffer: {{ size_mib: 8, interval_seconds: 900 }}\n  compression: gzip\n  destination:\n{}\
+         customer:\n  buffer: {{ size_mib: 8, interval_seconds: 900 }}\n  compression: gzip\n  destination:\n{}",
+        destination("managed/", "  server_side_encryption: AES256\n"),
+        destination(
+            "customer/",
+            "  server_side_encryption: SSE-C\n  sse_customer_key: ${SSE_C_KEY}\n"
+        ),
+    );
+    let mut hydrant = Hydrant::start_with_env(&streams, &[("SSE_C_KEY", customer_key)]);
+    let small: Vec<Vec<u8>> = (0..100)
+        .map(|n| format!(r#"{{"n":{n}}}"#).into_bytes())
+        .collect();
+    hydrant.put_all("managed", &small).await;
+    // Large, random (incompressible) records: the object goes up as a multipart upload.
+    let large: Vec<Vec<u8>> = (0..9)
+        .map(|n| {
+            let mut rng = fastrand::Rng::with_seed(n);
+            let text: String = (0..1_000_000).map(|_| rng.alphanumeric()).collect();
+            format!(r#"{{"n":{n},"pad":"{text}"}}"#).into_bytes()
+        })
+        .collect();
+    for chunk in large.chunks(3) {
+        hydrant.put_all("customer", chunk).await;
+    }
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+
+    let managed = sse_objects(&bucket, "managed/", None);
+    assert_eq!(managed.len(), 1, "{managed:?}");
+    assert_eq!(managed[0]["sse"], "AES256", "{managed:?}");
+    assert_eq!(managed[0]["lines"], 100);
+    let customer = sse_objects(&bucket, "customer/", Some(customer_key));
+    for object in &customer {
+        assert_eq!(object["sse_customer"], "AES256", "{customer:?}");
+        assert_ne!(
+            object["read_without_key"], "ok",
+            "an SSE-C object cannot be read without the key: {customer:?}"
+        );
+    }
+    let lines: u64 = customer.iter().map(|o| o["lines"].as_u64().unwrap()).sum();
+    assert_eq!(lines, 9, "{customer:?}");
+    assert!(
+        customer
+            .iter()
+            .any(|o| o["etag"].as_str().unwrap().contains('-')),
+        "one went up as a multipart upload: {customer:?}"
+    );
+    assert!(
+        !hydrant.log().contains(customer_key),
+        "the customer key is never logged"
+    );
+}

@@ -18,6 +18,8 @@ pub mod search;
 /// Everything a sink author or the engine needs in one import.
 pub mod prelude {
     pub use crate::error::{Service, SinkError, SinkErrorKind};
-    pub use crate::object::{EncodedObject, ObjectSink, ObjectStoreSink, S3Options, WriteMode};
+    pub use crate::object::{
+        EncodedObject, ObjectSink, ObjectStoreSink, S3Options, ServerSideEncryption, WriteMode,
+    };
     pub use crate::retry::Backoff;
 }

@@ -2,6 +2,7 @@
 //! substitution, and validation that reports every problem as `FILE:LINE:COLUMN: message`.
 
 mod auth;
+mod encryption;
 mod load;
 mod parquet;
 mod postgres;
@@ -11,6 +12,7 @@ mod streams;
 mod validate;
 
 pub use auth::{ACTIONS, AccessKeyConfig, AllowConfig, AuthConfig, Secret, TlsConfig};
+pub use encryption::encryption_notes;
 pub use load::{ConfigError, ConfigProblem, load_config, parse_config};
 pub use parquet::{ColumnConfig, EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
 pub use postgres::{PostgresColumn, PostgresDestination, PostgresMode};
@@ -353,6 +355,17 @@ pub struct S3Destination {
     /// Timeout of one request to the store. Default 30.
     #[serde(default = "default_request_timeout_seconds")]
     pub request_timeout_seconds: u64,
+    /// Encryption at rest the store applies to every object: `AES256` (SSE-S3), `aws:kms`,
+    /// `aws:kms:dsse` (with `kms_key_id`, or the store's default key) or `SSE-C` (with
+    /// `sse_customer_key`). Default: none asked for (the bucket's default applies).
+    #[serde(default)]
+    pub server_side_encryption: Option<Spanned<String>>,
+    /// The KMS key id or ARN for `aws:kms` and `aws:kms:dsse`.
+    #[serde(default)]
+    pub kms_key_id: Option<Spanned<String>>,
+    /// The SSE-C key: 32 bytes in base64 (write `${ENV}`); readers need the same key.
+    #[serde(default)]
+    pub sse_customer_key: Option<Spanned<Secret>>,
     /// Key prefix, with `!{timestamp:...}` and `!{firehose:random-string}` expressions.
     /// Without expressions, `YYYY/MM/dd/HH/` is appended, as Firehose does. Default empty.
     #[serde(default = "empty_prefix")]
@@ -850,6 +863,57 @@ mod tests {
         let keys = parse(&good).spool.encryption.unwrap().keys().unwrap();
         assert_eq!(&keys.current, b"spool-test-key-32-bytes-long!!!!");
         assert_eq!(keys.previous.len(), 1);
+    }
+
+    #[test]
+    fn server_side_encryption_settings_are_checked_where_written() {
+        let config = |sse: &str| {
+            format!("streams:\n  s:\n    destination:\n      s3:\n        bucket: b\n{sse}")
+        };
+        for (sse, expected) in [
+            (
+                "        server_side_encryption: DES\n",
+                "must be AES256, aws:kms, aws:kms:dsse or SSE-C, got `DES`",
+            ),
+            (
+                "        server_side_encryption: SSE-C\n",
+                "needs `sse_customer_key`",
+            ),
+            (
+                "        server_side_encryption: SSE-C\n        sse_customer_key: c2hvcnQ=\n",
+                "`sse_customer_key` must be 32 bytes",
+            ),
+            (
+                "        server_side_encryption: AES256\n        kms_key_id: k\n",
+                "`kms_key_id` is only for aws:kms",
+            ),
+            (
+                "        kms_key_id: k\n",
+                "`kms_key_id` needs `server_side_encryption: aws:kms`",
+            ),
+        ] {
+            let error = parse_config(&config(sse), "sse.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(expected) && error.contains("sse.yaml:"),
+                "{sse}: {error}"
+            );
+            assert!(!error.contains("c2hvcnQ"), "no key in errors: {error}");
+        }
+        let parsed = parse(&config(
+            "        server_side_encryption: aws:kms\n        kms_key_id: alias/hydrant\n",
+        ));
+        let Destination::S3(s3) = &parsed.streams.0[0].1.destination else {
+            panic!("s3")
+        };
+        assert_eq!(
+            s3.server_side_encryption().unwrap(),
+            Some(hydrant_sinks::prelude::ServerSideEncryption::Kms {
+                key_id: Some("alias/hydrant".into())
+            })
+        );
+        assert!(encryption_notes(&parsed)[0].contains("aws:kms: the store needs a KMS"));
     }
 
     mod hostile {

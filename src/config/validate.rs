@@ -283,6 +283,12 @@ fn validate_destination(name: &str, destination: &Destination, problems: &mut Ve
             validate_destination(name, &search.backup.destination, problems)
         }
         Destination::S3(s3) => {
+            if let Err((location, message)) = s3.server_side_encryption() {
+                problems.push(ConfigProblem::at(
+                    location,
+                    format!("stream `{name}`: {message}"),
+                ));
+            }
             if s3.bucket.value.trim().is_empty() {
                 problems.push(at(
                     &s3.bucket,

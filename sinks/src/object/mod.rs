@@ -4,7 +4,7 @@
 mod config;
 mod store;
 
-pub use config::S3Options;
+pub use config::{S3Options, ServerSideEncryption};
 pub use store::ObjectStoreSink;
 
 use async_trait::async_trait;

@@ -12,7 +12,7 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
 };
 
-use super::{EncodedObject, ObjectSink, S3Options, WriteMode};
+use super::{EncodedObject, ObjectSink, S3Options, ServerSideEncryption, WriteMode};
 use crate::error::{Service, SinkError, SinkErrorKind};
 
 /// Parts of a multipart upload sent at once.
@@ -94,6 +94,27 @@ impl ObjectStoreSink {
                 AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
                 "5s",
             );
+        if let Some(encryption) = &options.server_side_encryption {
+            // The encryption keys are named by their configuration strings: object_store
+            // does not export their enum.
+            let sse = |builder: AmazonS3Builder, key: &str, value: &str| {
+                let key: AmazonS3ConfigKey = key.parse().expect("an object_store encryption key");
+                builder.with_config(key, value)
+            };
+            let (mode, kms_key_id) = match encryption {
+                ServerSideEncryption::S3Managed => ("AES256", None),
+                ServerSideEncryption::Kms { key_id } => ("aws:kms", key_id.as_deref()),
+                ServerSideEncryption::DualKms { key_id } => ("aws:kms:dsse", key_id.as_deref()),
+                ServerSideEncryption::CustomerKey { key_base64 } => {
+                    builder = sse(builder, "aws_sse_customer_key_base64", key_base64);
+                    ("sse-c", None)
+                }
+            };
+            builder = sse(builder, "aws_server_side_encryption", mode);
+            if let Some(key_id) = kms_key_id {
+                builder = sse(builder, "aws_sse_kms_key_id", key_id);
+            }
+        }
         let endpoint = options
             .endpoint
             .clone()
