@@ -59,6 +59,9 @@ pub enum DecryptError {
     /// changed byte.
     #[error("it does not decrypt under key {0:08x} (the key is wrong or the file was changed)")]
     Rejected(u32),
+    /// The payload is too short to hold a key id, a run and a tag.
+    #[error("its encrypted payload is {0} bytes, shorter than any encrypted record")]
+    TooShort(usize),
     /// The spool is encrypted and no key is configured.
     #[error("it is encrypted, and `spool.encryption` is not configured")]
     NoKeys,
@@ -154,6 +157,9 @@ impl SpoolCipher {
         arrival_ms: i64,
         payload: &mut [u8],
     ) -> Result<std::ops::Range<usize>, DecryptError> {
+        if payload.len() < OVERHEAD {
+            return Err(DecryptError::TooShort(payload.len()));
+        }
         let id = u32::from_le_bytes(payload[..4].try_into().expect("checked length"));
         let run = u32::from_le_bytes(payload[4..8].try_into().expect("checked length"));
         let key = std::iter::once(&self.current)
@@ -237,6 +243,17 @@ mod tests {
         let mut flipped = sealed.clone();
         flipped[12] ^= 1;
         assert!(cipher.open(9, 1_700, &mut flipped).is_err());
+    }
+
+    #[test]
+    fn a_payload_too_short_to_be_encrypted_is_refused_not_a_panic() {
+        let cipher = SpoolCipher::new(&keys(1, &[]), 5, 1);
+        for len in 0..OVERHEAD {
+            assert_eq!(
+                cipher.open(0, 0, &mut vec![0u8; len]),
+                Err(DecryptError::TooShort(len))
+            );
+        }
     }
 
     #[test]

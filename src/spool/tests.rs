@@ -469,7 +469,27 @@ mod hostile {
             }
             out
         };
+        let marked = move |n: usize, marks: Vec<bool>, padding: usize| {
+            // Frames whose checksums hold but that claim to be encrypted: the checksum does
+            // not cover the length field, so one flipped bit makes such a frame.
+            let mut out = Vec::new();
+            for i in 0..n {
+                let start = out.len();
+                let record = format!("{i}{}", "x".repeat(padding));
+                frame::encode(first_seq + i as u64, 7, record.as_bytes(), &mut out);
+                if marks.get(i).copied().unwrap_or(false) {
+                    out[start + 3] |= 0x80;
+                }
+            }
+            out
+        };
         prop_oneof![
+            (
+                1usize..10,
+                prop::collection::vec(any::<bool>(), 10),
+                0usize..40
+            )
+                .prop_map(move |(n, marks, padding)| marked(n, marks, padding)),
             prop::collection::vec(any::<u8>(), 0..400),
             (
                 1usize..20,
