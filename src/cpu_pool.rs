@@ -7,6 +7,7 @@
 //! as a failure the delivery loop can retry and, in the end, send to the error output.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use tokio::sync::oneshot;
@@ -50,6 +51,19 @@ pub fn spawn<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Cpu
         let _ = sender.send(result);
     });
     CpuJob { receiver }
+}
+
+/// Runs encoding `job` on the CPU pool, first panicking as `faults` (tests only) ask.
+pub fn spawn_encoding<T: Send + 'static>(
+    faults: Option<Arc<EncodeFaults>>,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> CpuJob<T> {
+    spawn(move || {
+        if let Some(faults) = faults {
+            faults.before_job();
+        }
+        job()
+    })
 }
 
 /// Makes encoding jobs panic on demand, so tests can prove that a batch whose body cannot be

@@ -166,11 +166,8 @@ impl OpenBatch {
             let compressing = capacity.start_compressing(raw.len());
             let encoding = settings.encoding.clone();
             let processors = settings.processors.clone();
-            let job = cpu_pool::spawn(move || {
+            let job = cpu_pool::spawn_encoding(faults, move || {
                 let _compressing = compressing;
-                if let Some(faults) = faults {
-                    faults.before_job();
-                }
                 match processors {
                     None => encode_records(&encoding, codec, &raw, &records),
                     Some(chain) => {
@@ -201,11 +198,8 @@ impl OpenBatch {
             return;
         }
         let compressing = capacity.start_compressing(raw.len());
-        let job = cpu_pool::spawn(move || {
+        let job = cpu_pool::spawn_encoding(faults, move || {
             let _compressing = compressing;
-            if let Some(faults) = faults {
-                faults.before_job();
-            }
             codec.compress_chunk(raw)
         });
         self.chunks.push(ChunkSlot::Compressing(job));
@@ -503,17 +497,11 @@ impl SealedBatch {
             Encoding::Framed(_) => self.codec.assemble(compressed),
             Encoding::Parquet(_) if rows.is_empty() => Vec::new(),
             Encoding::Parquet(encoder) => {
-                let faults = self.faults;
-                cpu_pool::spawn(move || {
-                    if let Some(faults) = faults {
-                        faults.before_job();
-                    }
-                    encoder.write_file(rows)
-                })
-                .result()
-                .await
-                .map_err(lost)?
-                .map_err(|error| BatchFailure::Parquet { records, error })?
+                cpu_pool::spawn_encoding(self.faults, move || encoder.write_file(rows))
+                    .result()
+                    .await
+                    .map_err(lost)?
+                    .map_err(|error| BatchFailure::Parquet { records, error })?
             }
         };
         Ok(BatchBody {

@@ -50,6 +50,27 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The 32-byte key written in base64 in `key`, or the problem (naming `what`, never the
+    /// key) with where it is.
+    pub fn key_32<'k>(
+        key: &'k Spanned<Secret>,
+        what: &str,
+    ) -> Result<[u8; 32], (&'k Spanned<Secret>, String)> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(key.value.expose().trim())
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or_else(|| {
+                (
+                    key,
+                    format!(
+                        "{what} must be 32 bytes in base64 (make one with `openssl rand -base64 32`)"
+                    ),
+                )
+            })
+    }
 }
 
 impl std::fmt::Debug for Secret {

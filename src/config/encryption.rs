@@ -2,7 +2,7 @@
 //! [`ServerSideEncryption`](hydrant_sinks::prelude::ServerSideEncryption), and what
 //! `hydrant validate` says about which stores do it.
 
-use super::{Config, Destination, S3Destination};
+use super::{Config, Destination, S3Destination, Secret};
 
 impl S3Destination {
     /// The server-side encryption asked for, or why the settings do not make one.
@@ -47,12 +47,8 @@ impl S3Destination {
                 let Some(key) = &self.sse_customer_key else {
                     return Err((mode.referenced, "`server_side_encryption: SSE-C` needs `sse_customer_key` (32 bytes in base64)".into()));
                 };
-                use base64::Engine as _;
-                let decoded =
-                    base64::engine::general_purpose::STANDARD.decode(key.value.expose().trim());
-                if decoded.map(|d| d.len()) != Ok(32) {
-                    return Err((key.referenced, "`sse_customer_key` must be 32 bytes in base64 (make one with `openssl rand -base64 32`)".into()));
-                }
+                Secret::key_32(key, "`sse_customer_key`")
+                    .map_err(|(key, message)| (key.referenced, message))?;
                 Sse::CustomerKey {
                     key_base64: key.value.expose().trim().to_string(),
                 }

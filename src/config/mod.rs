@@ -142,34 +142,14 @@ impl SpoolEncryptionConfig {
     /// The keys, decoded; `Err` names the first that is not 32 bytes of base64.
     pub fn keys(&self) -> Result<crate::spool::SpoolKeys, (&Spanned<Secret>, String)> {
         Ok(crate::spool::SpoolKeys {
-            current: decode_key(&self.key, "`spool.encryption.key`")?,
+            current: Secret::key_32(&self.key, "`spool.encryption.key`")?,
             previous: self
                 .previous_keys
                 .iter()
-                .map(|key| decode_key(key, "each of `spool.encryption.previous_keys`"))
+                .map(|key| Secret::key_32(key, "each of `spool.encryption.previous_keys`"))
                 .collect::<Result<_, _>>()?,
         })
     }
-}
-
-/// A 32-byte key from its base64 text, or the problem naming `what`.
-fn decode_key<'k>(
-    key: &'k Spanned<Secret>,
-    what: &str,
-) -> Result<[u8; 32], (&'k Spanned<Secret>, String)> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(key.value.expose().trim())
-        .ok()
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-        .ok_or_else(|| {
-            (
-                key,
-                format!(
-                    "{what} must be 32 bytes in base64 (make one with `openssl rand -base64 32`)"
-                ),
-            )
-        })
 }
 
 /// The spool's flush policy.

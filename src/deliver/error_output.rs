@@ -338,9 +338,7 @@ impl DeliveryLoop {
             error_code = reason.code,
             "batch written to the error output"
         );
-        if let Err(e) = spool.record_delivered(range).await {
-            tracing::error!(stream = %self.stream, "cannot advance the checkpoint past the error output: {e}");
-        }
+        self.checkpoint(range).await;
     }
 
     /// Every record of batch `range`, read back from the spool (retried until it can be).

@@ -256,7 +256,7 @@ impl DeliveryLoop {
     }
 
     /// Moves the spool's checkpoint past the delivered batch `range`.
-    async fn checkpoint(&self, range: SeqRange) {
+    pub(super) async fn checkpoint(&self, range: SeqRange) {
         if let Some(spool) = &self.spool
             && let Err(error) = spool.record_delivered(range).await
         {

@@ -17,10 +17,10 @@ mod writer;
 
 pub use cipher::SpoolKeys;
 pub use journal::SeqRange;
+pub use reader::{RecordChunk, SpoolReader};
 
 /// Largest record the spool takes: Firehose's 1,000 KiB, checked at ingest.
 pub const MAX_RECORD_BYTES: usize = frame::MAX_PAYLOAD_LEN;
-pub use reader::{RecordChunk, SpoolReader};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -157,17 +157,31 @@ impl SpoolReader {
         for (seq, arrival_ms, span) in chunk.records {
             let start = data.len();
             data.extend_from_slice(&chunk.data[span]);
-            let plain = cipher
-                .open(seq, arrival_ms, &mut data[start..])
-                .map_err(|e| self.undecryptable(seq, &e))?;
-            data.copy_within(start + plain.start..start + plain.end, start);
-            data.truncate(start + plain.len());
+            self.decrypt_tail(cipher, seq, arrival_ms, &mut data, start)?;
             records.push((seq, arrival_ms, start..data.len()));
         }
         Ok(RecordChunk {
             data: data.into(),
             records,
         })
+    }
+
+    /// Decrypts the encrypted payload of record `seq` held in `data[start..]`, leaving the
+    /// record there in its place.
+    fn decrypt_tail(
+        &self,
+        cipher: &SpoolCipher,
+        seq: u64,
+        arrival_ms: i64,
+        data: &mut Vec<u8>,
+        start: usize,
+    ) -> std::io::Result<()> {
+        let plain = cipher
+            .open(seq, arrival_ms, &mut data[start..])
+            .map_err(|e| self.undecryptable(seq, &e))?;
+        data.copy_within(start + plain.start..start + plain.end, start);
+        data.truncate(start + plain.len());
+        Ok(())
     }
 
     /// The error of record `seq`, whose frame could not be decrypted.
@@ -224,11 +238,7 @@ impl SpoolReader {
                 let Some(cipher) = &self.spool.cipher else {
                     return Err(self.undecryptable(parsed.seq, &DecryptError::NoKeys));
                 };
-                let plain = cipher
-                    .open(parsed.seq, parsed.arrival_ms, &mut data[start..])
-                    .map_err(|e| self.undecryptable(parsed.seq, &e))?;
-                data.copy_within(start + plain.start..start + plain.end, start);
-                data.truncate(start + plain.len());
+                self.decrypt_tail(cipher, parsed.seq, parsed.arrival_ms, &mut data, start)?;
             }
             records.push((parsed.seq, parsed.arrival_ms, start..data.len()));
             self.next_seq += 1;
