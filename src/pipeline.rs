@@ -16,7 +16,8 @@ use crate::config::{
     BackupMode, DocumentIdConfig, ProcessorConfig, SearchAuthConfig, SearchDestination,
 };
 use crate::config::{
-    Config, Destination, Format, FsyncConfig, PostgresDestination, PostgresMode, StreamConfig,
+    Config, Destination, Format, FsyncConfig, PostgresDestination, PostgresMode, SeamDestination,
+    StreamConfig,
 };
 use crate::deliver::SearchDelivery;
 use crate::deliver::object_key::{KeyTemplate, ObjectKeyBuilder};
@@ -62,6 +63,11 @@ pub enum DestinationSummary {
         index: String,
         /// The cluster's endpoints.
         endpoint: String,
+    },
+    /// An HTTP endpoint.
+    HttpEndpoint {
+        /// Where requests go.
+        url: String,
     },
 }
 
@@ -393,6 +399,20 @@ impl Pipeline {
                 }
                 _ => None,
             };
+            let seam = stream_config
+                .destination
+                .seam(base_dir)
+                .transpose()
+                .map_err(|error| PipelineError::Destination {
+                    stream: name.clone(),
+                    error,
+                })?;
+            if let Some(seam) = &seam {
+                tasks.push(tokio::spawn(announce_destination(
+                    name.clone(),
+                    Arc::clone(&seam.destination),
+                )));
+            }
             if let Some(search) = &search {
                 tasks.push(tokio::spawn(announce_cluster(
                     name.clone(),
@@ -405,12 +425,16 @@ impl Pipeline {
                     error,
                 }
             })?;
-            let encoding = build_encoding(stream_config, table.as_ref(), search.as_ref()).map_err(
-                |reason| PipelineError::Parquet {
-                    stream: name.clone(),
-                    reason,
-                },
-            )?;
+            let encoding = build_encoding(
+                stream_config,
+                table.as_ref(),
+                search.as_ref(),
+                seam.as_ref(),
+            )
+            .map_err(|reason| PipelineError::Parquet {
+                stream: name.clone(),
+                reason,
+            })?;
             let (stream, delivery) = build_stream(
                 &name,
                 stream_config,
@@ -419,6 +443,7 @@ impl Pipeline {
                 Delivered {
                     table,
                     search,
+                    seam,
                     run,
                     processors,
                 },
@@ -556,16 +581,10 @@ fn build_sink(
     destination: &Destination,
     base_dir: &Path,
 ) -> Result<Arc<dyn ObjectSink>, SinkError> {
-    Ok(match destination {
+    Ok(match destination.object_destination() {
         Destination::Local(local) => {
             let path = base_dir.join(&local.path.value);
             Arc::new(ObjectStoreSink::local(&path)?)
-        }
-        // A table's sink only takes its error output.
-        Destination::Postgres(pg) => return build_sink(&pg.error_output, base_dir),
-        // A search cluster's sink only takes backups and the error output.
-        Destination::Opensearch(search) => {
-            return build_sink(&search.backup.destination, base_dir);
         }
         Destination::S3(s3) => Arc::new(ObjectStoreSink::s3(&S3Options {
             bucket: s3.bucket.value.clone(),
@@ -580,6 +599,7 @@ fn build_sink(
             request_timeout: Duration::from_secs(s3.request_timeout_seconds.max(1)),
             server_side_encryption: s3.server_side_encryption().ok().flatten(),
         })?),
+        other => unreachable!("object_destination() is local or s3, got {other:?}"),
     })
 }
 
@@ -596,7 +616,11 @@ pub async fn check_destinations(config: &Config, base_dir: &Path) -> Vec<String>
                 Ok(sink) => sink.check().await.map(drop),
                 Err(error) => Err(error),
             },
-            _ => Ok(()),
+            other => match other.seam(base_dir) {
+                Some(Ok(seam)) => seam.destination.check_any().await.map(drop),
+                Some(Err(error)) => Err(error),
+                None => Ok(()),
+            },
         };
         if let Err(error) = checked {
             problems.push(format!("stream `{}`: {error}", name.value));
@@ -606,6 +630,23 @@ pub async fn check_destinations(config: &Config, base_dir: &Path) -> Vec<String>
         }
     }
     problems
+}
+
+/// Says at start-up whether a stream's destination answers (it is not required to: records
+/// are retried until it does).
+async fn announce_destination(stream: String, destination: Arc<dyn AnyDestination>) {
+    match destination.check_any().await {
+        Ok(answer) => tracing::info!(
+            stream,
+            destination = destination.describe(),
+            answer,
+            "destination answers"
+        ),
+        Err(error) => tracing::warn!(
+            stream,
+            "{error}; records will be sent once it answers (retried for retry_duration_seconds)"
+        ),
+    }
 }
 
 /// Says at start-up whether a stream's search cluster answers (it is not required to:
@@ -685,12 +726,14 @@ async fn connect_table(
     pg: &PostgresDestination,
     base_dir: &Path,
 ) -> Result<PostgresSink, SinkError> {
-    let mut connection = pg.connection().map_err(|reason| SinkError {
-        kind: SinkErrorKind::Rejected,
-        service: Service::Postgres,
-        destination: "postgres".into(),
-        target: pg.table.value.clone(),
-        reason,
+    let mut connection = pg.connection().map_err(|reason| {
+        SinkError::new(
+            SinkErrorKind::Rejected,
+            Service::Postgres,
+            "postgres",
+            pg.table.value.clone(),
+            reason,
+        )
     })?;
     // Lets a DBA see which stream a session belongs to.
     connection.application_name(format!("hydrant/{stream}"));
@@ -728,7 +771,11 @@ fn build_encoding(
     config: &StreamConfig,
     table: Option<&Arc<PostgresSink>>,
     search: Option<&SearchDelivery>,
+    seam: Option<&SeamDestination>,
 ) -> Result<Encoding, String> {
+    if let Some(seam) = seam {
+        return Ok(Encoding::Destination(Arc::clone(&seam.destination)));
+    }
     if let Some(table) = table {
         return Ok(Encoding::Rows(Arc::clone(table)));
     }
@@ -751,6 +798,7 @@ fn build_encoding(
 struct Delivered {
     table: Option<Arc<PostgresSink>>,
     search: Option<SearchDelivery>,
+    seam: Option<SeamDestination>,
     run: u64,
     processors: Option<Arc<ProcessorChain>>,
 }
@@ -844,6 +892,8 @@ fn build_stream(
         spool: spool.clone(),
         table: delivered.table,
         search: delivered.search,
+        seam: delivered.seam,
+        run: delivered.run,
     };
     let summary = StreamSummary {
         destination: match &config.destination {
@@ -860,6 +910,9 @@ fn build_stream(
             Destination::Opensearch(search) => DestinationSummary::Search {
                 index: search.index.value.clone(),
                 endpoint: search.endpoint_urls().join(","),
+            },
+            Destination::HttpEndpoint(endpoint) => DestinationSummary::HttpEndpoint {
+                url: endpoint.url.value.clone(),
             },
         },
         prefix: layout.prefix.value.clone(),

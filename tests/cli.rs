@@ -31,6 +31,7 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 #[test]
 fn every_example_is_valid() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let receiver = answering_listener();
     let mut checked = 0;
     for entry in std::fs::read_dir(examples).unwrap() {
         let path = entry.unwrap().path();
@@ -39,17 +40,44 @@ fn every_example_is_valid() {
         if !path.is_file() || path.extension().is_none_or(|e| e != "yaml" && e != "yml") {
             continue;
         }
-        // The log-shipping example reaches its cluster: the test search server.
-        let (ok, stdout, stderr) =
-            validate(&path, &[("SEARCH_ENDPOINT", &servers().search_endpoint)]);
+        // The log-shipping example reaches its cluster (the test search server), the
+        // endpoint example its receiver.
+        let (ok, stdout, stderr) = validate(
+            &path,
+            &[
+                ("SEARCH_ENDPOINT", &servers().search_endpoint),
+                ("HTTP_ENDPOINT_URL", &receiver),
+            ],
+        );
         assert!(ok, "{}: {stderr}", path.display());
         assert!(stdout.contains("ok (1 delivery stream)"), "{stdout}");
         checked += 1;
     }
     assert!(
-        checked >= 3,
-        "the quickstart, the Parquet and the log-shipping examples"
+        checked >= 4,
+        "the quickstart, Parquet, log-shipping and HTTP endpoint examples"
     );
+}
+
+/// The URL of a listener on 127.0.0.1 that answers every request `200` with an empty body
+/// (enough for `validate` to find an endpoint there).
+fn answering_listener() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/firehose", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    url
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The one error type every sink reports.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// What kind of failure a delivery attempt met; decides retry and the error-output code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +16,10 @@ pub enum SinkErrorKind {
     Unavailable,
     /// The destination rejected the request as invalid.
     Rejected,
+    /// The destination took too long to answer.
+    TimedOut,
+    /// The destination answered, but not in the form its protocol requires.
+    InvalidResponse,
 }
 
 /// Which kind of destination failed: the first part of error codes.
@@ -26,45 +31,43 @@ pub enum Service {
     Postgres,
     /// An OpenSearch or Elasticsearch cluster.
     Search,
+    /// An HTTP endpoint speaking Firehose's HTTP delivery protocol.
+    HttpEndpoint,
 }
 
-impl SinkErrorKind {
-    /// A short stable code for an object store failure (as Firehose names them).
-    pub fn code(self) -> &'static str {
-        match self {
-            SinkErrorKind::AccessDenied => "S3.AccessDenied",
-            SinkErrorKind::NotFound => "S3.NoSuchBucket",
-            SinkErrorKind::AlreadyExists => "S3.AlreadyExists",
-            SinkErrorKind::Unavailable => "S3.ServiceUnavailable",
-            SinkErrorKind::Rejected => "S3.InvalidRequest",
-        }
-    }
-
-    /// A short stable code for a PostgreSQL failure.
-    pub fn postgres_code(self) -> &'static str {
-        match self {
-            SinkErrorKind::AccessDenied => "Postgres.AccessDenied",
-            SinkErrorKind::NotFound => "Postgres.NoSuchTable",
-            SinkErrorKind::AlreadyExists => "Postgres.AlreadyLoaded",
-            SinkErrorKind::Unavailable => "Postgres.Unavailable",
-            SinkErrorKind::Rejected => "Postgres.Rejected",
-        }
-    }
-
-    /// A short stable code for an OpenSearch / Elasticsearch failure.
-    pub fn search_code(self) -> &'static str {
-        match self {
-            SinkErrorKind::AccessDenied => "OpenSearch.AccessDenied",
-            SinkErrorKind::NotFound => "OpenSearch.NotFound",
-            SinkErrorKind::AlreadyExists => "OpenSearch.AlreadyExists",
-            SinkErrorKind::Unavailable => "OpenSearch.Unavailable",
-            SinkErrorKind::Rejected => "OpenSearch.InvalidRequest",
+impl Service {
+    /// The stable code of a `kind` failure at this kind of destination, as Firehose names
+    /// them where it has a name.
+    pub fn code(self, kind: SinkErrorKind) -> &'static str {
+        use SinkErrorKind as K;
+        match (self, kind) {
+            (Service::ObjectStore, K::AccessDenied) => "S3.AccessDenied",
+            (Service::ObjectStore, K::NotFound) => "S3.NoSuchBucket",
+            (Service::ObjectStore, K::AlreadyExists) => "S3.AlreadyExists",
+            (Service::ObjectStore, K::Unavailable | K::TimedOut) => "S3.ServiceUnavailable",
+            (Service::ObjectStore, K::Rejected | K::InvalidResponse) => "S3.InvalidRequest",
+            (Service::Postgres, K::AccessDenied) => "Postgres.AccessDenied",
+            (Service::Postgres, K::NotFound) => "Postgres.NoSuchTable",
+            (Service::Postgres, K::AlreadyExists) => "Postgres.AlreadyLoaded",
+            (Service::Postgres, K::Unavailable | K::TimedOut) => "Postgres.Unavailable",
+            (Service::Postgres, K::Rejected | K::InvalidResponse) => "Postgres.Rejected",
+            (Service::Search, K::AccessDenied) => "OpenSearch.AccessDenied",
+            (Service::Search, K::NotFound) => "OpenSearch.NotFound",
+            (Service::Search, K::AlreadyExists) => "OpenSearch.AlreadyExists",
+            (Service::Search, K::Unavailable | K::TimedOut) => "OpenSearch.Unavailable",
+            (Service::Search, K::Rejected | K::InvalidResponse) => "OpenSearch.InvalidRequest",
+            (Service::HttpEndpoint, K::Unavailable) => "HttpEndpoint.ConnectionFailed",
+            (Service::HttpEndpoint, K::TimedOut) => "HttpEndpoint.RequestTimeout",
+            (Service::HttpEndpoint, K::InvalidResponse) => {
+                "HttpEndpoint.InvalidResponseFromDestination"
+            }
+            (Service::HttpEndpoint, _) => "HttpEndpoint.DestinationException",
         }
     }
 }
 
 /// A failed delivery attempt: which destination, which object, and why.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub struct SinkError {
     /// Classification of the failure.
     pub kind: SinkErrorKind,
@@ -76,16 +79,59 @@ pub struct SinkError {
     pub target: String,
     /// The underlying reason, as reported by the destination or its client.
     pub reason: String,
+    /// Whether the same request may succeed later (an outage, a throttle, a timeout), as
+    /// opposed to a refusal that repeats on every attempt.
+    pub retriable: bool,
+    /// The HTTP status the destination answered with, when it spoke HTTP.
+    pub status: Option<u16>,
+    /// The error of the client library underneath, kept for `source()`.
+    #[source]
+    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl SinkError {
+    /// A `kind` failure of `service` `destination` while writing `target`; retriable when
+    /// the kind is one that passes ([`SinkErrorKind::Unavailable`], [`SinkErrorKind::TimedOut`]).
+    pub fn new(
+        kind: SinkErrorKind,
+        service: Service,
+        destination: impl Into<String>,
+        target: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind,
+            service,
+            destination: destination.into(),
+            target: target.into(),
+            reason: reason.into(),
+            retriable: matches!(kind, SinkErrorKind::Unavailable | SinkErrorKind::TimedOut),
+            status: None,
+            source: None,
+        }
+    }
+
+    /// The same error, naming the HTTP status the destination answered with.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// The same error, keeping the client library's error underneath it.
+    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// The same error, retriable or not whatever its kind says.
+    pub fn retriable(mut self, retriable: bool) -> Self {
+        self.retriable = retriable;
+        self
+    }
+
     /// A short stable code, used in logs and as the `errorCode` of error-output records.
     pub fn code(&self) -> &'static str {
-        match self.service {
-            Service::ObjectStore => self.kind.code(),
-            Service::Postgres => self.kind.postgres_code(),
-            Service::Search => self.kind.search_code(),
-        }
+        self.service.code(self.kind)
     }
 }
 

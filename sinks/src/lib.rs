@@ -7,7 +7,10 @@
 
 #![warn(missing_docs)]
 
+pub mod destination;
+pub mod driver;
 pub mod error;
+pub mod http_endpoint;
 pub mod json;
 pub mod object;
 pub mod postgres;
@@ -17,6 +20,12 @@ pub mod search;
 
 /// Everything a sink author or the engine needs in one import.
 pub mod prelude {
+    pub use crate::destination::{
+        AnyDestination, AssembledBatch, BatchId, DeliveryReport, Destination, DocumentTarget,
+        EncodedChunk, FailedItem, ItemError, ItemOutcome, ItemRecord, Outcome, RecordRef, Refusal,
+        Request,
+    };
+    pub use crate::driver::RetryPolicy;
     pub use crate::error::{Service, SinkError, SinkErrorKind};
     pub use crate::object::{
         EncodedObject, ObjectSink, ObjectStoreSink, S3Options, ServerSideEncryption, WriteMode,

@@ -12,7 +12,8 @@ mod open_batch;
 
 pub use capacity::IngestCapacity;
 pub use open_batch::{
-    BatchBody, BatchFailure, FailedRecord, POSTGRES_INVALID_VALUE, SealedBatch, TableRows,
+    Assembled, BatchBody, BatchFailure, FailedRecord, POSTGRES_INVALID_VALUE, SealedBatch,
+    TableRows,
 };
 
 use std::collections::VecDeque;

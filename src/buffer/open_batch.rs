@@ -16,6 +16,8 @@ use crate::encode::{ChunkRecord, chunk_records};
 use crate::encode::{ConversionError, Encoding};
 use crate::spool::SeqRange;
 use hydrant_sinks::postgres::{PostgresSink, RowError, RowSpan, copy_stream_of};
+use hydrant_sinks::prelude::{AnyDestination, AssembledBatch, BatchId, RecordRef};
+use std::any::Any;
 
 /// A record the stream's format could not take; it goes to the error output.
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ struct RowChunk {
     documents: Option<BulkChunk>,
     /// Framed (and compressed) records, for an object of transformed records.
     framed: Option<CompressedChunk>,
+    /// A destination's encoding of the chunk, for a destination behind the seam.
+    piece: Option<Box<dyn Any + Send>>,
     failed: Vec<FailedRecord>,
     /// Records a transform dropped on purpose.
     dropped: u64,
@@ -142,7 +146,10 @@ impl OpenBatch {
                     });
                 }
             },
-            Encoding::Parquet(_) | Encoding::Rows(_) | Encoding::Documents(_) => {
+            Encoding::Parquet(_)
+            | Encoding::Rows(_)
+            | Encoding::Documents(_)
+            | Encoding::Destination(_) => {
                 unreachable!("these encodings keep records")
             }
         }
@@ -243,6 +250,7 @@ fn encode_records(
         Encoding::Parquet(encoder) => convert_chunk(encoder, data, records),
         Encoding::Rows(table) => encode_chunk(table, data, records),
         Encoding::Documents(encoder) => encode_documents(encoder, data, records),
+        Encoding::Destination(destination) => encode_for(destination.as_ref(), data, records),
         Encoding::Framed(framer) => {
             let mut out = Vec::with_capacity(data.len() + records.len());
             let mut failed = Vec::new();
@@ -343,6 +351,36 @@ fn encode_documents(encoder: &DocumentEncoder, data: &[u8], records: &[ChunkReco
     }
 }
 
+/// Encodes a chunk's records into a destination's request pieces, copying out the ones it
+/// refuses.
+fn encode_for(destination: &dyn AnyDestination, data: &[u8], records: &[ChunkRecord]) -> RowChunk {
+    let refs: Vec<RecordRef<'_>> = records
+        .iter()
+        .enumerate()
+        .map(|(index, record)| RecordRef {
+            seq: record.seq,
+            arrival_ms: record.arrival_ms,
+            data: ChunkRecord::bytes(data, records, index),
+        })
+        .collect();
+    let encoded = destination.encode_any(&refs);
+    RowChunk {
+        piece: Some(encoded.piece),
+        failed: encoded
+            .refusals
+            .into_iter()
+            .map(|refusal| {
+                let error = ConversionError {
+                    code: refusal.code,
+                    message: refusal.message,
+                };
+                failed_record(data, records, refusal.index, error)
+            })
+            .collect(),
+        ..RowChunk::default()
+    }
+}
+
 /// Error code of records whose value does not fit a table column.
 pub const POSTGRES_INVALID_VALUE: &str = "Postgres.InvalidValue";
 
@@ -396,6 +434,17 @@ pub struct BatchBody {
     pub documents: Option<Vec<BulkChunk>>,
     /// Records a transform dropped on purpose.
     pub dropped: u64,
+    /// For a destination behind the seam: the batch, ready to deliver.
+    pub assembled: Option<Assembled>,
+}
+
+/// A batch a destination behind the seam has put together.
+pub struct Assembled(pub Box<dyn AssembledBatch>);
+
+impl std::fmt::Debug for Assembled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Assembled")
+    }
 }
 
 /// A batch's table rows: encoded bytes and where each row is (with its record's number).
@@ -442,7 +491,8 @@ impl SealedBatch {
 
     /// Waits for every chunk and returns the object body, in order, with the records the
     /// format could not take.
-    pub async fn into_body(self) -> Result<BatchBody, BatchFailure> {
+    /// `run` is the stream's log incarnation, which names a seam destination's batch.
+    pub async fn into_body(self, run: u64) -> Result<BatchBody, BatchFailure> {
         let records = self.records;
         let lost = |failure| BatchFailure::Job { records, failure };
         let mut failed = self.failed;
@@ -451,6 +501,7 @@ impl SealedBatch {
         let mut copy = Vec::new();
         let mut copy_rows = Vec::new();
         let mut documents = Vec::new();
+        let mut pieces = Vec::new();
         let mut dropped = 0;
         for slot in self.chunks {
             match slot {
@@ -467,6 +518,7 @@ impl SealedBatch {
                     copy.extend(chunk.copy);
                     documents.extend(chunk.documents);
                     compressed.extend(chunk.framed);
+                    pieces.extend(chunk.piece);
                     dropped += chunk.dropped;
                     failed.extend(chunk.failed);
                 }
@@ -483,6 +535,7 @@ impl SealedBatch {
                     }),
                     documents: None,
                     dropped,
+                    assembled: None,
                 });
             }
             Encoding::Documents(_) => {
@@ -492,6 +545,28 @@ impl SealedBatch {
                     rows: None,
                     documents: Some(documents),
                     dropped,
+                    assembled: None,
+                });
+            }
+            Encoding::Destination(destination) => {
+                let id = BatchId {
+                    run,
+                    first_seq: self.range.first,
+                    last_seq: self.range.last,
+                };
+                let assembled = cpu_pool::spawn_encoding(self.faults, move || {
+                    Assembled(destination.assemble_any(id, pieces))
+                })
+                .result()
+                .await
+                .map_err(lost)?;
+                return Ok(BatchBody {
+                    parts: Vec::new(),
+                    failed,
+                    rows: None,
+                    documents: None,
+                    dropped,
+                    assembled: Some(assembled),
                 });
             }
             Encoding::Framed(_) => self.codec.assemble(compressed),
@@ -510,6 +585,7 @@ impl SealedBatch {
             rows: None,
             documents: None,
             dropped,
+            assembled: None,
         })
     }
 }

@@ -75,7 +75,7 @@ async fn size_threshold_seals_a_batch_holding_exactly_what_fits() {
         .flat_map(|r| [&r[..], b"\n"].concat())
         .collect();
     assert_eq!(
-        body_bytes(batch.into_body().await.unwrap().parts, codec),
+        body_bytes(batch.into_body(0).await.unwrap().parts, codec),
         expected
     );
     assert_eq!(buffer.buffered_records(), 5);
@@ -135,7 +135,7 @@ async fn interval_threshold_flushes_the_open_batch_once_its_oldest_record_is_old
     assert_eq!(batch.records(), 2);
     assert_eq!(batch.oldest_arrival_ms(), 5);
     assert_eq!(
-        body_bytes(batch.into_body().await.unwrap().parts, Codec::None),
+        body_bytes(batch.into_body(0).await.unwrap().parts, Codec::None),
         b"one\ntwo\n"
     );
 }
@@ -189,7 +189,7 @@ async fn large_batches_decode_in_order(codec: Codec) {
     let mut decoded = Vec::new();
     while let Ok(batch) = buffer.next_batch().await {
         assert!(batch.raw_len() <= size_limit);
-        decoded.extend(body_bytes(batch.into_body().await.unwrap().parts, codec));
+        decoded.extend(body_bytes(batch.into_body(0).await.unwrap().parts, codec));
     }
     let expected: Vec<u8> = input
         .iter()
@@ -330,7 +330,7 @@ async fn parquet_batches_decode_chunks_in_parallel_and_keep_record_order() {
     let mut failed = Vec::new();
     let mut objects = 0;
     while let Ok(batch) = buffer.next_batch().await {
-        let body = batch.into_body().await.unwrap();
+        let body = batch.into_body(0).await.unwrap();
         failed.extend(body.failed.into_iter().map(|f| (f.seq, f.error.code)));
         let file = Bytes::from(body.parts.concat());
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)

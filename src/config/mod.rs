@@ -3,6 +3,7 @@
 
 mod auth;
 mod encryption;
+mod http_endpoint;
 mod load;
 mod parquet;
 mod postgres;
@@ -13,6 +14,7 @@ mod validate;
 
 pub use auth::{ACTIONS, AccessKeyConfig, AllowConfig, AuthConfig, Secret, TlsConfig};
 pub use encryption::encryption_notes;
+pub use http_endpoint::{ContentEncoding, HttpEndpointDestination};
 pub use load::{ConfigError, ConfigProblem, load_config, parse_config};
 pub use parquet::{ColumnConfig, EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
 pub use postgres::{PostgresColumn, PostgresDestination, PostgresMode};
@@ -271,6 +273,8 @@ pub enum Destination {
     /// An OpenSearch or Elasticsearch cluster.
     #[serde(alias = "elasticsearch")]
     Opensearch(Box<SearchDestination>),
+    /// An HTTP endpoint speaking Firehose's HTTP delivery protocol.
+    HttpEndpoint(Box<HttpEndpointDestination>),
 }
 
 /// A local directory destination.
@@ -382,7 +386,53 @@ pub struct ObjectLayout<'a> {
     pub max_backoff: std::time::Duration,
 }
 
+/// A destination delivered through the seam, built from its configuration.
+#[derive(Debug, Clone)]
+pub struct SeamDestination {
+    /// The destination.
+    pub destination: std::sync::Arc<dyn hydrant_sinks::prelude::AnyDestination>,
+    /// Requests of one batch in flight at once.
+    pub concurrency: usize,
+    /// Whether every record is also written to the backup destination.
+    pub backup_all: bool,
+}
+
 impl Destination {
+    /// The destination behind the seam this configuration describes (`None` for the
+    /// destinations not yet moved behind it); relative paths are taken from `base_dir`.
+    pub fn seam(
+        &self,
+        base_dir: &std::path::Path,
+    ) -> Option<Result<SeamDestination, hydrant_sinks::prelude::SinkError>> {
+        match self {
+            Destination::HttpEndpoint(endpoint) => {
+                Some(endpoint.build(base_dir).map(|built| SeamDestination {
+                    destination: built,
+                    concurrency: endpoint.concurrency.value as usize,
+                    backup_all: endpoint.backup.mode == BackupMode::All,
+                }))
+            }
+            _ => None,
+        }
+    }
+
+    /// The object destination that takes this destination's error output and backups
+    /// (itself, for an object destination).
+    pub fn object_destination(&self) -> &Destination {
+        match self {
+            Destination::Local(_) | Destination::S3(_) => self,
+            Destination::Postgres(pg) => pg.error_output.object_destination(),
+            Destination::Opensearch(search) => search.backup.destination.object_destination(),
+            Destination::HttpEndpoint(endpoint) => endpoint.backup.destination.object_destination(),
+        }
+    }
+
+    /// Whether this is an object destination (`local` or `s3`): the only kind that can
+    /// take error outputs and backups.
+    pub fn is_object_store(&self) -> bool {
+        matches!(self, Destination::Local(_) | Destination::S3(_))
+    }
+
     /// The settings shared by every object destination.
     pub fn layout(&self) -> ObjectLayout<'_> {
         let (prefix, error_output_prefix, retry_duration, initial_ms, max_s) = match self {
@@ -414,6 +464,17 @@ impl Destination {
             Destination::Opensearch(d) => {
                 // Objects (backups and failed documents) follow the backup destination's
                 // layout; retries follow the cluster's settings.
+                let objects = d.backup.destination.layout();
+                return ObjectLayout {
+                    retry_duration: &d.retry_duration_seconds,
+                    initial_backoff: std::time::Duration::from_millis(d.initial_backoff_ms.max(1)),
+                    max_backoff: std::time::Duration::from_secs(d.max_backoff_seconds.max(1)),
+                    ..objects
+                };
+            }
+            Destination::HttpEndpoint(d) => {
+                // Objects (backups and failed records) follow the backup destination's
+                // layout; retries follow the endpoint's settings.
                 let objects = d.backup.destination.layout();
                 return ObjectLayout {
                     retry_duration: &d.retry_duration_seconds,

@@ -237,7 +237,7 @@ pub(super) fn validate(
             format!("stream `{name}`: `max_connections` must be at least 1"),
         ));
     }
-    if matches!(*pg.error_output, Destination::Postgres(_)) {
+    if !pg.error_output.is_object_store() {
         problems.push(at(
             &pg.table,
             format!("stream `{name}`: `error_output` must be a `local` or `s3` destination"),

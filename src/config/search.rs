@@ -253,10 +253,7 @@ pub(super) fn validate(
             ),
         ));
     }
-    if matches!(
-        *search.backup.destination,
-        Destination::Postgres(_) | Destination::Opensearch(_)
-    ) {
+    if !search.backup.destination.is_object_store() {
         problems.push(at(
             &search.index,
             format!("stream `{name}`: `backup.destination` must be a `local` or `s3` destination"),

@@ -199,6 +199,7 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
     super::parquet::validate(name, stream, problems);
     super::postgres::validate(name, stream, problems);
     super::search::validate(name, stream, problems);
+    super::http_endpoint::validate(name, stream, problems);
     super::processors::validate(name, &stream.processors, problems);
     if stream.format.value == super::Format::Ndjson
         && stream.record_delimiter == super::RecordDelimiter::None
@@ -247,7 +248,10 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
     }
     // A search destination has its own, lower limit.
     if layout.retry_duration.value > 604_800
-        && !matches!(stream.destination, Destination::Opensearch(_))
+        && !matches!(
+            stream.destination,
+            Destination::Opensearch(_) | Destination::HttpEndpoint(_)
+        )
     {
         problems.push(at(
             layout.retry_duration,
@@ -281,6 +285,9 @@ fn validate_destination(name: &str, destination: &Destination, problems: &mut Ve
         Destination::Postgres(pg) => validate_destination(name, &pg.error_output, problems),
         Destination::Opensearch(search) => {
             validate_destination(name, &search.backup.destination, problems)
+        }
+        Destination::HttpEndpoint(endpoint) => {
+            validate_destination(name, &endpoint.backup.destination, problems)
         }
         Destination::S3(s3) => {
             if let Err((location, message)) = s3.server_side_encryption() {

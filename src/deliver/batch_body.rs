@@ -32,7 +32,7 @@ impl DeliveryLoop {
     ) -> Option<BatchBody> {
         let range = batch.range();
         let records = batch.records();
-        let mut failure = match batch.into_body().await {
+        let mut failure = match batch.into_body(self.run).await {
             Ok(body) => return Some(body),
             Err(failure) => failure,
         };
@@ -57,7 +57,7 @@ impl DeliveryLoop {
             );
             tokio::time::sleep(delay).await;
             let spooled = self.read_back(spool, range).await;
-            match self.buffer.rebuild(&spooled).into_body().await {
+            match self.buffer.rebuild(&spooled).into_body(self.run).await {
                 Ok(body) => return Some(body),
                 Err(again) => failure = again,
             }

@@ -303,9 +303,10 @@ impl DeliveryLoop {
     /// `error` `attempts` times.
     pub(super) fn destination_failed(&self, error: &SinkError, attempts: u32) -> BatchErrorReason {
         BatchErrorReason {
-            error_type: match self.table {
-                Some(_) => POSTGRES_FAILED,
-                None => OBJECT_STORE_FAILED,
+            error_type: match (&self.table, &self.seam) {
+                (Some(_), _) => POSTGRES_FAILED,
+                (None, Some(seam)) => seam.destination.failed_output(),
+                (None, None) => OBJECT_STORE_FAILED,
             },
             code: error.code().to_string(),
             message: error.to_string(),

@@ -5,6 +5,7 @@ pub mod object_key;
 
 mod batch_body;
 mod error_output;
+mod seam;
 mod search;
 mod table;
 
@@ -87,6 +88,10 @@ pub struct DeliveryLoop {
     /// The search cluster documents are indexed into; `sink` then only takes backups and
     /// the error output.
     pub search: Option<SearchDelivery>,
+    /// A destination behind the seam; `sink` then only takes backups and the error output.
+    pub seam: Option<crate::config::SeamDestination>,
+    /// The stream's log incarnation (the first half of its record ids): names batches.
+    pub run: u64,
 }
 
 impl DeliveryLoop {
@@ -154,6 +159,7 @@ impl DeliveryLoop {
             rows: table_rows,
             documents,
             dropped,
+            assembled,
         }) = self.build_body(batch, oldest).await
         else {
             return;
@@ -174,6 +180,17 @@ impl DeliveryLoop {
                 .await;
         }
         let records = records - dropped - processing_failed.len() as u64;
+        if let (Some(seam), Some(assembled)) = (&self.seam, assembled) {
+            // Records the destination refused while encoding go to the conversion output.
+            if !failed.is_empty() {
+                self.write_conversion_failures(&failed, range, oldest, mode)
+                    .await;
+            }
+            self.deliver_through_seam(seam, assembled, range, oldest)
+                .await;
+            self.checkpoint(range).await;
+            return;
+        }
         if let Some(search) = &self.search {
             // Records that cannot be documents go with the refused documents.
             self.index_documents(search, documents.unwrap_or_default(), failed, range, oldest)

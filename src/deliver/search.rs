@@ -164,7 +164,7 @@ impl DeliveryLoop {
                         self.counters
                             .failed_attempts
                             .fetch_add(1, Ordering::Relaxed);
-                        if error.reason.starts_with("HTTP 413") {
+                        if error.status == Some(413) {
                             // The cluster takes smaller bodies than `max_bulk_mib`.
                             max_bulk_bytes = (max_bulk_bytes / 2).max(MIN_BULK_BYTES);
                         }

@@ -99,13 +99,13 @@ impl DeliveryLoop {
                     stream = rows.stream();
                     continue;
                 }
-                Err(LoadError::Row { reason, .. }) => SinkError {
-                    kind: SinkErrorKind::Rejected,
-                    service: Service::Postgres,
-                    destination: table.describe().to_string(),
-                    target: batch_id.clone(),
+                Err(LoadError::Row { reason, .. }) => SinkError::new(
+                    SinkErrorKind::Rejected,
+                    Service::Postgres,
+                    table.describe().to_string(),
+                    batch_id.clone(),
                     reason,
-                },
+                ),
                 Err(LoadError::Batch(error)) => error,
             };
             let Some(delay) = self

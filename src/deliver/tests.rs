@@ -66,6 +66,8 @@ fn delivery_loop(dir: &Path, spool: &Arc<StreamSpool>, faults: Arc<EncodeFaults>
         spool: Some(Arc::clone(spool)),
         table: None,
         search: None,
+        seam: None,
+        run: 0,
     }
 }
 

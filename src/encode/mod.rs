@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::config::{Format, RecordDelimiter};
 use documents::DocumentEncoder;
 use hydrant_sinks::postgres::PostgresSink;
+use hydrant_sinks::prelude::AnyDestination;
 use parquet::ParquetEncoder;
 
 /// One record of a chunk handed to a per-record encoder (Parquet rows, table rows).
@@ -50,6 +51,8 @@ pub enum Encoding {
     Rows(Arc<PostgresSink>),
     /// Records encoded as documents of `_bulk` requests to a search cluster.
     Documents(Arc<DocumentEncoder>),
+    /// Records encoded into requests by a destination behind the seam.
+    Destination(Arc<dyn AnyDestination>),
 }
 
 impl Encoding {
@@ -63,7 +66,10 @@ impl Encoding {
     pub fn buffered_len(&self, record: &[u8]) -> usize {
         match self {
             Encoding::Framed(framer) => framer.framed_len(record),
-            Encoding::Parquet(_) | Encoding::Rows(_) | Encoding::Documents(_) => record.len() + 1,
+            Encoding::Parquet(_)
+            | Encoding::Rows(_)
+            | Encoding::Documents(_)
+            | Encoding::Destination(_) => record.len() + 1,
         }
     }
 
@@ -73,15 +79,18 @@ impl Encoding {
             Encoding::Framed(framer) => framer.content_type(),
             Encoding::Parquet(_) => "application/vnd.apache.parquet",
             Encoding::Rows(_) => "application/octet-stream",
-            // Backups of a search stream's records: one document per line.
-            Encoding::Documents(_) => "application/x-ndjson",
+            // Backups of a search or endpoint stream's records: one per line.
+            Encoding::Documents(_) | Encoding::Destination(_) => "application/x-ndjson",
         }
     }
 
     /// Extension of object keys that the format (rather than a codec) decides.
     pub fn extension(&self) -> Option<&'static str> {
         match self {
-            Encoding::Framed(_) | Encoding::Rows(_) | Encoding::Documents(_) => None,
+            Encoding::Framed(_)
+            | Encoding::Rows(_)
+            | Encoding::Documents(_)
+            | Encoding::Destination(_) => None,
             Encoding::Parquet(_) => Some(".parquet"),
         }
     }

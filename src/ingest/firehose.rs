@@ -431,6 +431,10 @@ fn describe_delivery_stream(caller: Caller<'_>, body: &[u8]) -> Result<Response,
             format!("arn:hydrant:opensearch:::{index}"),
             Some(endpoint.clone()),
         ),
+        DestinationSummary::HttpEndpoint { url } => (
+            format!("arn:hydrant:http-endpoint:::{url}"),
+            Some(url.clone()),
+        ),
     };
     let mut s3 = json!({
         "RoleARN": "arn:aws:iam::000000000000:role/hydrant",

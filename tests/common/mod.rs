@@ -3,9 +3,11 @@
 #![allow(dead_code, unused_imports)]
 
 mod bulk_server;
+mod endpoint_receiver;
 mod producers;
 
 pub use bulk_server::{BulkServer, Fate};
+pub use endpoint_receiver::{Answer, EndpointReceiver, Received};
 pub use producers::{
     KilledRun, Producers, check_exactly_once, produce_through_kills, produce_through_kills_with,
     record,

@@ -33,19 +33,23 @@ impl ObjectStoreSink {
     /// temporary file first and are renamed into place, so readers never see partial objects.
     pub fn local(root: &std::path::Path) -> Result<Self, SinkError> {
         let describe = format!("file://{}", root.display());
-        std::fs::create_dir_all(root).map_err(|e| SinkError {
-            service: Service::ObjectStore,
-            kind: SinkErrorKind::Rejected,
-            destination: describe.clone(),
-            target: root.display().to_string(),
-            reason: format!("cannot create the directory: {e}"),
+        std::fs::create_dir_all(root).map_err(|e| {
+            SinkError::new(
+                SinkErrorKind::Rejected,
+                Service::ObjectStore,
+                describe.clone(),
+                root.display().to_string(),
+                format!("cannot create the directory: {e}"),
+            )
         })?;
-        let store = LocalFileSystem::new_with_prefix(root).map_err(|e| SinkError {
-            service: Service::ObjectStore,
-            kind: SinkErrorKind::Rejected,
-            destination: describe.clone(),
-            target: root.display().to_string(),
-            reason: e.to_string(),
+        let store = LocalFileSystem::new_with_prefix(root).map_err(|e| {
+            SinkError::new(
+                SinkErrorKind::Rejected,
+                Service::ObjectStore,
+                describe.clone(),
+                root.display().to_string(),
+                e.to_string(),
+            )
         })?;
         Ok(Self {
             store: Arc::new(store),
@@ -126,12 +130,14 @@ impl ObjectStoreSink {
         {
             builder = builder.with_allow_http(true);
         }
-        let store = builder.build().map_err(|e| SinkError {
-            service: Service::ObjectStore,
-            kind: SinkErrorKind::Rejected,
-            destination: describe.clone(),
-            target: String::new(),
-            reason: e.to_string(),
+        let store = builder.build().map_err(|e| {
+            SinkError::new(
+                SinkErrorKind::Rejected,
+                Service::ObjectStore,
+                describe.clone(),
+                String::new(),
+                e.to_string(),
+            )
         })?;
         Ok(Self {
             store: Arc::new(store),
@@ -164,13 +170,14 @@ impl ObjectStoreSink {
             | object_store::Error::NotSupported { .. } => SinkErrorKind::Rejected,
             other => classify_generic(&other.to_string()),
         };
-        SinkError {
-            service: Service::ObjectStore,
+        SinkError::new(
             kind,
-            destination: self.description.clone(),
-            target: key.to_string(),
-            reason: flatten_error(&error),
-        }
+            Service::ObjectStore,
+            self.description.clone(),
+            key.to_string(),
+            flatten_error(&error),
+        )
+        .caused_by(error)
     }
 
     async fn put_multipart(
@@ -184,13 +191,13 @@ impl ObjectStoreSink {
             // a check first equivalent.
             match self.store.head(path).await {
                 Ok(_) => {
-                    return Err(SinkError {
-                        service: Service::ObjectStore,
-                        kind: SinkErrorKind::AlreadyExists,
-                        destination: self.description.clone(),
-                        target: object.key.clone(),
-                        reason: "an object with this key already exists".into(),
-                    });
+                    return Err(SinkError::new(
+                        SinkErrorKind::AlreadyExists,
+                        Service::ObjectStore,
+                        self.description.clone(),
+                        object.key.clone(),
+                        "an object with this key already exists",
+                    ));
                 }
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(self.error(&object.key, e)),
@@ -224,12 +231,14 @@ impl ObjectStoreSink {
 #[async_trait]
 impl ObjectSink for ObjectStoreSink {
     async fn put(&self, object: &EncodedObject, mode: WriteMode) -> Result<(), SinkError> {
-        let path = Path::parse(&object.key).map_err(|e| SinkError {
-            service: Service::ObjectStore,
-            kind: SinkErrorKind::Rejected,
-            destination: self.description.clone(),
-            target: object.key.clone(),
-            reason: format!("invalid object key: {e}"),
+        let path = Path::parse(&object.key).map_err(|e| {
+            SinkError::new(
+                SinkErrorKind::Rejected,
+                Service::ObjectStore,
+                self.description.clone(),
+                object.key.clone(),
+                format!("invalid object key: {e}"),
+            )
         })?;
         if object.len() >= self.multipart_threshold_bytes {
             return self.put_multipart(&path, object, mode).await;

@@ -243,12 +243,14 @@ impl PostgresSink {
     /// (every mismatch is listed), and creates the ledger table when missing.
     pub async fn connect(settings: PostgresSettings) -> Result<Self, SinkError> {
         let description = describe(&settings.connection);
-        let fail = |kind, reason: String| SinkError {
-            kind,
-            service: Service::Postgres,
-            destination: description.clone(),
-            target: settings.table.clone(),
-            reason,
+        let fail = |kind, reason: String| {
+            SinkError::new(
+                kind,
+                Service::Postgres,
+                description.clone(),
+                settings.table.clone(),
+                reason,
+            )
         };
         let mut connection = settings.connection.clone();
         connection.connect_timeout(settings.connect_timeout);
@@ -487,13 +489,13 @@ fn describe(config: &tokio_postgres::Config) -> String {
 fn classify(destination: &str, target: &str, error: &deadpool_postgres::PoolError) -> SinkError {
     match error {
         deadpool_postgres::PoolError::Backend(e) => pg_error(destination, target, e),
-        other => SinkError {
-            kind: SinkErrorKind::Unavailable,
-            service: Service::Postgres,
-            destination: destination.to_string(),
-            target: target.to_string(),
-            reason: other.to_string(),
-        },
+        other => SinkError::new(
+            SinkErrorKind::Unavailable,
+            Service::Postgres,
+            destination.to_string(),
+            target.to_string(),
+            other.to_string(),
+        ),
     }
 }
 
@@ -531,13 +533,13 @@ fn pg_error(destination: &str, target: &str, error: &tokio_postgres::Error) -> S
             reason
         }
     };
-    SinkError {
+    SinkError::new(
         kind,
-        service: Service::Postgres,
-        destination: destination.to_string(),
-        target: target.to_string(),
+        Service::Postgres,
+        destination.to_string(),
+        target.to_string(),
         reason,
-    }
+    )
 }
 
 fn quote_ident(name: &str) -> String {

@@ -65,12 +65,14 @@ impl SearchSink {
     /// A sink for the cluster `settings` names (nothing is sent yet).
     pub fn new(settings: SearchSettings) -> Result<Self, SinkError> {
         let describe = settings.endpoints.join(",");
-        let fail = |reason: String| SinkError {
-            kind: SinkErrorKind::Rejected,
-            service: Service::Search,
-            destination: describe.clone(),
-            target: "_bulk".into(),
-            reason,
+        let fail = |reason: String| {
+            SinkError::new(
+                SinkErrorKind::Rejected,
+                Service::Search,
+                describe.clone(),
+                "_bulk",
+                reason,
+            )
         };
         if settings.endpoints.is_empty() {
             return Err(fail("no endpoint".into()));
@@ -134,13 +136,13 @@ impl SearchSink {
     }
 
     fn error(&self, kind: SinkErrorKind, target: &str, reason: String) -> SinkError {
-        SinkError {
+        SinkError::new(
             kind,
-            service: Service::Search,
-            destination: self.describe.clone(),
-            target: target.to_string(),
+            Service::Search,
+            self.describe.clone(),
+            target.to_string(),
             reason,
-        }
+        )
     }
 
     /// The error of a request answered with a failure status (the start of its body says
@@ -154,6 +156,7 @@ impl SearchSink {
                 String::from_utf8_lossy(&body[..body.len().min(500)])
             ),
         )
+        .with_status(status.as_u16())
     }
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
@@ -258,7 +261,7 @@ fn status_kind(status: u16) -> SinkErrorKind {
 
 /// A transport error with its causes (reqwest's own message is often just "error sending
 /// request").
-fn describe_transport_error(error: &reqwest::Error) -> String {
+pub(crate) fn describe_transport_error(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

@@ -1,0 +1,300 @@
+//! The seam every destination implements: encode a chunk of records into request pieces
+//! (synchronous, on the engine's CPU pool while the batch fills), assemble a batch's pieces
+//! into requests, send one request (one attempt), and say what happened as a type. One
+//! retry driver ([`crate::driver`]) then serves every destination.
+//!
+//! The engine holds destinations as [`AnyDestination`] and assembled batches as
+//! [`AssembledBatch`], so it needs no arm per destination; a destination author implements
+//! [`Destination`] only.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use crate::driver::{RetryPolicy, drive};
+use crate::error::SinkError;
+
+/// One record handed to a destination's encoder.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    /// Its sequence number in the stream.
+    pub seq: u64,
+    /// When it arrived (Unix ms).
+    pub arrival_ms: i64,
+    /// The record (after transforms).
+    pub data: &'a [u8],
+}
+
+/// A record the destination cannot take, found while encoding; it goes to the error output.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Its place in the chunk handed to [`Destination::encode`].
+    pub index: usize,
+    /// Firehose-style error code.
+    pub code: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// What a chunk of records became.
+#[derive(Debug)]
+pub struct EncodedChunk<P> {
+    /// The destination's encoding of the records it took.
+    pub piece: P,
+    /// The records it could not take.
+    pub refusals: Vec<Refusal>,
+}
+
+/// Which records a batch holds: the same on every attempt and after a crash replay, so
+/// request ids, object keys and document ids derived from it are too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchId {
+    /// The stream's log incarnation (the first half of its record ids).
+    pub run: u64,
+    /// Sequence number of its first record.
+    pub first_seq: u64,
+    /// Sequence number of its last record.
+    pub last_seq: u64,
+}
+
+/// One request of a batch: what is sent, and which items of the batch it carries.
+#[derive(Debug)]
+pub struct Request<B> {
+    /// The request body, as the destination built it.
+    pub body: B,
+    /// The batch items it carries, in order (indexes the destination hands out).
+    pub items: Vec<u32>,
+}
+
+/// What the destination did with one request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every item landed.
+    Delivered,
+    /// Nothing landed, and the same request may succeed later: send it again after a pause.
+    Retry(SinkError),
+    /// Nothing landed because the request is too large for the destination: send its items
+    /// again in smaller requests.
+    TooLarge(SinkError),
+    /// Nothing landed, and sending it again would not help: its items go to the error output.
+    Refused(SinkError),
+    /// The destination answered per item, in the order of [`Request::items`].
+    Items(Vec<ItemOutcome>),
+}
+
+/// What the destination did with one item of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemOutcome {
+    /// It landed.
+    Delivered,
+    /// Refused for now: send it again.
+    Retry(ItemError),
+    /// Refused for good: it goes to the error output.
+    Refused(ItemError),
+}
+
+/// Why an item was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemError {
+    /// Stable code (`errorCode` of the error record).
+    pub code: String,
+    /// What the destination said.
+    pub message: String,
+}
+
+/// Where a search document was going, for its error record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentTarget {
+    /// The index.
+    pub index: String,
+    /// The document id.
+    pub id: String,
+}
+
+/// An item of a batch as its error record shows it.
+#[derive(Debug, Clone)]
+pub struct ItemRecord {
+    /// When its record arrived (Unix ms).
+    pub arrival_ms: i64,
+    /// The record as it was to be delivered.
+    pub raw: Bytes,
+    /// For search documents: where it was going.
+    pub document: Option<DocumentTarget>,
+}
+
+/// An item that did not land: its record and why.
+#[derive(Debug, Clone)]
+pub struct FailedItem {
+    /// The record.
+    pub record: ItemRecord,
+    /// Stable code.
+    pub code: String,
+    /// Why, in words.
+    pub message: String,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// What delivering one batch came to.
+#[derive(Debug, Default)]
+pub struct DeliveryReport {
+    /// Items that landed.
+    pub delivered: u64,
+    /// Body bytes of the requests that landed.
+    pub bytes: u64,
+    /// Requests that landed.
+    pub requests: u64,
+    /// Rounds of sending (1 when everything landed at once).
+    pub attempts: u32,
+    /// Items refused for good, or still refused when the retry duration ran out.
+    pub failed: Vec<FailedItem>,
+}
+
+/// A destination: how records become requests, and how one request is sent.
+#[async_trait]
+pub trait Destination: Send + Sync + 'static {
+    /// What one chunk of records becomes (built on the CPU pool while the batch fills).
+    type Piece: Send + 'static;
+    /// A batch's pieces put together, with what its requests are cut from.
+    type Batch: Send + Sync + 'static;
+    /// One request body.
+    type Body: Send + Sync + 'static;
+
+    /// A human-readable name for logs: `https://host/path`, `s3://bucket`.
+    fn describe(&self) -> &str;
+
+    /// `!{firehose:error-output-type}` of items that did not land (`http-endpoint-failed`).
+    fn failed_output(&self) -> &'static str;
+
+    /// Encodes a chunk of records. Runs on the CPU pool.
+    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<Self::Piece>;
+
+    /// Puts a batch's pieces together. Runs on the CPU pool.
+    fn assemble(&self, id: BatchId, pieces: Vec<Self::Piece>) -> Self::Batch;
+
+    /// The first attempt's requests.
+    fn requests(&self, batch: &Self::Batch) -> Vec<Request<Self::Body>>;
+
+    /// Requests carrying only `items`, for items sent again after a per-item refusal or
+    /// a [`Outcome::TooLarge`]; `shrink` counts the `TooLarge` answers so far (each halves
+    /// the request size). Runs off the async reactor.
+    fn regroup(&self, batch: &Self::Batch, items: &[u32], shrink: u32) -> Vec<Request<Self::Body>>;
+
+    /// Sends one request; one attempt.
+    async fn send(&self, batch: &Self::Batch, request: &Request<Self::Body>) -> Outcome;
+
+    /// Body bytes of a request (counted once it lands).
+    fn body_len(&self, body: &Self::Body) -> usize;
+
+    /// Item `item` as its error record shows it.
+    fn item_record(&self, batch: &Self::Batch, item: u32) -> ItemRecord;
+
+    /// Every record of the batch, as delivered, one per line: the body of a backup object
+    /// (`backup.mode: all`).
+    fn backup_parts(&self, batch: &Self::Batch) -> Vec<Bytes>;
+
+    /// Asks the destination whether it answers; `Ok` names what answered.
+    async fn check(&self) -> Result<String, SinkError>;
+}
+
+/// A destination as the engine holds it: pieces are type-erased, batches come back as
+/// [`AssembledBatch`].
+pub trait AnyDestination: Send + Sync + std::fmt::Debug {
+    /// See [`Destination::describe`].
+    fn describe(&self) -> &str;
+    /// See [`Destination::failed_output`].
+    fn failed_output(&self) -> &'static str;
+    /// See [`Destination::encode`].
+    fn encode_any(&self, records: &[RecordRef<'_>]) -> EncodedChunk<Box<dyn Any + Send>>;
+    /// See [`Destination::assemble`]; pieces not made by this destination are skipped.
+    fn assemble_any(
+        self: Arc<Self>,
+        id: BatchId,
+        pieces: Vec<Box<dyn Any + Send>>,
+    ) -> Box<dyn AssembledBatch>;
+    /// See [`Destination::check`].
+    fn check_any(&self) -> BoxFuture<'_, Result<String, SinkError>>;
+}
+
+/// A batch ready to deliver.
+pub trait AssembledBatch: Send + Sync {
+    /// See [`Destination::backup_parts`].
+    fn backup_parts(&self) -> Vec<Bytes>;
+    /// Delivers the batch under `policy` with the shared retry driver; `failed_attempts`
+    /// counts every failed request as it happens.
+    fn deliver<'a>(
+        &'a self,
+        policy: &'a RetryPolicy,
+        stream: &'a str,
+        failed_attempts: &'a AtomicU64,
+    ) -> BoxFuture<'a, DeliveryReport>;
+}
+
+impl<D: Destination + std::fmt::Debug> AnyDestination for D {
+    fn describe(&self) -> &str {
+        Destination::describe(self)
+    }
+
+    fn failed_output(&self) -> &'static str {
+        Destination::failed_output(self)
+    }
+
+    fn encode_any(&self, records: &[RecordRef<'_>]) -> EncodedChunk<Box<dyn Any + Send>> {
+        let encoded = self.encode(records);
+        EncodedChunk {
+            piece: Box::new(encoded.piece),
+            refusals: encoded.refusals,
+        }
+    }
+
+    fn assemble_any(
+        self: Arc<Self>,
+        id: BatchId,
+        pieces: Vec<Box<dyn Any + Send>>,
+    ) -> Box<dyn AssembledBatch> {
+        let pieces = pieces
+            .into_iter()
+            .filter_map(|piece| piece.downcast::<D::Piece>().ok().map(|piece| *piece))
+            .collect();
+        let batch = Arc::new(self.assemble(id, pieces));
+        Box::new(Assembled {
+            destination: self,
+            batch,
+        })
+    }
+
+    fn check_any(&self) -> BoxFuture<'_, Result<String, SinkError>> {
+        self.check()
+    }
+}
+
+/// A destination's batch with the destination that sends it.
+struct Assembled<D: Destination> {
+    destination: Arc<D>,
+    batch: Arc<D::Batch>,
+}
+
+impl<D: Destination> AssembledBatch for Assembled<D> {
+    fn backup_parts(&self) -> Vec<Bytes> {
+        self.destination.backup_parts(&self.batch)
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        policy: &'a RetryPolicy,
+        stream: &'a str,
+        failed_attempts: &'a AtomicU64,
+    ) -> BoxFuture<'a, DeliveryReport> {
+        Box::pin(drive(
+            &self.destination,
+            &self.batch,
+            policy,
+            stream,
+            failed_attempts,
+        ))
+    }
+}

@@ -1,0 +1,223 @@
+//! The one retry driver: sends a batch's requests with bounded concurrency, sends again
+//! what the destination refused for now (after a backoff with jitter), regroups items that
+//! must go in new requests, and stops when everything landed, was refused for good, or the
+//! retry duration ran out. Every destination is driven by it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::time::Instant;
+
+use crate::destination::{
+    DeliveryReport, Destination, FailedItem, ItemError, ItemOutcome, Outcome, Request,
+};
+use crate::retry::Backoff;
+
+/// How long and how hard a batch is retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// First pause after a failed round.
+    pub initial_backoff: Duration,
+    /// Longest pause.
+    pub max_backoff: Duration,
+    /// After this long, items still refused go to the error output; `None`: retried until
+    /// they land (when there is no spool to read them back from, nothing may give up).
+    pub give_up_after: Option<Duration>,
+    /// Requests of one batch in flight at once.
+    pub concurrency: usize,
+}
+
+/// A request sent again as it is, with the error that sent it back.
+struct Resend<B> {
+    request: Request<B>,
+    error: ItemError,
+}
+
+/// Delivers `batch` to `destination` under `policy`; `stream` names it in logs and
+/// `failed_attempts` counts every failed request as it happens.
+pub async fn drive<D: Destination>(
+    destination: &Arc<D>,
+    batch: &Arc<D::Batch>,
+    policy: &RetryPolicy,
+    stream: &str,
+    failed_attempts: &AtomicU64,
+) -> DeliveryReport {
+    let give_up_at = policy.give_up_after.map(|after| Instant::now() + after);
+    let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
+    let mut report = DeliveryReport {
+        attempts: 1,
+        ..DeliveryReport::default()
+    };
+    let mut shrink = 0u32;
+    let mut pending = destination.requests(batch);
+    loop {
+        let results: Vec<(Request<D::Body>, Outcome)> = futures_util::stream::iter(pending)
+            .map(|request| async move {
+                let outcome = destination.send(batch, &request).await;
+                (request, outcome)
+            })
+            .buffer_unordered(policy.concurrency.max(1))
+            .collect()
+            .await;
+        let mut resend: Vec<Resend<D::Body>> = Vec::new();
+        let mut regroup: Vec<(u32, ItemError)> = Vec::new();
+        for (request, outcome) in results {
+            match outcome {
+                Outcome::Delivered => {
+                    report.delivered += request.items.len() as u64;
+                    report.bytes += destination.body_len(&request.body) as u64;
+                    report.requests += 1;
+                }
+                Outcome::Retry(error) => {
+                    failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    log_failed_request(stream, &error, request.items.len(), report.attempts);
+                    resend.push(Resend {
+                        request,
+                        error: item_error(&error),
+                    });
+                }
+                Outcome::TooLarge(error) => {
+                    failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    log_failed_request(stream, &error, request.items.len(), report.attempts);
+                    shrink += 1;
+                    let reason = item_error(&error);
+                    regroup.extend(request.items.into_iter().map(|i| (i, reason.clone())));
+                }
+                Outcome::Refused(error) => {
+                    failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    let reason = item_error(&error);
+                    for item in request.items {
+                        report.failed.push(failed(
+                            destination,
+                            batch,
+                            item,
+                            &reason,
+                            report.attempts,
+                        ));
+                    }
+                }
+                Outcome::Items(outcomes) => {
+                    report.requests += 1;
+                    for (item, outcome) in request.items.into_iter().zip(outcomes) {
+                        match outcome {
+                            ItemOutcome::Delivered => report.delivered += 1,
+                            ItemOutcome::Retry(reason) => regroup.push((item, reason)),
+                            ItemOutcome::Refused(reason) => report.failed.push(failed(
+                                destination,
+                                batch,
+                                item,
+                                &reason,
+                                report.attempts,
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+        let waiting = resend.iter().map(|r| r.request.items.len()).sum::<usize>() + regroup.len();
+        if waiting == 0 {
+            return report;
+        }
+        if give_up_at.is_some_and(|at| Instant::now() >= at) {
+            tracing::error!(
+                stream,
+                destination = destination.describe(),
+                items = waiting,
+                attempts = report.attempts,
+                "retry duration exhausted; sending what is still refused to the error output"
+            );
+            let attempts = report.attempts;
+            for Resend { request, error } in resend {
+                for item in request.items {
+                    report
+                        .failed
+                        .push(failed(destination, batch, item, &error, attempts));
+                }
+            }
+            for (item, error) in regroup {
+                report
+                    .failed
+                    .push(failed(destination, batch, item, &error, attempts));
+            }
+            return report;
+        }
+        let mut delay = backoff.next_delay();
+        if let Some(at) = give_up_at {
+            let left = at.saturating_duration_since(Instant::now());
+            delay = delay.min(left.max(Duration::from_millis(10)));
+        }
+        tracing::warn!(
+            stream,
+            destination = destination.describe(),
+            items = waiting,
+            attempt = report.attempts,
+            retry_in_ms = delay.as_millis() as u64,
+            "the destination did not take every item; sending them again"
+        );
+        tokio::time::sleep(delay).await;
+        pending = resend.into_iter().map(|r| r.request).collect();
+        if !regroup.is_empty() {
+            let items: Vec<u32> = regroup.iter().map(|(item, _)| *item).collect();
+            let (owner, shared) = (Arc::clone(destination), Arc::clone(batch));
+            match tokio::task::spawn_blocking(move || owner.regroup(&shared, &items, shrink)).await
+            {
+                Ok(regrouped) => pending.extend(regrouped),
+                Err(panicked) => {
+                    // A destination's bug must not lose the items: they are reported.
+                    let reason = ItemError {
+                        code: "Hydrant.RegroupFailed".into(),
+                        message: format!("building the retry requests failed: {panicked}"),
+                    };
+                    for (item, _) in regroup {
+                        report.failed.push(failed(
+                            destination,
+                            batch,
+                            item,
+                            &reason,
+                            report.attempts,
+                        ));
+                    }
+                }
+            }
+        }
+        report.attempts += 1;
+    }
+}
+
+fn item_error(error: &crate::error::SinkError) -> ItemError {
+    ItemError {
+        code: error.code().to_string(),
+        message: error.to_string(),
+    }
+}
+
+fn failed<D: Destination>(
+    destination: &Arc<D>,
+    batch: &Arc<D::Batch>,
+    item: u32,
+    reason: &ItemError,
+    attempts: u32,
+) -> FailedItem {
+    FailedItem {
+        record: destination.item_record(batch, item),
+        code: reason.code.clone(),
+        message: reason.message.clone(),
+        attempts,
+    }
+}
+
+fn log_failed_request(stream: &str, error: &crate::error::SinkError, items: usize, attempt: u32) {
+    tracing::warn!(
+        stream,
+        destination = %error.destination,
+        target = %error.target,
+        code = error.code(),
+        status = error.status,
+        reason = %error.reason,
+        items,
+        attempt,
+        "request failed"
+    );
+}
