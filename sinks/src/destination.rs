@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 use crate::driver::{RetryPolicy, drive};
-use crate::error::SinkError;
+use crate::error::{Service, SinkError};
 
 /// One record handed to a destination's encoder.
 #[derive(Debug, Clone, Copy)]
@@ -166,6 +166,9 @@ pub trait Destination: Send + Sync + 'static {
 
     /// A human-readable name for logs: `https://host/path`, `s3://bucket`.
     fn describe(&self) -> &str;
+
+    /// The kind of destination, which names its error codes.
+    fn service(&self) -> Service;
 
     /// `!{firehose:error-output-type}` of items that did not land (`http-endpoint-failed`).
     fn failed_output(&self) -> &'static str;

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::destination::{
     DeliveryReport, Destination, FailedItem, ItemError, ItemOutcome, Outcome, Request,
 };
+use crate::error::{SinkError, SinkErrorKind};
 use crate::retry::Backoff;
 
 /// How long and how hard a batch is retried.
@@ -27,6 +28,9 @@ pub struct RetryPolicy {
     pub give_up_after: Option<Duration>,
     /// Requests of one batch in flight at once.
     pub concurrency: usize,
+    /// Longest one attempt may take before it counts as failed (and is sent again), should
+    /// the destination's own timeouts not end it.
+    pub attempt_timeout: Duration,
 }
 
 /// A request sent again as it is, with the error that sent it back.
@@ -55,7 +59,24 @@ pub async fn drive<D: Destination>(
     loop {
         let results: Vec<(Request<D::Body>, Outcome)> = futures_util::stream::iter(pending)
             .map(|request| async move {
-                let outcome = destination.send(batch, &request).await;
+                let outcome = match tokio::time::timeout(
+                    policy.attempt_timeout,
+                    destination.send(batch, &request),
+                )
+                .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Outcome::Retry(SinkError::new(
+                        SinkErrorKind::TimedOut,
+                        destination.service(),
+                        destination.describe(),
+                        format!("{} items", request.items.len()),
+                        format!(
+                            "the attempt did not end within {} ms",
+                            policy.attempt_timeout.as_millis()
+                        ),
+                    )),
+                };
                 (request, outcome)
             })
             .buffer_unordered(policy.concurrency.max(1))
@@ -186,7 +207,7 @@ pub async fn drive<D: Destination>(
     }
 }
 
-fn item_error(error: &crate::error::SinkError) -> ItemError {
+fn item_error(error: &SinkError) -> ItemError {
     ItemError {
         code: error.code().to_string(),
         message: error.to_string(),
@@ -208,7 +229,7 @@ fn failed<D: Destination>(
     }
 }
 
-fn log_failed_request(stream: &str, error: &crate::error::SinkError, items: usize, attempt: u32) {
+fn log_failed_request(stream: &str, error: &SinkError, items: usize, attempt: u32) {
     tracing::warn!(
         stream,
         destination = %error.destination,

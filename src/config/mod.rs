@@ -395,6 +395,8 @@ pub struct SeamDestination {
     pub concurrency: usize,
     /// Whether every record is also written to the backup destination.
     pub backup_all: bool,
+    /// Longest one attempt may take (the destination's request timeout, and a margin).
+    pub attempt_timeout: std::time::Duration,
 }
 
 impl Destination {
@@ -410,6 +412,9 @@ impl Destination {
                     destination: built,
                     concurrency: endpoint.concurrency.value as usize,
                     backup_all: endpoint.backup.mode == BackupMode::All,
+                    attempt_timeout: std::time::Duration::from_secs(
+                        endpoint.request_timeout_seconds.value + 30,
+                    ),
                 }))
             }
             _ => None,

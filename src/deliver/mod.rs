@@ -354,4 +354,6 @@ impl DeliveryLoop {
 }
 
 #[cfg(test)]
+mod seam_tests;
+#[cfg(test)]
 mod tests;

@@ -45,6 +45,7 @@ impl DeliveryLoop {
             max_backoff: self.max_backoff,
             give_up_after: self.spool.as_ref().map(|_| self.retry_duration),
             concurrency: seam.concurrency,
+            attempt_timeout: seam.attempt_timeout,
         };
         let report = batch
             .deliver(&policy, &self.stream, &self.counters.failed_attempts)

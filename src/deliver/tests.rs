@@ -21,7 +21,7 @@ use crate::encode::{Encoding, RecordFramer};
 use crate::spool::{FsyncPolicy, SpoolSettings};
 use object_key::KeyTemplate;
 
-fn open_spool(dir: &Path) -> Arc<StreamSpool> {
+pub(super) fn open_spool(dir: &Path) -> Arc<StreamSpool> {
     StreamSpool::open(SpoolSettings {
         dir: dir.join("spool"),
         fsync: FsyncPolicy::Always,
@@ -123,7 +123,7 @@ fn error_ids(dir: &Path) -> Vec<(u64, String, String)> {
     out
 }
 
-async fn append(spool: &Arc<StreamSpool>, ids: std::ops::Range<u64>) {
+pub(super) async fn append(spool: &Arc<StreamSpool>, ids: std::ops::Range<u64>) {
     let records: Vec<Vec<u8>> = ids
         .map(|id| format!(r#"{{"id":{id},"pad":"{}"}}"#, "p".repeat(200)).into_bytes())
         .collect();
@@ -132,7 +132,7 @@ async fn append(spool: &Arc<StreamSpool>, ids: std::ops::Range<u64>) {
     assert_eq!(appended.accepted, slices.len());
 }
 
-async fn until(what: &str, check: impl Fn() -> bool) {
+pub(super) async fn until(what: &str, check: impl Fn() -> bool) {
     tokio::time::timeout(Duration::from_secs(30), async {
         while !check() {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use crate::destination::{
     BatchId, Destination, EncodedChunk, ItemRecord, Outcome, RecordRef, Request,
 };
-use crate::error::SinkError;
+use crate::error::{Service, SinkError};
 use service::EndpointService;
 
 /// `!{firehose:error-output-type}` of records an HTTP endpoint did not take.
@@ -56,6 +56,10 @@ impl Destination for HttpEndpoint {
 
     fn describe(&self) -> &str {
         &self.url
+    }
+
+    fn service(&self) -> Service {
+        Service::HttpEndpoint
     }
 
     fn failed_output(&self) -> &'static str {

@@ -60,6 +60,23 @@ impl ObjectStoreSink {
         })
     }
 
+    /// A sink holding objects in memory (`object_store`'s `InMemory`): for tests of what is
+    /// written, and benchmarks without a disk.
+    pub fn in_memory() -> Self {
+        Self {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            description: "memory://".into(),
+            supports_attributes: true,
+            multipart_threshold_bytes: usize::MAX,
+            multipart_part_bytes: usize::MAX,
+        }
+    }
+
+    /// The store underneath, to read back what was written.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     /// A sink writing to an S3-compatible bucket.
     pub fn s3(options: &S3Options) -> Result<Self, SinkError> {
         let describe = format!("s3://{}", options.bucket);
