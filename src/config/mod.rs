@@ -8,6 +8,8 @@ mod load;
 mod parquet;
 mod postgres;
 mod processors;
+#[cfg(test)]
+mod reference_tests;
 mod search;
 mod streams;
 mod validate;
