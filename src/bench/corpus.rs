@@ -242,6 +242,69 @@ pub fn bulk_ceiling_mib_s(data: &[u8], encoder: &crate::encode::documents::Docum
     (data.len() * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64()
 }
 
+/// MiB/s of records (`data`, newline-delimited) that a destination behind the seam encodes
+/// and assembles into its requests (compressing them when it does) on one core, in chunks
+/// the size a stream's buffer hands to its CPU pool.
+pub fn seam_ceiling_mib_s(
+    data: &[u8],
+    destination: &std::sync::Arc<dyn hydrant_sinks::prelude::AnyDestination>,
+) -> f64 {
+    use hydrant_sinks::prelude::RecordRef;
+    const CHUNK: usize = 1024 * 1024;
+    let lines: Vec<&[u8]> = data
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut chunks: Vec<Vec<RecordRef<'_>>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for (seq, line) in lines.iter().enumerate() {
+        if bytes >= CHUNK {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += line.len();
+        chunks
+            .last_mut()
+            .expect("one chunk at least")
+            .push(RecordRef {
+                seq: seq as u64,
+                arrival_ms: 1_764_000_000_000,
+                data: line,
+            });
+    }
+    // Destinations build requests in parallel on the CPU pool: the ceiling is one core.
+    let one_core = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread pool");
+    one_core.install(|| seam_rounds(&chunks, lines.len(), data.len(), destination))
+}
+
+fn seam_rounds(
+    chunks: &[Vec<hydrant_sinks::prelude::RecordRef<'_>>],
+    records: usize,
+    bytes: usize,
+    destination: &std::sync::Arc<dyn hydrant_sinks::prelude::AnyDestination>,
+) -> f64 {
+    use hydrant_sinks::prelude::BatchId;
+    let started = Instant::now();
+    let mut rounds = 0;
+    while rounds < 2 || started.elapsed().as_secs_f64() < 2.0 {
+        let pieces = chunks
+            .iter()
+            .map(|records| destination.encode_any(records).piece)
+            .collect();
+        let id = BatchId {
+            run: 1,
+            first_seq: 0,
+            last_seq: records as u64,
+        };
+        std::hint::black_box(std::sync::Arc::clone(destination).assemble_any(id, pieces));
+        rounds += 1;
+    }
+    (bytes * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@
 mod bulk_sink;
 pub mod corpus;
 mod driver;
+mod endpoint_sink;
 mod service;
 
 use std::path::PathBuf;
@@ -65,6 +66,10 @@ pub struct BenchArgs {
     /// the scenario's search destination at it), so the search server is not measured.
     #[arg(long)]
     pub bulk_sink: Option<std::net::SocketAddr>,
+    /// Serve a Firehose HTTP endpoint that takes every request on this address (point the
+    /// scenario's `http_endpoint` destination at it), so no receiver is measured.
+    #[arg(long)]
+    pub endpoint_sink: Option<std::net::SocketAddr>,
 }
 
 /// Runs the load generator and prints its report.
@@ -83,6 +88,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.bulk_sink {
         bulk_sink::serve(addr).await?;
     }
+    if let Some(addr) = args.endpoint_sink {
+        endpoint_sink::serve(addr).await?;
+    }
     let ceiling = if args.no_ceiling {
         None
     } else {
@@ -100,6 +108,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Some(crate::encode::Encoding::Documents(encoder)) => {
                 Ok(("bulk_bodies", corpus::bulk_ceiling_mib_s(&data, &encoder)))
             }
+            Some(crate::encode::Encoding::Destination(destination)) => Ok((
+                "destination_requests",
+                corpus::seam_ceiling_mib_s(&data, &destination),
+            )),
             _ => Ok(("gzip", corpus::gzip_ceiling_mib_s(&data, level))),
         })
         .await??;
@@ -176,8 +188,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// How `stream` in the configuration at `path` encodes records, when that sets the ceiling:
-/// a Parquet stream (arrow-json and ArrowWriter with the same schema and settings) or a
-/// search stream (the same bulk bodies).
+/// a Parquet stream (arrow-json and ArrowWriter with the same schema and settings), a
+/// search stream (the same bulk bodies) or a destination behind the seam (the same requests).
 fn stream_encoding_of(
     path: &std::path::Path,
     stream: &str,
@@ -188,6 +200,14 @@ fn stream_encoding_of(
     else {
         return Ok(None);
     };
+    if let Some(seam) = stream_config
+        .destination
+        .seam(path.parent().unwrap_or(path))
+    {
+        return Ok(Some(crate::encode::Encoding::Destination(
+            seam?.destination,
+        )));
+    }
     if let crate::config::Destination::Opensearch(search) = &stream_config.destination {
         return Ok(Some(crate::encode::Encoding::Documents(Arc::new(
             crate::pipeline::document_encoder(search, fastrand::u64(..)),

@@ -136,9 +136,11 @@ impl EndpointBatch {
         (entry, &piece.json[start..entry.end as usize])
     }
 
-    /// Requests carrying `items`, in order, cut at `shape.max_request_bytes`.
+    /// Requests carrying `items`, in order, cut at `shape.max_request_bytes`; built (and
+    /// compressed) in parallel on the CPU pool.
     pub fn build(&self, items: &[u32], shape: RequestShape) -> Vec<Request<EndpointBody>> {
-        let mut requests = Vec::new();
+        use rayon::prelude::*;
+        let mut cuts = Vec::new();
         let mut start = 0;
         while start < items.len() {
             let mut bytes = 0;
@@ -151,10 +153,12 @@ impl EndpointBatch {
                 bytes += len;
                 end += 1;
             }
-            requests.push(self.request(&items[start..end], shape));
+            cuts.push(start..end);
             start = end;
         }
-        requests
+        cuts.into_par_iter()
+            .map(|range| self.request(&items[range], shape))
+            .collect()
     }
 
     fn request(&self, items: &[u32], shape: RequestShape) -> Request<EndpointBody> {
