@@ -11,25 +11,19 @@ use hydrant_sinks::prelude::*;
 use tokio::task::JoinHandle;
 
 use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
-use crate::compress::Codec;
-use crate::config::{
-    BackupMode, DocumentIdConfig, ProcessorConfig, SearchAuthConfig, SearchDestination,
-};
+use crate::config::ProcessorConfig;
 use crate::config::{
     Config, Destination, Format, FsyncConfig, PostgresDestination, PostgresMode, SeamDestination,
     StreamConfig,
 };
-use crate::deliver::SearchDelivery;
 use crate::deliver::object_key::{KeyTemplate, ObjectKeyBuilder};
 use crate::deliver::{DeliveryCounters, DeliveryLoop};
-use crate::encode::documents::{DocumentEncoder, DocumentIds};
 use crate::encode::parquet::ParquetEncoder;
 use crate::encode::{Encoding, RecordFramer};
 use crate::metrics::StreamMetrics;
 use crate::spool::{FsyncPolicy, SpoolError, SpoolSettings, StreamSpool};
 use crate::transform::{LoadError, ProcessorChain, ProcessorSettings};
 use hydrant_sinks::postgres::{ColumnSpec, ColumnType, LoadMode, PostgresSettings, PostgresSink};
-use hydrant_sinks::search::{SearchAuth, SearchSettings, SearchSink};
 
 const MIB: usize = 1024 * 1024;
 
@@ -388,20 +382,9 @@ impl Pipeline {
             let run = spool
                 .as_ref()
                 .map_or_else(|| fastrand::u64(..), |s| s.incarnation());
-            let search = match &stream_config.destination {
-                Destination::Opensearch(search) => {
-                    Some(build_search(search, run, base_dir).map_err(|error| {
-                        PipelineError::Destination {
-                            stream: name.clone(),
-                            error,
-                        }
-                    })?)
-                }
-                _ => None,
-            };
             let seam = stream_config
                 .destination
-                .seam(base_dir)
+                .seam(base_dir, run)
                 .transpose()
                 .map_err(|error| PipelineError::Destination {
                     stream: name.clone(),
@@ -413,28 +396,19 @@ impl Pipeline {
                     Arc::clone(&seam.destination),
                 )));
             }
-            if let Some(search) = &search {
-                tasks.push(tokio::spawn(announce_cluster(
-                    name.clone(),
-                    Arc::clone(&search.sink),
-                )));
-            }
             let processors = load_processors(&name, stream_config, base_dir).map_err(|error| {
                 PipelineError::Transform {
                     stream: name.clone(),
                     error,
                 }
             })?;
-            let encoding = build_encoding(
-                stream_config,
-                table.as_ref(),
-                search.as_ref(),
-                seam.as_ref(),
-            )
-            .map_err(|reason| PipelineError::Parquet {
-                stream: name.clone(),
-                reason,
-            })?;
+            let encoding =
+                build_encoding(stream_config, table.as_ref(), seam.as_ref()).map_err(|reason| {
+                    PipelineError::Parquet {
+                        stream: name.clone(),
+                        reason,
+                    }
+                })?;
             let (stream, delivery) = build_stream(
                 &name,
                 stream_config,
@@ -442,7 +416,6 @@ impl Pipeline {
                 sink,
                 Delivered {
                     table,
-                    search,
                     seam,
                     run,
                     processors,
@@ -612,11 +585,7 @@ pub async fn check_destinations(config: &Config, base_dir: &Path) -> Vec<String>
     for (name, stream) in config.streams.iter() {
         let checked = match &stream.destination {
             Destination::Postgres(pg) => connect_table(&name.value, pg, base_dir).await.map(drop),
-            Destination::Opensearch(search) => match search_sink(search, base_dir) {
-                Ok(sink) => sink.check().await.map(drop),
-                Err(error) => Err(error),
-            },
-            other => match other.seam(base_dir) {
+            other => match other.seam(base_dir, 0) {
                 Some(Ok(seam)) => seam.destination.check_any().await.map(drop),
                 Some(Err(error)) => Err(error),
                 None => Ok(()),
@@ -647,77 +616,6 @@ async fn announce_destination(stream: String, destination: Arc<dyn AnyDestinatio
             "{error}; records will be sent once it answers (retried for retry_duration_seconds)"
         ),
     }
-}
-
-/// Says at start-up whether a stream's search cluster answers (it is not required to:
-/// documents are retried until it does).
-async fn announce_cluster(stream: String, sink: Arc<SearchSink>) {
-    match sink.check().await {
-        Ok(version) => tracing::info!(
-            stream,
-            destination = sink.describe(),
-            version,
-            "search cluster answers"
-        ),
-        Err(error) => tracing::warn!(
-            stream,
-            "{error}; documents will be sent once it answers (retried for retry_duration_seconds)"
-        ),
-    }
-}
-
-/// The client of a search destination's cluster.
-fn search_sink(search: &SearchDestination, base_dir: &Path) -> Result<SearchSink, SinkError> {
-    SearchSink::new(SearchSettings {
-        endpoints: search.endpoint_urls(),
-        auth: search.auth.as_ref().map(|auth| match auth {
-            SearchAuthConfig::Basic { username, password } => SearchAuth::Basic {
-                username: username.clone(),
-                password: password.clone(),
-            },
-            SearchAuthConfig::ApiKey(key) => SearchAuth::ApiKey(key.clone()),
-        }),
-        gzip: search.compression.value == crate::config::Compression::Gzip,
-        request_timeout: Duration::from_secs(search.request_timeout_seconds.max(1)),
-        ca_file: search.ca_file.as_ref().map(|path| base_dir.join(path)),
-    })
-}
-
-/// Everything delivering to a search destination needs; `run` is the stream's record id
-/// prefix.
-fn build_search(
-    search: &SearchDestination,
-    run: u64,
-    base_dir: &Path,
-) -> Result<SearchDelivery, SinkError> {
-    Ok(SearchDelivery {
-        sink: Arc::new(search_sink(search, base_dir)?),
-        encoder: Arc::new(document_encoder(search, run)),
-        max_bulk_bytes: search.max_bulk_mib.value as usize * MIB,
-        concurrency: search.concurrency.value as usize,
-        backup_all: search.backup.mode == BackupMode::All,
-    })
-}
-
-/// How a search destination's records become bulk lines; `run` is the stream's record id
-/// prefix.
-pub fn document_encoder(search: &SearchDestination, run: u64) -> DocumentEncoder {
-    let ids = match &search.document_id {
-        DocumentIdConfig::Deterministic => DocumentIds::RecordId { run },
-        DocumentIdConfig::Auto => DocumentIds::Auto,
-        DocumentIdConfig::Field(path) => DocumentIds::Field(
-            path.trim_start_matches('.')
-                .split('.')
-                .map(str::to_string)
-                .collect(),
-        ),
-    };
-    DocumentEncoder::new(
-        search.index.value.clone(),
-        search.index_rotation,
-        ids,
-        Codec::from_config(search.compression.value, None),
-    )
 }
 
 /// Connects to a postgres destination's table and checks it.
@@ -770,7 +668,6 @@ async fn connect_table(
 fn build_encoding(
     config: &StreamConfig,
     table: Option<&Arc<PostgresSink>>,
-    search: Option<&SearchDelivery>,
     seam: Option<&SeamDestination>,
 ) -> Result<Encoding, String> {
     if let Some(seam) = seam {
@@ -778,9 +675,6 @@ fn build_encoding(
     }
     if let Some(table) = table {
         return Ok(Encoding::Rows(Arc::clone(table)));
-    }
-    if let Some(search) = search {
-        return Ok(Encoding::Documents(Arc::clone(&search.encoder)));
     }
     match (config.format.value, &config.parquet) {
         (Format::Parquet, Some(parquet)) => {
@@ -797,7 +691,6 @@ fn build_encoding(
 /// Where a stream's batches end up besides its object sink, and its record id prefix.
 struct Delivered {
     table: Option<Arc<PostgresSink>>,
-    search: Option<SearchDelivery>,
     seam: Option<SeamDestination>,
     run: u64,
     processors: Option<Arc<ProcessorChain>>,
@@ -843,7 +736,7 @@ fn build_stream(
     capacity: Arc<IngestCapacity>,
     spool: Option<Arc<StreamSpool>>,
 ) -> (DeliveryStream, DeliveryLoop) {
-    let codec = Codec::from_config(
+    let codec = crate::compress::codec_of(
         config.compression.value,
         config.compression_level.as_ref().map(|l| l.value),
     );
@@ -891,7 +784,6 @@ fn build_stream(
         counters: Arc::clone(&counters),
         spool: spool.clone(),
         table: delivered.table,
-        search: delivered.search,
         seam: delivered.seam,
         run: delivered.run,
     };

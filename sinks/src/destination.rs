@@ -196,6 +196,12 @@ pub trait Destination: Send + Sync + 'static {
     /// Item `item` as its error record shows it.
     fn item_record(&self, batch: &Self::Batch, item: u32) -> ItemRecord;
 
+    /// Records of the batch that never became items (refused while encoding, with a
+    /// destination-specific record); they go to the error output with the batch's failures.
+    fn encoding_failures(&self, _batch: &Self::Batch) -> Vec<FailedItem> {
+        Vec::new()
+    }
+
     /// Every record of the batch, as delivered, one per line: the body of a backup object
     /// (`backup.mode: all`).
     fn backup_parts(&self, batch: &Self::Batch) -> Vec<Bytes>;
@@ -292,12 +298,19 @@ impl<D: Destination> AssembledBatch for Assembled<D> {
         stream: &'a str,
         failed_attempts: &'a AtomicU64,
     ) -> BoxFuture<'a, DeliveryReport> {
-        Box::pin(drive(
-            &self.destination,
-            &self.batch,
-            policy,
-            stream,
-            failed_attempts,
-        ))
+        Box::pin(async move {
+            let mut report = drive(
+                &self.destination,
+                &self.batch,
+                policy,
+                stream,
+                failed_attempts,
+            )
+            .await;
+            let mut failed = self.destination.encoding_failures(&self.batch);
+            failed.append(&mut report.failed);
+            report.failed = failed;
+            report
+        })
     }
 }

@@ -139,6 +139,9 @@ impl<'de> Visitor<'de> for KeySeed {
     }
 }
 
+/// How the message of a record that is not valid JSON begins, in every format.
+pub const NOT_VALID_JSON: &str = "the record is not valid JSON: ";
+
 #[cfg(test)]
 mod tests {
     use super::*;

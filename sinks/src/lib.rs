@@ -7,9 +7,11 @@
 
 #![warn(missing_docs)]
 
+pub mod compress;
 pub mod destination;
 pub mod driver;
 pub mod error;
+mod http;
 pub mod http_endpoint;
 pub mod json;
 pub mod object;

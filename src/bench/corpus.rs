@@ -198,50 +198,6 @@ pub fn parquet_ceiling_mib_s(
     Ok((data.len() * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64())
 }
 
-/// MiB/s of records (`data`, newline-delimited) that `encoder` turns into bulk request
-/// lines — and compresses, when the stream's requests are — on one core, in chunks the size
-/// a stream's buffer hands to its CPU pool.
-pub fn bulk_ceiling_mib_s(data: &[u8], encoder: &crate::encode::documents::DocumentEncoder) -> f64 {
-    use crate::encode::ChunkRecord;
-    const CHUNK: usize = 1024 * 1024;
-    let mut chunks: Vec<(Vec<u8>, Vec<ChunkRecord>)> = Vec::new();
-    let mut current = (Vec::with_capacity(CHUNK), Vec::new());
-    for (seq, line) in data
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .enumerate()
-    {
-        current.0.extend_from_slice(line);
-        current.1.push(ChunkRecord {
-            seq: seq as u64,
-            arrival_ms: 1_764_000_000_000,
-            end: current.0.len(),
-        });
-        if current.0.len() >= CHUNK {
-            chunks.push(std::mem::replace(
-                &mut current,
-                (Vec::with_capacity(CHUNK), Vec::new()),
-            ));
-        }
-    }
-    chunks.push(current);
-    let compress = !encoder.codec().is_identity();
-    let started = Instant::now();
-    let mut rounds = 0;
-    while rounds < 2 || started.elapsed().as_secs_f64() < 2.0 {
-        for (chunk, records) in &chunks {
-            let encoded = encoder.encode_chunk(chunk, records);
-            if compress {
-                std::hint::black_box(encoder.compress(&encoded.body));
-            } else {
-                std::hint::black_box(encoded.body);
-            }
-        }
-        rounds += 1;
-    }
-    (data.len() * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64()
-}
-
 /// MiB/s of records (`data`, newline-delimited) that a destination behind the seam encodes
 /// and assembles into its requests (compressing them when it does) on one core, in chunks
 /// the size a stream's buffer hands to its CPU pool.

@@ -105,9 +105,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 corpus::parquet_ceiling_mib_s(&data, &encoder)
                     .map(|rate| ("arrow_json_arrow_writer", rate))
             }
-            Some(crate::encode::Encoding::Documents(encoder)) => {
-                Ok(("bulk_bodies", corpus::bulk_ceiling_mib_s(&data, &encoder)))
-            }
             Some(crate::encode::Encoding::Destination(destination)) => Ok((
                 "destination_requests",
                 corpus::seam_ceiling_mib_s(&data, &destination),
@@ -202,16 +199,11 @@ fn stream_encoding_of(
     };
     if let Some(seam) = stream_config
         .destination
-        .seam(path.parent().unwrap_or(path))
+        .seam(path.parent().unwrap_or(path), fastrand::u64(..))
     {
         return Ok(Some(crate::encode::Encoding::Destination(
             seam?.destination,
         )));
-    }
-    if let crate::config::Destination::Opensearch(search) = &stream_config.destination {
-        return Ok(Some(crate::encode::Encoding::Documents(Arc::new(
-            crate::pipeline::document_encoder(search, fastrand::u64(..)),
-        ))));
     }
     match &stream_config.parquet {
         Some(parquet) => Ok(Some(crate::encode::Encoding::Parquet(Arc::new(

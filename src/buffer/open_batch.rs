@@ -10,7 +10,6 @@ use tokio::time::Instant;
 use super::{BufferSettings, IngestCapacity};
 use crate::compress::{Codec, CompressedChunk};
 use crate::cpu_pool::{self, CpuJob, EncodeFaults, JobFailure};
-use crate::encode::documents::{BulkChunk, DocumentEncoder};
 use crate::encode::parquet::{ParquetEncoder, WriteError};
 use crate::encode::{ChunkRecord, chunk_records};
 use crate::encode::{ConversionError, Encoding};
@@ -40,8 +39,6 @@ struct RowChunk {
     copy: Vec<Bytes>,
     /// Where each COPY row is in `copy`, with its record's sequence number.
     copy_rows: Vec<RowSpan>,
-    /// Bulk request lines, for a search cluster.
-    documents: Option<BulkChunk>,
     /// Framed (and compressed) records, for an object of transformed records.
     framed: Option<CompressedChunk>,
     /// A destination's encoding of the chunk, for a destination behind the seam.
@@ -146,10 +143,7 @@ impl OpenBatch {
                     });
                 }
             },
-            Encoding::Parquet(_)
-            | Encoding::Rows(_)
-            | Encoding::Documents(_)
-            | Encoding::Destination(_) => {
+            Encoding::Parquet(_) | Encoding::Rows(_) | Encoding::Destination(_) => {
                 unreachable!("these encodings keep records")
             }
         }
@@ -249,7 +243,6 @@ fn encode_records(
     match encoding {
         Encoding::Parquet(encoder) => convert_chunk(encoder, data, records),
         Encoding::Rows(table) => encode_chunk(table, data, records),
-        Encoding::Documents(encoder) => encode_documents(encoder, data, records),
         Encoding::Destination(destination) => encode_for(destination.as_ref(), data, records),
         Encoding::Framed(framer) => {
             let mut out = Vec::with_capacity(data.len() + records.len());
@@ -325,27 +318,6 @@ fn encode_chunk(table: &PostgresSink, data: &[u8], records: &[ChunkRecord]) -> R
     RowChunk {
         copy: encoded.parts,
         copy_rows,
-        failed,
-        ..RowChunk::default()
-    }
-}
-
-/// Encodes a chunk's records as bulk request lines (compressed when requests are),
-/// copying out the ones that cannot be documents.
-fn encode_documents(encoder: &DocumentEncoder, data: &[u8], records: &[ChunkRecord]) -> RowChunk {
-    let encoded = encoder.encode_chunk(data, records);
-    let failed = encoded
-        .rejected
-        .into_iter()
-        .map(|(index, error)| failed_record(data, records, index, error))
-        .collect();
-    let compressed = (!encoder.codec().is_identity()).then(|| encoder.compress(&encoded.body));
-    RowChunk {
-        documents: Some(BulkChunk {
-            body: Bytes::from(encoded.body),
-            compressed,
-            docs: encoded.docs,
-        }),
         failed,
         ..RowChunk::default()
     }
@@ -430,8 +402,6 @@ pub struct BatchBody {
     pub failed: Vec<FailedRecord>,
     /// For a table: the rows, in binary COPY format.
     pub rows: Option<TableRows>,
-    /// For a search cluster: the bulk request lines, chunk by chunk.
-    pub documents: Option<Vec<BulkChunk>>,
     /// Records a transform dropped on purpose.
     pub dropped: u64,
     /// For a destination behind the seam: the batch, ready to deliver.
@@ -500,7 +470,6 @@ impl SealedBatch {
         let mut rows = Vec::new();
         let mut copy = Vec::new();
         let mut copy_rows = Vec::new();
-        let mut documents = Vec::new();
         let mut pieces = Vec::new();
         let mut dropped = 0;
         for slot in self.chunks {
@@ -516,7 +485,6 @@ impl SealedBatch {
                         ..row
                     }));
                     copy.extend(chunk.copy);
-                    documents.extend(chunk.documents);
                     compressed.extend(chunk.framed);
                     pieces.extend(chunk.piece);
                     dropped += chunk.dropped;
@@ -533,17 +501,6 @@ impl SealedBatch {
                         parts: copy,
                         rows: copy_rows,
                     }),
-                    documents: None,
-                    dropped,
-                    assembled: None,
-                });
-            }
-            Encoding::Documents(_) => {
-                return Ok(BatchBody {
-                    parts: Vec::new(),
-                    failed,
-                    rows: None,
-                    documents: Some(documents),
                     dropped,
                     assembled: None,
                 });
@@ -564,7 +521,6 @@ impl SealedBatch {
                     parts: Vec::new(),
                     failed,
                     rows: None,
-                    documents: None,
                     dropped,
                     assembled: Some(assembled),
                 });
@@ -583,7 +539,6 @@ impl SealedBatch {
             parts,
             failed,
             rows: None,
-            documents: None,
             dropped,
             assembled: None,
         })

@@ -403,12 +403,24 @@ pub struct SeamDestination {
 
 impl Destination {
     /// The destination behind the seam this configuration describes (`None` for the
-    /// destinations not yet moved behind it); relative paths are taken from `base_dir`.
+    /// destinations not yet moved behind it); relative paths are taken from `base_dir`;
+    /// `run` is the stream's record id prefix, which names batches and documents.
     pub fn seam(
         &self,
         base_dir: &std::path::Path,
+        run: u64,
     ) -> Option<Result<SeamDestination, hydrant_sinks::prelude::SinkError>> {
         match self {
+            Destination::Opensearch(search) => {
+                Some(search.build(base_dir, run).map(|built| SeamDestination {
+                    destination: std::sync::Arc::new(built),
+                    concurrency: search.concurrency.value as usize,
+                    backup_all: search.backup.mode == BackupMode::All,
+                    attempt_timeout: std::time::Duration::from_secs(
+                        search.request_timeout_seconds + 30,
+                    ),
+                }))
+            }
             Destination::HttpEndpoint(endpoint) => {
                 Some(endpoint.build(base_dir).map(|built| SeamDestination {
                     destination: built,

@@ -5,6 +5,15 @@ use serde_saphyr::Spanned;
 
 use super::validate::{at, is_http_url};
 use super::{ConfigProblem, Destination};
+use hydrant_sinks::compress::Codec;
+use hydrant_sinks::prelude::SinkError;
+use hydrant_sinks::search::{
+    DocumentEncoder, DocumentIds, SearchAuth, SearchCluster, SearchSettings, SearchSink,
+};
+
+pub use hydrant_sinks::search::IndexRotation;
+
+const MIB: usize = 1024 * 1024;
 
 /// An OpenSearch or Elasticsearch destination.
 #[derive(Debug, Deserialize)]
@@ -60,23 +69,6 @@ pub struct SearchDestination {
     /// Where failed documents (and, with `mode: all`, every record) are kept.
     #[serde(default)]
     pub backup: SearchBackup,
-}
-
-/// How the index name follows time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IndexRotation {
-    /// One index.
-    #[default]
-    None,
-    /// `-yyyy-MM-dd-HH`.
-    Hour,
-    /// `-yyyy-MM-dd`.
-    Day,
-    /// `-yyyy-'w'ww` (ISO 8601 week-numbering year and week).
-    Week,
-    /// `-yyyy-MM`.
-    Month,
 }
 
 /// Where each document's `_id` comes from.
@@ -142,6 +134,48 @@ pub enum BackupMode {
 }
 
 impl SearchDestination {
+    /// The cluster, ready to index into; `run` is the stream's record id prefix (the first
+    /// half of deterministic `_id`s), relative `ca_file` from `base_dir`.
+    pub fn build(&self, base_dir: &std::path::Path, run: u64) -> Result<SearchCluster, SinkError> {
+        let service = SearchSink::new(SearchSettings {
+            endpoints: self.endpoint_urls(),
+            auth: self.auth.as_ref().map(|auth| match auth {
+                SearchAuthConfig::Basic { username, password } => SearchAuth::Basic {
+                    username: username.clone(),
+                    password: password.clone(),
+                },
+                SearchAuthConfig::ApiKey(key) => SearchAuth::ApiKey(key.clone()),
+            }),
+            gzip: self.compression.value == super::Compression::Gzip,
+            request_timeout: std::time::Duration::from_secs(self.request_timeout_seconds.max(1)),
+            ca_file: self.ca_file.as_ref().map(|path| base_dir.join(path)),
+        })?;
+        Ok(SearchCluster::new(
+            service,
+            self.document_encoder(run),
+            self.max_bulk_mib.value as usize * MIB,
+        ))
+    }
+
+    /// How records become bulk lines; `run` is the stream's record id prefix.
+    pub fn document_encoder(&self, run: u64) -> DocumentEncoder {
+        let ids = match &self.document_id {
+            DocumentIdConfig::Deterministic => DocumentIds::RecordId { run },
+            DocumentIdConfig::Auto => DocumentIds::Auto,
+            DocumentIdConfig::Field(path) => DocumentIds::Field(
+                path.trim_start_matches('.')
+                    .split('.')
+                    .map(str::to_string)
+                    .collect(),
+            ),
+        };
+        let codec = match self.compression.value {
+            super::Compression::Gzip => Codec::Gzip { level: 6 },
+            _ => Codec::None,
+        };
+        DocumentEncoder::new(self.index.value.clone(), self.index_rotation, ids, codec)
+    }
+
     /// Every configured endpoint.
     pub fn endpoint_urls(&self) -> Vec<String> {
         self.endpoint

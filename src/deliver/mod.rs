@@ -6,11 +6,9 @@ pub mod object_key;
 mod batch_body;
 mod error_output;
 mod seam;
-mod search;
 mod table;
 
 pub use batch_body::ENCODE_FAILED;
-pub use search::{SEARCH_FAILED, SearchDelivery};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,9 +83,6 @@ pub struct DeliveryLoop {
     /// The table rows are loaded into, for a postgres destination; `sink` then only
     /// takes the error output.
     pub table: Option<Arc<PostgresSink>>,
-    /// The search cluster documents are indexed into; `sink` then only takes backups and
-    /// the error output.
-    pub search: Option<SearchDelivery>,
     /// A destination behind the seam; `sink` then only takes backups and the error output.
     pub seam: Option<crate::config::SeamDestination>,
     /// The stream's log incarnation (the first half of its record ids): names batches.
@@ -157,7 +152,6 @@ impl DeliveryLoop {
             parts,
             mut failed,
             rows: table_rows,
-            documents,
             dropped,
             assembled,
         }) = self.build_body(batch, oldest).await
@@ -187,13 +181,6 @@ impl DeliveryLoop {
                     .await;
             }
             self.deliver_through_seam(seam, assembled, range, oldest)
-                .await;
-            self.checkpoint(range).await;
-            return;
-        }
-        if let Some(search) = &self.search {
-            // Records that cannot be documents go with the refused documents.
-            self.index_documents(search, documents.unwrap_or_default(), failed, range, oldest)
                 .await;
             self.checkpoint(range).await;
             return;

@@ -19,7 +19,6 @@ use object_store::ObjectStoreExt as _;
 use super::tests::{append, open_spool, until};
 use super::*;
 use crate::buffer::{BufferSettings, IngestCapacity};
-use crate::compress::Codec;
 use crate::config::{Compression, SeamDestination};
 use crate::encode::Encoding;
 use object_key::KeyTemplate;
@@ -203,7 +202,7 @@ fn start(dir: &std::path::Path, fake: &Arc<Scripted>, retry_duration: Duration) 
             size_limit: 1 << 20,
             interval: Duration::ZERO,
             encoding: Encoding::Destination(Arc::clone(&destination)),
-            codec: Codec::from_config(Compression::None, None),
+            codec: crate::compress::codec_of(Compression::None, None),
             processors: None,
             chunk_limit: None,
             faults: None,
@@ -231,7 +230,6 @@ fn start(dir: &std::path::Path, fake: &Arc<Scripted>, retry_duration: Duration) 
         counters: Arc::clone(&counters),
         spool: Some(Arc::clone(&spool)),
         table: None,
-        search: None,
         seam: Some(SeamDestination {
             destination,
             concurrency: 2,

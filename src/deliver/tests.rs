@@ -14,7 +14,6 @@ use hydrant_sinks::prelude::*;
 
 use super::*;
 use crate::buffer::{BufferSettings, IngestCapacity};
-use crate::compress::Codec;
 use crate::config::{Compression, Format, RecordDelimiter};
 use crate::cpu_pool::EncodeFaults;
 use crate::encode::{Encoding, RecordFramer};
@@ -33,7 +32,7 @@ pub(super) fn open_spool(dir: &Path) -> Arc<StreamSpool> {
 
 /// A stream writing gzip NDJSON objects into `dir/out`, with `faults` in its encoders.
 fn delivery_loop(dir: &Path, spool: &Arc<StreamSpool>, faults: Arc<EncodeFaults>) -> DeliveryLoop {
-    let codec = Codec::from_config(Compression::Gzip, None);
+    let codec = crate::compress::codec_of(Compression::Gzip, None);
     let buffer = Arc::new(StreamBuffer::new(
         BufferSettings {
             size_limit: 1 << 20,
@@ -65,7 +64,6 @@ fn delivery_loop(dir: &Path, spool: &Arc<StreamSpool>, faults: Arc<EncodeFaults>
         counters: Arc::new(DeliveryCounters::default()),
         spool: Some(Arc::clone(spool)),
         table: None,
-        search: None,
         seam: None,
         run: 0,
     }

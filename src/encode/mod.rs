@@ -1,12 +1,10 @@
 //! How records are laid out inside an object, and which records cannot be.
 
-pub mod documents;
 pub mod parquet;
 
 use std::sync::Arc;
 
 use crate::config::{Format, RecordDelimiter};
-use documents::DocumentEncoder;
 use hydrant_sinks::postgres::PostgresSink;
 use hydrant_sinks::prelude::AnyDestination;
 use parquet::ParquetEncoder;
@@ -49,8 +47,6 @@ pub enum Encoding {
     Parquet(Arc<ParquetEncoder>),
     /// Records encoded as rows of a PostgreSQL table (binary COPY format).
     Rows(Arc<PostgresSink>),
-    /// Records encoded as documents of `_bulk` requests to a search cluster.
-    Documents(Arc<DocumentEncoder>),
     /// Records encoded into requests by a destination behind the seam.
     Destination(Arc<dyn AnyDestination>),
 }
@@ -66,10 +62,7 @@ impl Encoding {
     pub fn buffered_len(&self, record: &[u8]) -> usize {
         match self {
             Encoding::Framed(framer) => framer.framed_len(record),
-            Encoding::Parquet(_)
-            | Encoding::Rows(_)
-            | Encoding::Documents(_)
-            | Encoding::Destination(_) => record.len() + 1,
+            Encoding::Parquet(_) | Encoding::Rows(_) | Encoding::Destination(_) => record.len() + 1,
         }
     }
 
@@ -80,17 +73,14 @@ impl Encoding {
             Encoding::Parquet(_) => "application/vnd.apache.parquet",
             Encoding::Rows(_) => "application/octet-stream",
             // Backups of a search or endpoint stream's records: one per line.
-            Encoding::Documents(_) | Encoding::Destination(_) => "application/x-ndjson",
+            Encoding::Destination(_) => "application/x-ndjson",
         }
     }
 
     /// Extension of object keys that the format (rather than a codec) decides.
     pub fn extension(&self) -> Option<&'static str> {
         match self {
-            Encoding::Framed(_)
-            | Encoding::Rows(_)
-            | Encoding::Documents(_)
-            | Encoding::Destination(_) => None,
+            Encoding::Framed(_) | Encoding::Rows(_) | Encoding::Destination(_) => None,
             Encoding::Parquet(_) => Some(".parquet"),
         }
     }
@@ -131,8 +121,7 @@ pub fn check_json(record: &[u8]) -> Result<(), ConversionError> {
         .map_err(|error| ConversionError::parse(format!("{NOT_VALID_JSON}{error}")))
 }
 
-/// How the message of a record that is not valid JSON begins, in every format.
-pub const NOT_VALID_JSON: &str = "the record is not valid JSON: ";
+pub use hydrant_sinks::json::NOT_VALID_JSON;
 
 /// Writes records into an object body according to the stream's format.
 #[derive(Debug, Clone, Copy)]

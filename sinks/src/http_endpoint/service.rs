@@ -123,7 +123,7 @@ impl EndpointService {
                 Service::HttpEndpoint,
                 self.url.clone(),
                 body.request_id.clone(),
-                crate::search::describe_transport_error(&error),
+                crate::http::describe_transport_error(&error),
             )
             .caused_by(error)
         };
@@ -150,7 +150,7 @@ impl EndpointService {
                 Service::HttpEndpoint,
                 self.url.clone(),
                 "",
-                crate::search::describe_transport_error(&error),
+                crate::http::describe_transport_error(&error),
             )
             .caused_by(error)
         })?;

@@ -1,276 +1,191 @@
 //! An OpenSearch or Elasticsearch cluster, written to with the `_bulk` API.
 //!
-//! The engine builds the request bodies (action and document lines, gzip-compressed when
-//! asked); this sink sends them to the cluster's endpoints in turn and reads back what
-//! happened to each document.
+//! Records become action and document lines on the CPU pool while the batch fills
+//! ([`documents`]); a sealed batch goes out as requests of whole chunks ([`request`]); the
+//! cluster's answer is read item by item ([`response`]): items refused for now are sent
+//! again alone, items refused for good are reported, and a `413` sends the items again in
+//! smaller requests.
 
+mod documents;
+mod request;
 mod response;
+mod service;
 
-pub use response::{ItemError, ItemOutcome, parse_bulk_response};
+pub use documents::{
+    BulkChunk, DocSpan, DocumentEncoder, DocumentIds, EncodedDocuments, INVALID_DOCUMENT_ID,
+    IndexRotation, NOT_A_JSON_OBJECT, Rejection, rotated_index,
+};
+pub use request::{RefusedRecord, SearchBatch, SearchPiece};
+pub use response::{
+    ItemError as BulkItemError, ItemOutcome as BulkItemOutcome, parse_bulk_response,
+};
+pub use service::{SearchAuth, SearchSettings, SearchSink};
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
-use base64::Engine as _;
+use async_trait::async_trait;
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 
-use crate::error::{Service, SinkError, SinkErrorKind};
+use crate::destination::{
+    BatchId, Destination, DocumentTarget, EncodedChunk, FailedItem, ItemError, ItemOutcome,
+    ItemRecord, Outcome, RecordRef, Request,
+};
+use crate::error::{Service, SinkError};
 
-/// How requests prove who is sending them.
-#[derive(Debug, Clone)]
-pub enum SearchAuth {
-    /// HTTP basic authentication.
-    Basic {
-        /// User name.
-        username: String,
-        /// Password.
-        password: String,
-    },
-    /// An API key, sent as `Authorization: ApiKey <key>` (the encoded form both
-    /// Elasticsearch and OpenSearch hand out).
-    ApiKey(String),
-}
+/// `!{firehose:error-output-type}` of documents a search cluster could not take.
+pub const SEARCH_FAILED: &str = "AmazonOpenSearchService-failed";
 
-/// Everything needed to reach a cluster.
-#[derive(Debug, Clone)]
-pub struct SearchSettings {
-    /// Base URLs of the cluster's nodes (`https://node1:9200`), used in turn.
-    pub endpoints: Vec<String>,
-    /// Credentials, if the cluster asks for them.
-    pub auth: Option<SearchAuth>,
-    /// Whether request bodies are gzip-compressed (`Content-Encoding: gzip`).
-    pub gzip: bool,
-    /// Timeout of one request.
-    pub request_timeout: Duration,
-    /// PEM file of the roots the cluster's certificate must chain to (`None`: the
-    /// system's).
-    pub ca_file: Option<PathBuf>,
-}
+/// The smallest request body retries shrink to after `413 Payload Too Large`.
+const MIN_BULK_BYTES: usize = 64 * 1024;
 
-/// A cluster that takes bulk requests.
+/// A search cluster and how documents are made for it.
 #[derive(Debug)]
-pub struct SearchSink {
-    client: reqwest::Client,
-    bulk_urls: Vec<String>,
-    endpoints: Vec<String>,
-    next: AtomicUsize,
-    authorization: Option<HeaderValue>,
-    gzip: bool,
-    describe: String,
+pub struct SearchCluster {
+    service: SearchSink,
+    encoder: DocumentEncoder,
+    max_bulk_bytes: usize,
 }
 
-impl SearchSink {
-    /// A sink for the cluster `settings` names (nothing is sent yet).
-    pub fn new(settings: SearchSettings) -> Result<Self, SinkError> {
-        let describe = settings.endpoints.join(",");
-        let fail = |reason: String| {
-            SinkError::new(
-                SinkErrorKind::Rejected,
-                Service::Search,
-                describe.clone(),
-                "_bulk",
-                reason,
-            )
-        };
-        if settings.endpoints.is_empty() {
-            return Err(fail("no endpoint".into()));
+impl SearchCluster {
+    /// The cluster `service` reaches, documents made by `encoder`, requests of at most
+    /// `max_bulk_bytes` before compression.
+    pub fn new(service: SearchSink, encoder: DocumentEncoder, max_bulk_bytes: usize) -> Self {
+        Self {
+            service,
+            encoder,
+            max_bulk_bytes,
         }
-        let roots =
-            crate::roots::trusted_roots(settings.ca_file.as_deref(), "ca_file").map_err(&fail)?;
-        let tls = rustls::ClientConfig::builder_with_provider(crate::roots::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| fail(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(settings.request_timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| fail(format!("cannot build the HTTP client: {e}")))?;
-        let authorization = match &settings.auth {
-            None => None,
-            Some(auth) => {
-                let value = match auth {
-                    SearchAuth::Basic { username, password } => format!(
-                        "Basic {}",
-                        base64::engine::general_purpose::STANDARD
-                            .encode(format!("{username}:{password}"))
-                    ),
-                    SearchAuth::ApiKey(key) => format!("ApiKey {key}"),
-                };
-                let mut value = HeaderValue::from_str(&value).map_err(|_| {
-                    fail("the credentials contain characters a header cannot".into())
-                })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
-        let endpoints: Vec<String> = settings
-            .endpoints
-            .iter()
-            .map(|e| e.trim_end_matches('/').to_string())
+    }
+}
+
+#[async_trait]
+impl Destination for SearchCluster {
+    type Piece = SearchPiece;
+    type Batch = SearchBatch;
+    type Body = Vec<Bytes>;
+
+    fn describe(&self) -> &str {
+        self.service.describe()
+    }
+
+    fn service(&self) -> Service {
+        Service::Search
+    }
+
+    fn failed_output(&self) -> &'static str {
+        SEARCH_FAILED
+    }
+
+    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<SearchPiece> {
+        let encoded = self.encoder.encode_chunk(records);
+        let refused = encoded
+            .rejected
+            .into_iter()
+            .map(|(index, rejection)| {
+                let record = &records[index];
+                RefusedRecord {
+                    arrival_ms: record.arrival_ms,
+                    raw: Bytes::copy_from_slice(record.data),
+                    code: rejection.code,
+                    message: rejection.message,
+                    target: DocumentTarget {
+                        index: self.encoder.index_name(record.arrival_ms),
+                        id: self
+                            .encoder
+                            .document_id(record.seq, record.data)
+                            .unwrap_or_default(),
+                    },
+                }
+            })
             .collect();
-        Ok(Self {
-            client,
-            bulk_urls: endpoints.iter().map(|e| format!("{e}/_bulk")).collect(),
-            endpoints,
-            next: AtomicUsize::new(0),
-            authorization,
-            gzip: settings.gzip,
-            describe,
-        })
+        let codec = self.encoder.codec();
+        let compressed = (!codec.is_identity()).then(|| self.encoder.compress(&encoded.body));
+        EncodedChunk {
+            piece: SearchPiece {
+                chunk: BulkChunk {
+                    body: Bytes::from(encoded.body),
+                    compressed,
+                    docs: encoded.docs,
+                },
+                refused,
+            },
+            refusals: Vec::new(),
+        }
     }
 
-    /// The endpoints, for logs.
-    pub fn describe(&self) -> &str {
-        &self.describe
+    fn assemble(&self, _id: BatchId, pieces: Vec<SearchPiece>) -> SearchBatch {
+        SearchBatch::assemble(pieces)
     }
 
-    /// Whether request bodies must be gzip-compressed.
-    pub fn gzip(&self) -> bool {
-        self.gzip
+    fn requests(&self, batch: &SearchBatch) -> Vec<Request<Vec<Bytes>>> {
+        batch.whole_chunk_requests(self.max_bulk_bytes, self.encoder.codec())
     }
 
-    fn error(&self, kind: SinkErrorKind, target: &str, reason: String) -> SinkError {
-        SinkError::new(
-            kind,
-            Service::Search,
-            self.describe.clone(),
-            target.to_string(),
-            reason,
-        )
+    fn regroup(&self, batch: &SearchBatch, items: &[u32], shrink: u32) -> Vec<Request<Vec<Bytes>>> {
+        let max_bytes = (self.max_bulk_bytes >> shrink.min(16)).max(MIN_BULK_BYTES);
+        batch.item_requests(items, max_bytes, self.encoder.codec())
     }
 
-    /// The error of a request answered with a failure status (the start of its body says
-    /// why).
-    fn status_error(&self, status: reqwest::StatusCode, url: &str, body: &[u8]) -> SinkError {
-        self.error(
-            status_kind(status.as_u16()),
-            url,
-            format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(500)])
+    async fn send(&self, _batch: &SearchBatch, request: &Request<Vec<Bytes>>) -> Outcome {
+        match self
+            .service
+            .bulk(request.body.clone(), request.items.len())
+            .await
+        {
+            Ok(outcomes) => Outcome::Items(
+                outcomes
+                    .into_iter()
+                    .map(|outcome| match outcome {
+                        BulkItemOutcome::Indexed => ItemOutcome::Delivered,
+                        BulkItemOutcome::Retry(error) => ItemOutcome::Retry(item_error(error)),
+                        BulkItemOutcome::Failed(error) => ItemOutcome::Refused(item_error(error)),
+                    })
+                    .collect(),
             ),
-        )
-        .with_status(status.as_u16())
-    }
-
-    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let request = self.client.request(method, url);
-        match &self.authorization {
-            Some(value) => request.header(AUTHORIZATION, value.clone()),
-            None => request,
+            // The cluster takes smaller bodies than `max_bulk_mib`.
+            Err(error) if error.status == Some(413) => Outcome::TooLarge(error),
+            // Every other whole-request failure (unreachable, 503, refused credentials) may
+            // pass: its documents are sent again until the retry duration runs out.
+            Err(error) => Outcome::Retry(error),
         }
     }
 
-    /// Sends one bulk request whose body (gzip-compressed when [`gzip`](Self::gzip)) holds
-    /// `documents` documents; returns what happened to each, in order. Endpoints are used
-    /// in turn, one per request.
-    pub async fn bulk(
-        &self,
-        body: Vec<Bytes>,
-        documents: usize,
-    ) -> Result<Vec<ItemOutcome>, SinkError> {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.bulk_urls.len();
-        let url = &self.bulk_urls[turn];
-        // One contiguous body with a Content-Length: every cluster version takes it.
-        let body = match <[Bytes; 1]>::try_from(body) {
-            Ok([only]) => only,
-            Err(parts) => Bytes::from(parts.concat()),
-        };
-        let mut request = self
-            .request(reqwest::Method::POST, url)
-            .header(CONTENT_TYPE, "application/x-ndjson")
-            .body(body);
-        if self.gzip {
-            request = request.header(CONTENT_ENCODING, "gzip");
-        }
-        let response = request.send().await.map_err(|e| {
-            self.error(
-                SinkErrorKind::Unavailable,
-                url,
-                describe_transport_error(&e),
-            )
-        })?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| {
-            self.error(
-                SinkErrorKind::Unavailable,
-                url,
-                describe_transport_error(&e),
-            )
-        })?;
-        if !status.is_success() {
-            return Err(self.status_error(status, url, &body));
-        }
-        parse_bulk_response(&body, documents)
-            .map_err(|reason| self.error(SinkErrorKind::Unavailable, url, reason))
+    fn body_len(&self, body: &Vec<Bytes>) -> usize {
+        body.iter().map(Bytes::len).sum()
     }
 
-    /// Asks every endpoint who it is (`GET /`); the first failure says what is wrong
-    /// (unreachable, credentials refused). Returns the cluster's version.
-    pub async fn check(&self) -> Result<String, SinkError> {
-        let mut version = String::new();
-        for endpoint in &self.endpoints {
-            let url = format!("{endpoint}/");
-            let response = self
-                .request(reqwest::Method::GET, &url)
-                .send()
-                .await
-                .map_err(|e| {
-                    self.error(
-                        SinkErrorKind::Unavailable,
-                        &url,
-                        describe_transport_error(&e),
-                    )
-                })?;
-            let status = response.status();
-            let body = response.bytes().await.unwrap_or_default();
-            if !status.is_success() {
-                return Err(self.status_error(status, &url, &body));
-            }
-            version = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    let number = v.pointer("/version/number")?.as_str()?.to_string();
-                    let distribution = v
-                        .pointer("/version/distribution")
-                        .and_then(|d| d.as_str())
-                        .unwrap_or("elasticsearch");
-                    Some(format!("{distribution} {number}"))
-                })
-                .unwrap_or_else(|| "unknown version".into());
-        }
-        Ok(version)
+    fn item_record(&self, batch: &SearchBatch, item: u32) -> ItemRecord {
+        batch.record(item)
+    }
+
+    fn encoding_failures(&self, batch: &SearchBatch) -> Vec<FailedItem> {
+        batch
+            .refused
+            .iter()
+            .map(|refused| FailedItem {
+                record: ItemRecord {
+                    arrival_ms: refused.arrival_ms,
+                    raw: refused.raw.clone(),
+                    document: Some(refused.target.clone()),
+                },
+                code: refused.code.to_string(),
+                message: refused.message.clone(),
+                attempts: 0,
+            })
+            .collect()
+    }
+
+    fn backup_parts(&self, batch: &SearchBatch) -> Vec<Bytes> {
+        batch.documents()
+    }
+
+    async fn check(&self) -> Result<String, SinkError> {
+        self.service.check().await
     }
 }
 
-/// How a whole-request HTTP status is classified.
-fn status_kind(status: u16) -> SinkErrorKind {
-    match status {
-        401 | 403 => SinkErrorKind::AccessDenied,
-        404 => SinkErrorKind::NotFound,
-        408 | 429 | 500..=599 => SinkErrorKind::Unavailable,
-        _ => SinkErrorKind::Rejected,
+/// An item's refusal as its error record names it: the item's status, the cluster's error.
+fn item_error(error: BulkItemError) -> ItemError {
+    ItemError {
+        code: error.status.to_string(),
+        message: error.message,
     }
-}
-
-/// A transport error with its causes (reqwest's own message is often just "error sending
-/// request").
-pub(crate) fn describe_transport_error(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    if error.is_timeout() {
-        text.push_str(" (timed out)");
-    }
-    text
 }

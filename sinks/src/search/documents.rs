@@ -3,9 +3,8 @@
 
 use chrono::{DateTime, Datelike, Utc};
 
-use super::{ChunkRecord, ConversionError};
 use crate::compress::{Codec, CompressedChunk};
-use crate::config::IndexRotation;
+use crate::destination::RecordRef;
 
 /// Error code of records that are not one JSON object.
 pub const NOT_A_JSON_OBJECT: &str = "OpenSearch.NotJsonObject";
@@ -15,6 +14,32 @@ pub const INVALID_DOCUMENT_ID: &str = "OpenSearch.InvalidDocumentId";
 
 /// Longest `_id` the clusters accept, in bytes.
 const MAX_ID_BYTES: usize = 512;
+
+/// How the index name follows time (Firehose's index rotation, by the record's arrival).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexRotation {
+    /// One index.
+    #[default]
+    None,
+    /// `-yyyy-MM-dd-HH`.
+    Hour,
+    /// `-yyyy-MM-dd`.
+    Day,
+    /// `-yyyy-'w'ww` (ISO 8601 week-numbering year and week).
+    Week,
+    /// `-yyyy-MM`.
+    Month,
+}
+
+/// Why a record cannot be a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Stable code (`OpenSearch.NotJsonObject`, `OpenSearch.InvalidDocumentId`).
+    pub code: &'static str,
+    /// What is wrong with the record.
+    pub message: String,
+}
 
 /// Where `_id`s come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +98,7 @@ pub struct EncodedDocuments {
     /// Each document's place in `body`, in order.
     pub docs: Vec<DocSpan>,
     /// Records (by index in the chunk) that cannot be documents, and why.
-    pub rejected: Vec<(usize, ConversionError)>,
+    pub rejected: Vec<(usize, Rejection)>,
 }
 
 impl DocumentEncoder {
@@ -111,15 +136,16 @@ impl DocumentEncoder {
 
     /// Encodes a chunk's records as action and document lines; records that are not one
     /// JSON object (or lack their id field) are reported instead.
-    pub fn encode_chunk(&self, data: &[u8], records: &[ChunkRecord]) -> EncodedDocuments {
+    pub fn encode_chunk(&self, records: &[RecordRef<'_>]) -> EncodedDocuments {
+        let size: usize = records.iter().map(|r| r.data.len() + 80).sum();
         let mut out = EncodedDocuments {
-            body: Vec::with_capacity(data.len() + records.len() * 80),
+            body: Vec::with_capacity(size),
             docs: Vec::with_capacity(records.len()),
             rejected: Vec::new(),
         };
         let mut index_cache: Option<(i64, String)> = None;
         for (i, record) in records.iter().enumerate() {
-            let bytes = ChunkRecord::bytes(data, records, i);
+            let bytes = record.data;
             if let Err(error) = check_object(bytes) {
                 out.rejected.push((i, error));
                 continue;
@@ -219,14 +245,14 @@ fn push_hex(out: &mut Vec<u8>, value: u64) {
 }
 
 /// Whether `record` is exactly one valid JSON object.
-fn check_object(record: &[u8]) -> Result<(), ConversionError> {
-    super::check_json(record).map_err(|error| ConversionError {
+fn check_object(record: &[u8]) -> Result<(), Rejection> {
+    crate::json::check_record(record).map_err(|error| Rejection {
         code: NOT_A_JSON_OBJECT,
-        message: error.message,
+        message: format!("{}{error}", crate::json::NOT_VALID_JSON),
     })?;
     let first = record.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
-        return Err(ConversionError {
+        return Err(Rejection {
             code: NOT_A_JSON_OBJECT,
             message: "the record is not a JSON object; a search document must be one".into(),
         });
@@ -235,8 +261,8 @@ fn check_object(record: &[u8]) -> Result<(), ConversionError> {
 }
 
 /// The `_id` in the record's field `path`: a string, or a number as written.
-fn field_id(record: &[u8], path: &[String]) -> Result<String, ConversionError> {
-    let invalid = |message: String| ConversionError {
+fn field_id(record: &[u8], path: &[String]) -> Result<String, Rejection> {
+    let invalid = |message: String| Rejection {
         code: INVALID_DOCUMENT_ID,
         message,
     };
@@ -272,18 +298,16 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn chunk(records: &[&[u8]], arrival_ms: i64) -> (Vec<u8>, Vec<ChunkRecord>) {
-        let mut data = Vec::new();
-        let mut spans = Vec::new();
-        for (seq, record) in records.iter().enumerate() {
-            data.extend_from_slice(record);
-            spans.push(ChunkRecord {
+    fn chunk<'a>(records: &[&'a [u8]], arrival_ms: i64) -> Vec<RecordRef<'a>> {
+        records
+            .iter()
+            .enumerate()
+            .map(|(seq, data)| RecordRef {
                 seq: 100 + seq as u64,
                 arrival_ms,
-                end: data.len(),
-            });
-        }
-        (data, spans)
+                data,
+            })
+            .collect()
     }
 
     #[test]
@@ -326,7 +350,7 @@ mod tests {
             Codec::None,
         );
         let at = Utc.with_ymd_and_hms(2026, 11, 26, 1, 0, 0).unwrap();
-        let (data, records) = chunk(
+        let records = chunk(
             &[
                 b"{\"a\":1}",
                 b"[1,2]",
@@ -336,7 +360,7 @@ mod tests {
             ],
             at.timestamp_millis(),
         );
-        let encoded = encoder.encode_chunk(&data, &records);
+        let encoded = encoder.encode_chunk(&records);
         let body = String::from_utf8(encoded.body.clone()).unwrap();
         assert_eq!(
             body,
@@ -377,7 +401,7 @@ mod tests {
             DocumentIds::Field(vec!["req".into(), "id".into()]),
             Codec::None,
         );
-        let (data, records) = chunk(
+        let records = chunk(
             &[
                 b"{\"req\":{\"id\":\"a\\\"b\"}}",
                 b"{\"req\":{\"id\":42}}",
@@ -386,7 +410,7 @@ mod tests {
             ],
             0,
         );
-        let encoded = field.encode_chunk(&data, &records);
+        let encoded = field.encode_chunk(&records);
         let body = String::from_utf8(encoded.body).unwrap();
         assert!(body.starts_with("{\"index\":{\"_index\":\"i\",\"_id\":\"a\\\"b\"}}\n"));
         assert!(body.contains("{\"index\":{\"_index\":\"i\",\"_id\":\"42\"}}\n"));
@@ -399,7 +423,7 @@ mod tests {
             DocumentIds::Auto,
             Codec::None,
         );
-        let encoded = auto.encode_chunk(&data[..records[0].end], &records[..1]);
+        let encoded = auto.encode_chunk(&records[..1]);
         assert!(
             encoded
                 .body
