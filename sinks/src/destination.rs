@@ -95,6 +95,9 @@ pub enum ItemOutcome {
     Retry(ItemError),
     /// Refused for good: it goes to the error output.
     Refused(ItemError),
+    /// Not taken only because another item of the same request was refused (a table loads
+    /// all rows or none): send it again at once, without it.
+    NotSent,
 }
 
 /// Why an item was refused.
@@ -118,10 +121,13 @@ pub struct DocumentTarget {
 /// An item of a batch as its error record shows it.
 #[derive(Debug, Clone)]
 pub struct ItemRecord {
+    /// Its record's sequence number.
+    pub seq: u64,
     /// When its record arrived (Unix ms).
     pub arrival_ms: i64,
-    /// The record as it was to be delivered.
-    pub raw: Bytes,
+    /// The record as it was to be delivered; `None` when the destination no longer holds
+    /// it (rows encoded for a table): the engine reads it back from the stream's log.
+    pub raw: Option<Bytes>,
     /// For search documents: where it was going.
     pub document: Option<DocumentTarget>,
 }
@@ -229,6 +235,16 @@ pub trait AnyDestination: Send + Sync + std::fmt::Debug {
     fn check_any(&self) -> BoxFuture<'_, Result<String, SinkError>>;
 }
 
+/// Where items that did not land are kept while a batch is still being delivered: the
+/// driver hands it every failure so far before it sends anything of the batch again, so a
+/// destination that commits the rest (a table) never does so before the refused items'
+/// trace is durable.
+#[async_trait]
+pub trait FailureKeeper: Send + Sync {
+    /// Makes `failed` (every failure of the batch so far) durable.
+    async fn keep(&self, failed: &[FailedItem]);
+}
+
 /// A batch ready to deliver.
 pub trait AssembledBatch: Send + Sync {
     /// See [`Destination::backup_parts`].
@@ -240,6 +256,7 @@ pub trait AssembledBatch: Send + Sync {
         policy: &'a RetryPolicy,
         stream: &'a str,
         failed_attempts: &'a AtomicU64,
+        keeper: &'a dyn FailureKeeper,
     ) -> BoxFuture<'a, DeliveryReport>;
 }
 
@@ -297,20 +314,15 @@ impl<D: Destination> AssembledBatch for Assembled<D> {
         policy: &'a RetryPolicy,
         stream: &'a str,
         failed_attempts: &'a AtomicU64,
+        keeper: &'a dyn FailureKeeper,
     ) -> BoxFuture<'a, DeliveryReport> {
-        Box::pin(async move {
-            let mut report = drive(
-                &self.destination,
-                &self.batch,
-                policy,
-                stream,
-                failed_attempts,
-            )
-            .await;
-            let mut failed = self.destination.encoding_failures(&self.batch);
-            failed.append(&mut report.failed);
-            report.failed = failed;
-            report
-        })
+        Box::pin(drive(
+            &self.destination,
+            &self.batch,
+            policy,
+            stream,
+            failed_attempts,
+            keeper,
+        ))
     }
 }

@@ -11,7 +11,8 @@ use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
 use crate::destination::{
-    DeliveryReport, Destination, FailedItem, ItemError, ItemOutcome, Outcome, Request,
+    DeliveryReport, Destination, FailedItem, FailureKeeper, ItemError, ItemOutcome, Outcome,
+    Request,
 };
 use crate::error::{SinkError, SinkErrorKind};
 use crate::retry::Backoff;
@@ -39,21 +40,26 @@ struct Resend<B> {
     error: ItemError,
 }
 
-/// Delivers `batch` to `destination` under `policy`; `stream` names it in logs and
-/// `failed_attempts` counts every failed request as it happens.
+/// Delivers `batch` to `destination` under `policy`; `stream` names it in logs,
+/// `failed_attempts` counts every failed request as it happens, and `keeper` is handed the
+/// failures so far before anything is sent again after a refusal. The report's failures
+/// start with the batch's encoding failures.
 pub async fn drive<D: Destination>(
     destination: &Arc<D>,
     batch: &Arc<D::Batch>,
     policy: &RetryPolicy,
     stream: &str,
     failed_attempts: &AtomicU64,
+    keeper: &dyn FailureKeeper,
 ) -> DeliveryReport {
     let give_up_at = policy.give_up_after.map(|after| Instant::now() + after);
     let mut backoff = Backoff::new(policy.initial_backoff, policy.max_backoff);
     let mut report = DeliveryReport {
         attempts: 1,
+        failed: destination.encoding_failures(batch),
         ..DeliveryReport::default()
     };
+    let mut kept = 0;
     let mut shrink = 0u32;
     let mut pending = destination.requests(batch);
     loop {
@@ -84,6 +90,8 @@ pub async fn drive<D: Destination>(
             .await;
         let mut resend: Vec<Resend<D::Body>> = Vec::new();
         let mut regroup: Vec<(u32, ItemError)> = Vec::new();
+        // Whether anything failed for now (rather than only waiting on a refused sibling).
+        let mut pause = false;
         for (request, outcome) in results {
             match outcome {
                 Outcome::Delivered => {
@@ -92,6 +100,7 @@ pub async fn drive<D: Destination>(
                     report.requests += 1;
                 }
                 Outcome::Retry(error) => {
+                    pause = true;
                     failed_attempts.fetch_add(1, Ordering::Relaxed);
                     log_failed_request(stream, &error, request.items.len(), report.attempts);
                     resend.push(Resend {
@@ -100,6 +109,7 @@ pub async fn drive<D: Destination>(
                     });
                 }
                 Outcome::TooLarge(error) => {
+                    pause = true;
                     failed_attempts.fetch_add(1, Ordering::Relaxed);
                     log_failed_request(stream, &error, request.items.len(), report.attempts);
                     shrink += 1;
@@ -120,11 +130,24 @@ pub async fn drive<D: Destination>(
                     }
                 }
                 Outcome::Items(outcomes) => {
-                    report.requests += 1;
+                    let mut any_delivered = false;
                     for (item, outcome) in request.items.into_iter().zip(outcomes) {
                         match outcome {
-                            ItemOutcome::Delivered => report.delivered += 1,
-                            ItemOutcome::Retry(reason) => regroup.push((item, reason)),
+                            ItemOutcome::Delivered => {
+                                any_delivered = true;
+                                report.delivered += 1;
+                            }
+                            ItemOutcome::Retry(reason) => {
+                                pause = true;
+                                regroup.push((item, reason));
+                            }
+                            ItemOutcome::NotSent => regroup.push((
+                                item,
+                                ItemError {
+                                    code: "Hydrant.NotSent".into(),
+                                    message: "held back by another item's refusal".into(),
+                                },
+                            )),
                             ItemOutcome::Refused(reason) => report.failed.push(failed(
                                 destination,
                                 batch,
@@ -134,6 +157,9 @@ pub async fn drive<D: Destination>(
                             )),
                         }
                     }
+                    if any_delivered {
+                        report.requests += 1;
+                    }
                 }
             }
         }
@@ -141,7 +167,7 @@ pub async fn drive<D: Destination>(
         if waiting == 0 {
             return report;
         }
-        if give_up_at.is_some_and(|at| Instant::now() >= at) {
+        if pause && give_up_at.is_some_and(|at| Instant::now() >= at) {
             tracing::error!(
                 stream,
                 destination = destination.describe(),
@@ -164,20 +190,26 @@ pub async fn drive<D: Destination>(
             }
             return report;
         }
-        let mut delay = backoff.next_delay();
-        if let Some(at) = give_up_at {
-            let left = at.saturating_duration_since(Instant::now());
-            delay = delay.min(left.max(Duration::from_millis(10)));
+        if report.failed.len() > kept {
+            keeper.keep(&report.failed).await;
+            kept = report.failed.len();
         }
-        tracing::warn!(
-            stream,
-            destination = destination.describe(),
-            items = waiting,
-            attempt = report.attempts,
-            retry_in_ms = delay.as_millis() as u64,
-            "the destination did not take every item; sending them again"
-        );
-        tokio::time::sleep(delay).await;
+        if pause {
+            let mut delay = backoff.next_delay();
+            if let Some(at) = give_up_at {
+                let left = at.saturating_duration_since(Instant::now());
+                delay = delay.min(left.max(Duration::from_millis(10)));
+            }
+            tracing::warn!(
+                stream,
+                destination = destination.describe(),
+                items = waiting,
+                attempt = report.attempts,
+                retry_in_ms = delay.as_millis() as u64,
+                "the destination did not take every item; sending them again"
+            );
+            tokio::time::sleep(delay).await;
+        }
         pending = resend.into_iter().map(|r| r.request).collect();
         if !regroup.is_empty() {
             let items: Vec<u32> = regroup.iter().map(|(item, _)| *item).collect();

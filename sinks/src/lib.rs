@@ -24,8 +24,8 @@ pub mod search;
 pub mod prelude {
     pub use crate::destination::{
         AnyDestination, AssembledBatch, BatchId, DeliveryReport, Destination, DocumentTarget,
-        EncodedChunk, FailedItem, ItemError, ItemOutcome, ItemRecord, Outcome, RecordRef, Refusal,
-        Request,
+        EncodedChunk, FailedItem, FailureKeeper, ItemError, ItemOutcome, ItemRecord, Outcome,
+        RecordRef, Refusal, Request,
     };
     pub use crate::driver::RetryPolicy;
     pub use crate::error::{Service, SinkError, SinkErrorKind};

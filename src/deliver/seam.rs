@@ -4,7 +4,10 @@
 //! every record is first written to the backup destination. Nothing here knows which
 //! destination it is.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
 
 use chrono::{DateTime, Utc};
 use hydrant_sinks::prelude::*;
@@ -47,12 +50,23 @@ impl DeliveryLoop {
             concurrency: seam.concurrency,
             attempt_timeout: seam.attempt_timeout,
         };
+        let keeper = Keeper {
+            delivery: self,
+            seam,
+            range,
+            oldest,
+            written: AtomicUsize::new(0),
+        };
         let report = batch
-            .deliver(&policy, &self.stream, &self.counters.failed_attempts)
+            .deliver(
+                &policy,
+                &self.stream,
+                &self.counters.failed_attempts,
+                &keeper,
+            )
             .await;
-        if !report.failed.is_empty() {
-            self.write_failed_items(seam, &report.failed, range, oldest)
-                .await;
+        if report.failed.len() > keeper.written.load(Ordering::Relaxed) {
+            keeper.keep(&report.failed).await;
         }
         self.counters
             .records
@@ -78,18 +92,40 @@ impl DeliveryLoop {
     }
 
     /// Writes the items the destination did not take to its error output type, in
-    /// Firehose's format (replacing what an earlier run of the same batch wrote: this run's
-    /// outcome is the one that counts).
+    /// Firehose's format (replacing what an earlier write for the same batch held: this
+    /// run's outcome is the one that counts); `new` of them were not written before.
     async fn write_failed_items(
         &self,
         seam: &SeamDestination,
         failed: &[FailedItem],
+        new: usize,
         range: SeqRange,
         oldest: DateTime<Utc>,
     ) {
         let ended_ms = Utc::now().timestamp_millis();
+        // Records the destination no longer holds are read back from the spool.
+        let read_back = match &self.spool {
+            Some(spool) if failed.iter().any(|item| item.record.raw.is_none()) => {
+                Some(self.read_back(spool, range).await)
+            }
+            _ => None,
+        };
+        let by_seq: HashMap<u64, &[u8]> = read_back
+            .as_ref()
+            .map(|chunk| {
+                chunk
+                    .records
+                    .iter()
+                    .map(|(seq, _, span)| (*seq, &chunk.data[span.clone()]))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut body = Vec::new();
         for item in failed {
+            let raw: &[u8] = match &item.record.raw {
+                Some(raw) => raw,
+                None => by_seq.get(&item.record.seq).copied().unwrap_or_default(),
+            };
             ErrorLine {
                 attempts_made: item.attempts,
                 arrival_timestamp: item.record.arrival_ms,
@@ -101,7 +137,7 @@ impl DeliveryLoop {
                     index: &target.index,
                     type_name: "",
                 }),
-                raw_data: &item.record.raw,
+                raw_data: raw,
             }
             .push_to(&mut body);
         }
@@ -110,7 +146,7 @@ impl DeliveryLoop {
         self.put_until_taken(&object, WriteMode::Overwrite).await;
         self.counters
             .error_output_records
-            .fetch_add(failed.len() as u64, Ordering::Relaxed);
+            .fetch_add(new as u64, Ordering::Relaxed);
         tracing::warn!(
             stream = %self.stream,
             key = %object.key,
@@ -119,5 +155,27 @@ impl DeliveryLoop {
             first_error = %failed[0].message,
             "records the destination did not take were sent to the error output"
         );
+    }
+}
+
+/// Writes a batch's failures to the error output as the driver hands them over, so they
+/// are durable before anything else of the batch is sent.
+struct Keeper<'a> {
+    delivery: &'a DeliveryLoop,
+    seam: &'a SeamDestination,
+    range: SeqRange,
+    oldest: DateTime<Utc>,
+    /// Failures written so far.
+    written: AtomicUsize,
+}
+
+#[async_trait]
+impl FailureKeeper for Keeper<'_> {
+    async fn keep(&self, failed: &[FailedItem]) {
+        let new = failed.len() - self.written.load(Ordering::Relaxed);
+        self.delivery
+            .write_failed_items(self.seam, failed, new, self.range, self.oldest)
+            .await;
+        self.written.store(failed.len(), Ordering::Relaxed);
     }
 }

@@ -38,6 +38,9 @@ enum Step {
     RetryOdd,
     /// Takes the even-numbered records, refuses the odd ones for good.
     RefuseOdd,
+    /// Refuses the first item for good and takes nothing else (as a table whose load one
+    /// row breaks).
+    RefuseFirstHoldRest,
 }
 
 type Record = (u64, i64, Vec<u8>);
@@ -50,6 +53,10 @@ struct Scripted {
     taken: Mutex<Vec<u64>>,
     sends: AtomicU64,
     per_request: usize,
+    /// The error output, to look at what was made durable before each send.
+    errors: std::sync::OnceLock<ObjectStoreSink>,
+    /// Error records already written when each request was sent.
+    errors_at_send: Mutex<Vec<usize>>,
 }
 
 impl Scripted {
@@ -59,6 +66,8 @@ impl Scripted {
             taken: Mutex::new(Vec::new()),
             sends: AtomicU64::new(0),
             per_request: 20,
+            errors: std::sync::OnceLock::new(),
+            errors_at_send: Mutex::new(Vec::new()),
         })
     }
 
@@ -119,6 +128,10 @@ impl Destination for Scripted {
 
     async fn send(&self, batch: &Vec<Record>, request: &Request<()>) -> Outcome {
         self.sends.fetch_add(1, Ordering::SeqCst);
+        if let Some(errors) = self.errors.get() {
+            let written = error_records(errors).await.len();
+            self.errors_at_send.lock().unwrap().push(written);
+        }
         let step = self
             .script
             .lock()
@@ -137,6 +150,17 @@ impl Destination for Scripted {
             Step::Fail => Outcome::Retry(self.error(SinkErrorKind::Unavailable, "down for now")),
             Step::Refuse => Outcome::Refused(self.error(SinkErrorKind::Rejected, "never")),
             Step::Hang => std::future::pending().await,
+            Step::RefuseFirstHoldRest => Outcome::Items(
+                (0..request.items.len())
+                    .map(|n| match n {
+                        0 => ItemOutcome::Refused(ItemError {
+                            code: "Fake.Refused".into(),
+                            message: "the first row breaks the load".into(),
+                        }),
+                        _ => ItemOutcome::NotSent,
+                    })
+                    .collect(),
+            ),
             Step::RetryOdd | Step::RefuseOdd => Outcome::Items(
                 request
                     .items
@@ -165,10 +189,12 @@ impl Destination for Scripted {
     }
 
     fn item_record(&self, batch: &Vec<Record>, item: u32) -> ItemRecord {
-        let (_, arrival_ms, data) = &batch[item as usize];
+        let (seq, arrival_ms, data) = &batch[item as usize];
         ItemRecord {
+            seq: *seq,
             arrival_ms: *arrival_ms,
-            raw: Bytes::from(data.clone()),
+            // Even records are read back from the spool, as a table's rows are.
+            raw: (seq % 2 == 1).then(|| Bytes::from(data.clone())),
             document: None,
         }
     }
@@ -211,6 +237,7 @@ fn start(dir: &std::path::Path, fake: &Arc<Scripted>, retry_duration: Duration) 
     ));
     buffer.resume(spool.start_seq(), spool.pending_sealed());
     let errors = ObjectStoreSink::in_memory();
+    let _ = fake.errors.set(errors.clone());
     let counters = Arc::new(DeliveryCounters::default());
     let delivery = DeliveryLoop {
         stream: "scripted".into(),
@@ -427,4 +454,33 @@ async fn a_request_refused_for_good_is_reported_at_once() {
     assert_eq!(fake.taken.lock().unwrap().len(), 20);
     assert_eq!(fake.sends.load(Ordering::SeqCst), 2, "not sent again");
     assert_eq!(start_seq, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_in_the_error_output_before_the_rest_is_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // One request of 20: its first two loads each break on their first row.
+    let fake = Scripted::new(vec![Step::RefuseFirstHoldRest, Step::RefuseFirstHoldRest]);
+    let running = start(dir.path(), &fake, Duration::from_secs(60));
+    let counters = Arc::clone(&running.counters);
+    append(&running.spool, 0..20).await;
+    until("every record delivered or reported", || {
+        counters.records.load(Ordering::SeqCst)
+            + counters.error_output_records.load(Ordering::SeqCst)
+            == 20
+    })
+    .await;
+    assert_eq!(counters.failed_attempts.load(Ordering::SeqCst), 0, "no pause, no failure");
+    let (start_seq, errors) = running.stop(dir.path()).await;
+    assert_eq!(
+        *fake.errors_at_send.lock().unwrap(),
+        [0, 1, 2],
+        "each refusal was durable before the rest went again"
+    );
+    let mut refused: Vec<u64> = errors.iter().map(|e| e.0).collect();
+    refused.sort();
+    assert_eq!(refused, [0, 1], "records 0 (read back from the spool) and 1");
+    assert!(errors.iter().all(|e| e.1 == "Fake.Refused"));
+    assert_eq!(fake.taken.lock().unwrap().len(), 18);
+    assert_eq!(start_seq, 20);
 }

@@ -109,10 +109,11 @@ impl Destination for HttpEndpoint {
     }
 
     fn item_record(&self, batch: &EndpointBatch, item: u32) -> ItemRecord {
-        let (arrival_ms, data) = batch.record(item);
+        let (seq, arrival_ms, data) = batch.record(item);
         ItemRecord {
+            seq,
             arrival_ms,
-            raw: Bytes::from(data),
+            raw: Some(Bytes::from(data)),
             document: None,
         }
     }
@@ -120,7 +121,7 @@ impl Destination for HttpEndpoint {
     fn backup_parts(&self, batch: &EndpointBatch) -> Vec<Bytes> {
         (0..batch.len() as u32)
             .map(|item| {
-                let mut data = batch.record(item).1;
+                let mut data = batch.record(item).2;
                 if data.last() != Some(&b'\n') {
                     data.push(b'\n');
                 }

@@ -194,14 +194,15 @@ impl EndpointBatch {
         }
     }
 
-    /// Item `item`'s record, decoded from its entry, and when it arrived.
-    pub fn record(&self, item: u32) -> (i64, Vec<u8>) {
+    /// Item `item`'s sequence number, when it arrived, and its record, decoded from its
+    /// entry.
+    pub fn record(&self, item: u32) -> (u64, i64, Vec<u8>) {
         let (entry, json) = self.entry(item);
         let encoded = &json[ENTRY_OPEN.len()..json.len() - ENTRY_CLOSE.len()];
         let data = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .unwrap_or_default();
-        (entry.arrival_ms, data)
+        (entry.seq, entry.arrival_ms, data)
     }
 
     /// Items in the batch.
@@ -302,7 +303,7 @@ mod tests {
                 let data = base64::engine::general_purpose::STANDARD
                     .decode(record["data"].as_str().unwrap())
                     .unwrap();
-                assert_eq!(data, batch.record(item).1);
+                assert_eq!(data, batch.record(item).2);
                 seen.push(String::from_utf8(data).unwrap());
             }
         }

@@ -82,6 +82,7 @@ impl Destination for SearchCluster {
             .map(|(index, rejection)| {
                 let record = &records[index];
                 RefusedRecord {
+                    seq: record.seq,
                     arrival_ms: record.arrival_ms,
                     raw: Bytes::copy_from_slice(record.data),
                     code: rejection.code,
@@ -162,8 +163,9 @@ impl Destination for SearchCluster {
             .iter()
             .map(|refused| FailedItem {
                 record: ItemRecord {
+                    seq: refused.seq,
                     arrival_ms: refused.arrival_ms,
-                    raw: refused.raw.clone(),
+                    raw: Some(refused.raw.clone()),
                     document: Some(refused.target.clone()),
                 },
                 code: refused.code.to_string(),

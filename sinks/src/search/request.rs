@@ -13,6 +13,8 @@ use crate::destination::{DocumentTarget, ItemRecord, Request};
 /// A record that never became a document, with where it was going.
 #[derive(Debug, Clone)]
 pub struct RefusedRecord {
+    /// Its sequence number.
+    pub seq: u64,
     /// When it arrived (Unix ms).
     pub arrival_ms: i64,
     /// The record as put.
@@ -192,10 +194,13 @@ impl SearchBatch {
             },
         };
         ItemRecord {
+            seq: span.seq,
             arrival_ms: span.arrival_ms,
-            raw: chunk
-                .body
-                .slice(span.doc_start as usize..span.end as usize - 1),
+            raw: Some(
+                chunk
+                    .body
+                    .slice(span.doc_start as usize..span.end as usize - 1),
+            ),
             document: Some(target),
         }
     }
