@@ -12,10 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
 use crate::config::ProcessorConfig;
-use crate::config::{
-    Config, Destination, Format, FsyncConfig, PostgresDestination, PostgresMode, SeamDestination,
-    StreamConfig,
-};
+use crate::config::{Config, Destination, Format, FsyncConfig, SeamDestination, StreamConfig};
 use crate::deliver::object_key::{KeyTemplate, ObjectKeyBuilder};
 use crate::deliver::{DeliveryCounters, DeliveryLoop};
 use crate::encode::parquet::ParquetEncoder;
@@ -23,7 +20,6 @@ use crate::encode::{Encoding, RecordFramer};
 use crate::metrics::StreamMetrics;
 use crate::spool::{FsyncPolicy, SpoolError, SpoolSettings, StreamSpool};
 use crate::transform::{LoadError, ProcessorChain, ProcessorSettings};
-use hydrant_sinks::postgres::{ColumnSpec, ColumnType, LoadMode, PostgresSettings, PostgresSink};
 
 const MIB: usize = 1024 * 1024;
 
@@ -367,24 +363,14 @@ impl Pipeline {
                     })?,
                 ),
             };
-            let table = match &stream_config.destination {
-                Destination::Postgres(pg) => {
-                    Some(Arc::new(connect_table(&name, pg, base_dir).await.map_err(
-                        |error| PipelineError::Destination {
-                            stream: name.clone(),
-                            error,
-                        },
-                    )?))
-                }
-                _ => None,
-            };
             // The first half of record ids (and so of deterministic document ids).
             let run = spool
                 .as_ref()
                 .map_or_else(|| fastrand::u64(..), |s| s.incarnation());
             let seam = stream_config
                 .destination
-                .seam(base_dir, run)
+                .seam(base_dir, &name, run)
+                .await
                 .transpose()
                 .map_err(|error| PipelineError::Destination {
                     stream: name.clone(),
@@ -402,20 +388,18 @@ impl Pipeline {
                     error,
                 }
             })?;
-            let encoding =
-                build_encoding(stream_config, table.as_ref(), seam.as_ref()).map_err(|reason| {
-                    PipelineError::Parquet {
-                        stream: name.clone(),
-                        reason,
-                    }
-                })?;
+            let encoding = build_encoding(stream_config, seam.as_ref()).map_err(|reason| {
+                PipelineError::Parquet {
+                    stream: name.clone(),
+                    reason,
+                }
+            })?;
             let (stream, delivery) = build_stream(
                 &name,
                 stream_config,
                 encoding,
                 sink,
                 Delivered {
-                    table,
                     seam,
                     run,
                     processors,
@@ -583,13 +567,10 @@ fn build_sink(
 pub async fn check_destinations(config: &Config, base_dir: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, stream) in config.streams.iter() {
-        let checked = match &stream.destination {
-            Destination::Postgres(pg) => connect_table(&name.value, pg, base_dir).await.map(drop),
-            other => match other.seam(base_dir, 0) {
-                Some(Ok(seam)) => seam.destination.check_any().await.map(drop),
-                Some(Err(error)) => Err(error),
-                None => Ok(()),
-            },
+        let checked = match stream.destination.seam(base_dir, &name.value, 0).await {
+            Some(Ok(seam)) => seam.destination.check_any().await.map(drop),
+            Some(Err(error)) => Err(error),
+            None => Ok(()),
         };
         if let Err(error) = checked {
             problems.push(format!("stream `{}`: {error}", name.value));
@@ -618,63 +599,13 @@ async fn announce_destination(stream: String, destination: Arc<dyn AnyDestinatio
     }
 }
 
-/// Connects to a postgres destination's table and checks it.
-async fn connect_table(
-    stream: &str,
-    pg: &PostgresDestination,
-    base_dir: &Path,
-) -> Result<PostgresSink, SinkError> {
-    let mut connection = pg.connection().map_err(|reason| {
-        SinkError::new(
-            SinkErrorKind::Rejected,
-            Service::Postgres,
-            "postgres",
-            pg.table.value.clone(),
-            reason,
-        )
-    })?;
-    // Lets a DBA see which stream a session belongs to.
-    connection.application_name(format!("hydrant/{stream}"));
-    PostgresSink::connect(PostgresSettings {
-        connection,
-        table: pg.table.value.clone(),
-        columns: pg
-            .columns
-            .value
-            .iter()
-            .map(|c| ColumnSpec {
-                name: c.name.value.clone(),
-                from: c.from.clone().unwrap_or_else(|| c.name.value.clone()),
-                declared: c
-                    .data_type
-                    .as_ref()
-                    .and_then(|t| ColumnType::from_name(&t.value)),
-            })
-            .collect(),
-        max_connections: pg.max_connections.value as usize,
-        connect_timeout: Duration::from_secs(10),
-        tls: pg.tls(base_dir),
-        mode: match pg.mode.value {
-            PostgresMode::Insert => LoadMode::Insert,
-            PostgresMode::Upsert => LoadMode::Upsert {
-                conflict_columns: pg.conflict_columns.clone(),
-            },
-        },
-    })
-    .await
-}
-
 /// How a stream's records become object bodies (or, for a table, rows).
 fn build_encoding(
     config: &StreamConfig,
-    table: Option<&Arc<PostgresSink>>,
     seam: Option<&SeamDestination>,
 ) -> Result<Encoding, String> {
     if let Some(seam) = seam {
         return Ok(Encoding::Destination(Arc::clone(&seam.destination)));
-    }
-    if let Some(table) = table {
-        return Ok(Encoding::Rows(Arc::clone(table)));
     }
     match (config.format.value, &config.parquet) {
         (Format::Parquet, Some(parquet)) => {
@@ -690,7 +621,6 @@ fn build_encoding(
 
 /// Where a stream's batches end up besides its object sink, and its record id prefix.
 struct Delivered {
-    table: Option<Arc<PostgresSink>>,
     seam: Option<SeamDestination>,
     run: u64,
     processors: Option<Arc<ProcessorChain>>,
@@ -783,7 +713,6 @@ fn build_stream(
         max_backoff: layout.max_backoff,
         counters: Arc::clone(&counters),
         spool: spool.clone(),
-        table: delivered.table,
         seam: delivered.seam,
         run: delivered.run,
     };

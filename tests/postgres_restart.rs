@@ -29,7 +29,7 @@ async fn postgres_going_down_mid_load_loses_and_duplicates_nothing() {
     let mut hydrant = Hydrant::start(&streams);
     let producers = Producers::start(4, "restart", Arc::new(Mutex::new(hydrant.base_url.clone())));
     hydrant
-        .wait_for_log("loaded batch", Duration::from_secs(30))
+        .wait_for_log("delivered batch", Duration::from_secs(30))
         .await;
     let servers = |action: &str| {
         let status = Command::new(concat!(
@@ -44,17 +44,17 @@ async fn postgres_going_down_mid_load_loses_and_duplicates_nothing() {
     servers("stop-postgres");
     let log = hydrant
         .wait_for_log(
-            "loading the batch failed; will retry",
+            "delivery attempt failed; will retry",
             Duration::from_secs(30),
         )
         .await;
     assert!(log.contains("Postgres.Unavailable"), "{log}");
     servers("start-postgres");
-    let loaded_after = log.matches("loaded batch").count();
+    let loaded_after = log.matches("delivered batch").count();
     let log = hydrant
-        .wait_for_log_count("loaded batch", loaded_after + 2, Duration::from_secs(60))
+        .wait_for_log_count("delivered batch", loaded_after + 2, Duration::from_secs(60))
         .await;
-    assert!(log.contains("loaded batch"));
+    assert!(log.contains("delivered batch"));
     let (acked, attempted) = producers.stop().await;
     assert!(
         acked.len() > 500,

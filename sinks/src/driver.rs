@@ -271,6 +271,6 @@ fn log_failed_request(stream: &str, error: &SinkError, items: usize, attempt: u3
         reason = %error.reason,
         items,
         attempt,
-        "request failed"
+        "delivery attempt failed; will retry"
     );
 }

@@ -96,7 +96,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         let data = corpus.framed_records();
         let encoding = match &args.config {
-            Some(path) => stream_encoding_of(path, &args.stream)?,
+            Some(path) => stream_encoding_of(path, &args.stream).await?,
             None => None,
         };
         let level = args.gzip_level;
@@ -187,7 +187,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// How `stream` in the configuration at `path` encodes records, when that sets the ceiling:
 /// a Parquet stream (arrow-json and ArrowWriter with the same schema and settings), a
 /// search stream (the same bulk bodies) or a destination behind the seam (the same requests).
-fn stream_encoding_of(
+async fn stream_encoding_of(
     path: &std::path::Path,
     stream: &str,
 ) -> anyhow::Result<Option<crate::encode::Encoding>> {
@@ -199,7 +199,8 @@ fn stream_encoding_of(
     };
     if let Some(seam) = stream_config
         .destination
-        .seam(path.parent().unwrap_or(path), fastrand::u64(..))
+        .seam(path.parent().unwrap_or(path), stream, fastrand::u64(..))
+        .await
     {
         return Ok(Some(crate::encode::Encoding::Destination(
             seam?.destination,

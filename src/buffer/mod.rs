@@ -11,10 +11,7 @@ mod capacity;
 mod open_batch;
 
 pub use capacity::IngestCapacity;
-pub use open_batch::{
-    Assembled, BatchBody, BatchFailure, FailedRecord, POSTGRES_INVALID_VALUE, SealedBatch,
-    TableRows,
-};
+pub use open_batch::{Assembled, BatchBody, BatchFailure, FailedRecord, SealedBatch};
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -14,7 +14,6 @@ use crate::encode::parquet::{ParquetEncoder, WriteError};
 use crate::encode::{ChunkRecord, chunk_records};
 use crate::encode::{ConversionError, Encoding};
 use crate::spool::SeqRange;
-use hydrant_sinks::postgres::{PostgresSink, RowError, RowSpan, copy_stream_of};
 use hydrant_sinks::prelude::{AnyDestination, AssembledBatch, BatchId, RecordRef};
 use std::any::Any;
 
@@ -31,14 +30,11 @@ pub struct FailedRecord {
     pub error: ConversionError,
 }
 
-/// Rows decoded from one chunk (Arrow batches for Parquet, binary COPY rows for a table),
-/// and the chunk's records that could not be rows.
+/// What one chunk of kept records became (Arrow batches for Parquet, framed records, or a
+/// destination's piece), and the chunk's records that could not be taken.
 #[derive(Debug, Default)]
 struct RowChunk {
     batches: Vec<arrow_array::RecordBatch>,
-    copy: Vec<Bytes>,
-    /// Where each COPY row is in `copy`, with its record's sequence number.
-    copy_rows: Vec<RowSpan>,
     /// Framed (and compressed) records, for an object of transformed records.
     framed: Option<CompressedChunk>,
     /// A destination's encoding of the chunk, for a destination behind the seam.
@@ -143,7 +139,7 @@ impl OpenBatch {
                     });
                 }
             },
-            Encoding::Parquet(_) | Encoding::Rows(_) | Encoding::Destination(_) => {
+            Encoding::Parquet(_) | Encoding::Destination(_) => {
                 unreachable!("these encodings keep records")
             }
         }
@@ -242,7 +238,6 @@ fn encode_records(
 ) -> RowChunk {
     match encoding {
         Encoding::Parquet(encoder) => convert_chunk(encoder, data, records),
-        Encoding::Rows(table) => encode_chunk(table, data, records),
         Encoding::Destination(destination) => encode_for(destination.as_ref(), data, records),
         Encoding::Framed(framer) => {
             let mut out = Vec::with_capacity(data.len() + records.len());
@@ -290,39 +285,6 @@ fn convert_chunk(encoder: &ParquetEncoder, data: &[u8], records: &[ChunkRecord])
     }
 }
 
-/// Encodes a chunk's records as binary COPY rows, copying out the ones that cannot be rows.
-fn encode_chunk(table: &PostgresSink, data: &[u8], records: &[ChunkRecord]) -> RowChunk {
-    let encoded = table.encode_rows(chunk_records(data, records));
-    let failed = encoded
-        .rejected
-        .into_iter()
-        .map(|(index, error)| {
-            let error = match error {
-                RowError::NotJson(message) => ConversionError::parse(message),
-                RowError::InvalidValue(message) => ConversionError {
-                    code: POSTGRES_INVALID_VALUE,
-                    message,
-                },
-            };
-            failed_record(data, records, index, error)
-        })
-        .collect();
-    let copy_rows = encoded
-        .rows
-        .into_iter()
-        .map(|row| RowSpan {
-            record: records[row.record as usize].seq,
-            ..row
-        })
-        .collect();
-    RowChunk {
-        copy: encoded.parts,
-        copy_rows,
-        failed,
-        ..RowChunk::default()
-    }
-}
-
 /// Encodes a chunk's records into a destination's request pieces, copying out the ones it
 /// refuses.
 fn encode_for(destination: &dyn AnyDestination, data: &[u8], records: &[ChunkRecord]) -> RowChunk {
@@ -353,13 +315,11 @@ fn encode_for(destination: &dyn AnyDestination, data: &[u8], records: &[ChunkRec
     }
 }
 
-/// Error code of records whose value does not fit a table column.
-pub const POSTGRES_INVALID_VALUE: &str = "Postgres.InvalidValue";
-
 /// A batch that takes no more records, on its way to the destination.
 #[derive(Debug)]
 pub struct SealedBatch {
-    /// How the body is made (framed and compressed chunks, a Parquet file, table rows).
+    /// How the body is made (framed and compressed chunks, a Parquet file, a destination's
+    /// requests).
     encoding: Encoding,
     codec: Codec,
     chunks: Vec<ChunkSlot>,
@@ -400,8 +360,6 @@ pub struct BatchBody {
     pub parts: Vec<Bytes>,
     /// Records the format could not take; they go to the error output.
     pub failed: Vec<FailedRecord>,
-    /// For a table: the rows, in binary COPY format.
-    pub rows: Option<TableRows>,
     /// Records a transform dropped on purpose.
     pub dropped: u64,
     /// For a destination behind the seam: the batch, ready to deliver.
@@ -414,22 +372,6 @@ pub struct Assembled(pub Box<dyn AssembledBatch>);
 impl std::fmt::Debug for Assembled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Assembled")
-    }
-}
-
-/// A batch's table rows: encoded bytes and where each row is (with its record's number).
-#[derive(Debug, Default)]
-pub struct TableRows {
-    /// Encoded rows, without the COPY header and trailer.
-    pub parts: Vec<Bytes>,
-    /// Each row's place in `parts`; `record` is the record's sequence number.
-    pub rows: Vec<RowSpan>,
-}
-
-impl TableRows {
-    /// The COPY stream of the rows.
-    pub fn stream(&self) -> Vec<Bytes> {
-        copy_stream_of(&self.parts, &self.rows)
     }
 }
 
@@ -468,8 +410,6 @@ impl SealedBatch {
         let mut failed = self.failed;
         let mut compressed = Vec::with_capacity(self.chunks.len());
         let mut rows = Vec::new();
-        let mut copy = Vec::new();
-        let mut copy_rows = Vec::new();
         let mut pieces = Vec::new();
         let mut dropped = 0;
         for slot in self.chunks {
@@ -479,12 +419,6 @@ impl SealedBatch {
                 ChunkSlot::Converting(job) => {
                     let chunk = job.result().await.map_err(lost)?;
                     rows.extend(chunk.batches);
-                    let offset = copy.len();
-                    copy_rows.extend(chunk.copy_rows.into_iter().map(|row| RowSpan {
-                        part: row.part + offset,
-                        ..row
-                    }));
-                    copy.extend(chunk.copy);
                     compressed.extend(chunk.framed);
                     pieces.extend(chunk.piece);
                     dropped += chunk.dropped;
@@ -493,18 +427,6 @@ impl SealedBatch {
             }
         }
         let parts = match self.encoding {
-            Encoding::Rows(_) => {
-                return Ok(BatchBody {
-                    parts: Vec::new(),
-                    failed,
-                    rows: Some(TableRows {
-                        parts: copy,
-                        rows: copy_rows,
-                    }),
-                    dropped,
-                    assembled: None,
-                });
-            }
             Encoding::Destination(destination) => {
                 let id = BatchId {
                     run,
@@ -520,7 +442,6 @@ impl SealedBatch {
                 return Ok(BatchBody {
                     parts: Vec::new(),
                     failed,
-                    rows: None,
                     dropped,
                     assembled: Some(assembled),
                 });
@@ -538,7 +459,6 @@ impl SealedBatch {
         Ok(BatchBody {
             parts,
             failed,
-            rows: None,
             dropped,
             assembled: None,
         })

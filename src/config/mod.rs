@@ -404,13 +404,24 @@ pub struct SeamDestination {
 impl Destination {
     /// The destination behind the seam this configuration describes (`None` for the
     /// destinations not yet moved behind it); relative paths are taken from `base_dir`;
-    /// `run` is the stream's record id prefix, which names batches and documents.
-    pub fn seam(
+    /// `run` is the stream's record id prefix, which names batches and documents, and
+    /// `stream` its name. Connects to a table (to check its columns).
+    pub async fn seam(
         &self,
         base_dir: &std::path::Path,
+        stream: &str,
         run: u64,
     ) -> Option<Result<SeamDestination, hydrant_sinks::prelude::SinkError>> {
         match self {
+            Destination::Postgres(pg) => Some(pg.build(stream, base_dir).await.map(|built| {
+                SeamDestination {
+                    destination: std::sync::Arc::new(built),
+                    concurrency: 1,
+                    backup_all: false,
+                    // A load's statements have no timeout of their own.
+                    attempt_timeout: std::time::Duration::from_secs(600),
+                }
+            })),
             Destination::Opensearch(search) => {
                 Some(search.build(base_dir, run).map(|built| SeamDestination {
                     destination: std::sync::Arc::new(built),

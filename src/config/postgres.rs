@@ -5,7 +5,11 @@ use serde_saphyr::Spanned;
 
 use super::validate::at;
 use super::{ConfigProblem, Destination};
-use hydrant_sinks::postgres::{ColumnType, ConnectionConfig, TlsMode};
+use hydrant_sinks::postgres::{
+    ColumnSpec, ColumnType, ConnectionConfig, LoadMode, PostgresSettings, PostgresSink,
+    PostgresTable, TlsMode,
+};
+use hydrant_sinks::prelude::{Service, SinkError, SinkErrorKind};
 
 /// A PostgreSQL table destination.
 #[derive(Debug, Deserialize)]
@@ -96,6 +100,54 @@ pub struct PostgresColumn {
 }
 
 impl PostgresDestination {
+    /// Connects to the table and checks its columns; `stream` names the sessions (for a
+    /// DBA) and the batches in the ledger; relative paths are taken from `base_dir`.
+    pub async fn build(
+        &self,
+        stream: &str,
+        base_dir: &std::path::Path,
+    ) -> Result<PostgresTable, SinkError> {
+        let mut connection = self.connection().map_err(|reason| {
+            SinkError::new(
+                SinkErrorKind::Rejected,
+                Service::Postgres,
+                "postgres",
+                self.table.value.clone(),
+                reason,
+            )
+        })?;
+        // Lets a DBA see which stream a session belongs to.
+        connection.application_name(format!("hydrant/{stream}"));
+        let sink = PostgresSink::connect(PostgresSettings {
+            connection,
+            table: self.table.value.clone(),
+            columns: self
+                .columns
+                .value
+                .iter()
+                .map(|c| ColumnSpec {
+                    name: c.name.value.clone(),
+                    from: c.from.clone().unwrap_or_else(|| c.name.value.clone()),
+                    declared: c
+                        .data_type
+                        .as_ref()
+                        .and_then(|t| ColumnType::from_name(&t.value)),
+                })
+                .collect(),
+            max_connections: self.max_connections.value as usize,
+            connect_timeout: std::time::Duration::from_secs(10),
+            tls: self.tls(base_dir),
+            mode: match self.mode.value {
+                PostgresMode::Insert => LoadMode::Insert,
+                PostgresMode::Upsert => LoadMode::Upsert {
+                    conflict_columns: self.conflict_columns.clone(),
+                },
+            },
+        })
+        .await?;
+        Ok(PostgresTable::new(sink, stream))
+    }
+
     /// The TLS mode `sslmode` asks for; `sslrootcert` is taken relative to `base_dir`.
     pub fn tls(&self, base_dir: &std::path::Path) -> TlsMode {
         match self.sslmode.as_ref().map(|m| m.value.as_str()) {

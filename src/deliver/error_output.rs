@@ -23,14 +23,9 @@ pub const FORMAT_CONVERSION_FAILED: &str = "format-conversion-failed";
 /// `!{firehose:error-output-type}` of records a transform failed.
 pub const PROCESSING_FAILED: &str = "processing-failed";
 
-/// `!{firehose:error-output-type}` of records a PostgreSQL table could not take.
-pub const POSTGRES_FAILED: &str = "postgres-failed";
-
 /// Seeds of error object keys, one per error type, so each differs from the data key.
 const S3_FAILED_SALT: u64 = 0x6572_726f_7273;
 const CONVERSION_FAILED_SALT: u64 = 0x666f_726d_6174;
-const POSTGRES_ROWS_SALT: u64 = 0x726f_7773;
-const POSTGRES_REFUSED_SALT: u64 = 0x7265_6675_7365;
 const PROCESSING_FAILED_SALT: u64 = 0x7472_616e_7366;
 
 /// One error record in Firehose's format.
@@ -186,54 +181,6 @@ impl DeliveryLoop {
         .await;
     }
 
-    /// Writes the rows of batch `range` that the table could not take to the
-    /// `postgres-failed` error output, retrying until the destination takes them.
-    pub(super) async fn write_rejected_rows(
-        &self,
-        rejected: &[FailedRecord],
-        range: SeqRange,
-        oldest: DateTime<Utc>,
-        mode: WriteMode,
-    ) {
-        self.counters
-            .error_output_records
-            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        self.write_failed_records(
-            POSTGRES_FAILED,
-            POSTGRES_ROWS_SALT,
-            rejected,
-            range,
-            oldest,
-            mode,
-        )
-        .await;
-    }
-
-    /// Writes the rows of batch `range` the server refused to the `postgres-failed` error
-    /// output, before the load that leaves them out can commit, so a crash never leaves a
-    /// committed batch without their trace. `new` of them were not written before: should
-    /// a later load find more, the object is written again with all of them (same key).
-    pub(super) async fn write_refused_records(
-        &self,
-        refused: &[FailedRecord],
-        new: usize,
-        range: SeqRange,
-        oldest: DateTime<Utc>,
-    ) {
-        self.counters
-            .error_output_records
-            .fetch_add(new as u64, Ordering::Relaxed);
-        self.write_failed_records(
-            POSTGRES_FAILED,
-            POSTGRES_REFUSED_SALT,
-            refused,
-            range,
-            oldest,
-            WriteMode::Overwrite,
-        )
-        .await;
-    }
-
     /// Writes records with their own reasons under `error_type` (callers count them).
     async fn write_failed_records(
         &self,
@@ -303,10 +250,9 @@ impl DeliveryLoop {
     /// `error` `attempts` times.
     pub(super) fn destination_failed(&self, error: &SinkError, attempts: u32) -> BatchErrorReason {
         BatchErrorReason {
-            error_type: match (&self.table, &self.seam) {
-                (Some(_), _) => POSTGRES_FAILED,
-                (None, Some(seam)) => seam.destination.failed_output(),
-                (None, None) => OBJECT_STORE_FAILED,
+            error_type: match &self.seam {
+                Some(seam) => seam.destination.failed_output(),
+                None => OBJECT_STORE_FAILED,
             },
             code: error.code().to_string(),
             message: error.to_string(),

@@ -6,7 +6,6 @@ pub mod object_key;
 mod batch_body;
 mod error_output;
 mod seam;
-mod table;
 
 pub use batch_body::ENCODE_FAILED;
 
@@ -18,10 +17,9 @@ use chrono::{DateTime, Utc};
 use hydrant_sinks::prelude::*;
 use tokio::time::Instant;
 
-use crate::buffer::{BatchBody, FailedRecord, POSTGRES_INVALID_VALUE, SealedBatch, StreamBuffer};
+use crate::buffer::{BatchBody, FailedRecord, SealedBatch, StreamBuffer};
 use crate::spool::{SeqRange, StreamSpool};
 use crate::transform::TRANSFORM_CODE_PREFIX;
-use hydrant_sinks::postgres::PostgresSink;
 use object_key::{ObjectKeyBuilder, batch_seed};
 
 /// Running totals of one stream: the one place they are counted, read by the stats
@@ -80,9 +78,6 @@ pub struct DeliveryLoop {
     /// their record range, writes never replace, and the checkpoint advances on success.
     /// `None` when the spool is disabled.
     pub spool: Option<Arc<StreamSpool>>,
-    /// The table rows are loaded into, for a postgres destination; `sink` then only
-    /// takes the error output.
-    pub table: Option<Arc<PostgresSink>>,
     /// A destination behind the seam; `sink` then only takes backups and the error output.
     pub seam: Option<crate::config::SeamDestination>,
     /// The stream's log incarnation (the first half of its record ids): names batches.
@@ -151,7 +146,6 @@ impl DeliveryLoop {
         let Some(BatchBody {
             parts,
             mut failed,
-            rows: table_rows,
             dropped,
             assembled,
         }) = self.build_body(batch, oldest).await
@@ -185,38 +179,21 @@ impl DeliveryLoop {
             self.checkpoint(range).await;
             return;
         }
-        // Values a table column cannot take have their own error output type.
-        let rejected: Vec<FailedRecord> = failed
-            .extract_if(.., |f| f.error.code == POSTGRES_INVALID_VALUE)
-            .collect();
         if !failed.is_empty() {
             self.write_conversion_failures(&failed, range, oldest, mode)
                 .await;
         }
-        let written = match &self.table {
-            Some(table) => {
-                if !rejected.is_empty() {
-                    self.write_rejected_rows(&rejected, range, oldest, mode)
-                        .await;
-                }
-                self.load_into_table(table, table_rows.unwrap_or_default(), range, oldest)
-                    .await
-            }
-            None => {
-                let mut rng = self.batch_rng(0, range);
-                let object = EncodedObject {
-                    key: self.keys.key(oldest, &mut rng),
-                    parts,
-                    content_type: self.content_type,
-                    content_encoding: self.content_encoding,
-                };
-                let good = records - failed.len() as u64;
-                good == 0
-                    || self
-                        .write_object(&object, mode, range, oldest, good, raw_len)
-                        .await
-            }
+        let object = EncodedObject {
+            key: self.keys.key(oldest, &mut self.batch_rng(0, range)),
+            parts,
+            content_type: self.content_type,
+            content_encoding: self.content_encoding,
         };
+        let good = records - failed.len() as u64;
+        let written = good == 0
+            || self
+                .write_object(&object, mode, range, oldest, good, raw_len)
+                .await;
         if !written {
             // Sent to the error output, which moved the checkpoint on.
             return;

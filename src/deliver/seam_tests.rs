@@ -256,7 +256,6 @@ fn start(dir: &std::path::Path, fake: &Arc<Scripted>, retry_duration: Duration) 
         max_backoff: Duration::from_millis(50),
         counters: Arc::clone(&counters),
         spool: Some(Arc::clone(&spool)),
-        table: None,
         seam: Some(SeamDestination {
             destination,
             concurrency: 2,
@@ -470,7 +469,11 @@ async fn a_refusal_is_in_the_error_output_before_the_rest_is_sent_again() {
             == 20
     })
     .await;
-    assert_eq!(counters.failed_attempts.load(Ordering::SeqCst), 0, "no pause, no failure");
+    assert_eq!(
+        counters.failed_attempts.load(Ordering::SeqCst),
+        0,
+        "no pause, no failure"
+    );
     let (start_seq, errors) = running.stop(dir.path()).await;
     assert_eq!(
         *fake.errors_at_send.lock().unwrap(),
@@ -479,7 +482,11 @@ async fn a_refusal_is_in_the_error_output_before_the_rest_is_sent_again() {
     );
     let mut refused: Vec<u64> = errors.iter().map(|e| e.0).collect();
     refused.sort();
-    assert_eq!(refused, [0, 1], "records 0 (read back from the spool) and 1");
+    assert_eq!(
+        refused,
+        [0, 1],
+        "records 0 (read back from the spool) and 1"
+    );
     assert!(errors.iter().all(|e| e.1 == "Fake.Refused"));
     assert_eq!(fake.taken.lock().unwrap().len(), 18);
     assert_eq!(start_seq, 20);

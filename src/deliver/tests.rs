@@ -63,7 +63,6 @@ fn delivery_loop(dir: &Path, spool: &Arc<StreamSpool>, faults: Arc<EncodeFaults>
         max_backoff: Duration::from_millis(100),
         counters: Arc::new(DeliveryCounters::default()),
         spool: Some(Arc::clone(spool)),
-        table: None,
         seam: None,
         run: 0,
     }

@@ -5,7 +5,6 @@ pub mod parquet;
 use std::sync::Arc;
 
 use crate::config::{Format, RecordDelimiter};
-use hydrant_sinks::postgres::PostgresSink;
 use hydrant_sinks::prelude::AnyDestination;
 use parquet::ParquetEncoder;
 
@@ -45,8 +44,6 @@ pub enum Encoding {
     Framed(RecordFramer),
     /// Records decoded into rows of one Parquet file.
     Parquet(Arc<ParquetEncoder>),
-    /// Records encoded as rows of a PostgreSQL table (binary COPY format).
-    Rows(Arc<PostgresSink>),
     /// Records encoded into requests by a destination behind the seam.
     Destination(Arc<dyn AnyDestination>),
 }
@@ -62,7 +59,7 @@ impl Encoding {
     pub fn buffered_len(&self, record: &[u8]) -> usize {
         match self {
             Encoding::Framed(framer) => framer.framed_len(record),
-            Encoding::Parquet(_) | Encoding::Rows(_) | Encoding::Destination(_) => record.len() + 1,
+            Encoding::Parquet(_) | Encoding::Destination(_) => record.len() + 1,
         }
     }
 
@@ -71,7 +68,6 @@ impl Encoding {
         match self {
             Encoding::Framed(framer) => framer.content_type(),
             Encoding::Parquet(_) => "application/vnd.apache.parquet",
-            Encoding::Rows(_) => "application/octet-stream",
             // Backups of a search or endpoint stream's records: one per line.
             Encoding::Destination(_) => "application/x-ndjson",
         }
@@ -80,7 +76,7 @@ impl Encoding {
     /// Extension of object keys that the format (rather than a codec) decides.
     pub fn extension(&self) -> Option<&'static str> {
         match self {
-            Encoding::Framed(_) | Encoding::Rows(_) | Encoding::Destination(_) => None,
+            Encoding::Framed(_) | Encoding::Destination(_) => None,
             Encoding::Parquet(_) => Some(".parquet"),
         }
     }

@@ -5,11 +5,16 @@
 
 mod copy;
 mod jq;
+mod table;
 mod tls;
 mod value;
 
 pub use copy::{EncodedRows, RowError, RowSpan, copy_stream_of};
 pub use jq::JqFilter;
+pub use table::{
+    POSTGRES_FAILED, POSTGRES_INVALID_VALUE, POSTGRES_REFUSED, PostgresTable, TableBatch,
+    TablePiece,
+};
 pub use tls::TlsMode;
 pub use tokio_postgres::config::{Config as ConnectionConfig, SslMode};
 pub use value::{ColumnType, Value, encode_numeric};
