@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
 use crate::config::ProcessorConfig;
-use crate::config::{Config, Destination, Format, FsyncConfig, SeamDestination, StreamConfig};
+use crate::config::{Config, Format, FsyncConfig, SeamDestination, StreamConfig};
 use crate::deliver::object_key::{KeyTemplate, ObjectKeyBuilder};
 use crate::deliver::{DeliveryCounters, DeliveryLoop};
 use crate::encode::parquet::ParquetEncoder;
@@ -27,39 +27,7 @@ const MIB: usize = 1024 * 1024;
 /// one chunk per stream.
 const COMPRESSION_BUDGET_BASE: usize = 8 * MIB;
 
-/// Where a stream delivers, as `DescribeDeliveryStream` reports it.
-#[derive(Debug, Clone)]
-pub enum DestinationSummary {
-    /// A local directory.
-    Local {
-        /// The directory.
-        path: String,
-    },
-    /// An S3-compatible bucket.
-    S3 {
-        /// The bucket.
-        bucket: String,
-        /// The endpoint, if not AWS.
-        endpoint: Option<String>,
-    },
-    /// A PostgreSQL table.
-    Postgres {
-        /// The table.
-        table: String,
-    },
-    /// An OpenSearch or Elasticsearch index.
-    Search {
-        /// The index (before rotation).
-        index: String,
-        /// The cluster's endpoints.
-        endpoint: String,
-    },
-    /// An HTTP endpoint.
-    HttpEndpoint {
-        /// Where requests go.
-        url: String,
-    },
-}
+pub use crate::config::DestinationSummary;
 
 /// A configured stream's settings as the control-plane API reports them.
 #[derive(Debug, Clone)]
@@ -342,12 +310,13 @@ impl Pipeline {
         };
         for (name, stream_config) in config.streams.iter() {
             let name = name.value.clone();
-            let sink = build_sink(&stream_config.destination, base_dir).map_err(|error| {
-                PipelineError::Destination {
+            let sink = stream_config
+                .destination
+                .object_sink(base_dir)
+                .map_err(|error| PipelineError::Destination {
                     stream: name.clone(),
                     error,
-                }
-            })?;
+                })?;
             let spool = match fsync {
                 None => None,
                 Some(fsync) => Some(
@@ -534,35 +503,9 @@ pub(crate) async fn feed_from_spool(
     buffer.close();
 }
 
-fn build_sink(
-    destination: &Destination,
-    base_dir: &Path,
-) -> Result<Arc<dyn ObjectSink>, SinkError> {
-    Ok(match destination.object_destination() {
-        Destination::Local(local) => {
-            let path = base_dir.join(&local.path.value);
-            Arc::new(ObjectStoreSink::local(&path)?)
-        }
-        Destination::S3(s3) => Arc::new(ObjectStoreSink::s3(&S3Options {
-            bucket: s3.bucket.value.clone(),
-            endpoint: s3.endpoint.as_ref().map(|e| e.value.clone()),
-            region: s3.region.clone(),
-            force_path_style: s3.force_path_style,
-            access_key_id: s3.access_key_id.clone(),
-            secret_access_key: s3.secret_access_key.clone(),
-            session_token: s3.session_token.clone(),
-            multipart_threshold_bytes: s3.multipart_threshold_mib.value as usize * MIB,
-            multipart_part_bytes: s3.multipart_part_mib.value as usize * MIB,
-            request_timeout: Duration::from_secs(s3.request_timeout_seconds.max(1)),
-            server_side_encryption: s3.server_side_encryption().ok().flatten(),
-        })?),
-        other => unreachable!("object_destination() is local or s3, got {other:?}"),
-    })
-}
-
-/// Connects to every postgres destination's table and checks its columns, asks every
-/// search cluster who it is, and loads every transform module; one line per problem (what
-/// `hydrant validate` reports). Paths are relative to `base_dir`, the configuration file's
+/// Reaches every destination behind the seam (connects to a table and checks its columns,
+/// asks a search cluster who it is, finds an HTTP endpoint), and loads every transform
+/// module; one line per problem (what `hydrant validate` reports). Paths are relative to `base_dir`, the configuration file's
 /// directory.
 pub async fn check_destinations(config: &Config, base_dir: &Path) -> Vec<String> {
     let mut problems = Vec::new();
@@ -717,25 +660,7 @@ fn build_stream(
         run: delivered.run,
     };
     let summary = StreamSummary {
-        destination: match &config.destination {
-            Destination::Local(local) => DestinationSummary::Local {
-                path: local.path.value.clone(),
-            },
-            Destination::S3(s3) => DestinationSummary::S3 {
-                bucket: s3.bucket.value.clone(),
-                endpoint: s3.endpoint.as_ref().map(|e| e.value.clone()),
-            },
-            Destination::Postgres(pg) => DestinationSummary::Postgres {
-                table: pg.table.value.clone(),
-            },
-            Destination::Opensearch(search) => DestinationSummary::Search {
-                index: search.index.value.clone(),
-                endpoint: search.endpoint_urls().join(","),
-            },
-            Destination::HttpEndpoint(endpoint) => DestinationSummary::HttpEndpoint {
-                url: endpoint.url.value.clone(),
-            },
-        },
+        destination: config.destination.summary(),
         prefix: layout.prefix.value.clone(),
         size_mib: config.buffer.size_mib.value,
         interval_seconds: config.buffer.interval_seconds.value,

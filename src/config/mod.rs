@@ -27,6 +27,7 @@ pub use search::{
 };
 pub use streams::Streams;
 
+use hydrant_sinks::prelude::{ObjectSink, ObjectStoreSink, S3Options, SinkError};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -388,6 +389,15 @@ pub struct ObjectLayout<'a> {
     pub max_backoff: std::time::Duration,
 }
 
+/// Where a stream delivers, as `DescribeDeliveryStream` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationSummary {
+    /// An ARN naming the destination (`arn:aws:s3:::bucket`, `arn:hydrant:postgres:::table`).
+    pub arn: String,
+    /// The endpoint reached, when it is not AWS's.
+    pub endpoint: Option<String>,
+}
+
 /// A destination delivered through the seam, built from its configuration.
 #[derive(Debug, Clone)]
 pub struct SeamDestination {
@@ -444,6 +454,60 @@ impl Destination {
             }
             _ => None,
         }
+    }
+
+    /// The object store that takes this destination's objects: its batches for `local` and
+    /// `s3`, the error output and backups for the others. Relative paths are taken from
+    /// `base_dir`.
+    pub fn object_sink(
+        &self,
+        base_dir: &std::path::Path,
+    ) -> Result<std::sync::Arc<dyn ObjectSink>, SinkError> {
+        const MIB: usize = 1024 * 1024;
+        Ok(match self.object_destination() {
+            Destination::Local(local) => {
+                std::sync::Arc::new(ObjectStoreSink::local(&base_dir.join(&local.path.value))?)
+            }
+            Destination::S3(s3) => std::sync::Arc::new(ObjectStoreSink::s3(&S3Options {
+                bucket: s3.bucket.value.clone(),
+                endpoint: s3.endpoint.as_ref().map(|e| e.value.clone()),
+                region: s3.region.clone(),
+                force_path_style: s3.force_path_style,
+                access_key_id: s3.access_key_id.clone(),
+                secret_access_key: s3.secret_access_key.clone(),
+                session_token: s3.session_token.clone(),
+                multipart_threshold_bytes: s3.multipart_threshold_mib.value as usize * MIB,
+                multipart_part_bytes: s3.multipart_part_mib.value as usize * MIB,
+                request_timeout: std::time::Duration::from_secs(s3.request_timeout_seconds.max(1)),
+                server_side_encryption: s3.server_side_encryption().ok().flatten(),
+            })?),
+            other => unreachable!("object_destination() is local or s3, got {other:?}"),
+        })
+    }
+
+    /// What `DescribeDeliveryStream` says about this destination.
+    pub fn summary(&self) -> DestinationSummary {
+        let (arn, endpoint) = match self {
+            Destination::Local(local) => {
+                (format!("arn:hydrant:local:::{}", local.path.value), None)
+            }
+            Destination::S3(s3) => (
+                format!("arn:aws:s3:::{}", s3.bucket.value),
+                s3.endpoint.as_ref().map(|e| e.value.clone()),
+            ),
+            Destination::Postgres(pg) => {
+                (format!("arn:hydrant:postgres:::{}", pg.table.value), None)
+            }
+            Destination::Opensearch(search) => (
+                format!("arn:hydrant:opensearch:::{}", search.index.value),
+                Some(search.endpoint_urls().join(",")),
+            ),
+            Destination::HttpEndpoint(endpoint) => (
+                format!("arn:hydrant:http-endpoint:::{}", endpoint.url.value),
+                Some(endpoint.url.value.clone()),
+            ),
+        };
+        DestinationSummary { arn, endpoint }
     }
 
     /// The object destination that takes this destination's error output and backups

@@ -421,21 +421,10 @@ fn describe_delivery_stream(caller: Caller<'_>, body: &[u8]) -> Result<Response,
         "SizeInMBs": summary.size_mib,
         "IntervalInSeconds": summary.interval_seconds,
     });
-    let (bucket_arn, endpoint) = match &summary.destination {
-        DestinationSummary::Local { path } => (format!("arn:hydrant:local:::{path}"), None),
-        DestinationSummary::S3 { bucket, endpoint } => {
-            (format!("arn:aws:s3:::{bucket}"), endpoint.clone())
-        }
-        DestinationSummary::Postgres { table } => (format!("arn:hydrant:postgres:::{table}"), None),
-        DestinationSummary::Search { index, endpoint } => (
-            format!("arn:hydrant:opensearch:::{index}"),
-            Some(endpoint.clone()),
-        ),
-        DestinationSummary::HttpEndpoint { url } => (
-            format!("arn:hydrant:http-endpoint:::{url}"),
-            Some(url.clone()),
-        ),
-    };
+    let DestinationSummary {
+        arn: bucket_arn,
+        endpoint,
+    } = summary.destination.clone();
     let mut s3 = json!({
         "RoleARN": "arn:aws:iam::000000000000:role/hydrant",
         "BucketARN": bucket_arn,
