@@ -119,7 +119,7 @@ async fn an_outage_longer_than_the_flush_interval_loses_and_duplicates_nothing()
 
     forwarder.stop();
     hydrant
-        .wait_for_log("object write failed", Duration::from_secs(20))
+        .wait_for_log("delivery attempt failed", Duration::from_secs(20))
         .await;
     let before = s3.keys("d/").await.len();
     // Three flush intervals of outage under load.

@@ -208,16 +208,19 @@ async fn an_unreachable_destination_is_retried_until_it_comes_back_and_nothing_i
     let records: Vec<Vec<u8>> = (0..50).map(|i| record(1, i)).collect();
     hydrant.put_all("late", &records[..25]).await;
     let log = hydrant
-        .wait_for_log("object write failed; will retry", Duration::from_secs(20))
+        .wait_for_log(
+            "delivery attempt failed; will retry",
+            Duration::from_secs(20),
+        )
         .await;
     let line = log
         .lines()
-        .find(|l| l.contains("object write failed"))
+        .find(|l| l.contains("delivery attempt failed"))
         .unwrap();
     for needle in [
         "stream=late",
         &format!("destination=s3://{bucket}"),
-        "key=",
+        "target=",
         "S3.ServiceUnavailable",
         "Connection refused",
     ] {
@@ -281,7 +284,7 @@ async fn refused_writes_are_logged_with_their_reason_and_never_dropped() {
         .await;
     let secret_line = log
         .lines()
-        .find(|l| l.contains("stream=badsecret") && l.contains("write failed"))
+        .find(|l| l.contains("stream=badsecret") && l.contains("delivery attempt failed"))
         .unwrap();
     assert!(secret_line.contains("S3.AccessDenied"), "{secret_line}");
     assert!(

@@ -160,12 +160,11 @@ pub struct DeliveryReport {
     pub failed: Vec<FailedItem>,
 }
 
-/// A destination: how records become requests, and how one request is sent.
+/// The sending half of a destination: a batch's requests, one attempt at one of them, and
+/// what a failed item looks like. This is all the retry driver needs.
 #[async_trait]
-pub trait Destination: Send + Sync + 'static {
-    /// What one chunk of records becomes (built on the CPU pool while the batch fills).
-    type Piece: Send + 'static;
-    /// A batch's pieces put together, with what its requests are cut from.
+pub trait Sending: Send + Sync + 'static {
+    /// What requests are cut from.
     type Batch: Send + Sync + 'static;
     /// One request body.
     type Body: Send + Sync + 'static;
@@ -175,15 +174,6 @@ pub trait Destination: Send + Sync + 'static {
 
     /// The kind of destination, which names its error codes.
     fn service(&self) -> Service;
-
-    /// `!{firehose:error-output-type}` of items that did not land (`http-endpoint-failed`).
-    fn failed_output(&self) -> &'static str;
-
-    /// Encodes a chunk of records. Runs on the CPU pool.
-    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<Self::Piece>;
-
-    /// Puts a batch's pieces together. Runs on the CPU pool.
-    fn assemble(&self, id: BatchId, pieces: Vec<Self::Piece>) -> Self::Batch;
 
     /// The first attempt's requests.
     fn requests(&self, batch: &Self::Batch) -> Vec<Request<Self::Body>>;
@@ -207,6 +197,23 @@ pub trait Destination: Send + Sync + 'static {
     fn encoding_failures(&self, _batch: &Self::Batch) -> Vec<FailedItem> {
         Vec::new()
     }
+}
+
+/// A destination: how records become requests (and, through [`Sending`], how one request
+/// is sent).
+#[async_trait]
+pub trait Destination: Sending {
+    /// What one chunk of records becomes (built on the CPU pool while the batch fills).
+    type Piece: Send + 'static;
+
+    /// `!{firehose:error-output-type}` of items that did not land (`http-endpoint-failed`).
+    fn failed_output(&self) -> &'static str;
+
+    /// Encodes a chunk of records. Runs on the CPU pool.
+    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<Self::Piece>;
+
+    /// Puts a batch's pieces together. Runs on the CPU pool.
+    fn assemble(&self, id: BatchId, pieces: Vec<Self::Piece>) -> Self::Batch;
 
     /// Every record of the batch, as delivered, one per line: the body of a backup object
     /// (`backup.mode: all`).
@@ -262,7 +269,7 @@ pub trait AssembledBatch: Send + Sync {
 
 impl<D: Destination + std::fmt::Debug> AnyDestination for D {
     fn describe(&self) -> &str {
-        Destination::describe(self)
+        Sending::describe(self)
     }
 
     fn failed_output(&self) -> &'static str {

@@ -11,8 +11,7 @@ use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
 use crate::destination::{
-    DeliveryReport, Destination, FailedItem, FailureKeeper, ItemError, ItemOutcome, Outcome,
-    Request,
+    DeliveryReport, FailedItem, FailureKeeper, ItemError, ItemOutcome, Outcome, Request, Sending,
 };
 use crate::error::{SinkError, SinkErrorKind};
 use crate::retry::Backoff;
@@ -44,7 +43,7 @@ struct Resend<B> {
 /// `failed_attempts` counts every failed request as it happens, and `keeper` is handed the
 /// failures so far before anything is sent again after a refusal. The report's failures
 /// start with the batch's encoding failures.
-pub async fn drive<D: Destination>(
+pub async fn drive<D: Sending>(
     destination: &Arc<D>,
     batch: &Arc<D::Batch>,
     policy: &RetryPolicy,
@@ -169,7 +168,7 @@ pub async fn drive<D: Destination>(
         }
         if pause && give_up_at.is_some_and(|at| Instant::now() >= at) {
             tracing::error!(
-                stream,
+                stream = %stream,
                 destination = destination.describe(),
                 items = waiting,
                 attempts = report.attempts,
@@ -201,7 +200,7 @@ pub async fn drive<D: Destination>(
                 delay = delay.min(left.max(Duration::from_millis(10)));
             }
             tracing::warn!(
-                stream,
+                stream = %stream,
                 destination = destination.describe(),
                 items = waiting,
                 attempt = report.attempts,
@@ -246,7 +245,7 @@ fn item_error(error: &SinkError) -> ItemError {
     }
 }
 
-fn failed<D: Destination>(
+fn failed<D: Sending>(
     destination: &Arc<D>,
     batch: &Arc<D::Batch>,
     item: u32,
@@ -263,7 +262,7 @@ fn failed<D: Destination>(
 
 fn log_failed_request(stream: &str, error: &SinkError, items: usize, attempt: u32) {
     tracing::warn!(
-        stream,
+        stream = %stream,
         destination = %error.destination,
         target = %error.target,
         code = error.code(),

@@ -25,7 +25,7 @@ pub mod prelude {
     pub use crate::destination::{
         AnyDestination, AssembledBatch, BatchId, DeliveryReport, Destination, DocumentTarget,
         EncodedChunk, FailedItem, FailureKeeper, ItemError, ItemOutcome, ItemRecord, Outcome,
-        RecordRef, Refusal, Request,
+        RecordRef, Refusal, Request, Sending,
     };
     pub use crate::driver::RetryPolicy;
     pub use crate::error::{Service, SinkError, SinkErrorKind};

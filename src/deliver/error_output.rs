@@ -246,20 +246,6 @@ impl DeliveryLoop {
         }
     }
 
-    /// The reason a batch goes to the error output after its destination failed with
-    /// `error` `attempts` times.
-    pub(super) fn destination_failed(&self, error: &SinkError, attempts: u32) -> BatchErrorReason {
-        BatchErrorReason {
-            error_type: match &self.seam {
-                Some(seam) => seam.destination.failed_output(),
-                None => OBJECT_STORE_FAILED,
-            },
-            code: error.code().to_string(),
-            message: error.to_string(),
-            attempts,
-        }
-    }
-
     /// Writes the batch `range` to the error output, retrying until the destination takes
     /// it, then advances the checkpoint past it.
     pub(super) async fn write_error_output(

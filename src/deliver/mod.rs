@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use error_output::{BatchErrorReason, OBJECT_STORE_FAILED};
+use hydrant_sinks::driver::drive;
+use hydrant_sinks::object::{ObjectBatch, ObjectWrite};
 use hydrant_sinks::prelude::*;
-use tokio::time::Instant;
 
 use crate::buffer::{BatchBody, FailedRecord, SealedBatch, StreamBuffer};
 use crate::spool::{SeqRange, StreamSpool};
@@ -85,46 +87,6 @@ pub struct DeliveryLoop {
 }
 
 impl DeliveryLoop {
-    /// Counts a failed attempt at writing batch `range` (named `what` in logs). With a
-    /// spool, once `give_up_at` has passed, sends the batch to the error output (which
-    /// moves the checkpoint on) and returns `None`; otherwise returns how long to wait
-    /// before the next attempt (never past `give_up_at` by much).
-    async fn after_failure(
-        &self,
-        error: &SinkError,
-        backoff: &mut Backoff,
-        give_up_at: Instant,
-        range: SeqRange,
-        oldest: DateTime<Utc>,
-        what: &str,
-    ) -> Option<Duration> {
-        self.counters
-            .failed_attempts
-            .fetch_add(1, Ordering::Relaxed);
-        if let Some(spool) = &self.spool
-            && Instant::now() >= give_up_at
-        {
-            let attempts = backoff.attempts() + 1;
-            tracing::error!(
-                stream = %self.stream,
-                target = what,
-                code = error.code(),
-                reason = %error.reason,
-                attempts,
-                "retry duration exhausted; sending the batch to the error output"
-            );
-            let reason = self.destination_failed(error, attempts);
-            self.write_error_output(spool, range, oldest, &reason).await;
-            return None;
-        }
-        let mut delay = backoff.next_delay();
-        if self.spool.is_some() {
-            let left = give_up_at.saturating_duration_since(Instant::now());
-            delay = delay.min(left.max(Duration::from_millis(10)));
-        }
-        Some(delay)
-    }
-
     /// Delivers batches until the buffer is closed and drained.
     pub async fn run(self) {
         while let Ok(batch) = self.buffer.next_batch().await {
@@ -192,7 +154,7 @@ impl DeliveryLoop {
         let good = records - failed.len() as u64;
         let written = good == 0
             || self
-                .write_object(&object, mode, range, oldest, good, raw_len)
+                .write_object(object, mode, range, oldest, good, raw_len)
                 .await;
         if !written {
             // Sent to the error output, which moved the checkpoint on.
@@ -245,76 +207,87 @@ impl DeliveryLoop {
         }
     }
 
-    /// Writes `object` until the destination confirms (`true`), or, with a spool, until
-    /// the retry duration runs out and the batch went to the error output (`false`).
+    /// Writes `object` with the shared retry driver until the destination confirms
+    /// (`true`), or, with a spool, until the retry duration runs out and the batch went to
+    /// the error output (`false`).
     async fn write_object(
         &self,
-        object: &EncodedObject,
+        object: EncodedObject,
         mode: WriteMode,
         range: SeqRange,
         oldest: DateTime<Utc>,
         records: u64,
         raw_len: usize,
     ) -> bool {
-        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
-        let give_up_at = Instant::now() + self.retry_duration;
-        loop {
-            let outcome = match self.sink.put(object, mode).await {
-                Err(error) if error.kind == SinkErrorKind::AlreadyExists => {
-                    tracing::info!(
-                        stream = %self.stream,
-                        key = %object.key,
-                        first_seq = range.first,
-                        last_seq = range.last,
-                        "object already written before a restart; not writing it again"
-                    );
-                    Ok(())
-                }
-                other => other,
+        let writer = Arc::new(ObjectWrite::new(Arc::clone(&self.sink)));
+        let batch = Arc::new(ObjectBatch {
+            object,
+            mode,
+            first_seq: range.first,
+            oldest_ms: oldest.timestamp_millis(),
+        });
+        let policy = RetryPolicy {
+            initial_backoff: self.initial_backoff,
+            max_backoff: self.max_backoff,
+            give_up_after: self.spool.as_ref().map(|_| self.retry_duration),
+            concurrency: 1,
+            // The store's own request timeouts end a hung request; a multipart upload of a
+            // large object may take long.
+            attempt_timeout: OBJECT_ATTEMPT_TIMEOUT,
+        };
+        let report = drive(
+            &writer,
+            &batch,
+            &policy,
+            &self.stream,
+            &self.counters.failed_attempts,
+            &KeepNothing,
+        )
+        .await;
+        let object = &batch.object;
+        if let Some(failure) = report.failed.first() {
+            let Some(spool) = &self.spool else {
+                unreachable!("without a spool, object writes never give up");
             };
-            let error = match outcome {
-                Ok(()) => {
-                    self.counters.records.fetch_add(records, Ordering::Relaxed);
-                    self.counters.objects.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .bytes
-                        .fetch_add(object.len() as u64, Ordering::Relaxed);
-                    tracing::info!(
-                        stream = %self.stream,
-                        destination = self.sink.describe(),
-                        key = %object.key,
-                        records,
-                        bytes = object.len(),
-                        uncompressed_bytes = raw_len,
-                        first_seq = range.first,
-                        last_seq = range.last,
-                        attempts = backoff.attempts() + 1,
-                        "delivered object"
-                    );
-                    return true;
-                }
-                Err(error) => error,
+            let reason = BatchErrorReason {
+                error_type: OBJECT_STORE_FAILED,
+                code: failure.code.clone(),
+                message: failure.message.clone(),
+                attempts: failure.attempts,
             };
-            let Some(delay) = self
-                .after_failure(&error, &mut backoff, give_up_at, range, oldest, &object.key)
-                .await
-            else {
-                return false;
-            };
-            tracing::warn!(
-                stream = %self.stream,
-                destination = %error.destination,
-                key = %error.target,
-                code = error.code(),
-                reason = %error.reason,
-                attempt = backoff.attempts(),
-                retry_in_ms = delay.as_millis() as u64,
-                records,
-                "object write failed; will retry"
-            );
-            tokio::time::sleep(delay).await;
+            self.write_error_output(spool, range, oldest, &reason).await;
+            return false;
         }
+        self.counters.records.fetch_add(records, Ordering::Relaxed);
+        self.counters.objects.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_add(object.len() as u64, Ordering::Relaxed);
+        tracing::info!(
+            stream = %self.stream,
+            destination = self.sink.describe(),
+            key = %object.key,
+            records,
+            bytes = object.len(),
+            uncompressed_bytes = raw_len,
+            first_seq = range.first,
+            last_seq = range.last,
+            attempts = report.attempts,
+            "delivered object"
+        );
+        true
     }
+}
+
+/// Longest one object write may take before it counts as failed and is sent again.
+const OBJECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// An object write has no per-item refusals to keep.
+struct KeepNothing;
+
+#[async_trait::async_trait]
+impl FailureKeeper for KeepNothing {
+    async fn keep(&self, _failed: &[FailedItem]) {}
 }
 
 #[cfg(test)]

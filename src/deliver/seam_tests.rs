@@ -87,8 +87,7 @@ impl Scripted {
 }
 
 #[async_trait]
-impl Destination for Scripted {
-    type Piece = Vec<Record>;
+impl Sending for Scripted {
     type Batch = Vec<Record>;
     type Body = ();
 
@@ -98,24 +97,6 @@ impl Destination for Scripted {
 
     fn service(&self) -> Service {
         Service::HttpEndpoint
-    }
-
-    fn failed_output(&self) -> &'static str {
-        "fake-failed"
-    }
-
-    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<Vec<Record>> {
-        EncodedChunk {
-            piece: records
-                .iter()
-                .map(|r| (r.seq, r.arrival_ms, r.data.to_vec()))
-                .collect(),
-            refusals: Vec::new(),
-        }
-    }
-
-    fn assemble(&self, _id: BatchId, pieces: Vec<Vec<Record>>) -> Vec<Record> {
-        pieces.concat()
     }
 
     fn requests(&self, batch: &Vec<Record>) -> Vec<Request<()>> {
@@ -197,6 +178,29 @@ impl Destination for Scripted {
             raw: (seq % 2 == 1).then(|| Bytes::from(data.clone())),
             document: None,
         }
+    }
+}
+
+#[async_trait]
+impl Destination for Scripted {
+    type Piece = Vec<Record>;
+
+    fn failed_output(&self) -> &'static str {
+        "fake-failed"
+    }
+
+    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<Vec<Record>> {
+        EncodedChunk {
+            piece: records
+                .iter()
+                .map(|r| (r.seq, r.arrival_ms, r.data.to_vec()))
+                .collect(),
+            refusals: Vec::new(),
+        }
+    }
+
+    fn assemble(&self, _id: BatchId, pieces: Vec<Vec<Record>>) -> Vec<Record> {
+        pieces.concat()
     }
 
     fn backup_parts(&self, batch: &Vec<Record>) -> Vec<Bytes> {

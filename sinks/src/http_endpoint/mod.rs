@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::destination::{
-    BatchId, Destination, EncodedChunk, ItemRecord, Outcome, RecordRef, Request,
+    BatchId, Destination, EncodedChunk, ItemRecord, Outcome, RecordRef, Request, Sending,
 };
 use crate::error::{Service, SinkError};
 use service::EndpointService;
@@ -49,8 +49,7 @@ impl HttpEndpoint {
 }
 
 #[async_trait]
-impl Destination for HttpEndpoint {
-    type Piece = EntriesPiece;
+impl Sending for HttpEndpoint {
     type Batch = EndpointBatch;
     type Body = EndpointBody;
 
@@ -60,21 +59,6 @@ impl Destination for HttpEndpoint {
 
     fn service(&self) -> Service {
         Service::HttpEndpoint
-    }
-
-    fn failed_output(&self) -> &'static str {
-        HTTP_ENDPOINT_FAILED
-    }
-
-    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<EntriesPiece> {
-        EncodedChunk {
-            piece: request::encode(records),
-            refusals: Vec::new(),
-        }
-    }
-
-    fn assemble(&self, id: BatchId, pieces: Vec<EntriesPiece>) -> EndpointBatch {
-        EndpointBatch::assemble(id, pieces, self.shape)
     }
 
     fn requests(&self, batch: &EndpointBatch) -> Vec<Request<EndpointBody>> {
@@ -116,6 +100,26 @@ impl Destination for HttpEndpoint {
             raw: Some(Bytes::from(data)),
             document: None,
         }
+    }
+}
+
+#[async_trait]
+impl Destination for HttpEndpoint {
+    type Piece = EntriesPiece;
+
+    fn failed_output(&self) -> &'static str {
+        HTTP_ENDPOINT_FAILED
+    }
+
+    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<EntriesPiece> {
+        EncodedChunk {
+            piece: request::encode(records),
+            refusals: Vec::new(),
+        }
+    }
+
+    fn assemble(&self, id: BatchId, pieces: Vec<EntriesPiece>) -> EndpointBatch {
+        EndpointBatch::assemble(id, pieces, self.shape)
     }
 
     fn backup_parts(&self, batch: &EndpointBatch) -> Vec<Bytes> {

@@ -3,9 +3,11 @@
 
 mod config;
 mod store;
+mod write;
 
 pub use config::{S3Options, ServerSideEncryption};
 pub use store::ObjectStoreSink;
+pub use write::{ObjectBatch, ObjectWrite};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::{LoadCommit, LoadError, LoadOutcome, PostgresSink, RowError, RowSpan, copy_stream_of};
 use crate::destination::{
     BatchId, Destination, EncodedChunk, FailedItem, ItemError, ItemOutcome, ItemRecord, Outcome,
-    RecordRef, Refusal, Request,
+    RecordRef, Refusal, Request, Sending,
 };
 use crate::error::{Service, SinkError, SinkErrorKind};
 
@@ -67,8 +67,7 @@ pub struct TableBatch {
 }
 
 #[async_trait]
-impl Destination for PostgresTable {
-    type Piece = TablePiece;
+impl Sending for PostgresTable {
     type Batch = TableBatch;
     type Body = ();
 
@@ -78,75 +77,6 @@ impl Destination for PostgresTable {
 
     fn service(&self) -> Service {
         Service::Postgres
-    }
-
-    fn failed_output(&self) -> &'static str {
-        POSTGRES_FAILED
-    }
-
-    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<TablePiece> {
-        let encoded = self.sink.encode_rows(records.iter().map(|r| r.data));
-        let mut piece = TablePiece {
-            parts: encoded.parts,
-            rows: Vec::with_capacity(encoded.rows.len()),
-            arrivals: Vec::with_capacity(encoded.rows.len()),
-            invalid: Vec::new(),
-        };
-        for row in encoded.rows {
-            let record = &records[row.record as usize];
-            piece.arrivals.push(record.arrival_ms);
-            piece.rows.push(RowSpan {
-                record: record.seq,
-                ..row
-            });
-        }
-        let mut refusals = Vec::new();
-        for (index, error) in encoded.rejected {
-            match error {
-                RowError::NotJson(message) => refusals.push(Refusal {
-                    index,
-                    code: PARSE_ERROR,
-                    message,
-                }),
-                // Values a column cannot take have the table's own error output type.
-                RowError::InvalidValue(message) => piece.invalid.push(FailedItem {
-                    record: ItemRecord {
-                        seq: records[index].seq,
-                        arrival_ms: records[index].arrival_ms,
-                        raw: Some(Bytes::copy_from_slice(records[index].data)),
-                        document: None,
-                    },
-                    code: POSTGRES_INVALID_VALUE.into(),
-                    message,
-                    attempts: 1,
-                }),
-            }
-        }
-        EncodedChunk { piece, refusals }
-    }
-
-    fn assemble(&self, id: BatchId, pieces: Vec<TablePiece>) -> TableBatch {
-        let mut batch = TableBatch {
-            batch_id: format!(
-                "{}/{:016x}/{}-{}",
-                self.stream, id.run, id.first_seq, id.last_seq
-            ),
-            parts: Vec::new(),
-            rows: Vec::new(),
-            arrivals: Vec::new(),
-            invalid: Vec::new(),
-        };
-        for piece in pieces {
-            let offset = batch.parts.len();
-            batch.rows.extend(piece.rows.into_iter().map(|row| RowSpan {
-                part: row.part + offset,
-                ..row
-            }));
-            batch.parts.extend(piece.parts);
-            batch.arrivals.extend(piece.arrivals);
-            batch.invalid.extend(piece.invalid);
-        }
-        batch
     }
 
     fn requests(&self, batch: &TableBatch) -> Vec<Request<()>> {
@@ -245,6 +175,80 @@ impl Destination for PostgresTable {
 
     fn encoding_failures(&self, batch: &TableBatch) -> Vec<FailedItem> {
         batch.invalid.clone()
+    }
+}
+
+#[async_trait]
+impl Destination for PostgresTable {
+    type Piece = TablePiece;
+
+    fn failed_output(&self) -> &'static str {
+        POSTGRES_FAILED
+    }
+
+    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<TablePiece> {
+        let encoded = self.sink.encode_rows(records.iter().map(|r| r.data));
+        let mut piece = TablePiece {
+            parts: encoded.parts,
+            rows: Vec::with_capacity(encoded.rows.len()),
+            arrivals: Vec::with_capacity(encoded.rows.len()),
+            invalid: Vec::new(),
+        };
+        for row in encoded.rows {
+            let record = &records[row.record as usize];
+            piece.arrivals.push(record.arrival_ms);
+            piece.rows.push(RowSpan {
+                record: record.seq,
+                ..row
+            });
+        }
+        let mut refusals = Vec::new();
+        for (index, error) in encoded.rejected {
+            match error {
+                RowError::NotJson(message) => refusals.push(Refusal {
+                    index,
+                    code: PARSE_ERROR,
+                    message,
+                }),
+                // Values a column cannot take have the table's own error output type.
+                RowError::InvalidValue(message) => piece.invalid.push(FailedItem {
+                    record: ItemRecord {
+                        seq: records[index].seq,
+                        arrival_ms: records[index].arrival_ms,
+                        raw: Some(Bytes::copy_from_slice(records[index].data)),
+                        document: None,
+                    },
+                    code: POSTGRES_INVALID_VALUE.into(),
+                    message,
+                    attempts: 1,
+                }),
+            }
+        }
+        EncodedChunk { piece, refusals }
+    }
+
+    fn assemble(&self, id: BatchId, pieces: Vec<TablePiece>) -> TableBatch {
+        let mut batch = TableBatch {
+            batch_id: format!(
+                "{}/{:016x}/{}-{}",
+                self.stream, id.run, id.first_seq, id.last_seq
+            ),
+            parts: Vec::new(),
+            rows: Vec::new(),
+            arrivals: Vec::new(),
+            invalid: Vec::new(),
+        };
+        for piece in pieces {
+            let offset = batch.parts.len();
+            batch.rows.extend(piece.rows.into_iter().map(|row| RowSpan {
+                part: row.part + offset,
+                ..row
+            }));
+            batch.parts.extend(piece.parts);
+            batch.arrivals.extend(piece.arrivals);
+            batch.invalid.extend(piece.invalid);
+        }
+        batch
     }
 
     fn backup_parts(&self, _batch: &TableBatch) -> Vec<Bytes> {

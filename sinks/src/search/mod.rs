@@ -26,7 +26,7 @@ use bytes::Bytes;
 
 use crate::destination::{
     BatchId, Destination, DocumentTarget, EncodedChunk, FailedItem, ItemError, ItemOutcome,
-    ItemRecord, Outcome, RecordRef, Request,
+    ItemRecord, Outcome, RecordRef, Request, Sending,
 };
 use crate::error::{Service, SinkError};
 
@@ -57,8 +57,7 @@ impl SearchCluster {
 }
 
 #[async_trait]
-impl Destination for SearchCluster {
-    type Piece = SearchPiece;
+impl Sending for SearchCluster {
     type Batch = SearchBatch;
     type Body = Vec<Bytes>;
 
@@ -68,52 +67,6 @@ impl Destination for SearchCluster {
 
     fn service(&self) -> Service {
         Service::Search
-    }
-
-    fn failed_output(&self) -> &'static str {
-        SEARCH_FAILED
-    }
-
-    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<SearchPiece> {
-        let encoded = self.encoder.encode_chunk(records);
-        let refused = encoded
-            .rejected
-            .into_iter()
-            .map(|(index, rejection)| {
-                let record = &records[index];
-                RefusedRecord {
-                    seq: record.seq,
-                    arrival_ms: record.arrival_ms,
-                    raw: Bytes::copy_from_slice(record.data),
-                    code: rejection.code,
-                    message: rejection.message,
-                    target: DocumentTarget {
-                        index: self.encoder.index_name(record.arrival_ms),
-                        id: self
-                            .encoder
-                            .document_id(record.seq, record.data)
-                            .unwrap_or_default(),
-                    },
-                }
-            })
-            .collect();
-        let codec = self.encoder.codec();
-        let compressed = (!codec.is_identity()).then(|| self.encoder.compress(&encoded.body));
-        EncodedChunk {
-            piece: SearchPiece {
-                chunk: BulkChunk {
-                    body: Bytes::from(encoded.body),
-                    compressed,
-                    docs: encoded.docs,
-                },
-                refused,
-            },
-            refusals: Vec::new(),
-        }
-    }
-
-    fn assemble(&self, _id: BatchId, pieces: Vec<SearchPiece>) -> SearchBatch {
-        SearchBatch::assemble(pieces)
     }
 
     fn requests(&self, batch: &SearchBatch) -> Vec<Request<Vec<Bytes>>> {
@@ -173,6 +126,57 @@ impl Destination for SearchCluster {
                 attempts: 0,
             })
             .collect()
+    }
+}
+
+#[async_trait]
+impl Destination for SearchCluster {
+    type Piece = SearchPiece;
+
+    fn failed_output(&self) -> &'static str {
+        SEARCH_FAILED
+    }
+
+    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<SearchPiece> {
+        let encoded = self.encoder.encode_chunk(records);
+        let refused = encoded
+            .rejected
+            .into_iter()
+            .map(|(index, rejection)| {
+                let record = &records[index];
+                RefusedRecord {
+                    seq: record.seq,
+                    arrival_ms: record.arrival_ms,
+                    raw: Bytes::copy_from_slice(record.data),
+                    code: rejection.code,
+                    message: rejection.message,
+                    target: DocumentTarget {
+                        index: self.encoder.index_name(record.arrival_ms),
+                        id: self
+                            .encoder
+                            .document_id(record.seq, record.data)
+                            .unwrap_or_default(),
+                    },
+                }
+            })
+            .collect();
+        let codec = self.encoder.codec();
+        let compressed = (!codec.is_identity()).then(|| self.encoder.compress(&encoded.body));
+        EncodedChunk {
+            piece: SearchPiece {
+                chunk: BulkChunk {
+                    body: Bytes::from(encoded.body),
+                    compressed,
+                    docs: encoded.docs,
+                },
+                refused,
+            },
+            refusals: Vec::new(),
+        }
+    }
+
+    fn assemble(&self, _id: BatchId, pieces: Vec<SearchPiece>) -> SearchBatch {
+        SearchBatch::assemble(pieces)
     }
 
     fn backup_parts(&self, batch: &SearchBatch) -> Vec<Bytes> {
