@@ -15,3 +15,24 @@ pub(crate) fn describe_transport_error(error: &reqwest::Error) -> String {
     }
     text
 }
+
+/// An HTTP client trusting the roots in the PEM file `ca_file` (the system's without one),
+/// with `timeout` per request; `Err` says why it cannot be built.
+pub(crate) fn client(
+    ca_file: Option<&std::path::Path>,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, String> {
+    let roots = crate::roots::trusted_roots(ca_file, "ca_file")?;
+    let tls = rustls::ClientConfig::builder_with_provider(crate::roots::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(timeout)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}

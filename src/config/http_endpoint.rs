@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::search::SearchBackup;
-use super::validate::{at, is_http_url};
+use super::validate::{at, is_http_url, within};
 use super::{ConfigProblem, Destination, Secret};
 use hydrant_sinks::http_endpoint::{EndpointSettings, HttpEndpoint};
 use hydrant_sinks::prelude::SinkError;
@@ -119,46 +119,28 @@ pub(super) fn validate(
             ),
         ));
     }
-    for (field, value, range) in [
-        ("max_request_mib", &endpoint.max_request_mib, 1..=64),
-        ("concurrency", &endpoint.concurrency, 1..=32),
-    ] {
-        if !range.contains(&value.value) {
-            problems.push(at(
-                value,
-                format!(
-                    "stream `{name}`: `{field}` must be between {} and {}, got {}",
-                    range.start(),
-                    range.end(),
-                    value.value
-                ),
-            ));
-        }
-    }
-    for (field, value, range) in [
-        (
-            "request_timeout_seconds",
-            &endpoint.request_timeout_seconds,
-            1..=180,
-        ),
-        (
-            "retry_duration_seconds",
-            &endpoint.retry_duration_seconds,
-            0..=7200,
-        ),
-    ] {
-        if !range.contains(&value.value) {
-            problems.push(at(
-                value,
-                format!(
-                    "stream `{name}`: `{field}` must be between {} and {}, got {}",
-                    range.start(),
-                    range.end(),
-                    value.value
-                ),
-            ));
-        }
-    }
+    within(
+        name,
+        "max_request_mib",
+        &endpoint.max_request_mib,
+        1..=64,
+        problems,
+    );
+    within(name, "concurrency", &endpoint.concurrency, 1..=32, problems);
+    within(
+        name,
+        "request_timeout_seconds",
+        &endpoint.request_timeout_seconds,
+        1..=180,
+        problems,
+    );
+    within(
+        name,
+        "retry_duration_seconds",
+        &endpoint.retry_duration_seconds,
+        0..=7200,
+        problems,
+    );
     if stream.buffer.size_mib.value > 64 {
         problems.push(at(
             &stream.buffer.size_mib,

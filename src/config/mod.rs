@@ -411,6 +411,18 @@ pub struct SeamDestination {
     pub attempt_timeout: std::time::Duration,
 }
 
+impl<'a> ObjectLayout<'a> {
+    /// This layout with another destination's retry settings.
+    fn retrying(self, retry_duration: &'a Spanned<u64>, initial_ms: u64, max_s: u64) -> Self {
+        ObjectLayout {
+            retry_duration,
+            initial_backoff: std::time::Duration::from_millis(initial_ms.max(1)),
+            max_backoff: std::time::Duration::from_secs(max_s.max(1)),
+            ..self
+        }
+    }
+}
+
 impl Destination {
     /// The destination behind the seam this configuration describes (`None` for the
     /// destinations not yet moved behind it); relative paths are taken from `base_dir`;
@@ -544,38 +556,28 @@ impl Destination {
                 d.initial_backoff_ms,
                 d.max_backoff_seconds,
             ),
+            // Objects (error output, backups) follow the object destination's layout;
+            // retries follow the destination's own settings.
             Destination::Postgres(d) => {
-                // Objects (error output only) follow the error output destination's
-                // layout; retries follow the table's settings.
-                let objects = d.error_output.layout();
-                return ObjectLayout {
-                    retry_duration: &d.retry_duration_seconds,
-                    initial_backoff: std::time::Duration::from_millis(d.initial_backoff_ms.max(1)),
-                    max_backoff: std::time::Duration::from_secs(d.max_backoff_seconds.max(1)),
-                    ..objects
-                };
+                return d.error_output.layout().retrying(
+                    &d.retry_duration_seconds,
+                    d.initial_backoff_ms,
+                    d.max_backoff_seconds,
+                );
             }
             Destination::Opensearch(d) => {
-                // Objects (backups and failed documents) follow the backup destination's
-                // layout; retries follow the cluster's settings.
-                let objects = d.backup.destination.layout();
-                return ObjectLayout {
-                    retry_duration: &d.retry_duration_seconds,
-                    initial_backoff: std::time::Duration::from_millis(d.initial_backoff_ms.max(1)),
-                    max_backoff: std::time::Duration::from_secs(d.max_backoff_seconds.max(1)),
-                    ..objects
-                };
+                return d.backup.destination.layout().retrying(
+                    &d.retry_duration_seconds,
+                    d.initial_backoff_ms,
+                    d.max_backoff_seconds,
+                );
             }
             Destination::HttpEndpoint(d) => {
-                // Objects (backups and failed records) follow the backup destination's
-                // layout; retries follow the endpoint's settings.
-                let objects = d.backup.destination.layout();
-                return ObjectLayout {
-                    retry_duration: &d.retry_duration_seconds,
-                    initial_backoff: std::time::Duration::from_millis(d.initial_backoff_ms.max(1)),
-                    max_backoff: std::time::Duration::from_secs(d.max_backoff_seconds.max(1)),
-                    ..objects
-                };
+                return d.backup.destination.layout().retrying(
+                    &d.retry_duration_seconds,
+                    d.initial_backoff_ms,
+                    d.max_backoff_seconds,
+                );
             }
         };
         ObjectLayout {

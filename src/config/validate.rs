@@ -341,6 +341,27 @@ pub(super) fn is_http_url(url: &str) -> bool {
         && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty())
 }
 
+/// A problem, located at `value`, when stream `name`'s `field` is outside `range`.
+pub(super) fn within<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    field: &str,
+    value: &Spanned<T>,
+    range: std::ops::RangeInclusive<T>,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    if !range.contains(&value.value) {
+        problems.push(at(
+            value,
+            format!(
+                "stream `{name}`: `{field}` must be between {} and {}, got {}",
+                range.start(),
+                range.end(),
+                value.value
+            ),
+        ));
+    }
+}
+
 pub(super) fn at<T>(spanned: &Spanned<T>, message: impl Into<String>) -> ConfigProblem {
     ConfigProblem::at(spanned.referenced, message)
 }

@@ -64,20 +64,8 @@ impl EndpointService {
                 reason,
             )
         };
-        let roots =
-            crate::roots::trusted_roots(settings.ca_file.as_deref(), "ca_file").map_err(&fail)?;
-        let tls = rustls::ClientConfig::builder_with_provider(crate::roots::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| fail(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(settings.request_timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| fail(format!("cannot build the HTTP client: {e}")))?;
+        let client = crate::http::client(settings.ca_file.as_deref(), settings.request_timeout)
+            .map_err(&fail)?;
         let mut headers = HeaderMap::new();
         headers.insert(PROTOCOL_VERSION, HeaderValue::from_static("1.0"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
