@@ -40,17 +40,41 @@ impl<T> CpuJob<T> {
 pub fn spawn<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> CpuJob<T> {
     let (sender, receiver) = oneshot::channel();
     rayon::spawn(move || {
-        let result = catch_unwind(AssertUnwindSafe(job)).map_err(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".to_string());
-            JobFailure::Panicked(message)
-        });
-        let _ = sender.send(result);
+        let _ = sender.send(run_caught(job));
     });
     CpuJob { receiver }
+}
+
+/// Runs `job` on a blocking thread of its own rather than in the CPU pool's queue: for the
+/// short step that finishes a sealed batch (a destination assembling its requests), which
+/// must not wait behind the chunks of the batches filling after it. Catches a panic;
+/// `faults` as [`spawn_encoding`].
+pub fn spawn_finishing<T: Send + 'static>(
+    faults: Option<Arc<EncodeFaults>>,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> CpuJob<T> {
+    let (sender, receiver) = oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let _ = sender.send(run_caught(move || {
+            if let Some(faults) = faults {
+                faults.before_job();
+            }
+            job()
+        }));
+    });
+    CpuJob { receiver }
+}
+
+/// `job`'s result, or its panic's message.
+fn run_caught<T>(job: impl FnOnce() -> T) -> Result<T, JobFailure> {
+    catch_unwind(AssertUnwindSafe(job)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_string());
+        JobFailure::Panicked(message)
+    })
 }
 
 /// Runs encoding `job` on the CPU pool, first panicking as `faults` (tests only) ask.
@@ -105,6 +129,41 @@ mod tests {
         let failed = spawn(|| -> u32 { panic!("boom {}", 7) }).result().await;
         assert_eq!(failed, Err(JobFailure::Panicked("boom 7".into())));
         assert_eq!(spawn(|| 6 * 7).result().await, Ok(42));
+    }
+
+    #[tokio::test]
+    async fn a_finishing_job_runs_apart_from_the_pool_and_reports_panics_and_faults() {
+        // The pool's threads are all busy: a finishing job still runs.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Arc::new(std::sync::Mutex::new(held));
+        let blockers: Vec<_> = (0..rayon::current_num_threads())
+            .map(|_| {
+                let held = Arc::clone(&held);
+                spawn(move || {
+                    let _ = held.lock().unwrap().recv();
+                })
+            })
+            .collect();
+        assert_eq!(spawn_finishing(None, || 6 * 7).result().await, Ok(42));
+        let failed = spawn_finishing(None, || -> u32 { panic!("bust") })
+            .result()
+            .await;
+        assert_eq!(failed, Err(JobFailure::Panicked("bust".into())));
+        let faults = Arc::new(EncodeFaults::default());
+        faults.fail_next(1);
+        let injected = spawn_finishing(Some(Arc::clone(&faults)), || 1)
+            .result()
+            .await;
+        assert_eq!(
+            injected,
+            Err(JobFailure::Panicked("injected encoding fault".into()))
+        );
+        for _ in &blockers {
+            release.send(()).unwrap();
+        }
+        for blocker in blockers {
+            blocker.result().await.unwrap();
+        }
     }
 
     #[test]

@@ -433,7 +433,7 @@ impl SealedBatch {
                     first_seq: self.range.first,
                     last_seq: self.range.last,
                 };
-                let assembled = cpu_pool::spawn_encoding(self.faults, move || {
+                let assembled = cpu_pool::spawn_finishing(self.faults, move || {
                     Assembled(destination.assemble_any(id, pieces))
                 })
                 .result()
