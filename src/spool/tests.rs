@@ -528,9 +528,22 @@ mod hostile {
                 };
                 let mut reader = spool.reader(0);
                 let end = *spool.written.borrow();
+                // A damaged spool must never keep a reader busy: bounded, a hang fails (and
+                // proptest keeps the input) instead of stalling the suite.
+                let started = std::time::Instant::now();
                 while reader.next_seq() < end {
-                    match reader.read(1 << 20).await {
-                        Ok(Some(chunk)) => prop_assert!(!chunk.is_empty()),
+                    prop_assert!(
+                        started.elapsed() < std::time::Duration::from_secs(10),
+                        "the reader made no progress past seq {} of {}", reader.next_seq(), end
+                    );
+                    let before = reader.next_seq();
+                    let read = tokio::time::timeout(std::time::Duration::from_secs(10), reader.read(1 << 20)).await;
+                    prop_assert!(read.is_ok(), "a read of the damaged spool did not end within 10 s");
+                    match read.expect("checked above") {
+                        Ok(Some(chunk)) => {
+                            prop_assert!(!chunk.is_empty());
+                            prop_assert!(reader.next_seq() > before, "a chunk that does not advance the reader");
+                        }
                         Ok(None) => break,
                         Err(error) => {
                             prop_assert!(
