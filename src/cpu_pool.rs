@@ -55,12 +55,7 @@ pub fn spawn_finishing<T: Send + 'static>(
 ) -> CpuJob<T> {
     let (sender, receiver) = oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        let _ = sender.send(run_caught(move || {
-            if let Some(faults) = faults {
-                faults.before_job();
-            }
-            job()
-        }));
+        let _ = sender.send(run_caught(with_faults(faults, job)));
     });
     CpuJob { receiver }
 }
@@ -82,12 +77,20 @@ pub fn spawn_encoding<T: Send + 'static>(
     faults: Option<Arc<EncodeFaults>>,
     job: impl FnOnce() -> T + Send + 'static,
 ) -> CpuJob<T> {
-    spawn(move || {
+    spawn(with_faults(faults, job))
+}
+
+/// `job`, first panicking as `faults` (tests only) ask.
+fn with_faults<T>(
+    faults: Option<Arc<EncodeFaults>>,
+    job: impl FnOnce() -> T,
+) -> impl FnOnce() -> T {
+    move || {
         if let Some(faults) = faults {
             faults.before_job();
         }
         job()
-    })
+    }
 }
 
 /// Makes encoding jobs panic on demand, so tests can prove that a batch whose body cannot be

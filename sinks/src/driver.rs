@@ -118,15 +118,7 @@ pub async fn drive<D: Sending>(
                 Outcome::Refused(error) => {
                     failed_attempts.fetch_add(1, Ordering::Relaxed);
                     let reason = item_error(&error);
-                    for item in request.items {
-                        report.failed.push(failed(
-                            destination,
-                            batch,
-                            item,
-                            &reason,
-                            report.attempts,
-                        ));
-                    }
+                    report_failed(&mut report, destination, batch, request.items, &reason);
                 }
                 Outcome::Items(outcomes) => {
                     let mut any_delivered = false;
@@ -147,13 +139,9 @@ pub async fn drive<D: Sending>(
                                     message: "held back by another item's refusal".into(),
                                 },
                             )),
-                            ItemOutcome::Refused(reason) => report.failed.push(failed(
-                                destination,
-                                batch,
-                                item,
-                                &reason,
-                                report.attempts,
-                            )),
+                            ItemOutcome::Refused(reason) => {
+                                report_failed(&mut report, destination, batch, [item], &reason)
+                            }
                         }
                     }
                     if any_delivered {
@@ -174,18 +162,11 @@ pub async fn drive<D: Sending>(
                 attempts = report.attempts,
                 "retry duration exhausted; sending what is still refused to the error output"
             );
-            let attempts = report.attempts;
             for Resend { request, error } in resend {
-                for item in request.items {
-                    report
-                        .failed
-                        .push(failed(destination, batch, item, &error, attempts));
-                }
+                report_failed(&mut report, destination, batch, request.items, &error);
             }
             for (item, error) in regroup {
-                report
-                    .failed
-                    .push(failed(destination, batch, item, &error, attempts));
+                report_failed(&mut report, destination, batch, [item], &error);
             }
             return report;
         }
@@ -222,15 +203,8 @@ pub async fn drive<D: Sending>(
                         code: "Hydrant.RegroupFailed".into(),
                         message: format!("building the retry requests failed: {panicked}"),
                     };
-                    for (item, _) in regroup {
-                        report.failed.push(failed(
-                            destination,
-                            batch,
-                            item,
-                            &reason,
-                            report.attempts,
-                        ));
-                    }
+                    let items = regroup.into_iter().map(|(item, _)| item);
+                    report_failed(&mut report, destination, batch, items, &reason);
                 }
             }
         }
@@ -245,19 +219,23 @@ fn item_error(error: &SinkError) -> ItemError {
     }
 }
 
-fn failed<D: Sending>(
+/// Adds `items` to the report's failures, refused for `reason` after the attempts so far.
+fn report_failed<D: Sending>(
+    report: &mut DeliveryReport,
     destination: &Arc<D>,
     batch: &Arc<D::Batch>,
-    item: u32,
+    items: impl IntoIterator<Item = u32>,
     reason: &ItemError,
-    attempts: u32,
-) -> FailedItem {
-    FailedItem {
-        record: destination.item_record(batch, item),
-        code: reason.code.clone(),
-        message: reason.message.clone(),
-        attempts,
-    }
+) {
+    let attempts = report.attempts;
+    report
+        .failed
+        .extend(items.into_iter().map(|item| FailedItem {
+            record: destination.item_record(batch, item),
+            code: reason.code.clone(),
+            message: reason.message.clone(),
+            attempts,
+        }));
 }
 
 fn log_failed_request(stream: &str, error: &SinkError, items: usize, attempt: u32) {

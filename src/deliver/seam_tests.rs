@@ -10,13 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 use hydrant_sinks::prelude::*;
 use object_store::ObjectStoreExt as _;
 
-use super::tests::{append, open_spool, until};
+use super::tests::{append, error_fields, open_spool, until};
 use super::*;
 use crate::buffer::{BufferSettings, IngestCapacity};
 use crate::config::{Compression, SeamDestination};
@@ -318,19 +317,12 @@ async fn error_records(sink: &ObjectStoreSink) -> Vec<(u64, String, String, u64)
             .bytes()
             .await
             .unwrap();
-        for line in std::str::from_utf8(&bytes).unwrap().lines() {
-            let error: serde_json::Value = serde_json::from_str(line).unwrap();
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(error["rawData"].as_str().unwrap())
-                .unwrap();
-            let record: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-            out.push((
-                record["id"].as_u64().unwrap(),
-                error["errorCode"].as_str().unwrap().to_string(),
-                error["errorMessage"].as_str().unwrap().to_string(),
-                error["attemptsMade"].as_u64().unwrap(),
-            ));
-        }
+        out.extend(
+            std::str::from_utf8(&bytes)
+                .unwrap()
+                .lines()
+                .map(error_fields),
+        );
     }
     out
 }

@@ -105,19 +105,26 @@ fn error_ids(dir: &Path) -> Vec<(u64, String, String)> {
     let mut out = Vec::new();
     for file in files_under(dir) {
         for line in std::fs::read_to_string(file).unwrap().lines() {
-            let error: serde_json::Value = serde_json::from_str(line).unwrap();
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(error["rawData"].as_str().unwrap())
-                .unwrap();
-            let record: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-            out.push((
-                record["id"].as_u64().unwrap(),
-                error["errorCode"].as_str().unwrap().to_string(),
-                error["errorMessage"].as_str().unwrap().to_string(),
-            ));
+            let (id, code, message, _) = error_fields(line);
+            out.push((id, code, message));
         }
     }
     out
+}
+
+/// An error record line's record `id`, code, message and attempts made.
+pub(super) fn error_fields(line: &str) -> (u64, String, String, u64) {
+    let error: serde_json::Value = serde_json::from_str(line).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(error["rawData"].as_str().unwrap())
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    (
+        record["id"].as_u64().unwrap(),
+        error["errorCode"].as_str().unwrap().to_string(),
+        error["errorMessage"].as_str().unwrap().to_string(),
+        error["attemptsMade"].as_u64().unwrap(),
+    )
 }
 
 pub(super) async fn append(spool: &Arc<StreamSpool>, ids: std::ops::Range<u64>) {
