@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use hydrant::encode::ChunkRecord;
 use hydrant::transform::{ProcessorSettings, WasmProcessor};
+use hydrant_sinks::prelude::ChunkRecord;
 
 fn chunk(records: usize, size: usize) -> (Vec<u8>, Vec<ChunkRecord>) {
     let mut data = Vec::with_capacity(records * size);

@@ -1,8 +1,9 @@
 //! Hydrant: a self-hosted, Firehose-compatible delivery pipeline.
 //!
 //! The modules follow a record's path: [`ingest`] (the API) → [`buffer`] (per-stream batches)
-//! → [`transform`] (WebAssembly processors) → [`encode`] (record layout) → [`compress`] → [`deliver`] (object keys, retries) into a
-//! destination from the `hydrant-sinks` crate. [`spool`] makes puts durable, [`metrics`]
+//! → [`transform`] (WebAssembly processors) → the stream's destination from the
+//! `hydrant-sinks` crate, which encodes each chunk (objects: framing or Parquet, then
+//! compression) → [`deliver`] (one retry driver, error output) into that destination. [`spool`] makes puts durable, [`metrics`]
 //! counts what happens, [`cpu_pool`] runs the CPU-heavy stages. [`config`] is the YAML file, [`pipeline`]
 //! wires one stream together, [`server`] runs it all ([`tls`] on its listener), [`bench`] is the load generator.
 
@@ -14,7 +15,6 @@ pub mod compress;
 pub mod config;
 pub mod cpu_pool;
 pub mod deliver;
-pub mod encode;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;

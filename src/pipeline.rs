@@ -12,14 +12,12 @@ use tokio::task::JoinHandle;
 
 use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
 use crate::config::ProcessorConfig;
-use crate::config::{Config, Format, FsyncConfig, SeamDestination, StreamConfig};
-use crate::deliver::object_key::{KeyTemplate, ObjectKeyBuilder};
+use crate::config::{Config, FsyncConfig, SeamDestination, StreamConfig};
 use crate::deliver::{DeliveryCounters, DeliveryLoop};
-use crate::encode::parquet::ParquetEncoder;
-use crate::encode::{Encoding, RecordFramer};
 use crate::metrics::StreamMetrics;
 use crate::spool::{FsyncPolicy, SpoolError, SpoolSettings, StreamSpool};
 use crate::transform::{LoadError, ProcessorChain, ProcessorSettings};
+use hydrant_sinks::object::{KeyTemplate, ObjectKeyBuilder};
 
 const MIB: usize = 1024 * 1024;
 
@@ -336,16 +334,19 @@ impl Pipeline {
             let run = spool
                 .as_ref()
                 .map_or_else(|| fastrand::u64(..), |s| s.incarnation());
-            let seam = stream_config
-                .destination
-                .seam(base_dir, &name, run)
-                .await
-                .transpose()
-                .map_err(|error| PipelineError::Destination {
+            let seam = match stream_config.destination.seam(base_dir, &name, run).await {
+                Some(seam) => seam.map_err(|error| PipelineError::Destination {
                     stream: name.clone(),
                     error,
-                })?;
-            if let Some(seam) = &seam {
+                })?,
+                None => stream_config
+                    .object_seam(&name, Arc::clone(&sink), spool.is_some())
+                    .map_err(|reason| PipelineError::Parquet {
+                        stream: name.clone(),
+                        reason,
+                    })?,
+            };
+            if seam.destination.checks_before_use() {
                 tasks.push(tokio::spawn(announce_destination(
                     name.clone(),
                     Arc::clone(&seam.destination),
@@ -357,16 +358,9 @@ impl Pipeline {
                     error,
                 }
             })?;
-            let encoding = build_encoding(stream_config, seam.as_ref()).map_err(|reason| {
-                PipelineError::Parquet {
-                    stream: name.clone(),
-                    reason,
-                }
-            })?;
             let (stream, delivery) = build_stream(
                 &name,
                 stream_config,
-                encoding,
                 sink,
                 Delivered {
                     seam,
@@ -542,29 +536,9 @@ async fn announce_destination(stream: String, destination: Arc<dyn AnyDestinatio
     }
 }
 
-/// How a stream's records become object bodies (or, for a table, rows).
-fn build_encoding(
-    config: &StreamConfig,
-    seam: Option<&SeamDestination>,
-) -> Result<Encoding, String> {
-    if let Some(seam) = seam {
-        return Ok(Encoding::Destination(Arc::clone(&seam.destination)));
-    }
-    match (config.format.value, &config.parquet) {
-        (Format::Parquet, Some(parquet)) => {
-            Ok(Encoding::Parquet(Arc::new(ParquetEncoder::new(parquet)?)))
-        }
-        (Format::Parquet, None) => Err("`format: parquet` needs a `parquet:` section".into()),
-        (format, _) => Ok(Encoding::Framed(RecordFramer::new(
-            format,
-            config.record_delimiter,
-        ))),
-    }
-}
-
-/// Where a stream's batches end up besides its object sink, and its record id prefix.
+/// Where a stream's batches go, and its record id prefix.
 struct Delivered {
-    seam: Option<SeamDestination>,
+    seam: SeamDestination,
     run: u64,
     processors: Option<Arc<ProcessorChain>>,
 }
@@ -603,16 +577,12 @@ fn load_processors(
 fn build_stream(
     name: &str,
     config: &StreamConfig,
-    encoding: Encoding,
     sink: Arc<dyn ObjectSink>,
     delivered: Delivered,
     capacity: Arc<IngestCapacity>,
     spool: Option<Arc<StreamSpool>>,
 ) -> (DeliveryStream, DeliveryLoop) {
-    let codec = crate::compress::codec_of(
-        config.compression.value,
-        config.compression_level.as_ref().map(|l| l.value),
-    );
+    let codec = config.codec();
     // A transform's batch is a chunk: as large as the smallest processor buffer.
     let chunk_limit = config
         .processors
@@ -622,8 +592,7 @@ fn build_stream(
     let settings = BufferSettings {
         size_limit: config.buffer.size_mib.value as usize * MIB,
         interval: Duration::from_secs(config.buffer.interval_seconds.value.into()),
-        encoding: encoding.clone(),
-        codec,
+        destination: Arc::clone(&delivered.seam.destination),
         processors: delivered.processors.clone(),
         chunk_limit,
         faults: None,
@@ -643,15 +612,9 @@ fn build_stream(
         stream: name.to_string(),
         buffer: Arc::clone(&buffer),
         sink,
-        keys: ObjectKeyBuilder::new(
-            name,
-            template,
-            encoding.extension().unwrap_or(codec.extension()),
-        ),
+        keys: ObjectKeyBuilder::new(name, template, codec.extension()),
         error_keys: ObjectKeyBuilder::new(name, error_template, ""),
         retry_duration: Duration::from_secs(layout.retry_duration.value),
-        content_type: encoding.content_type(),
-        content_encoding: codec.content_encoding(),
         initial_backoff: layout.initial_backoff,
         max_backoff: layout.max_backoff,
         counters: Arc::clone(&counters),

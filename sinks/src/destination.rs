@@ -17,6 +17,73 @@ use futures_util::future::BoxFuture;
 
 use crate::driver::{RetryPolicy, drive};
 use crate::error::{Service, SinkError};
+use crate::object::RecordFramer;
+
+/// One record of a chunk: the chunk's bytes hold its records one after another.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkRecord {
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it arrived (Unix ms).
+    pub arrival_ms: i64,
+    /// Where it ends in the chunk's bytes (it starts where the previous one ends).
+    pub end: usize,
+}
+
+impl ChunkRecord {
+    /// The bytes of record `index` of a chunk: `data` split at each record's end.
+    pub fn bytes<'a>(data: &'a [u8], records: &[ChunkRecord], index: usize) -> &'a [u8] {
+        let start = index
+            .checked_sub(1)
+            .map_or(0, |previous| records[previous].end);
+        &data[start..records[index].end]
+    }
+}
+
+/// The bytes of each record of a chunk, in order.
+pub fn chunk_records<'a>(
+    data: &'a [u8],
+    records: &'a [ChunkRecord],
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    (0..records.len()).map(move |index| ChunkRecord::bytes(data, records, index))
+}
+
+/// A chunk of records as the engine holds it while a batch fills: their bytes one after
+/// another, and where each ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    /// The records' bytes.
+    pub data: &'a [u8],
+    /// Where each record ends, in order.
+    pub records: &'a [ChunkRecord],
+}
+
+impl<'a> Chunk<'a> {
+    /// Records in the chunk.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether the chunk holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Record `index`.
+    pub fn record(&self, index: usize) -> RecordRef<'a> {
+        let record = self.records[index];
+        RecordRef {
+            seq: record.seq,
+            arrival_ms: record.arrival_ms,
+            data: ChunkRecord::bytes(self.data, self.records, index),
+        }
+    }
+
+    /// Every record, in order, one by one.
+    pub fn refs(&self) -> Vec<RecordRef<'a>> {
+        (0..self.len()).map(|index| self.record(index)).collect()
+    }
+}
 
 /// One record handed to a destination's encoder.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +122,8 @@ pub struct EncodedChunk<P> {
 pub struct BatchId {
     /// The stream's log incarnation (the first half of its record ids).
     pub run: u64,
+    /// When its oldest record arrived (Unix ms): what names objects by time.
+    pub oldest_ms: i64,
     /// Sequence number of its first record.
     pub first_seq: u64,
     /// Sequence number of its last record.
@@ -130,6 +199,22 @@ pub struct ItemRecord {
     pub raw: Option<Bytes>,
     /// For search documents: where it was going.
     pub document: Option<DocumentTarget>,
+    /// Whether the item is the whole batch (one object): its error records are then every
+    /// record of the batch, read back from the stream's log.
+    pub whole_batch: bool,
+}
+
+impl ItemRecord {
+    /// An item that is one record, as delivered.
+    pub fn record(seq: u64, arrival_ms: i64, raw: Option<Bytes>) -> Self {
+        Self {
+            seq,
+            arrival_ms,
+            raw,
+            document: None,
+            whole_batch: false,
+        }
+    }
 }
 
 /// An item that did not land: its record and why.
@@ -148,7 +233,7 @@ pub struct FailedItem {
 /// What delivering one batch came to.
 #[derive(Debug, Default)]
 pub struct DeliveryReport {
-    /// Items that landed.
+    /// Records that landed.
     pub delivered: u64,
     /// Body bytes of the requests that landed.
     pub bytes: u64,
@@ -192,6 +277,12 @@ pub trait Sending: Send + Sync + 'static {
     /// Item `item` as its error record shows it.
     fn item_record(&self, batch: &Self::Batch, item: u32) -> ItemRecord;
 
+    /// Records item `item` carries (counted once it lands): one, except where one item is
+    /// a whole batch.
+    fn item_records(&self, _batch: &Self::Batch, _item: u32) -> u64 {
+        1
+    }
+
     /// Records of the batch that never became items (refused while encoding, with a
     /// destination-specific record); they go to the error output with the batch's failures.
     fn encoding_failures(&self, _batch: &Self::Batch) -> Vec<FailedItem> {
@@ -210,18 +301,60 @@ pub trait Destination: Sending {
     fn failed_output(&self) -> &'static str;
 
     /// Encodes a chunk of records. Runs on the CPU pool.
-    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<Self::Piece>;
+    fn encode(&self, chunk: Chunk<'_>) -> EncodedChunk<Self::Piece>;
 
-    /// Puts a batch's pieces together. Runs on the CPU pool.
-    fn assemble(&self, id: BatchId, pieces: Vec<Self::Piece>) -> Self::Batch;
+    /// How records are appended to a chunk as they arrive, for a destination that takes
+    /// them as one byte stream (records framed into an object): the engine then keeps no
+    /// record boundaries and hands each full chunk to
+    /// [`encode_framed`](Destination::encode_framed). `None` (the default): chunks go to
+    /// [`encode`](Destination::encode).
+    fn framer(&self) -> Option<&RecordFramer> {
+        None
+    }
+
+    /// Encodes a chunk of `records` records framed by [`framer`](Destination::framer).
+    /// Runs on the CPU pool. Only called when `framer` is `Some`.
+    fn encode_framed(&self, framed: Vec<u8>, records: u64) -> Self::Piece {
+        let _ = (framed, records);
+        unreachable!("only a destination with a framer is handed framed chunks")
+    }
+
+    /// Bytes `record` adds to a batch's size (what `buffer.size_mib` counts).
+    fn buffered_len(&self, record: &[u8]) -> usize {
+        match self.framer() {
+            Some(framer) => framer.framed_len(record),
+            None => record.len() + 1,
+        }
+    }
+
+    /// Puts a batch's pieces together, or says why it cannot (the engine then builds the
+    /// batch again from its records). Runs on the CPU pool.
+    fn assemble(&self, id: BatchId, pieces: Vec<Self::Piece>)
+    -> Result<Self::Batch, AssembleError>;
 
     /// Every record of the batch, as delivered, one per line: the body of a backup object
     /// (`backup.mode: all`).
     fn backup_parts(&self, batch: &Self::Batch) -> Vec<Bytes>;
 
+    /// What a delivered batch's log line names besides the destination (an object's key).
+    fn target(&self, _batch: &Self::Batch) -> Option<String> {
+        None
+    }
+
+    /// Whether [`check`](Destination::check) asks the destination anything (and so is
+    /// worth running at start-up and in `hydrant validate`).
+    fn checks_before_use(&self) -> bool {
+        true
+    }
+
     /// Asks the destination whether it answers; `Ok` names what answered.
     async fn check(&self) -> Result<String, SinkError>;
 }
+
+/// Why a batch's pieces could not be put together (a file writer failed).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AssembleError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
 /// A destination as the engine holds it: pieces are type-erased, batches come back as
 /// [`AssembledBatch`].
@@ -231,13 +364,21 @@ pub trait AnyDestination: Send + Sync + std::fmt::Debug {
     /// See [`Destination::failed_output`].
     fn failed_output(&self) -> &'static str;
     /// See [`Destination::encode`].
-    fn encode_any(&self, records: &[RecordRef<'_>]) -> EncodedChunk<Box<dyn Any + Send>>;
+    fn encode_any(&self, chunk: Chunk<'_>) -> EncodedChunk<Box<dyn Any + Send>>;
+    /// See [`Destination::framer`].
+    fn framer_any(&self) -> Option<&RecordFramer>;
+    /// See [`Destination::encode_framed`].
+    fn encode_framed_any(&self, framed: Vec<u8>, records: u64) -> Box<dyn Any + Send>;
+    /// See [`Destination::buffered_len`].
+    fn buffered_len_any(&self, record: &[u8]) -> usize;
     /// See [`Destination::assemble`]; pieces not made by this destination are skipped.
     fn assemble_any(
         self: Arc<Self>,
         id: BatchId,
         pieces: Vec<Box<dyn Any + Send>>,
-    ) -> Box<dyn AssembledBatch>;
+    ) -> Result<Box<dyn AssembledBatch>, AssembleError>;
+    /// See [`Destination::checks_before_use`].
+    fn checks_before_use(&self) -> bool;
     /// See [`Destination::check`].
     fn check_any(&self) -> BoxFuture<'_, Result<String, SinkError>>;
 }
@@ -256,6 +397,8 @@ pub trait FailureKeeper: Send + Sync {
 pub trait AssembledBatch: Send + Sync {
     /// See [`Destination::backup_parts`].
     fn backup_parts(&self) -> Vec<Bytes>;
+    /// See [`Destination::target`].
+    fn target(&self) -> Option<String>;
     /// Delivers the batch under `policy` with the shared retry driver; `failed_attempts`
     /// counts every failed request as it happens.
     fn deliver<'a>(
@@ -276,28 +419,44 @@ impl<D: Destination + std::fmt::Debug> AnyDestination for D {
         Destination::failed_output(self)
     }
 
-    fn encode_any(&self, records: &[RecordRef<'_>]) -> EncodedChunk<Box<dyn Any + Send>> {
-        let encoded = self.encode(records);
+    fn encode_any(&self, chunk: Chunk<'_>) -> EncodedChunk<Box<dyn Any + Send>> {
+        let encoded = self.encode(chunk);
         EncodedChunk {
             piece: Box::new(encoded.piece),
             refusals: encoded.refusals,
         }
     }
 
+    fn framer_any(&self) -> Option<&RecordFramer> {
+        self.framer()
+    }
+
+    fn encode_framed_any(&self, framed: Vec<u8>, records: u64) -> Box<dyn Any + Send> {
+        Box::new(self.encode_framed(framed, records))
+    }
+
+    fn buffered_len_any(&self, record: &[u8]) -> usize {
+        self.buffered_len(record)
+    }
+
     fn assemble_any(
         self: Arc<Self>,
         id: BatchId,
         pieces: Vec<Box<dyn Any + Send>>,
-    ) -> Box<dyn AssembledBatch> {
+    ) -> Result<Box<dyn AssembledBatch>, AssembleError> {
         let pieces = pieces
             .into_iter()
             .filter_map(|piece| piece.downcast::<D::Piece>().ok().map(|piece| *piece))
             .collect();
-        let batch = Arc::new(self.assemble(id, pieces));
-        Box::new(Assembled {
+        let batch = Arc::new(self.assemble(id, pieces)?);
+        Ok(Box::new(Assembled {
             destination: self,
             batch,
-        })
+        }))
+    }
+
+    fn checks_before_use(&self) -> bool {
+        Destination::checks_before_use(self)
     }
 
     fn check_any(&self) -> BoxFuture<'_, Result<String, SinkError>> {
@@ -314,6 +473,10 @@ struct Assembled<D: Destination> {
 impl<D: Destination> AssembledBatch for Assembled<D> {
     fn backup_parts(&self) -> Vec<Bytes> {
         self.destination.backup_parts(&self.batch)
+    }
+
+    fn target(&self) -> Option<String> {
+        self.destination.target(&self.batch)
     }
 
     fn deliver<'a>(

@@ -94,7 +94,11 @@ pub async fn drive<D: Sending>(
         for (request, outcome) in results {
             match outcome {
                 Outcome::Delivered => {
-                    report.delivered += request.items.len() as u64;
+                    report.delivered += request
+                        .items
+                        .iter()
+                        .map(|&item| destination.item_records(batch, item))
+                        .sum::<u64>();
                     report.bytes += destination.body_len(&request.body) as u64;
                     report.requests += 1;
                 }
@@ -126,7 +130,7 @@ pub async fn drive<D: Sending>(
                         match outcome {
                             ItemOutcome::Delivered => {
                                 any_delivered = true;
-                                report.delivered += 1;
+                                report.delivered += destination.item_records(batch, item);
                             }
                             ItemOutcome::Retry(reason) => {
                                 pause = true;

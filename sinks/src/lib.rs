@@ -23,9 +23,9 @@ pub mod search;
 /// Everything a sink author or the engine needs in one import.
 pub mod prelude {
     pub use crate::destination::{
-        AnyDestination, AssembledBatch, BatchId, DeliveryReport, Destination, DocumentTarget,
-        EncodedChunk, FailedItem, FailureKeeper, ItemError, ItemOutcome, ItemRecord, Outcome,
-        RecordRef, Refusal, Request, Sending,
+        AnyDestination, AssembleError, AssembledBatch, BatchId, Chunk, ChunkRecord, DeliveryReport,
+        Destination, DocumentTarget, EncodedChunk, FailedItem, FailureKeeper, ItemError,
+        ItemOutcome, ItemRecord, Outcome, RecordRef, Refusal, Request, Sending,
     };
     pub use crate::driver::RetryPolicy;
     pub use crate::error::{Service, SinkError, SinkErrorKind};

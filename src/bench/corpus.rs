@@ -173,7 +173,7 @@ pub fn gzip_ceiling_mib_s(data: &[u8], level: u32) -> f64 {
 /// as Parquet on one core, with `encoder`'s schema and writer settings.
 pub fn parquet_ceiling_mib_s(
     data: &[u8],
-    encoder: &crate::encode::parquet::ParquetEncoder,
+    encoder: &hydrant_sinks::object::parquet::ParquetEncoder,
 ) -> anyhow::Result<f64> {
     let schema = encoder
         .schema()
@@ -205,28 +205,24 @@ pub fn seam_ceiling_mib_s(
     data: &[u8],
     destination: &std::sync::Arc<dyn hydrant_sinks::prelude::AnyDestination>,
 ) -> f64 {
-    use hydrant_sinks::prelude::RecordRef;
+    use hydrant_sinks::prelude::ChunkRecord;
     const CHUNK: usize = 1024 * 1024;
     let lines: Vec<&[u8]> = data
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .collect();
-    let mut chunks: Vec<Vec<RecordRef<'_>>> = vec![Vec::new()];
-    let mut bytes = 0;
+    let mut chunks: Vec<(Vec<u8>, Vec<ChunkRecord>)> = vec![Default::default()];
     for (seq, line) in lines.iter().enumerate() {
-        if bytes >= CHUNK {
-            chunks.push(Vec::new());
-            bytes = 0;
+        let (bytes, records) = chunks.last_mut().expect("one chunk at least");
+        bytes.extend_from_slice(line);
+        records.push(ChunkRecord {
+            seq: seq as u64,
+            arrival_ms: 1_764_000_000_000,
+            end: bytes.len(),
+        });
+        if bytes.len() >= CHUNK {
+            chunks.push(Default::default());
         }
-        bytes += line.len();
-        chunks
-            .last_mut()
-            .expect("one chunk at least")
-            .push(RecordRef {
-                seq: seq as u64,
-                arrival_ms: 1_764_000_000_000,
-                data: line,
-            });
     }
     // Destinations build requests in parallel on the CPU pool: the ceiling is one core.
     let one_core = rayon::ThreadPoolBuilder::new()
@@ -237,25 +233,28 @@ pub fn seam_ceiling_mib_s(
 }
 
 fn seam_rounds(
-    chunks: &[Vec<hydrant_sinks::prelude::RecordRef<'_>>],
+    chunks: &[(Vec<u8>, Vec<hydrant_sinks::prelude::ChunkRecord>)],
     records: usize,
     bytes: usize,
     destination: &std::sync::Arc<dyn hydrant_sinks::prelude::AnyDestination>,
 ) -> f64 {
-    use hydrant_sinks::prelude::BatchId;
+    use hydrant_sinks::prelude::{BatchId, Chunk};
     let started = Instant::now();
     let mut rounds = 0;
     while rounds < 2 || started.elapsed().as_secs_f64() < 2.0 {
         let pieces = chunks
             .iter()
-            .map(|records| destination.encode_any(records).piece)
+            .filter(|(_, records)| !records.is_empty())
+            .map(|(data, records)| destination.encode_any(Chunk { data, records }).piece)
             .collect();
         let id = BatchId {
             run: 1,
             first_seq: 0,
             last_seq: records as u64,
+            oldest_ms: 1_764_000_000_000,
         };
-        std::hint::black_box(std::sync::Arc::clone(destination).assemble_any(id, pieces));
+        let assembled = std::sync::Arc::clone(destination).assemble_any(id, pieces);
+        std::hint::black_box(assembled.is_ok());
         rounds += 1;
     }
     (bytes * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64()

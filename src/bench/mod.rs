@@ -101,11 +101,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         let level = args.gzip_level;
         let ceiling = tokio::task::spawn_blocking(move || match encoding {
-            Some(crate::encode::Encoding::Parquet(encoder)) => {
+            Some(CeilingEncoding::Parquet(encoder)) => {
                 corpus::parquet_ceiling_mib_s(&data, &encoder)
                     .map(|rate| ("arrow_json_arrow_writer", rate))
             }
-            Some(crate::encode::Encoding::Destination(destination)) => Ok((
+            Some(CeilingEncoding::Destination(destination)) => Ok((
                 "destination_requests",
                 corpus::seam_ceiling_mib_s(&data, &destination),
             )),
@@ -184,14 +184,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What sets a stream's single-core ceiling, when gzip does not.
+enum CeilingEncoding {
+    /// arrow-json and ArrowWriter with the stream's schema and settings.
+    Parquet(std::sync::Arc<hydrant_sinks::object::parquet::ParquetEncoder>),
+    /// The requests a destination (other than an object store) builds.
+    Destination(std::sync::Arc<dyn hydrant_sinks::prelude::AnyDestination>),
+}
+
 /// How `stream` in the configuration at `path` encodes records, when that sets the ceiling:
 /// a Parquet stream (arrow-json and ArrowWriter with the same schema and settings), a
 /// search stream (the same bulk bodies) or a destination behind the seam (the same requests).
 async fn stream_encoding_of(
     path: &std::path::Path,
     stream: &str,
-) -> anyhow::Result<Option<crate::encode::Encoding>> {
-    use std::sync::Arc;
+) -> anyhow::Result<Option<CeilingEncoding>> {
     let config = crate::config::load_config(path)?;
     let Some((_, stream_config)) = config.streams.iter().find(|(name, _)| name.value == stream)
     else {
@@ -202,15 +209,13 @@ async fn stream_encoding_of(
         .seam(path.parent().unwrap_or(path), stream, fastrand::u64(..))
         .await
     {
-        return Ok(Some(crate::encode::Encoding::Destination(
-            seam?.destination,
-        )));
+        return Ok(Some(CeilingEncoding::Destination(seam?.destination)));
     }
-    match &stream_config.parquet {
-        Some(parquet) => Ok(Some(crate::encode::Encoding::Parquet(Arc::new(
-            crate::encode::parquet::ParquetEncoder::new(parquet).map_err(anyhow::Error::msg)?,
-        )))),
-        None => Ok(None),
+    match stream_config.object_format().map_err(anyhow::Error::msg)? {
+        hydrant_sinks::object::ObjectFormat::Parquet(encoder) => {
+            Ok(Some(CeilingEncoding::Parquet(encoder)))
+        }
+        hydrant_sinks::object::ObjectFormat::Framed(_) => Ok(None),
     }
 }
 

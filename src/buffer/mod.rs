@@ -20,11 +20,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::compress::Codec;
 use crate::cpu_pool::EncodeFaults;
-use crate::encode::Encoding;
 use crate::spool::{RecordChunk, SeqRange};
 use crate::transform::ProcessorChain;
+use hydrant_sinks::prelude::AnyDestination;
 use open_batch::OpenBatch;
 
 /// Thresholds and codecs of one stream's buffer.
@@ -34,10 +33,8 @@ pub struct BufferSettings {
     pub size_limit: usize,
     /// Flush when the oldest buffered record is this old.
     pub interval: Duration,
-    /// Record layout.
-    pub encoding: Encoding,
-    /// Whole-object compression.
-    pub codec: Codec,
+    /// What records become (objects, rows, requests), and where they go.
+    pub destination: Arc<dyn AnyDestination>,
     /// Transforms run over each chunk before it is encoded.
     pub processors: Option<Arc<ProcessorChain>>,
     /// Largest chunk handed to the CPU pool (with processors: their batch size).
@@ -48,9 +45,9 @@ pub struct BufferSettings {
 
 impl BufferSettings {
     /// Whether records are kept with their boundaries until their chunk is dispatched
-    /// (decoded per record, or transformed).
+    /// (encoded per record, or transformed) rather than framed as they come.
     pub(crate) fn keeps_records(&self) -> bool {
-        self.encoding.decodes_records() || self.processors.is_some()
+        self.destination.framer_any().is_none() || self.processors.is_some()
     }
 }
 
@@ -139,8 +136,7 @@ impl StreamBuffer {
         arrival_ms: i64,
         arrived: Instant,
     ) -> Pushed {
-        let needs_cpu = !self.settings.codec.is_identity() || self.settings.keeps_records();
-        if needs_cpu && !self.capacity.has_room_for_compression() {
+        if !self.capacity.has_room_for_compression() {
             return Pushed::Full;
         }
         let seq = state.next_seq;
@@ -150,7 +146,7 @@ impl StreamBuffer {
             Some(last) if seq == last && state.sealed.is_some() => return Pushed::Full,
             Some(_) => {}
             None => {
-                let framed = self.settings.encoding.buffered_len(data);
+                let framed = self.settings.destination.buffered_len_any(data);
                 if !state.open.is_empty()
                     && state.open.raw_len() + framed > self.settings.size_limit
                 {

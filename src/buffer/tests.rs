@@ -1,30 +1,86 @@
 use std::io::Read;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hydrant_sinks::object::{
+    KeyTemplate, ObjectDestination, ObjectFormat, ObjectKeyBuilder, RecordFramer,
+};
+use hydrant_sinks::prelude::*;
 
 use super::*;
-use crate::config::{Format, RecordDelimiter};
-use crate::encode::RecordFramer;
+use crate::compress::Codec;
 
-fn buffer(size_limit: usize, interval: Duration, codec: Codec) -> StreamBuffer {
-    StreamBuffer::new(
+/// A stream's object destination writing objects of `format` into memory, and the store
+/// they can be read back from.
+fn in_memory_objects(
+    format: ObjectFormat,
+    codec: Codec,
+) -> (Arc<dyn AnyDestination>, ObjectStoreSink) {
+    let sink = ObjectStoreSink::in_memory();
+    let keys = ObjectKeyBuilder::new(
+        "s",
+        KeyTemplate::parse("").unwrap(),
+        ObjectDestination::extension(&format, codec),
+    );
+    let destination = ObjectDestination::new(Arc::new(sink.clone()), format, codec, keys, false);
+    (Arc::new(destination), sink)
+}
+
+fn buffer(size_limit: usize, interval: Duration, codec: Codec) -> (StreamBuffer, ObjectStoreSink) {
+    let (destination, sink) =
+        in_memory_objects(ObjectFormat::Framed(RecordFramer::raw(true)), codec);
+    let buffer = StreamBuffer::new(
         BufferSettings {
             processors: None,
             chunk_limit: None,
             faults: None,
             size_limit,
             interval,
-            encoding: Encoding::Framed(RecordFramer::new(Format::Raw, RecordDelimiter::Newline)),
-            codec,
+            destination,
         },
         Arc::new(IngestCapacity::new(64 * 1024 * 1024)),
-    )
+    );
+    (buffer, sink)
 }
 
-fn body_bytes(parts: Vec<Bytes>, codec: Codec) -> Vec<u8> {
-    let body: Vec<u8> = parts.concat();
+/// Keeps nothing: these tests deliver to memory, which takes everything.
+struct NoKeeper;
+
+#[async_trait::async_trait]
+impl FailureKeeper for NoKeeper {
+    async fn keep(&self, _failed: &[FailedItem]) {}
+}
+
+/// The object an assembled batch becomes: delivered to the in-memory store, read back whole.
+async fn delivered_object(Assembled(batch): Assembled, sink: &ObjectStoreSink) -> Bytes {
+    let policy = RetryPolicy {
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(1),
+        give_up_after: None,
+        concurrency: 1,
+        attempt_timeout: Duration::from_secs(60),
+    };
+    let report = batch
+        .deliver(&policy, "s", &AtomicU64::new(0), &NoKeeper)
+        .await;
+    assert!(report.failed.is_empty());
+    let key = batch.target().expect("the batch is an object");
+    let path = object_store::path::Path::from(key.as_str());
+    let store = sink.store();
+    object_store::ObjectStoreExt::get(store.as_ref(), &path)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
+/// What a batch's object holds, decompressed.
+async fn body_bytes(batch: SealedBatch, sink: &ObjectStoreSink, codec: Codec) -> Vec<u8> {
+    let assembled = batch.into_body(0).await.unwrap().assembled;
+    let body = delivered_object(assembled, sink).await.to_vec();
     match codec {
         Codec::None => body,
         Codec::Gzip { .. } => {
@@ -62,7 +118,7 @@ fn as_slices(records: &[Vec<u8>]) -> Vec<&[u8]> {
 #[tokio::test(start_paused = true)]
 async fn size_threshold_seals_a_batch_holding_exactly_what_fits() {
     // 100 records of 99 bytes + newline = 10,000 bytes: ten fit in a 1,000-byte batch.
-    let buffer = buffer(1_000, Duration::from_secs(900), Codec::Gzip { level: 6 });
+    let (buffer, sink) = buffer(1_000, Duration::from_secs(900), Codec::Gzip { level: 6 });
     let input = records("a", 15, 99);
     assert_eq!(buffer.try_append(&as_slices(&input), 1_000), 15);
     let batch = buffer.next_batch().await.unwrap();
@@ -74,16 +130,13 @@ async fn size_threshold_seals_a_batch_holding_exactly_what_fits() {
         .iter()
         .flat_map(|r| [&r[..], b"\n"].concat())
         .collect();
-    assert_eq!(
-        body_bytes(batch.into_body(0).await.unwrap().parts, codec),
-        expected
-    );
+    assert_eq!(body_bytes(batch, &sink, codec).await, expected);
     assert_eq!(buffer.buffered_records(), 5);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_full_buffer_takes_only_what_fits_until_the_delivery_task_takes_a_batch() {
-    let buffer = buffer(1_000, Duration::from_secs(900), Codec::None);
+    let (buffer, _) = buffer(1_000, Duration::from_secs(900), Codec::None);
     let input = records("b", 40, 99);
     // One open batch plus one sealed batch waiting: 20 records.
     assert_eq!(buffer.try_append(&as_slices(&input), 0), 20);
@@ -95,7 +148,7 @@ async fn a_full_buffer_takes_only_what_fits_until_the_delivery_task_takes_a_batc
 
 #[tokio::test(start_paused = true)]
 async fn waiting_append_resumes_when_space_frees_and_gives_up_after_the_wait() {
-    let buffer = Arc::new(buffer(1_000, Duration::from_secs(900), Codec::None));
+    let buffer = Arc::new(buffer(1_000, Duration::from_secs(900), Codec::None).0);
     let input = records("c", 30, 99);
     let (first_seq, taken) = buffer
         .append(&as_slices(&input), 0, Duration::from_millis(500))
@@ -121,7 +174,8 @@ async fn waiting_append_resumes_when_space_frees_and_gives_up_after_the_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn interval_threshold_flushes_the_open_batch_once_its_oldest_record_is_old_enough() {
-    let buffer = Arc::new(buffer(1 << 20, Duration::from_secs(60), Codec::None));
+    let (buffer, sink) = buffer(1 << 20, Duration::from_secs(60), Codec::None);
+    let buffer = Arc::new(buffer);
     let started = tokio::time::Instant::now();
     assert_eq!(buffer.try_append(&[b"one"], 5), 1);
     tokio::time::advance(Duration::from_secs(30)).await;
@@ -134,15 +188,12 @@ async fn interval_threshold_flushes_the_open_batch_once_its_oldest_record_is_old
     );
     assert_eq!(batch.records(), 2);
     assert_eq!(batch.oldest_arrival_ms(), 5);
-    assert_eq!(
-        body_bytes(batch.into_body(0).await.unwrap().parts, Codec::None),
-        b"one\ntwo\n"
-    );
+    assert_eq!(body_bytes(batch, &sink, Codec::None).await, b"one\ntwo\n");
 }
 
 #[tokio::test(start_paused = true)]
 async fn zero_interval_delivers_at_once() {
-    let buffer = buffer(1 << 20, Duration::ZERO, Codec::None);
+    let (buffer, _) = buffer(1 << 20, Duration::ZERO, Codec::None);
     buffer.try_append(&[b"now"], 0);
     let batch = tokio::time::timeout(Duration::from_millis(1), buffer.next_batch())
         .await
@@ -153,7 +204,7 @@ async fn zero_interval_delivers_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn close_hands_out_everything_then_reports_closed() {
-    let buffer = buffer(1_000, Duration::from_secs(900), Codec::Gzip { level: 1 });
+    let (buffer, _) = buffer(1_000, Duration::from_secs(900), Codec::Gzip { level: 1 });
     let input = records("d", 15, 99);
     buffer.try_append(&as_slices(&input), 0);
     buffer.close();
@@ -181,7 +232,7 @@ async fn large_batches_span_many_chunks_and_decode_in_order_with_every_codec() {
 
 async fn large_batches_decode_in_order(codec: Codec) {
     let size_limit = 4 * 1024 * 1024;
-    let buffer = buffer(size_limit, Duration::from_secs(900), codec);
+    let (buffer, sink) = buffer(size_limit, Duration::from_secs(900), codec);
     let input = records("e", 30_000, 120);
     let taken = buffer.try_append(&as_slices(&input), 0);
     assert_eq!(taken, 30_000);
@@ -189,7 +240,7 @@ async fn large_batches_decode_in_order(codec: Codec) {
     let mut decoded = Vec::new();
     while let Ok(batch) = buffer.next_batch().await {
         assert!(batch.raw_len() <= size_limit);
-        decoded.extend(body_bytes(batch.into_body(0).await.unwrap().parts, codec));
+        decoded.extend(body_bytes(batch, &sink, codec).await);
     }
     let expected: Vec<u8> = input
         .iter()
@@ -220,7 +271,7 @@ fn spooled_chunk(first_seq: u64, count: usize, len: usize) -> crate::spool::Reco
 async fn journaled_batches_are_rebuilt_with_their_exact_boundaries() {
     use crate::spool::SeqRange;
     // A 1,000-byte limit would cut after 10 records of 99 bytes; the journal says otherwise.
-    let buffer = buffer(1_000, Duration::from_secs(900), Codec::None);
+    let (buffer, _) = buffer(1_000, Duration::from_secs(900), Codec::None);
     buffer.resume(
         100,
         vec![
@@ -274,7 +325,7 @@ async fn journaled_batches_are_rebuilt_with_their_exact_boundaries() {
 #[tokio::test(start_paused = true)]
 async fn a_partly_rebuilt_batch_is_left_to_the_spool_at_shutdown() {
     use crate::spool::SeqRange;
-    let buffer = buffer(1 << 20, Duration::ZERO, Codec::None);
+    let (buffer, _) = buffer(1 << 20, Duration::ZERO, Codec::None);
     buffer.resume(0, vec![SeqRange { first: 0, last: 9 }]);
     assert_eq!(buffer.try_append_spooled(&spooled_chunk(0, 5, 10), 0), 5);
     buffer.close();
@@ -286,9 +337,7 @@ async fn parquet_batches_decode_chunks_in_parallel_and_keep_record_order() {
     let yaml = "streams:\n  s:\n    format: parquet\n    parquet:\n      schema:\n        - { name: n, type: int64, nullable: false }\n        - { name: pad, type: string }\n    destination: { local: { path: out } }\n";
     let config = crate::config::parse_config(yaml, "test.yaml").unwrap();
     let (_, stream) = config.streams.iter().next().unwrap();
-    let encoder = Arc::new(
-        crate::encode::parquet::ParquetEncoder::new(stream.parquet.as_ref().unwrap()).unwrap(),
-    );
+    let (destination, sink) = in_memory_objects(stream.object_format().unwrap(), Codec::None);
     let size_limit = 1024 * 1024;
     let buffer = Arc::new(StreamBuffer::new(
         BufferSettings {
@@ -297,8 +346,7 @@ async fn parquet_batches_decode_chunks_in_parallel_and_keep_record_order() {
             faults: None,
             size_limit,
             interval: Duration::from_secs(900),
-            encoding: Encoding::Parquet(encoder),
-            codec: Codec::None,
+            destination,
         },
         Arc::new(IngestCapacity::new(64 * 1024 * 1024)),
     ));
@@ -332,7 +380,7 @@ async fn parquet_batches_decode_chunks_in_parallel_and_keep_record_order() {
     while let Ok(batch) = buffer.next_batch().await {
         let body = batch.into_body(0).await.unwrap();
         failed.extend(body.failed.into_iter().map(|f| (f.seq, f.error.code)));
-        let file = Bytes::from(body.parts.concat());
+        let file = delivered_object(body.assembled, &sink).await;
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .unwrap()
             .build()

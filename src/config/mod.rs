@@ -5,7 +5,10 @@ mod auth;
 mod encryption;
 mod http_endpoint;
 mod load;
+mod object;
 mod parquet;
+#[cfg(test)]
+mod parquet_tests;
 mod postgres;
 mod processors;
 #[cfg(test)]

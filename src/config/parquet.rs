@@ -10,7 +10,8 @@ use serde_saphyr::Spanned;
 
 use super::ConfigProblem;
 use super::validate::at;
-use crate::encode::parquet::parse_type;
+pub use hydrant_sinks::object::parquet::{EpochUnit, ParquetCompression};
+use hydrant_sinks::object::parquet::{ParquetColumn, ParquetOptions, parse_type};
 
 /// How JSON records become Parquet rows.
 #[derive(Debug, Deserialize)]
@@ -76,34 +77,6 @@ pub struct ColumnConfig {
     pub nullable: bool,
 }
 
-/// Unit of epoch numbers in timestamp columns.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EpochUnit {
-    /// Seconds below 10^11 (until the year 5138), milliseconds from there.
-    #[default]
-    Auto,
-    /// Always seconds (fractions allowed).
-    Seconds,
-    /// Always milliseconds.
-    Milliseconds,
-}
-
-/// Column compression codec inside Parquet files.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ParquetCompression {
-    /// Snappy: fast, modest ratio; what most engines default to.
-    #[default]
-    Snappy,
-    /// zstd: a better ratio at similar read speed.
-    Zstd,
-    /// gzip: the most widely readable of the dense codecs.
-    Gzip,
-    /// Uncompressed pages.
-    None,
-}
-
 impl<'de> Deserialize<'de> for SchemaSource {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct SourceVisitor;
@@ -128,6 +101,40 @@ impl<'de> Deserialize<'de> for SchemaSource {
             }
         }
         deserializer.deserialize_any(SourceVisitor)
+    }
+}
+
+impl ParquetConfig {
+    /// What the Parquet encoder needs of this section.
+    pub fn options(&self) -> ParquetOptions {
+        ParquetOptions {
+            columns: match &self.schema.value {
+                SchemaSource::Infer => None,
+                SchemaSource::Columns(columns) => Some(
+                    columns
+                        .iter()
+                        .map(|column| ParquetColumn {
+                            name: column.name.value.clone(),
+                            data_type: column.data_type.value.clone(),
+                            nullable: column.nullable,
+                        })
+                        .collect(),
+                ),
+            },
+            case_insensitive: self.case_insensitive,
+            column_to_json_key_mappings: self
+                .column_to_json_key_mappings
+                .iter()
+                .map(|(column, key)| (column.clone(), key.clone()))
+                .collect(),
+            dots_to_underscores: self.convert_dots_in_json_keys_to_underscores,
+            timestamp_numbers: self.timestamp_numbers,
+            compression: self.compression.value,
+            compression_level: self.compression_level.as_ref().map(|level| level.value),
+            row_group_mib: self.row_group_mib.value,
+            page_size_kib: self.page_size_kib.value,
+            dictionary: self.dictionary,
+        }
     }
 }
 

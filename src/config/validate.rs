@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use serde_saphyr::{Location, Spanned};
 
 use super::{Compression, Config, ConfigProblem, Destination, StreamConfig};
-use crate::deliver::object_key::KeyTemplate;
 use crate::ingest::stream_name::check_stream_name;
+use hydrant_sinks::object::KeyTemplate;
 
 /// Every problem in `config`, in file order.
 pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {

@@ -78,6 +78,7 @@ impl DeliveryLoop {
             attempts: BUILD_ATTEMPTS,
         };
         self.write_error_output(spool, range, oldest, &reason).await;
+        self.checkpoint(range).await;
         None
     }
 }

@@ -14,9 +14,6 @@ use super::DeliveryLoop;
 use crate::buffer::FailedRecord;
 use crate::spool::{RecordChunk, SeqRange, StreamSpool};
 
-/// `!{firehose:error-output-type}` of records an object store refused.
-pub const OBJECT_STORE_FAILED: &str = "s3-failed";
-
 /// `!{firehose:error-output-type}` of records the stream's format could not take.
 pub const FORMAT_CONVERSION_FAILED: &str = "format-conversion-failed";
 
@@ -246,8 +243,8 @@ impl DeliveryLoop {
         }
     }
 
-    /// Writes the batch `range` to the error output, retrying until the destination takes
-    /// it, then advances the checkpoint past it.
+    /// Writes every record of batch `range` to the error output with one reason, retrying
+    /// until the destination takes it (the caller then advances the checkpoint).
     pub(super) async fn write_error_output(
         &self,
         spool: &Arc<StreamSpool>,
@@ -271,7 +268,6 @@ impl DeliveryLoop {
             error_code = reason.code,
             "batch written to the error output"
         );
-        self.checkpoint(range).await;
     }
 
     /// Every record of batch `range`, read back from the spool (retried until it can be).

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use hydrant_sinks::prelude::*;
 
 use super::DeliveryLoop;
-use super::error_output::{DocumentTarget as ErrorDocument, ErrorLine};
+use super::error_output::{BatchErrorReason, DocumentTarget as ErrorDocument, ErrorLine};
 use crate::buffer::Assembled;
 use crate::config::SeamDestination;
 use crate::spool::SeqRange;
@@ -80,6 +80,7 @@ impl DeliveryLoop {
         tracing::info!(
             stream = %self.stream,
             destination = seam.destination.describe(),
+            target = batch.target().unwrap_or_default(),
             records = report.delivered,
             requests = report.requests,
             bytes = report.bytes,
@@ -102,6 +103,21 @@ impl DeliveryLoop {
         range: SeqRange,
         oldest: DateTime<Utc>,
     ) {
+        let error_type = seam.destination.failed_output();
+        if let (Some(spool), Some(item)) = (
+            &self.spool,
+            failed.iter().find(|item| item.record.whole_batch),
+        ) {
+            // The item is the whole batch (one object): every record of it, one reason.
+            let reason = BatchErrorReason {
+                error_type,
+                code: item.code.clone(),
+                message: item.message.clone(),
+                attempts: item.attempts,
+            };
+            self.write_error_output(spool, range, oldest, &reason).await;
+            return;
+        }
         let ended_ms = Utc::now().timestamp_millis();
         // Records the destination no longer holds are read back from the spool.
         let read_back = match &self.spool {
@@ -141,7 +157,6 @@ impl DeliveryLoop {
             }
             .push_to(&mut body);
         }
-        let error_type = seam.destination.failed_output();
         let object = self.error_object(error_type, FAILED_ITEMS_SALT, range, oldest, body);
         self.put_until_taken(&object, WriteMode::Overwrite).await;
         self.counters

@@ -18,9 +18,8 @@ use object_store::ObjectStoreExt as _;
 use super::tests::{append, error_fields, open_spool, until};
 use super::*;
 use crate::buffer::{BufferSettings, IngestCapacity};
-use crate::config::{Compression, SeamDestination};
-use crate::encode::Encoding;
-use object_key::KeyTemplate;
+use crate::config::SeamDestination;
+use hydrant_sinks::object::KeyTemplate;
 
 /// What the fake does with the next request it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +175,7 @@ impl Sending for Scripted {
             // Even records are read back from the spool, as a table's rows are.
             raw: (seq % 2 == 1).then(|| Bytes::from(data.clone())),
             document: None,
+            whole_batch: false,
         }
     }
 }
@@ -188,7 +188,8 @@ impl Destination for Scripted {
         "fake-failed"
     }
 
-    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<Vec<Record>> {
+    fn encode(&self, chunk: Chunk<'_>) -> EncodedChunk<Vec<Record>> {
+        let records = &chunk.refs()[..];
         EncodedChunk {
             piece: records
                 .iter()
@@ -198,8 +199,12 @@ impl Destination for Scripted {
         }
     }
 
-    fn assemble(&self, _id: BatchId, pieces: Vec<Vec<Record>>) -> Vec<Record> {
-        pieces.concat()
+    fn assemble(
+        &self,
+        _id: BatchId,
+        pieces: Vec<Vec<Record>>,
+    ) -> Result<Vec<Record>, AssembleError> {
+        Ok(pieces.concat())
     }
 
     fn backup_parts(&self, batch: &Vec<Record>) -> Vec<Bytes> {
@@ -230,8 +235,7 @@ fn start(dir: &std::path::Path, fake: &Arc<Scripted>, retry_duration: Duration) 
         BufferSettings {
             size_limit: 1 << 20,
             interval: Duration::ZERO,
-            encoding: Encoding::Destination(Arc::clone(&destination)),
-            codec: crate::compress::codec_of(Compression::None, None),
+            destination: Arc::clone(&destination),
             processors: None,
             chunk_limit: None,
             faults: None,
@@ -253,18 +257,16 @@ fn start(dir: &std::path::Path, fake: &Arc<Scripted>, retry_duration: Duration) 
             "",
         ),
         retry_duration,
-        content_type: "application/x-ndjson",
-        content_encoding: None,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
         counters: Arc::clone(&counters),
         spool: Some(Arc::clone(&spool)),
-        seam: Some(SeamDestination {
+        seam: SeamDestination {
             destination,
             concurrency: 2,
             backup_all: false,
             attempt_timeout: Duration::from_millis(300),
-        }),
+        },
         run: spool.incarnation(),
     };
     let feeder = tokio::spawn(crate::pipeline::feed_from_spool(

@@ -14,11 +14,10 @@ use hydrant_sinks::prelude::*;
 
 use super::*;
 use crate::buffer::{BufferSettings, IngestCapacity};
-use crate::config::{Compression, Format, RecordDelimiter};
+use crate::config::{Compression, SeamDestination};
 use crate::cpu_pool::EncodeFaults;
-use crate::encode::{Encoding, RecordFramer};
 use crate::spool::{FsyncPolicy, SpoolSettings};
-use object_key::KeyTemplate;
+use hydrant_sinks::object::{KeyTemplate, ObjectDestination, ObjectFormat, RecordFramer};
 
 pub(super) fn open_spool(dir: &Path) -> Arc<StreamSpool> {
     StreamSpool::open(SpoolSettings {
@@ -33,12 +32,19 @@ pub(super) fn open_spool(dir: &Path) -> Arc<StreamSpool> {
 /// A stream writing gzip NDJSON objects into `dir/out`, with `faults` in its encoders.
 fn delivery_loop(dir: &Path, spool: &Arc<StreamSpool>, faults: Arc<EncodeFaults>) -> DeliveryLoop {
     let codec = crate::compress::codec_of(Compression::Gzip, None);
+    let sink: Arc<dyn ObjectSink> = Arc::new(ObjectStoreSink::local(&dir.join("out")).unwrap());
+    let destination: Arc<dyn AnyDestination> = Arc::new(ObjectDestination::new(
+        Arc::clone(&sink),
+        ObjectFormat::Framed(RecordFramer::ndjson()),
+        codec,
+        ObjectKeyBuilder::new("faulty", KeyTemplate::parse("data/").unwrap(), ".gz"),
+        true,
+    ));
     let buffer = Arc::new(StreamBuffer::new(
         BufferSettings {
             size_limit: 1 << 20,
             interval: Duration::ZERO,
-            encoding: Encoding::Framed(RecordFramer::new(Format::Ndjson, RecordDelimiter::Newline)),
-            codec,
+            destination: Arc::clone(&destination),
             processors: None,
             chunk_limit: None,
             faults: Some(faults),
@@ -49,22 +55,25 @@ fn delivery_loop(dir: &Path, spool: &Arc<StreamSpool>, faults: Arc<EncodeFaults>
     DeliveryLoop {
         stream: "faulty".into(),
         buffer,
-        sink: Arc::new(ObjectStoreSink::local(&dir.join("out")).unwrap()),
-        keys: ObjectKeyBuilder::new("faulty", KeyTemplate::parse("data/").unwrap(), ".gz"),
+        sink,
+        keys: ObjectKeyBuilder::new("faulty", KeyTemplate::parse("backup/").unwrap(), ""),
         error_keys: ObjectKeyBuilder::new(
             "faulty",
             KeyTemplate::parse_error_prefix("errors/!{firehose:error-output-type}/").unwrap(),
             "",
         ),
         retry_duration: Duration::from_secs(60),
-        content_type: "application/x-ndjson",
-        content_encoding: codec.content_encoding(),
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
         counters: Arc::new(DeliveryCounters::default()),
         spool: Some(Arc::clone(spool)),
-        seam: None,
-        run: 0,
+        seam: SeamDestination {
+            destination,
+            concurrency: 1,
+            backup_all: false,
+            attempt_timeout: Duration::from_secs(60),
+        },
+        run: spool.incarnation(),
     }
 }
 

@@ -18,9 +18,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::encode::ChunkRecord;
 use guest::{GuestInstance, GuestTemplate, Record};
 use guest_log::GuestLog;
+use hydrant_sinks::prelude::ChunkRecord;
 
 /// Prefix of every transform error code (they go to the `processing-failed` error output).
 pub const TRANSFORM_CODE_PREFIX: &str = "Transform.";

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use super::{ProcessorSettings, Verdict, WasmProcessor};
-use crate::encode::ChunkRecord;
+use hydrant_sinks::prelude::ChunkRecord;
 
 /// Options of `hydrant transform test`.
 #[derive(Debug, clap::Args)]

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::destination::{
-    BatchId, Destination, EncodedChunk, ItemRecord, Outcome, RecordRef, Request, Sending,
+    AssembleError, BatchId, Chunk, Destination, EncodedChunk, ItemRecord, Outcome, Request, Sending,
 };
 use crate::error::{Service, SinkError};
 use service::EndpointService;
@@ -99,6 +99,7 @@ impl Sending for HttpEndpoint {
             arrival_ms,
             raw: Some(Bytes::from(data)),
             document: None,
+            whole_batch: false,
         }
     }
 }
@@ -111,15 +112,20 @@ impl Destination for HttpEndpoint {
         HTTP_ENDPOINT_FAILED
     }
 
-    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<EntriesPiece> {
+    fn encode(&self, chunk: Chunk<'_>) -> EncodedChunk<EntriesPiece> {
+        let records = &chunk.refs()[..];
         EncodedChunk {
             piece: request::encode(records),
             refusals: Vec::new(),
         }
     }
 
-    fn assemble(&self, id: BatchId, pieces: Vec<EntriesPiece>) -> EndpointBatch {
-        EndpointBatch::assemble(id, pieces, self.shape)
+    fn assemble(
+        &self,
+        id: BatchId,
+        pieces: Vec<EntriesPiece>,
+    ) -> Result<EndpointBatch, AssembleError> {
+        Ok(EndpointBatch::assemble(id, pieces, self.shape))
     }
 
     fn backup_parts(&self, batch: &EndpointBatch) -> Vec<Bytes> {

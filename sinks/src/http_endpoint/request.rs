@@ -277,6 +277,7 @@ mod tests {
                 run: 7,
                 first_seq: 0,
                 last_seq: n as u64 - 1,
+                oldest_ms: 1_000,
             },
             vec![encode(a), encode(b)],
             shape,

@@ -1,13 +1,21 @@
 //! Object-store destinations: S3-compatible stores (AWS S3, MinIO, SeaweedFS, Garage) and a
-//! local directory, all behind one small trait.
+//! local directory, all behind one small trait; how records are laid out in an object
+//! (framed or Parquet) and how objects are named.
 
 mod config;
+mod destination;
+pub mod framing;
+pub mod key;
+pub mod parquet;
 mod store;
-mod write;
 
 pub use config::{S3Options, ServerSideEncryption};
+pub use destination::{
+    OBJECT_STORE_FAILED, ObjectBatch, ObjectDestination, ObjectFormat, ObjectPiece,
+};
+pub use framing::{ConversionError, RecordFramer};
+pub use key::{KeyTemplate, KeyTemplateError, ObjectKeyBuilder, batch_seed};
 pub use store::ObjectStoreSink;
-pub use write::{ObjectBatch, ObjectWrite};
 
 use async_trait::async_trait;
 use bytes::Bytes;

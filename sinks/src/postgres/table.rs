@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use super::{LoadCommit, LoadError, LoadOutcome, PostgresSink, RowError, RowSpan, copy_stream_of};
 use crate::destination::{
-    BatchId, Destination, EncodedChunk, FailedItem, ItemError, ItemOutcome, ItemRecord, Outcome,
-    RecordRef, Refusal, Request, Sending,
+    AssembleError, BatchId, Chunk, Destination, EncodedChunk, FailedItem, ItemError, ItemOutcome,
+    ItemRecord, Outcome, Refusal, Request, Sending,
 };
 use crate::error::{Service, SinkError, SinkErrorKind};
 
@@ -170,6 +170,7 @@ impl Sending for PostgresTable {
             // Rows hold encoded values, not the record: the engine reads it back.
             raw: None,
             document: None,
+            whole_batch: false,
         }
     }
 
@@ -186,7 +187,8 @@ impl Destination for PostgresTable {
         POSTGRES_FAILED
     }
 
-    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<TablePiece> {
+    fn encode(&self, chunk: Chunk<'_>) -> EncodedChunk<TablePiece> {
+        let records = &chunk.refs()[..];
         let encoded = self.sink.encode_rows(records.iter().map(|r| r.data));
         let mut piece = TablePiece {
             parts: encoded.parts,
@@ -217,6 +219,7 @@ impl Destination for PostgresTable {
                         arrival_ms: records[index].arrival_ms,
                         raw: Some(Bytes::copy_from_slice(records[index].data)),
                         document: None,
+                        whole_batch: false,
                     },
                     code: POSTGRES_INVALID_VALUE.into(),
                     message,
@@ -227,7 +230,7 @@ impl Destination for PostgresTable {
         EncodedChunk { piece, refusals }
     }
 
-    fn assemble(&self, id: BatchId, pieces: Vec<TablePiece>) -> TableBatch {
+    fn assemble(&self, id: BatchId, pieces: Vec<TablePiece>) -> Result<TableBatch, AssembleError> {
         let mut batch = TableBatch {
             batch_id: format!(
                 "{}/{:016x}/{}-{}",
@@ -248,7 +251,7 @@ impl Destination for PostgresTable {
             batch.arrivals.extend(piece.arrivals);
             batch.invalid.extend(piece.invalid);
         }
-        batch
+        Ok(batch)
     }
 
     fn backup_parts(&self, _batch: &TableBatch) -> Vec<Bytes> {

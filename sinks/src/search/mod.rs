@@ -25,8 +25,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::destination::{
-    BatchId, Destination, DocumentTarget, EncodedChunk, FailedItem, ItemError, ItemOutcome,
-    ItemRecord, Outcome, RecordRef, Request, Sending,
+    AssembleError, BatchId, Chunk, Destination, DocumentTarget, EncodedChunk, FailedItem,
+    ItemError, ItemOutcome, ItemRecord, Outcome, Request, Sending,
 };
 use crate::error::{Service, SinkError};
 
@@ -120,6 +120,7 @@ impl Sending for SearchCluster {
                     arrival_ms: refused.arrival_ms,
                     raw: Some(refused.raw.clone()),
                     document: Some(refused.target.clone()),
+                    whole_batch: false,
                 },
                 code: refused.code.to_string(),
                 message: refused.message.clone(),
@@ -137,7 +138,8 @@ impl Destination for SearchCluster {
         SEARCH_FAILED
     }
 
-    fn encode(&self, records: &[RecordRef<'_>]) -> EncodedChunk<SearchPiece> {
+    fn encode(&self, chunk: Chunk<'_>) -> EncodedChunk<SearchPiece> {
+        let records = &chunk.refs()[..];
         let encoded = self.encoder.encode_chunk(records);
         let refused = encoded
             .rejected
@@ -175,8 +177,12 @@ impl Destination for SearchCluster {
         }
     }
 
-    fn assemble(&self, _id: BatchId, pieces: Vec<SearchPiece>) -> SearchBatch {
-        SearchBatch::assemble(pieces)
+    fn assemble(
+        &self,
+        _id: BatchId,
+        pieces: Vec<SearchPiece>,
+    ) -> Result<SearchBatch, AssembleError> {
+        Ok(SearchBatch::assemble(pieces))
     }
 
     fn backup_parts(&self, batch: &SearchBatch) -> Vec<Bytes> {

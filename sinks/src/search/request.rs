@@ -202,6 +202,7 @@ impl SearchBatch {
                     .slice(span.doc_start as usize..span.end as usize - 1),
             ),
             document: Some(target),
+            whole_batch: false,
         }
     }
 

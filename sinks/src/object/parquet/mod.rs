@@ -18,9 +18,73 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::{WriterProperties, WriterVersion};
 
-use crate::config::{EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
-use crate::encode::{ChunkRecord, ConversionError, check_json, chunk_records};
+use super::framing::{ConversionError, check_json};
+use crate::destination::{ChunkRecord, chunk_records};
 use decode::{HydrantDecoders, KeyRules, RowErrors};
+
+/// How JSON records become Parquet rows: what a stream's `parquet:` section says.
+#[derive(Debug, Clone, Default)]
+pub struct ParquetOptions {
+    /// The declared columns; `None` infers them from the first chunk.
+    pub columns: Option<Vec<ParquetColumn>>,
+    /// Match JSON keys to column and struct field names ignoring ASCII case.
+    pub case_insensitive: bool,
+    /// Column name → JSON key.
+    pub column_to_json_key_mappings: Vec<(String, String)>,
+    /// Read the JSON key `a.b` into the column `a_b`.
+    pub dots_to_underscores: bool,
+    /// How JSON numbers in timestamp columns count time.
+    pub timestamp_numbers: EpochUnit,
+    /// Column compression inside the file.
+    pub compression: ParquetCompression,
+    /// Level of `zstd` or `gzip` (their defaults when `None`).
+    pub compression_level: Option<u32>,
+    /// A row group is closed once its encoded columns reach this many MiB.
+    pub row_group_mib: u32,
+    /// Largest data page, in KiB.
+    pub page_size_kib: u32,
+    /// Dictionary-encode columns.
+    pub dictionary: bool,
+}
+
+/// One declared column.
+#[derive(Debug, Clone)]
+pub struct ParquetColumn {
+    /// Column name (also the JSON key it is read from, unless mapped).
+    pub name: String,
+    /// Column type, e.g. `int64`, `timestamptz(ms)` ([`parse_type`]).
+    pub data_type: String,
+    /// Whether the column may be null or missing.
+    pub nullable: bool,
+}
+
+/// Unit of epoch numbers in timestamp columns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpochUnit {
+    /// Seconds below 10^11 (until the year 5138), milliseconds from there.
+    #[default]
+    Auto,
+    /// Always seconds (fractions allowed).
+    Seconds,
+    /// Always milliseconds.
+    Milliseconds,
+}
+
+/// Column compression codec inside Parquet files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParquetCompression {
+    /// Snappy: fast, modest ratio; what most engines default to.
+    #[default]
+    Snappy,
+    /// zstd: a better ratio at similar read speed.
+    Zstd,
+    /// gzip: the most widely readable of the dense codecs.
+    Gzip,
+    /// Uncompressed pages.
+    None,
+}
 
 /// A record that could not become a row, with the reason.
 #[derive(Debug)]
@@ -84,32 +148,27 @@ pub struct WriteError(#[from] parquet::errors::ParquetError);
 
 impl ParquetEncoder {
     /// The encoder a stream's (validated) `parquet:` section describes.
-    pub fn new(config: &ParquetConfig) -> Result<Self, String> {
+    pub fn new(config: &ParquetOptions) -> Result<Self, String> {
         let schema = OnceLock::new();
-        if let SchemaSource::Columns(columns) = &config.schema.value {
+        if let Some(columns) = &config.columns {
             let fields = columns
                 .iter()
                 .map(|c| {
-                    parse_type(&c.data_type.value)
-                        .map(|t| Field::new(c.name.value.clone(), t, c.nullable))
-                        .map_err(|reason| format!("column `{}`: {reason}", c.name.value))
+                    parse_type(&c.data_type)
+                        .map(|t| Field::new(c.name.clone(), t, c.nullable))
+                        .map_err(|reason| format!("column `{}`: {reason}", c.name))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let _ = schema.set(Schemas::new(Schema::new(fields)));
         }
-        let compression = match config.compression.value {
+        let compression = match config.compression {
             ParquetCompression::Snappy => Compression::SNAPPY,
             ParquetCompression::Zstd => Compression::ZSTD(
-                ZstdLevel::try_new(
-                    config
-                        .compression_level
-                        .as_ref()
-                        .map_or(3, |l| l.value as i32),
-                )
-                .map_err(|e| e.to_string())?,
+                ZstdLevel::try_new(config.compression_level.map_or(3, |l| l as i32))
+                    .map_err(|e| e.to_string())?,
             ),
             ParquetCompression::Gzip => Compression::GZIP(
-                GzipLevel::try_new(config.compression_level.as_ref().map_or(6, |l| l.value))
+                GzipLevel::try_new(config.compression_level.unwrap_or(6))
                     .map_err(|e| e.to_string())?,
             ),
             ParquetCompression::None => Compression::UNCOMPRESSED,
@@ -118,23 +177,17 @@ impl ParquetEncoder {
             .set_writer_version(WriterVersion::PARQUET_1_0)
             .set_compression(compression)
             .set_dictionary_enabled(config.dictionary)
-            .set_data_page_size_limit(config.page_size_kib.value as usize * 1024)
+            .set_data_page_size_limit(config.page_size_kib as usize * 1024)
             .set_max_row_group_row_count(None)
-            .set_max_row_group_bytes(Some(
-                config.row_group_mib.value.max(1) as usize * 1024 * 1024,
-            ))
+            .set_max_row_group_bytes(Some(config.row_group_mib.max(1) as usize * 1024 * 1024))
             .set_created_by(format!("hydrant version {}", env!("CARGO_PKG_VERSION")))
             .build();
         Ok(Self {
             schema,
             keys: Arc::new(KeyRules {
                 case_insensitive: config.case_insensitive,
-                dots_to_underscores: config.convert_dots_in_json_keys_to_underscores,
-                mappings: config
-                    .column_to_json_key_mappings
-                    .iter()
-                    .map(|(column, key)| (column.clone(), key.clone()))
-                    .collect(),
+                dots_to_underscores: config.dots_to_underscores,
+                mappings: config.column_to_json_key_mappings.to_vec(),
             }),
             epoch: config.timestamp_numbers,
             properties,
@@ -428,4 +481,23 @@ fn without_null_type(data_type: &DataType) -> DataType {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_come_in_parts_of_at_most_the_part_size() {
+        use std::io::Write as _;
+        let data: Vec<u8> = (0..20 * 1024 * 1024 + 5).map(|i| (i % 251) as u8).collect();
+        let mut writer = PartsWriter::default();
+        for piece in data.chunks(3 * 1024 * 1024 + 7) {
+            writer.write_all(piece).unwrap();
+        }
+        let parts = writer.finish();
+        let sizes: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+        assert_eq!(
+            sizes,
+            [FILE_PART_BYTES, FILE_PART_BYTES, 4 * 1024 * 1024 + 5]
+        );
+        assert_eq!(parts.concat(), data);
+    }
+}

@@ -1,10 +1,14 @@
+//! A stream's `parquet:` section, as the files it makes show: the section is turned into the
+//! encoder's options and records are converted and written as a real stream's would be.
+
+use ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMicrosecondType, TimestampMillisecondType};
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use hydrant_sinks::object::parquet::{ConvertedChunk, ParquetEncoder};
+use hydrant_sinks::prelude::ChunkRecord;
 
-use super::*;
 use crate::config::parse_config;
 
 fn encoder(parquet_yaml: &str) -> ParquetEncoder {
@@ -18,7 +22,7 @@ fn encoder(parquet_yaml: &str) -> ParquetEncoder {
     );
     let config = parse_config(&yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"));
     let (_, stream) = config.streams.iter().next().unwrap();
-    ParquetEncoder::new(stream.parquet.as_ref().unwrap()).unwrap()
+    ParquetEncoder::new(&stream.parquet.as_ref().unwrap().options()).unwrap()
 }
 
 fn chunk(records: &[&str]) -> (Vec<u8>, Vec<ChunkRecord>) {
@@ -339,21 +343,4 @@ fn row_groups_close_at_the_configured_size() {
         })
         .collect();
     assert_eq!(ids, (0..3000).collect::<Vec<i64>>());
-}
-
-#[test]
-fn files_come_in_parts_of_at_most_the_part_size() {
-    use std::io::Write as _;
-    let data: Vec<u8> = (0..20 * 1024 * 1024 + 5).map(|i| (i % 251) as u8).collect();
-    let mut writer = PartsWriter::default();
-    for piece in data.chunks(3 * 1024 * 1024 + 7) {
-        writer.write_all(piece).unwrap();
-    }
-    let parts = writer.finish();
-    let sizes: Vec<usize> = parts.iter().map(|p| p.len()).collect();
-    assert_eq!(
-        sizes,
-        [FILE_PART_BYTES, FILE_PART_BYTES, 4 * 1024 * 1024 + 5]
-    );
-    assert_eq!(parts.concat(), data);
 }

@@ -17,8 +17,8 @@ use arrow_schema::{ArrowError, DataType, FieldRef, Fields, TimeUnit};
 use base64::Engine;
 use chrono::Utc;
 
-use crate::config::EpochUnit;
-use crate::encode::ConversionError;
+use super::EpochUnit;
+use crate::object::framing::ConversionError;
 
 /// Rows the top-level decoder rejected, by row number within the decode call, with why.
 pub(super) type RowErrors = Arc<Mutex<Vec<(usize, ConversionError)>>>;

@@ -1,86 +1,5 @@
-//! How records are laid out inside an object, and which records cannot be.
-
-pub mod parquet;
-
-use std::sync::Arc;
-
-use crate::config::{Format, RecordDelimiter};
-use hydrant_sinks::prelude::AnyDestination;
-use parquet::ParquetEncoder;
-
-/// One record of a chunk handed to a per-record encoder (Parquet rows, table rows).
-#[derive(Debug, Clone, Copy)]
-pub struct ChunkRecord {
-    /// Its sequence number.
-    pub seq: u64,
-    /// When it arrived (Unix ms).
-    pub arrival_ms: i64,
-    /// Where it ends in the chunk's bytes (it starts where the previous one ends).
-    pub end: usize,
-}
-
-impl ChunkRecord {
-    /// The bytes of record `index` of a chunk: `data` split at each record's end.
-    pub fn bytes<'a>(data: &'a [u8], records: &[ChunkRecord], index: usize) -> &'a [u8] {
-        let start = index
-            .checked_sub(1)
-            .map_or(0, |previous| records[previous].end);
-        &data[start..records[index].end]
-    }
-}
-
-/// The bytes of each record of a chunk, in order.
-pub fn chunk_records<'a>(
-    data: &'a [u8],
-    records: &'a [ChunkRecord],
-) -> impl Iterator<Item = &'a [u8]> + 'a {
-    (0..records.len()).map(move |index| ChunkRecord::bytes(data, records, index))
-}
-
-/// How a stream turns records into an object body.
-#[derive(Debug, Clone)]
-pub enum Encoding {
-    /// Records written one after another (`raw`, `ndjson`).
-    Framed(RecordFramer),
-    /// Records decoded into rows of one Parquet file.
-    Parquet(Arc<ParquetEncoder>),
-    /// Records encoded into requests by a destination behind the seam.
-    Destination(Arc<dyn AnyDestination>),
-}
-
-impl Encoding {
-    /// Whether records are decoded per record on the CPU pool (and so are held with their
-    /// boundaries until their chunk is dispatched).
-    pub fn decodes_records(&self) -> bool {
-        !matches!(self, Encoding::Framed(_))
-    }
-
-    /// Bytes `record` adds to a batch's size (what `buffer.size_mib` counts).
-    pub fn buffered_len(&self, record: &[u8]) -> usize {
-        match self {
-            Encoding::Framed(framer) => framer.framed_len(record),
-            Encoding::Parquet(_) | Encoding::Destination(_) => record.len() + 1,
-        }
-    }
-
-    /// `Content-Type` of objects.
-    pub fn content_type(&self) -> &'static str {
-        match self {
-            Encoding::Framed(framer) => framer.content_type(),
-            Encoding::Parquet(_) => "application/vnd.apache.parquet",
-            // Backups of a search or endpoint stream's records: one per line.
-            Encoding::Destination(_) => "application/x-ndjson",
-        }
-    }
-
-    /// Extension of object keys that the format (rather than a codec) decides.
-    pub fn extension(&self) -> Option<&'static str> {
-        match self {
-            Encoding::Framed(_) | Encoding::Destination(_) => None,
-            Encoding::Parquet(_) => Some(".parquet"),
-        }
-    }
-}
+//! How records are laid out one after another inside an object (`raw`, `ndjson`), and why a
+//! record cannot be.
 
 /// Why a record could not be written in the stream's format; it goes to the
 /// `format-conversion-failed` error output instead.
@@ -111,13 +30,13 @@ impl ConversionError {
 }
 
 /// Checks that `record` is one valid JSON value by the rules every JSON format shares
-/// ([`hydrant_sinks::json`]); a record that is not fails with `DataFormatConversion.ParseError`.
+/// ([`crate::json`]); a record that is not fails with `DataFormatConversion.ParseError`.
 pub fn check_json(record: &[u8]) -> Result<(), ConversionError> {
-    hydrant_sinks::json::check_record(record)
+    crate::json::check_record(record)
         .map_err(|error| ConversionError::parse(format!("{NOT_VALID_JSON}{error}")))
 }
 
-pub use hydrant_sinks::json::NOT_VALID_JSON;
+pub use crate::json::NOT_VALID_JSON;
 
 /// Writes records into an object body according to the stream's format.
 #[derive(Debug, Clone, Copy)]
@@ -127,19 +46,20 @@ pub struct RecordFramer {
 }
 
 impl RecordFramer {
-    /// The framer a stream's configuration asks for.
-    pub fn new(format: Format, delimiter: RecordDelimiter) -> Self {
-        match format {
-            Format::Raw => Self {
-                newline: delimiter == RecordDelimiter::Newline,
-                json: false,
-            },
-            // Parquet streams frame nothing (rows go through `parquet::ParquetEncoder`);
-            // their records are held as one JSON value each, like NDJSON.
-            Format::Ndjson | Format::Parquet => Self {
-                newline: true,
-                json: true,
-            },
+    /// Records one after another as they are (`raw`), each followed by `\n` when `newline`
+    /// is set and it does not already end with one.
+    pub fn raw(newline: bool) -> Self {
+        Self {
+            newline,
+            json: false,
+        }
+    }
+
+    /// One JSON value per line (`ndjson`).
+    pub fn ndjson() -> Self {
+        Self {
+            newline: true,
+            json: true,
         }
     }
 
@@ -198,7 +118,7 @@ mod tests {
 
     #[test]
     fn newline_framing_adds_missing_newlines_only() {
-        let framer = RecordFramer::new(Format::Raw, RecordDelimiter::Newline);
+        let framer = RecordFramer::raw(true);
         let mut out = Vec::new();
         for record in [&b"{\"a\":1}"[..], b"{\"b\":2}\n", b""] {
             assert_eq!(framer.framed_len(record), {
@@ -212,7 +132,7 @@ mod tests {
 
     #[test]
     fn ndjson_takes_one_json_value_per_record_and_writes_it_on_one_line() {
-        let framer = RecordFramer::new(Format::Ndjson, RecordDelimiter::Newline);
+        let framer = RecordFramer::ndjson();
         let mut out = Vec::new();
         for record in [
             &b"{\"a\":1}"[..],
@@ -240,7 +160,7 @@ mod tests {
 
     #[test]
     fn no_delimiter_concatenates() {
-        let framer = RecordFramer::new(Format::Raw, RecordDelimiter::None);
+        let framer = RecordFramer::raw(false);
         let mut out = Vec::new();
         framer.append(b"ab", &mut out);
         framer.append(b"cd", &mut out);

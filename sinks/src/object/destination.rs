@@ -1,0 +1,335 @@
+//! An object store as a destination behind the seam: each chunk of a batch is framed and
+//! compressed (or, for Parquet, decoded into rows) on the CPU pool while the batch fills; a
+//! sealed batch becomes one object under a key derived from its records, written once.
+
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use super::framing::{ConversionError, RecordFramer};
+use super::key::{ObjectKeyBuilder, batch_seed};
+use super::parquet::ParquetEncoder;
+use super::{EncodedObject, ObjectSink, WriteMode};
+use crate::compress::{Codec, CompressedChunk};
+use crate::destination::{
+    AssembleError, BatchId, Chunk, Destination, EncodedChunk, ItemRecord, Outcome, Refusal,
+    Request, Sending,
+};
+use crate::error::{Service, SinkError, SinkErrorKind};
+
+/// `!{firehose:error-output-type}` of records an object store did not take.
+pub const OBJECT_STORE_FAILED: &str = "s3-failed";
+
+/// How records are laid out in an object.
+#[derive(Debug, Clone)]
+pub enum ObjectFormat {
+    /// Records one after another (`raw`, `ndjson`), compressed with the stream's codec.
+    Framed(RecordFramer),
+    /// Records decoded into rows of one Parquet file (compressed inside the file).
+    Parquet(Arc<ParquetEncoder>),
+}
+
+impl ObjectFormat {
+    /// `Content-Type` of objects.
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            ObjectFormat::Framed(framer) => framer.content_type(),
+            ObjectFormat::Parquet(_) => "application/vnd.apache.parquet",
+        }
+    }
+}
+
+/// An object store taking one object per batch.
+pub struct ObjectDestination {
+    sink: Arc<dyn ObjectSink>,
+    format: ObjectFormat,
+    /// The codec of framed objects (identity for Parquet, which compresses inside the file).
+    codec: Codec,
+    keys: ObjectKeyBuilder,
+    /// Whether batches are rebuilt identically after a restart (the stream has a spool):
+    /// keys then derive from the batch's records and are written only once.
+    replayable: bool,
+}
+
+impl std::fmt::Debug for ObjectDestination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectDestination")
+            .field("destination", &self.sink.describe())
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+impl ObjectDestination {
+    /// Objects of `format` (framed ones compressed with `codec`) named by `keys` in `sink`;
+    /// `replayable` when batches are rebuilt identically after a restart.
+    pub fn new(
+        sink: Arc<dyn ObjectSink>,
+        format: ObjectFormat,
+        codec: Codec,
+        keys: ObjectKeyBuilder,
+        replayable: bool,
+    ) -> Self {
+        let codec = match format {
+            ObjectFormat::Framed(_) => codec,
+            ObjectFormat::Parquet(_) => Codec::None,
+        };
+        Self {
+            sink,
+            format,
+            codec,
+            keys,
+            replayable,
+        }
+    }
+
+    /// The extension object keys end with (`.gz`, `.parquet`), for a stream's key builder.
+    pub fn extension(format: &ObjectFormat, codec: Codec) -> &'static str {
+        match format {
+            ObjectFormat::Framed(_) => codec.extension(),
+            ObjectFormat::Parquet(_) => ".parquet",
+        }
+    }
+
+    /// The key of batch `id`: with a spool, seeded from its records, so a replay names the
+    /// same key.
+    fn key(&self, id: &BatchId) -> String {
+        let mut rng = if self.replayable {
+            fastrand::Rng::with_seed(batch_seed(id.run, id.first_seq, id.last_seq))
+        } else {
+            fastrand::Rng::new()
+        };
+        let oldest = DateTime::<Utc>::from_timestamp_millis(id.oldest_ms).unwrap_or_else(Utc::now);
+        self.keys.key(oldest, &mut rng)
+    }
+}
+
+/// What one chunk of records became.
+#[derive(Debug)]
+pub enum ObjectPiece {
+    /// Framed and compressed records.
+    Framed {
+        /// The compressed bytes.
+        chunk: CompressedChunk,
+        /// Records in it.
+        records: u64,
+    },
+    /// Rows of a Parquet file.
+    Rows(Vec<RecordBatch>),
+}
+
+/// A sealed batch's object (`None` when none of its records could be written).
+#[derive(Debug)]
+pub struct ObjectBatch {
+    /// The object.
+    pub object: Option<EncodedObject>,
+    /// Records in it.
+    pub records: u64,
+    /// Its batch.
+    pub id: BatchId,
+}
+
+#[async_trait]
+impl Sending for ObjectDestination {
+    type Batch = ObjectBatch;
+    type Body = usize;
+
+    fn describe(&self) -> &str {
+        self.sink.describe()
+    }
+
+    fn service(&self) -> Service {
+        Service::ObjectStore
+    }
+
+    fn requests(&self, batch: &ObjectBatch) -> Vec<Request<usize>> {
+        batch
+            .object
+            .iter()
+            .map(|object| Request {
+                body: object.len(),
+                items: vec![0],
+            })
+            .collect()
+    }
+
+    fn regroup(&self, batch: &ObjectBatch, _items: &[u32], _shrink: u32) -> Vec<Request<usize>> {
+        self.requests(batch)
+    }
+
+    async fn send(&self, batch: &ObjectBatch, _request: &Request<usize>) -> Outcome {
+        let Some(object) = &batch.object else {
+            return Outcome::Delivered;
+        };
+        let mode = if self.replayable {
+            WriteMode::CreateOnly
+        } else {
+            WriteMode::Overwrite
+        };
+        match self.sink.put(object, mode).await {
+            Ok(()) => Outcome::Delivered,
+            // A create-only write of a deterministic key found the object a run before a
+            // crash wrote: it is delivered.
+            Err(error) if error.kind == SinkErrorKind::AlreadyExists => {
+                tracing::info!(
+                    key = %object.key,
+                    "object already written before a restart; not writing it again"
+                );
+                Outcome::Delivered
+            }
+            // Every other failure may pass (an outage, expired credentials, a missing
+            // bucket being created): retried until the retry duration runs out.
+            Err(error) => Outcome::Retry(error),
+        }
+    }
+
+    fn body_len(&self, body: &usize) -> usize {
+        *body
+    }
+
+    fn item_record(&self, batch: &ObjectBatch, _item: u32) -> ItemRecord {
+        ItemRecord {
+            whole_batch: true,
+            ..ItemRecord::record(batch.id.first_seq, batch.id.oldest_ms, None)
+        }
+    }
+
+    fn item_records(&self, batch: &ObjectBatch, _item: u32) -> u64 {
+        batch.records
+    }
+}
+
+#[async_trait]
+impl Destination for ObjectDestination {
+    type Piece = ObjectPiece;
+
+    fn failed_output(&self) -> &'static str {
+        OBJECT_STORE_FAILED
+    }
+
+    fn encode(&self, chunk: Chunk<'_>) -> EncodedChunk<ObjectPiece> {
+        match &self.format {
+            ObjectFormat::Framed(framer) => {
+                let mut out = Vec::with_capacity(chunk.data.len() + chunk.len());
+                let mut refusals = Vec::new();
+                for index in 0..chunk.len() {
+                    if let Err(error) = framer.frame(chunk.record(index).data, &mut out) {
+                        refusals.push(refusal(index, error));
+                    }
+                }
+                let records = (chunk.len() - refusals.len()) as u64;
+                EncodedChunk {
+                    piece: ObjectPiece::Framed {
+                        chunk: self.codec.compress_chunk(out),
+                        records,
+                    },
+                    refusals,
+                }
+            }
+            ObjectFormat::Parquet(encoder) => {
+                let converted = encoder.convert_chunk(chunk.data, chunk.records);
+                EncodedChunk {
+                    piece: ObjectPiece::Rows(converted.batches),
+                    refusals: converted
+                        .rejected
+                        .into_iter()
+                        .map(|rejected| refusal(rejected.index, rejected.error))
+                        .collect(),
+                }
+            }
+        }
+    }
+
+    fn framer(&self) -> Option<&RecordFramer> {
+        match &self.format {
+            ObjectFormat::Framed(framer) => Some(framer),
+            ObjectFormat::Parquet(_) => None,
+        }
+    }
+
+    fn encode_framed(&self, framed: Vec<u8>, records: u64) -> ObjectPiece {
+        ObjectPiece::Framed {
+            chunk: self.codec.compress_chunk(framed),
+            records,
+        }
+    }
+
+    fn assemble(
+        &self,
+        id: BatchId,
+        pieces: Vec<ObjectPiece>,
+    ) -> Result<ObjectBatch, AssembleError> {
+        let mut records = 0;
+        let parts = match &self.format {
+            ObjectFormat::Framed(_) => {
+                let chunks = pieces
+                    .into_iter()
+                    .filter_map(|piece| match piece {
+                        ObjectPiece::Framed { chunk, records: n } => {
+                            records += n;
+                            Some(chunk)
+                        }
+                        ObjectPiece::Rows(_) => None,
+                    })
+                    .collect();
+                self.codec.assemble(chunks)
+            }
+            ObjectFormat::Parquet(encoder) => {
+                let rows: Vec<RecordBatch> = pieces
+                    .into_iter()
+                    .flat_map(|piece| match piece {
+                        ObjectPiece::Rows(rows) => rows,
+                        ObjectPiece::Framed { .. } => Vec::new(),
+                    })
+                    .collect();
+                records = rows.iter().map(|rows| rows.num_rows() as u64).sum();
+                if records == 0 {
+                    Vec::new()
+                } else {
+                    encoder
+                        .write_file(rows)
+                        .map_err(|error| AssembleError(Box::new(error)))?
+                }
+            }
+        };
+        let object = (records > 0).then(|| EncodedObject {
+            key: self.key(&id),
+            parts,
+            content_type: self.format.content_type(),
+            content_encoding: self.codec.content_encoding(),
+        });
+        Ok(ObjectBatch {
+            object,
+            records,
+            id,
+        })
+    }
+
+    fn backup_parts(&self, _batch: &ObjectBatch) -> Vec<Bytes> {
+        Vec::new()
+    }
+
+    fn target(&self, batch: &ObjectBatch) -> Option<String> {
+        batch.object.as_ref().map(|object| object.key.clone())
+    }
+
+    fn checks_before_use(&self) -> bool {
+        false
+    }
+
+    async fn check(&self) -> Result<String, SinkError> {
+        Ok(self.sink.describe().to_string())
+    }
+}
+
+/// A record the format could not take.
+fn refusal(index: usize, error: ConversionError) -> Refusal {
+    Refusal {
+        index,
+        code: error.code,
+        message: error.message,
+    }
+}
