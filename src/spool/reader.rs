@@ -35,6 +35,8 @@ impl RecordChunk {
 
 struct OpenSegment {
     reader: BufReader<File>,
+    /// The first record the segment's name says it holds.
+    first_seq: u64,
 }
 
 /// Reads one stream's spool from a sequence number on.
@@ -207,8 +209,12 @@ impl SpoolReader {
             let segment = self.segment.as_mut().expect("opened above");
             let got = read_full(&mut segment.reader, &mut header)?;
             if got == 0 {
-                // End of this segment: the next record starts the following one.
-                self.segment = None;
+                // End of this segment: the next record starts the following one — unless
+                // this segment was that one, and ended without holding it.
+                let finished = self.segment.take().map(|s| s.first_seq);
+                if finished == Some(self.next_seq) {
+                    return Err(self.corrupt("its segment ends before holding it"));
+                }
                 self.open_segment_for(self.next_seq, true)?;
                 continue;
             }
@@ -264,7 +270,7 @@ impl SpoolReader {
     /// Opens the segment holding `seq`: the last one starting at or before it, or with
     /// `starting` the one that starts exactly at it.
     fn open_segment_for(&mut self, seq: u64, starting: bool) -> std::io::Result<()> {
-        let path = {
+        let found = {
             let segments = lock(&self.spool.segments);
             segments
                 .iter()
@@ -276,9 +282,9 @@ impl SpoolReader {
                         s.first_seq <= seq
                     }
                 })
-                .map(|s| s.path.clone())
+                .map(|s| (s.path.clone(), s.first_seq))
         };
-        let Some(path) = path else {
+        let Some((path, first_seq)) = found else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 format!("no spool segment holds record {seq}"),
@@ -287,6 +293,7 @@ impl SpoolReader {
         let file = File::open(&path)?;
         self.segment = Some(OpenSegment {
             reader: BufReader::with_capacity(1 << 20, file),
+            first_seq,
         });
         Ok(())
     }

@@ -509,6 +509,41 @@ mod hostile {
         ]
     }
 
+    /// A segment that ends before holding the record its name says it starts with (here an
+    /// empty first segment) is corruption, not a reason to open it again and again.
+    #[test]
+    fn a_segment_ending_before_its_first_record_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(segments::segment_path(dir.path(), 0), b"").unwrap();
+        let mut second = Vec::new();
+        for seq in 20..25 {
+            frame::encode(seq, 7, b"record", &mut second);
+        }
+        std::fs::write(segments::segment_path(dir.path(), 20), &second).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let read = runtime.block_on(async {
+            let spool = open_keyed(dir.path(), None).unwrap();
+            assert!(*spool.written.borrow() > 0, "records 0..20 are expected");
+            let mut reader = spool.reader(0);
+            let read = tokio::time::timeout(Duration::from_secs(10), reader.read(1 << 20)).await;
+            spool.close();
+            read
+        });
+        // A reader stuck on a blocking thread must not hold the suite up either.
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        let error = read
+            .expect("the read ends")
+            .expect_err("an empty first segment is corrupt");
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData, "{error}");
+        assert!(
+            error.to_string().contains("ends before holding it"),
+            "{error}"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
@@ -519,7 +554,7 @@ mod hostile {
             keyed in any::<bool>(),
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
+            let checked = runtime.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
                 std::fs::write(segments::segment_path(dir.path(), 0), &first).unwrap();
                 std::fs::write(segments::segment_path(dir.path(), 20), &second).unwrap();
@@ -556,7 +591,11 @@ mod hostile {
                 }
                 spool.close();
                 Ok(())
-            })?;
+            });
+            // A read stuck on a blocking thread fails the case above; it must not also keep
+            // the runtime (and the suite) from finishing.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            checked?;
         }
     }
 }
