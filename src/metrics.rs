@@ -28,6 +28,7 @@ pub struct StreamMetrics {
     delivered_bytes: Counter,
     failed_attempts: Counter,
     error_output_records: Counter,
+    partitioning_failures: Counter,
     undelivered: Gauge,
     spool_bytes: Gauge,
 }
@@ -44,6 +45,7 @@ impl StreamMetrics {
             delivered_bytes: counter!("hydrant_delivered_bytes_total", &labels),
             failed_attempts: counter!("hydrant_delivery_failures_total", &labels),
             error_output_records: counter!("hydrant_error_output_records_total", &labels),
+            partitioning_failures: counter!("hydrant_partitioning_failures_total", &labels),
             undelivered: gauge!("hydrant_undelivered_records", &labels),
             spool_bytes: gauge!("hydrant_spool_bytes", &labels),
         }
@@ -61,6 +63,8 @@ impl StreamMetrics {
             .absolute(read(&counters.failed_attempts));
         self.error_output_records
             .absolute(read(&counters.error_output_records));
+        self.partitioning_failures
+            .absolute(read(&counters.partitioning_failures));
         self.undelivered.set(undelivered as f64);
         self.spool_bytes.set(spool_bytes as f64);
     }

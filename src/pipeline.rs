@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use hydrant_sinks::prelude::*;
 use tokio::task::JoinHandle;
 
-use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
+use crate::buffer::{BufferSettings, IngestCapacity, Partitioning, StreamBuffer};
 use crate::config::ProcessorConfig;
 use crate::config::{Config, FsyncConfig, SeamDestination, StreamConfig};
 use crate::deliver::{DeliveryCounters, DeliveryLoop};
@@ -280,6 +280,14 @@ pub enum PipelineError {
         /// Why.
         reason: String,
     },
+    /// Its dynamic partitioning.
+    #[error("stream `{stream}`: invalid dynamic partitioning: {reason}")]
+    Partitioning {
+        /// The stream.
+        stream: String,
+        /// Why.
+        reason: String,
+    },
     /// One of its processors.
     #[error("stream `{stream}`: {error}")]
     Transform {
@@ -358,6 +366,19 @@ impl Pipeline {
                     error,
                 }
             })?;
+            let partitioning = stream_config
+                .partitioner()
+                .map_err(|reason| PipelineError::Partitioning {
+                    stream: name.clone(),
+                    reason,
+                })?
+                .map(|partitioner| Partitioning {
+                    partitioner: Arc::new(partitioner),
+                    max_partitions: stream_config
+                        .partitioning
+                        .as_ref()
+                        .map_or(usize::MAX, |p| p.max_active_partitions.value as usize),
+                });
             let (stream, delivery) = build_stream(
                 &name,
                 stream_config,
@@ -366,6 +387,7 @@ impl Pipeline {
                     seam,
                     run,
                     processors,
+                    partitioning,
                 },
                 Arc::clone(&capacity),
                 spool,
@@ -541,6 +563,7 @@ struct Delivered {
     seam: SeamDestination,
     run: u64,
     processors: Option<Arc<ProcessorChain>>,
+    partitioning: Option<Partitioning>,
 }
 
 /// The processor settings of a stream (module paths relative to `base_dir`), in order.
@@ -594,6 +617,7 @@ fn build_stream(
         interval: Duration::from_secs(config.buffer.interval_seconds.value.into()),
         destination: Arc::clone(&delivered.seam.destination),
         processors: delivered.processors.clone(),
+        partitioning: delivered.partitioning,
         chunk_limit,
         faults: None,
     };
@@ -604,7 +628,8 @@ fn build_stream(
     let counters = Arc::new(DeliveryCounters::default());
     let metrics = StreamMetrics::new(name);
     let layout = config.destination.layout();
-    let template = KeyTemplate::parse(&layout.prefix.value)
+    let template = config
+        .key_template()
         .expect("prefixes are validated when the configuration is loaded");
     let error_template = KeyTemplate::parse_error_prefix(&layout.error_output_prefix.value)
         .expect("error output prefixes are validated when the configuration is loaded");

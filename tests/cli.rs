@@ -54,8 +54,8 @@ fn every_example_is_valid() {
         checked += 1;
     }
     assert!(
-        checked >= 4,
-        "the quickstart, Parquet, log-shipping and HTTP endpoint examples"
+        checked >= 5,
+        "the quickstart, Parquet, partitioned lake, log-shipping and HTTP endpoint examples"
     );
 }
 

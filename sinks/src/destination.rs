@@ -18,6 +18,7 @@ use futures_util::future::BoxFuture;
 use crate::driver::{RetryPolicy, drive};
 use crate::error::{Service, SinkError};
 use crate::object::RecordFramer;
+use crate::partition::PartitionKeys;
 
 /// One record of a chunk: the chunk's bytes hold its records one after another.
 #[derive(Debug, Clone, Copy)]
@@ -118,12 +119,15 @@ pub struct EncodedChunk<P> {
 
 /// Which records a batch holds: the same on every attempt and after a crash replay, so
 /// request ids, object keys and document ids derived from it are too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchId {
     /// The stream's log incarnation (the first half of its record ids).
     pub run: u64,
     /// When its oldest record arrived (Unix ms): what names objects by time.
     pub oldest_ms: i64,
+    /// With dynamic partitioning: the keys every record of the batch shares (its records
+    /// are those of `first_seq..=last_seq` with these keys).
+    pub partition: Option<Arc<PartitionKeys>>,
     /// Sequence number of its first record.
     pub first_seq: u64,
     /// Sequence number of its last record.
@@ -327,8 +331,15 @@ pub trait Destination: Sending {
         }
     }
 
+    /// Whether [`assemble`](Destination::assemble) is heavy CPU work (writing a Parquet
+    /// file) that takes its turn on the CPU pool behind the chunks being encoded, rather
+    /// than cheap work (joining pieces) run at once on a blocking thread.
+    fn assembly_is_heavy(&self) -> bool {
+        false
+    }
+
     /// Puts a batch's pieces together, or says why it cannot (the engine then builds the
-    /// batch again from its records). Runs on the CPU pool.
+    /// batch again from its records). Runs off the async reactor.
     fn assemble(&self, id: BatchId, pieces: Vec<Self::Piece>)
     -> Result<Self::Batch, AssembleError>;
 
@@ -371,6 +382,8 @@ pub trait AnyDestination: Send + Sync + std::fmt::Debug {
     fn encode_framed_any(&self, framed: Vec<u8>, records: u64) -> Box<dyn Any + Send>;
     /// See [`Destination::buffered_len`].
     fn buffered_len_any(&self, record: &[u8]) -> usize;
+    /// See [`Destination::assembly_is_heavy`].
+    fn assembly_is_heavy_any(&self) -> bool;
     /// See [`Destination::assemble`]; pieces not made by this destination are skipped.
     fn assemble_any(
         self: Arc<Self>,
@@ -437,6 +450,10 @@ impl<D: Destination + std::fmt::Debug> AnyDestination for D {
 
     fn buffered_len_any(&self, record: &[u8]) -> usize {
         self.buffered_len(record)
+    }
+
+    fn assembly_is_heavy_any(&self) -> bool {
+        self.assembly_is_heavy()
     }
 
     fn assemble_any(

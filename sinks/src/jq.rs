@@ -1,10 +1,11 @@
-//! Column values computed by jq expressions (`from: '.a + .b'`), run with jaq.
+//! jq expressions run with jaq: table column values (`from: '.a + .b'`) and dynamic
+//! partitioning queries.
 
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
 use jaq_json::Val;
 
-/// A compiled jq filter whose first output is a column's value.
+/// A compiled jq filter; its first output on a record is what counts.
 pub struct JqFilter {
     filter: jaq_core::compile::Filter<jaq_core::Native<data::JustLut<Val>>>,
 }
@@ -39,6 +40,14 @@ impl JqFilter {
     /// The JSON text of the filter's first output on `record`; `None` when it has none
     /// or the output is `null`.
     pub fn first_output(&self, record: &[u8]) -> Result<Option<String>, String> {
+        match self.first_value(record)? {
+            None | Some(Val::Null) => Ok(None),
+            Some(value) => Ok(Some(value.to_string())),
+        }
+    }
+
+    /// The filter's first output on `record`, as a jaq value; `None` when it has none.
+    pub fn first_value(&self, record: &[u8]) -> Result<Option<Val>, String> {
         let input = jaq_json::read::parse_single(record)
             .map_err(|e| format!("the record is not JSON: {e}"))?;
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
@@ -46,8 +55,7 @@ impl JqFilter {
         match outputs.next() {
             None => Ok(None),
             Some(Err(error)) => Err(format!("the jq expression failed: {error}")),
-            Some(Ok(Val::Null)) => Ok(None),
-            Some(Ok(value)) => Ok(Some(value.to_string())),
+            Some(Ok(value)) => Ok(Some(value)),
         }
     }
 }

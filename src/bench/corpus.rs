@@ -252,6 +252,7 @@ fn seam_rounds(
             first_seq: 0,
             last_seq: records as u64,
             oldest_ms: 1_764_000_000_000,
+            partition: None,
         };
         let assembled = std::sync::Arc::clone(destination).assemble_any(id, pieces);
         std::hint::black_box(assembled.is_ok());

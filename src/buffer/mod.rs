@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::cpu_pool::EncodeFaults;
 use crate::spool::{RecordChunk, SeqRange};
 use crate::transform::ProcessorChain;
+use hydrant_sinks::partition::Partitioner;
 use hydrant_sinks::prelude::AnyDestination;
 use open_batch::OpenBatch;
 
@@ -37,17 +38,31 @@ pub struct BufferSettings {
     pub destination: Arc<dyn AnyDestination>,
     /// Transforms run over each chunk before it is encoded.
     pub processors: Option<Arc<ProcessorChain>>,
+    /// Dynamic partitioning: what extracts each record's keys (after the transforms), and
+    /// how many partitions one batch may hold.
+    pub partitioning: Option<Partitioning>,
     /// Largest chunk handed to the CPU pool (with processors: their batch size).
     pub chunk_limit: Option<usize>,
     /// Encoding faults to inject (tests only; `None` in a running service).
     pub faults: Option<Arc<EncodeFaults>>,
 }
 
+/// How a partitioned stream splits its batches.
+#[derive(Debug, Clone)]
+pub struct Partitioning {
+    /// Extracts each record's keys.
+    pub partitioner: Arc<Partitioner>,
+    /// Partitions one batch may hold; records of later ones go to the error output.
+    pub max_partitions: usize,
+}
+
 impl BufferSettings {
     /// Whether records are kept with their boundaries until their chunk is dispatched
-    /// (encoded per record, or transformed) rather than framed as they come.
+    /// (encoded per record, transformed or partitioned) rather than framed as they come.
     pub(crate) fn keeps_records(&self) -> bool {
-        self.destination.framer_any().is_none() || self.processors.is_some()
+        self.destination.framer_any().is_none()
+            || self.processors.is_some()
+            || self.partitioning.is_some()
     }
 }
 

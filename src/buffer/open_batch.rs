@@ -11,7 +11,10 @@ use tokio::time::Instant;
 use super::{BufferSettings, IngestCapacity};
 use crate::cpu_pool::{self, CpuJob, EncodeFaults, JobFailure};
 use crate::spool::SeqRange;
+use std::collections::{HashMap, HashSet};
+
 use hydrant_sinks::object::ConversionError;
+use hydrant_sinks::partition::{METADATA_EXTRACTION_FAILED, PartitionKeys, Partitioner};
 use hydrant_sinks::prelude::{
     AnyDestination, AssembleError, AssembledBatch, BatchId, Chunk, ChunkRecord,
 };
@@ -29,14 +32,34 @@ pub struct FailedRecord {
     pub error: ConversionError,
 }
 
-/// What one chunk of records became (the destination's piece), and the chunk's records
-/// that could not be taken.
+/// What one chunk of records became (the destination's pieces, one per partition), and
+/// the chunk's records that could not be taken.
 #[derive(Debug, Default)]
 struct EncodedPiece {
-    piece: Option<Box<dyn Any + Send>>,
+    pieces: Vec<PartitionPiece>,
     failed: Vec<FailedRecord>,
     /// Records a transform dropped on purpose.
     dropped: u64,
+}
+
+/// The destination's encoding of a chunk's records of one partition.
+#[derive(Debug)]
+struct PartitionPiece {
+    /// The partition (`None` when the stream is not partitioned).
+    keys: Option<Arc<PartitionKeys>>,
+    piece: Box<dyn Any + Send>,
+    /// Sequence numbers of the records encoded (for a partitioned stream only).
+    seqs: Vec<u64>,
+}
+
+impl PartitionPiece {
+    fn whole(piece: Box<dyn Any + Send>) -> Self {
+        Self {
+            keys: None,
+            piece,
+            seqs: Vec::new(),
+        }
+    }
 }
 
 /// The batch currently taking records.
@@ -154,20 +177,37 @@ impl OpenBatch {
         let compressing = capacity.start_compressing(raw.len());
         let destination = Arc::clone(&settings.destination);
         let processors = settings.processors.clone();
+        let partitioner = settings
+            .partitioning
+            .as_ref()
+            .map(|p| Arc::clone(&p.partitioner));
         let job = cpu_pool::spawn_encoding(settings.faults.clone(), move || {
             let _compressing = compressing;
             if records.is_empty() {
                 return EncodedPiece {
-                    piece: Some(destination.encode_framed_any(raw, framed)),
+                    pieces: vec![PartitionPiece::whole(
+                        destination.encode_framed_any(raw, framed),
+                    )],
                     ..EncodedPiece::default()
                 };
             }
+            let encode = |data: &[u8], records: &[ChunkRecord], keys: &[Vec<(String, String)>]| {
+                match &partitioner {
+                    None => encode_records(destination.as_ref(), data, records),
+                    Some(partitioner) => {
+                        encode_partitioned(destination.as_ref(), partitioner, data, records, keys)
+                    }
+                }
+            };
             match processors {
-                None => encode_records(destination.as_ref(), &raw, &records),
+                None => encode(&raw, &records, &[]),
                 Some(chain) => {
                     let processed = chain.process(&raw, &records);
-                    let mut chunk =
-                        encode_records(destination.as_ref(), &processed.data, &processed.records);
+                    let mut chunk = encode(
+                        &processed.data,
+                        &processed.records,
+                        &processed.partition_keys,
+                    );
                     chunk.dropped = processed.dropped;
                     chunk.failed.extend(processed.failed.into_iter().map(
                         |(index, code, message)| {
@@ -191,6 +231,10 @@ impl OpenBatch {
         self.dispatch_pending(settings, capacity);
         SealedBatch {
             destination: Arc::clone(&settings.destination),
+            max_partitions: settings
+                .partitioning
+                .as_ref()
+                .map_or(usize::MAX, |p| p.max_partitions),
             chunks: self.chunks,
             raw_len: self.raw_len,
             records: self.records,
@@ -228,20 +272,112 @@ fn encode_records(
     data: &[u8],
     records: &[ChunkRecord],
 ) -> EncodedPiece {
-    let encoded = destination.encode_any(Chunk { data, records });
+    let (piece, failed) = encode_chunk(destination, data, records);
     EncodedPiece {
-        piece: Some(encoded.piece),
-        failed: encoded
-            .refusals
-            .into_iter()
-            .map(|refusal| {
+        pieces: vec![PartitionPiece::whole(piece)],
+        failed,
+        ..EncodedPiece::default()
+    }
+}
+
+/// The destination's encoding of a chunk, and the records it refused.
+fn encode_chunk(
+    destination: &dyn AnyDestination,
+    data: &[u8],
+    records: &[ChunkRecord],
+) -> (Box<dyn Any + Send>, Vec<FailedRecord>) {
+    let encoded = destination.encode_any(Chunk { data, records });
+    let failed = encoded
+        .refusals
+        .into_iter()
+        .map(|refusal| {
+            let error = ConversionError {
+                code: refusal.code,
+                message: refusal.message,
+            };
+            failed_record(data, records, refusal.index, error)
+        })
+        .collect();
+    (encoded.piece, failed)
+}
+
+/// The pieces of one partition of a sealed batch, from every chunk, in order.
+struct BatchPartition {
+    keys: Option<Arc<PartitionKeys>>,
+    pieces: Vec<Box<dyn Any + Send>>,
+    /// Its records (for a partitioned stream only).
+    seqs: Vec<u64>,
+}
+
+/// One partition's records of a chunk, copied out in order.
+#[derive(Default)]
+struct PartitionRecords {
+    data: Vec<u8>,
+    records: Vec<ChunkRecord>,
+}
+
+/// Splits a chunk's records by their partition keys (in order of first appearance) and
+/// encodes each partition's records on their own; a record whose keys cannot be extracted
+/// goes to the error output. `lambda_keys` are the keys the transforms returned, per record.
+fn encode_partitioned(
+    destination: &dyn AnyDestination,
+    partitioner: &Partitioner,
+    data: &[u8],
+    records: &[ChunkRecord],
+    lambda_keys: &[Vec<(String, String)>],
+) -> EncodedPiece {
+    let mut failed = Vec::new();
+    let mut index: HashMap<PartitionKeys, usize> = HashMap::new();
+    let mut groups: Vec<(Arc<PartitionKeys>, PartitionRecords)> = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        let bytes = ChunkRecord::bytes(data, records, i);
+        let lambda = lambda_keys.get(i).map_or(&[][..], Vec::as_slice);
+        let keys = match partitioner.keys(bytes, lambda) {
+            Ok(keys) => keys,
+            Err(message) => {
                 let error = ConversionError {
-                    code: refusal.code,
-                    message: refusal.message,
+                    code: METADATA_EXTRACTION_FAILED,
+                    message,
                 };
-                failed_record(data, records, refusal.index, error)
-            })
-            .collect(),
+                failed.push(failed_record(data, records, i, error));
+                continue;
+            }
+        };
+        let group = match index.get(&keys) {
+            Some(&group) => group,
+            None => {
+                index.insert(keys.clone(), groups.len());
+                groups.push((Arc::new(keys), PartitionRecords::default()));
+                groups.len() - 1
+            }
+        };
+        let out = &mut groups[group].1;
+        out.data.extend_from_slice(bytes);
+        out.records.push(ChunkRecord {
+            end: out.data.len(),
+            ..*record
+        });
+    }
+    let mut pieces = Vec::with_capacity(groups.len());
+    for (keys, group) in groups {
+        let (piece, refused) = encode_chunk(destination, &group.data, &group.records);
+        let refused_seqs: HashSet<u64> = refused.iter().map(|f| f.seq).collect();
+        let seqs = group
+            .records
+            .iter()
+            .map(|r| r.seq)
+            .filter(|seq| !refused_seqs.contains(seq))
+            .collect();
+        failed.extend(refused);
+        pieces.push(PartitionPiece {
+            keys: Some(keys),
+            piece,
+            seqs,
+        });
+    }
+    EncodedPiece {
+        pieces,
+        failed,
         ..EncodedPiece::default()
     }
 }
@@ -251,6 +387,8 @@ fn encode_records(
 pub struct SealedBatch {
     /// What the records become, and where they go.
     destination: Arc<dyn AnyDestination>,
+    /// Partitions the batch may hold.
+    max_partitions: usize,
     chunks: Vec<CpuJob<EncodedPiece>>,
     raw_len: usize,
     records: u64,
@@ -289,12 +427,24 @@ pub struct BatchBody {
     pub failed: Vec<FailedRecord>,
     /// Records a transform dropped on purpose.
     pub dropped: u64,
-    /// The batch, ready to deliver.
-    pub assembled: Assembled,
+    /// The batch, ready to deliver: one per partition of a partitioned stream (none when no
+    /// record could be taken), otherwise exactly one.
+    pub assembled: Vec<Assembled>,
+    /// Records of partitions beyond the stream's limit, by sequence number: they go to the
+    /// error output.
+    pub over_limit: Vec<u64>,
+    /// Partitions beyond the limit.
+    pub partitions_over_limit: usize,
 }
 
 /// A batch the destination has put together.
-pub struct Assembled(pub Box<dyn AssembledBatch>);
+pub struct Assembled {
+    /// The batch.
+    pub batch: Box<dyn AssembledBatch>,
+    /// For one partition of a partitioned batch: the sequence numbers of its records (what
+    /// goes to the error output if the whole partition cannot be delivered).
+    pub records: Option<Vec<u64>>,
+}
 
 impl std::fmt::Debug for Assembled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -335,31 +485,77 @@ impl SealedBatch {
         let records = self.records;
         let lost = |failure| BatchFailure::Job { records, failure };
         let mut failed = self.failed;
-        let mut pieces = Vec::with_capacity(self.chunks.len());
         let mut dropped = 0;
+        // Pieces of each partition in order of first appearance (one entry, without keys,
+        // for a stream that is not partitioned).
+        let mut partitions: Vec<BatchPartition> = Vec::new();
+        let mut index: HashMap<Option<Arc<PartitionKeys>>, usize> = HashMap::new();
+        let mut over_limit = Vec::new();
+        let mut over: HashSet<Option<Arc<PartitionKeys>>> = HashSet::new();
         for job in self.chunks {
             let chunk = job.result().await.map_err(lost)?;
-            pieces.extend(chunk.piece);
             dropped += chunk.dropped;
             failed.extend(chunk.failed);
+            for PartitionPiece { keys, piece, seqs } in chunk.pieces {
+                match index.get(&keys) {
+                    Some(&at) => {
+                        partitions[at].pieces.push(piece);
+                        partitions[at].seqs.extend(seqs);
+                    }
+                    None if partitions.len() < self.max_partitions => {
+                        index.insert(keys.clone(), partitions.len());
+                        partitions.push(BatchPartition {
+                            keys,
+                            pieces: vec![piece],
+                            seqs,
+                        });
+                    }
+                    // The batch is full of partitions: this one stays out of it.
+                    None => {
+                        over.insert(keys);
+                        over_limit.extend(seqs);
+                    }
+                }
+            }
         }
-        let id = BatchId {
-            run,
-            first_seq: self.range.first,
-            last_seq: self.range.last,
-            oldest_ms: self.oldest_arrival_ms,
-        };
+        let (first_seq, last_seq) = (self.range.first, self.range.last);
+        let oldest_ms = self.oldest_arrival_ms;
         let destination = self.destination;
-        let assembled =
-            cpu_pool::spawn_finishing(self.faults, move || destination.assemble_any(id, pieces))
-                .result()
-                .await
-                .map_err(lost)?
-                .map_err(|error| BatchFailure::Assemble { records, error })?;
+        let heavy = destination.assembly_is_heavy_any();
+        let assemble = move || {
+            partitions
+                .into_iter()
+                .map(|BatchPartition { keys, pieces, seqs }| {
+                    let records = keys.is_some().then_some(seqs);
+                    let id = BatchId {
+                        run,
+                        first_seq,
+                        last_seq,
+                        oldest_ms,
+                        partition: keys,
+                    };
+                    Arc::clone(&destination)
+                        .assemble_any(id, pieces)
+                        .map(|batch| Assembled { batch, records })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let job = if heavy {
+            cpu_pool::spawn_encoding(self.faults, assemble)
+        } else {
+            cpu_pool::spawn_finishing(self.faults, assemble)
+        };
+        let assembled = job
+            .result()
+            .await
+            .map_err(lost)?
+            .map_err(|error| BatchFailure::Assemble { records, error })?;
         Ok(BatchBody {
             failed,
             dropped,
-            assembled: Assembled(assembled),
+            assembled,
+            over_limit,
+            partitions_over_limit: over.len(),
         })
     }
 }

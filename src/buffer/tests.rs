@@ -34,6 +34,7 @@ fn buffer(size_limit: usize, interval: Duration, codec: Codec) -> (StreamBuffer,
     let buffer = StreamBuffer::new(
         BufferSettings {
             processors: None,
+            partitioning: None,
             chunk_limit: None,
             faults: None,
             size_limit,
@@ -54,7 +55,7 @@ impl FailureKeeper for NoKeeper {
 }
 
 /// The object an assembled batch becomes: delivered to the in-memory store, read back whole.
-async fn delivered_object(Assembled(batch): Assembled, sink: &ObjectStoreSink) -> Bytes {
+async fn delivered_object(Assembled { batch, .. }: Assembled, sink: &ObjectStoreSink) -> Bytes {
     let policy = RetryPolicy {
         initial_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(1),
@@ -79,8 +80,9 @@ async fn delivered_object(Assembled(batch): Assembled, sink: &ObjectStoreSink) -
 
 /// What a batch's object holds, decompressed.
 async fn body_bytes(batch: SealedBatch, sink: &ObjectStoreSink, codec: Codec) -> Vec<u8> {
-    let assembled = batch.into_body(0).await.unwrap().assembled;
-    let body = delivered_object(assembled, sink).await.to_vec();
+    let mut assembled = batch.into_body(0).await.unwrap().assembled;
+    assert_eq!(assembled.len(), 1, "an unpartitioned batch is one object");
+    let body = delivered_object(assembled.remove(0), sink).await.to_vec();
     match codec {
         Codec::None => body,
         Codec::Gzip { .. } => {
@@ -342,6 +344,7 @@ async fn parquet_batches_decode_chunks_in_parallel_and_keep_record_order() {
     let buffer = Arc::new(StreamBuffer::new(
         BufferSettings {
             processors: None,
+            partitioning: None,
             chunk_limit: None,
             faults: None,
             size_limit,
@@ -380,7 +383,9 @@ async fn parquet_batches_decode_chunks_in_parallel_and_keep_record_order() {
     while let Ok(batch) = buffer.next_batch().await {
         let body = batch.into_body(0).await.unwrap();
         failed.extend(body.failed.into_iter().map(|f| (f.seq, f.error.code)));
-        let file = delivered_object(body.assembled, &sink).await;
+        let mut assembled = body.assembled;
+        assert_eq!(assembled.len(), 1, "an unpartitioned batch is one file");
+        let file = delivered_object(assembled.remove(0), &sink).await;
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .unwrap()
             .build()

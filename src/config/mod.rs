@@ -9,6 +9,7 @@ mod object;
 mod parquet;
 #[cfg(test)]
 mod parquet_tests;
+mod partitioning;
 mod postgres;
 mod processors;
 #[cfg(test)]
@@ -22,6 +23,7 @@ pub use encryption::encryption_notes;
 pub use http_endpoint::{ContentEncoding, HttpEndpointDestination};
 pub use load::{ConfigError, ConfigProblem, load_config, parse_config};
 pub use parquet::{ColumnConfig, EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
+pub use partitioning::PartitioningConfig;
 pub use postgres::{PostgresColumn, PostgresDestination, PostgresMode};
 pub use processors::{ProcessorConfig, WasmProcessorConfig};
 pub use search::{
@@ -198,6 +200,9 @@ pub struct StreamConfig {
     /// Transforms run over records before they are encoded, in order.
     #[serde(default)]
     pub processors: Vec<ProcessorConfig>,
+    /// Dynamic partitioning: objects filed under keys taken from each record.
+    #[serde(default)]
+    pub partitioning: Option<PartitioningConfig>,
     /// Where batches are delivered.
     pub destination: Destination,
 }

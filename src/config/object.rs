@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hydrant_sinks::object::parquet::ParquetEncoder;
-use hydrant_sinks::object::{
-    KeyTemplate, ObjectDestination, ObjectFormat, ObjectKeyBuilder, RecordFramer,
-};
+use hydrant_sinks::object::{ObjectDestination, ObjectFormat, ObjectKeyBuilder, RecordFramer};
 use hydrant_sinks::prelude::ObjectSink;
 
 use super::{Format, RecordDelimiter, SeamDestination, StreamConfig};
@@ -52,7 +50,8 @@ impl StreamConfig {
     ) -> Result<SeamDestination, String> {
         let format = self.object_format()?;
         let codec = self.codec();
-        let prefix = KeyTemplate::parse(&self.destination.layout().prefix.value)
+        let prefix = self
+            .key_template()
             .map_err(|error| format!("invalid prefix: {error}"))?;
         let keys =
             ObjectKeyBuilder::new(stream, prefix, ObjectDestination::extension(&format, codec));

@@ -140,6 +140,7 @@ fn section_types() -> Vec<(&'static str, PrefixFields)> {
                 ("", fields_of::<StreamConfig>()),
                 ("buffer", fields_of::<BufferConfig>()),
                 ("parquet", fields_of::<ParquetConfig>()),
+                ("partitioning", fields_of::<super::PartitioningConfig>()),
             ],
         ),
         (
@@ -215,6 +216,10 @@ fn config_with(section: &str, key: &str, value: Option<&str>) -> Option<String> 
         "streams.<name>" if key.starts_with("parquet.") => (
             key.strip_prefix("parquet.").unwrap(),
             "streams:\n  s:\n    format: parquet\n    parquet:\n      schema: infer\n      {K}\n    {L}\n",
+        ),
+        "streams.<name>" if key.starts_with("partitioning.") => (
+            key.strip_prefix("partitioning.").unwrap(),
+            "streams:\n  s:\n    partitioning:\n      query: '{a: .a}'\n      {K}\n    destination: { local: { path: x, prefix: '!{partitionKeyFromQuery:a}/' } }\n",
         ),
         "streams.<name>" => (key, "streams:\n  s:\n    {K}\n    {L}\n"),
         "processors[].wasm" => (

@@ -90,11 +90,12 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             "`streams` is empty: configure at least one delivery stream",
         ));
     }
+    let spooled = config.spool.fsync != super::FsyncConfig::Disabled;
     for (name, stream) in config.streams.iter() {
         if let Err(reason) = check_stream_name(&name.value) {
             problems.push(at(name, format!("stream name `{}`: {reason}", name.value)));
         }
-        validate_stream(&name.value, stream, &mut problems);
+        validate_stream(&name.value, stream, spooled, &mut problems);
     }
     problems.sort_by_key(|p| (p.line, p.column));
     problems
@@ -175,7 +176,12 @@ fn validate_auth(auth: &super::AuthConfig, problems: &mut Vec<ConfigProblem>) {
     }
 }
 
-fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigProblem>) {
+fn validate_stream(
+    name: &str,
+    stream: &StreamConfig,
+    spooled: bool,
+    problems: &mut Vec<ConfigProblem>,
+) {
     let size = &stream.buffer.size_mib;
     if !(1..=128).contains(&size.value) {
         problems.push(at(
@@ -197,6 +203,7 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
         ));
     }
     super::parquet::validate(name, stream, problems);
+    super::partitioning::validate(name, stream, spooled, problems);
     super::postgres::validate(name, stream, problems);
     super::search::validate(name, stream, problems);
     super::http_endpoint::validate(name, stream, problems);
@@ -262,7 +269,7 @@ fn validate_stream(name: &str, stream: &StreamConfig, problems: &mut Vec<ConfigP
         ));
     }
     let prefix = layout.prefix;
-    if let Err(error) = KeyTemplate::parse(&prefix.value) {
+    if let Err(error) = stream.key_template() {
         let location = prefix.referenced;
         problems.push(ConfigProblem {
             line: location.line(),

@@ -77,7 +77,8 @@ impl DeliveryLoop {
             message: failure.to_string(),
             attempts: BUILD_ATTEMPTS,
         };
-        self.write_error_output(spool, range, oldest, &reason).await;
+        self.write_error_output(spool, range, oldest, &reason, None)
+            .await;
         self.checkpoint(range).await;
         None
     }

@@ -20,10 +20,18 @@ pub const FORMAT_CONVERSION_FAILED: &str = "format-conversion-failed";
 /// `!{firehose:error-output-type}` of records a transform failed.
 pub const PROCESSING_FAILED: &str = "processing-failed";
 
+/// `!{firehose:error-output-type}` of records that could not be filed under a partition.
+pub const PARTITIONING_FAILED: &str = "partitioning-failed";
+
+/// Error codes that go to the [`PARTITIONING_FAILED`] output start with this.
+pub const PARTITIONING_CODE_PREFIX: &str = "DynamicPartitioning.";
+
 /// Seeds of error object keys, one per error type, so each differs from the data key.
 const S3_FAILED_SALT: u64 = 0x6572_726f_7273;
 const CONVERSION_FAILED_SALT: u64 = 0x666f_726d_6174;
 const PROCESSING_FAILED_SALT: u64 = 0x7472_616e_7366;
+const PARTITIONING_FAILED_SALT: u64 = 0x7061_7274_6974;
+const OVER_LIMIT_SALT: u64 = 0x6c69_6d69_7473;
 
 /// One error record in Firehose's format.
 #[derive(serde::Serialize)]
@@ -178,6 +186,88 @@ impl DeliveryLoop {
         .await;
     }
 
+    /// Writes the records of batch `range` that could not be filed under a partition to
+    /// the `partitioning-failed` error output, retrying until the destination takes them.
+    pub(super) async fn write_partitioning_failures(
+        &self,
+        failed: &[FailedRecord],
+        range: SeqRange,
+        oldest: DateTime<Utc>,
+        mode: WriteMode,
+    ) {
+        self.count_partitioning_failures(failed.len());
+        self.write_failed_records(
+            PARTITIONING_FAILED,
+            PARTITIONING_FAILED_SALT,
+            failed,
+            range,
+            oldest,
+            mode,
+        )
+        .await;
+    }
+
+    /// Writes the records `seqs` of batch `range`, whose partitions (`partitions` of them)
+    /// did not fit in the batch, to the `partitioning-failed` error output: read back from
+    /// the spool, so the batch never held them twice in memory.
+    pub(super) async fn write_over_limit(
+        &self,
+        seqs: &[u64],
+        partitions: usize,
+        range: SeqRange,
+        oldest: DateTime<Utc>,
+        mode: WriteMode,
+    ) {
+        let Some(spool) = &self.spool else {
+            tracing::error!(
+                stream = %self.stream,
+                records = seqs.len(),
+                "records beyond the partition limit cannot be read back without a spool; they are lost"
+            );
+            return;
+        };
+        let wanted: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+        let chunk = self.read_back(spool, range).await;
+        let message = format!(
+            "the batch already holds partitioning.max_active_partitions partitions; {partitions} more \
+             had to be left out"
+        );
+        let failed: Vec<FailedRecord> = chunk
+            .records
+            .iter()
+            .filter(|(seq, _, _)| wanted.contains(seq))
+            .map(|(seq, arrival_ms, span)| FailedRecord {
+                seq: *seq,
+                arrival_ms: *arrival_ms,
+                data: chunk.data[span.clone()].to_vec(),
+                error: hydrant_sinks::object::ConversionError {
+                    code: hydrant_sinks::partition::ACTIVE_PARTITIONS_LIMIT_EXCEEDED,
+                    message: message.clone(),
+                },
+            })
+            .collect();
+        self.count_partitioning_failures(failed.len());
+        self.write_failed_records(
+            PARTITIONING_FAILED,
+            OVER_LIMIT_SALT,
+            &failed,
+            range,
+            oldest,
+            mode,
+        )
+        .await;
+    }
+
+    fn count_partitioning_failures(&self, count: usize) {
+        let count = count as u64;
+        self.counters
+            .partitioning_failures
+            .fetch_add(count, Ordering::Relaxed);
+        self.counters
+            .error_output_records
+            .fetch_add(count, Ordering::Relaxed);
+    }
+
     /// Writes records with their own reasons under `error_type` (callers count them).
     async fn write_failed_records(
         &self,
@@ -243,18 +333,29 @@ impl DeliveryLoop {
         }
     }
 
-    /// Writes every record of batch `range` to the error output with one reason, retrying
-    /// until the destination takes it (the caller then advances the checkpoint).
+    /// Writes every record of batch `range` (or, for one partition of it, the records
+    /// `only`) to the error output with one reason, retrying until the destination takes it
+    /// (the caller then advances the checkpoint).
     pub(super) async fn write_error_output(
         &self,
         spool: &Arc<StreamSpool>,
         range: SeqRange,
         oldest: DateTime<Utc>,
         reason: &BatchErrorReason,
+        only: Option<&[u64]>,
     ) {
-        let records = self.read_back(spool, range).await;
+        let mut records = self.read_back(spool, range).await;
+        // One partition of the batch: its records, under its own key.
+        let salt = match only {
+            Some(seqs) => {
+                let wanted: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+                records.records.retain(|(seq, _, _)| wanted.contains(seq));
+                S3_FAILED_SALT ^ seqs.first().copied().unwrap_or_default().rotate_left(17)
+            }
+            None => S3_FAILED_SALT,
+        };
         let body = error_lines(&records, reason, Utc::now().timestamp_millis());
-        let object = self.error_object(reason.error_type, S3_FAILED_SALT, range, oldest, body);
+        let object = self.error_object(reason.error_type, salt, range, oldest, body);
         self.put_until_taken(&object, WriteMode::CreateOnly).await;
         self.counters
             .error_output_records

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use error_output::PARTITIONING_CODE_PREFIX;
+use futures_util::StreamExt as _;
 use hydrant_sinks::object::{ObjectKeyBuilder, batch_seed};
 use hydrant_sinks::prelude::*;
 
@@ -46,7 +48,13 @@ pub struct DeliveryCounters {
     pub dropped_records: AtomicU64,
     /// Records sent to the `processing-failed` error output.
     pub processing_failures: AtomicU64,
+    /// Records sent to the `partitioning-failed` error output (keys that could not be
+    /// extracted, partitions beyond the limit).
+    pub partitioning_failures: AtomicU64,
 }
+
+/// Partitions of one batch written at once.
+const PARTITIONS_IN_FLIGHT: usize = 8;
 
 /// Everything the delivery loop of one stream needs.
 pub struct DeliveryLoop {
@@ -100,6 +108,8 @@ impl DeliveryLoop {
             mut failed,
             dropped,
             assembled,
+            over_limit,
+            partitions_over_limit,
         }) = self.build_body(batch, oldest).await
         else {
             return;
@@ -119,12 +129,29 @@ impl DeliveryLoop {
             self.write_processing_failures(&processing_failed, range, oldest, mode)
                 .await;
         }
+        // Records whose partition keys could not be extracted, and those of partitions
+        // beyond the limit, go to the partitioning output.
+        let partitioning_failed: Vec<FailedRecord> = failed
+            .extract_if(.., |f| f.error.code.starts_with(PARTITIONING_CODE_PREFIX))
+            .collect();
+        if !partitioning_failed.is_empty() {
+            self.write_partitioning_failures(&partitioning_failed, range, oldest, mode)
+                .await;
+        }
+        if !over_limit.is_empty() {
+            self.write_over_limit(&over_limit, partitions_over_limit, range, oldest, mode)
+                .await;
+        }
         // Records the destination refused while encoding go to the conversion output.
         if !failed.is_empty() {
             self.write_conversion_failures(&failed, range, oldest, mode)
                 .await;
         }
-        self.deliver_through_seam(&self.seam, assembled, range, oldest)
+        // The partitions of a batch are delivered side by side.
+        futures_util::stream::iter(assembled)
+            .for_each_concurrent(PARTITIONS_IN_FLIGHT, |batch| {
+                self.deliver_through_seam(&self.seam, batch, range, oldest)
+            })
             .await;
         self.checkpoint(range).await;
     }

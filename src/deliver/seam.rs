@@ -27,7 +27,7 @@ impl DeliveryLoop {
     pub(super) async fn deliver_through_seam(
         &self,
         seam: &SeamDestination,
-        Assembled(batch): Assembled,
+        Assembled { batch, records }: Assembled,
         range: SeqRange,
         oldest: DateTime<Utc>,
     ) {
@@ -55,6 +55,7 @@ impl DeliveryLoop {
             seam,
             range,
             oldest,
+            partition_records: records.as_deref(),
             written: AtomicUsize::new(0),
         };
         let report = batch
@@ -102,20 +103,23 @@ impl DeliveryLoop {
         new: usize,
         range: SeqRange,
         oldest: DateTime<Utc>,
+        partition_records: Option<&[u64]>,
     ) {
         let error_type = seam.destination.failed_output();
         if let (Some(spool), Some(item)) = (
             &self.spool,
             failed.iter().find(|item| item.record.whole_batch),
         ) {
-            // The item is the whole batch (one object): every record of it, one reason.
+            // The item is the whole batch (one object): every record of it (of its
+            // partition, for a partitioned batch), one reason.
             let reason = BatchErrorReason {
                 error_type,
                 code: item.code.clone(),
                 message: item.message.clone(),
                 attempts: item.attempts,
             };
-            self.write_error_output(spool, range, oldest, &reason).await;
+            self.write_error_output(spool, range, oldest, &reason, partition_records)
+                .await;
             return;
         }
         let ended_ms = Utc::now().timestamp_millis();
@@ -180,6 +184,8 @@ struct Keeper<'a> {
     seam: &'a SeamDestination,
     range: SeqRange,
     oldest: DateTime<Utc>,
+    /// For one partition of a batch: its records.
+    partition_records: Option<&'a [u64]>,
     /// Failures written so far.
     written: AtomicUsize,
 }
@@ -189,7 +195,14 @@ impl FailureKeeper for Keeper<'_> {
     async fn keep(&self, failed: &[FailedItem]) {
         let new = failed.len() - self.written.load(Ordering::Relaxed);
         self.delivery
-            .write_failed_items(self.seam, failed, new, self.range, self.oldest)
+            .write_failed_items(
+                self.seam,
+                failed,
+                new,
+                self.range,
+                self.oldest,
+                self.partition_records,
+            )
             .await;
         self.written.store(failed.len(), Ordering::Relaxed);
     }

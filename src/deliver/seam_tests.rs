@@ -237,6 +237,7 @@ fn start(dir: &std::path::Path, fake: &Arc<Scripted>, retry_duration: Duration) 
             interval: Duration::ZERO,
             destination: Arc::clone(&destination),
             processors: None,
+            partitioning: None,
             chunk_limit: None,
             faults: None,
         },

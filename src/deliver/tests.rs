@@ -46,6 +46,7 @@ fn delivery_loop(dir: &Path, spool: &Arc<StreamSpool>, faults: Arc<EncodeFaults>
             interval: Duration::ZERO,
             destination: Arc::clone(&destination),
             processors: None,
+            partitioning: None,
             chunk_limit: None,
             faults: Some(faults),
         },

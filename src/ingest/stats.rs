@@ -39,6 +39,7 @@ pub(super) async fn handle(
         "conversion_failures": counters.conversion_failures.load(Ordering::Relaxed),
         "dropped_records": counters.dropped_records.load(Ordering::Relaxed),
         "processing_failures": counters.processing_failures.load(Ordering::Relaxed),
+        "partitioning_failures": counters.partitioning_failures.load(Ordering::Relaxed),
     }))
     .into_response()
 }

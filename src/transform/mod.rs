@@ -207,6 +207,9 @@ pub struct Processed {
     pub failed: Vec<(usize, &'static str, String)>,
     /// Records dropped on purpose.
     pub dropped: u64,
+    /// The partition keys the processors returned with each record to deliver, in order
+    /// (a later processor's keys after an earlier one's, so the last named wins).
+    pub partition_keys: Vec<Vec<(String, String)>>,
 }
 
 impl ProcessorChain {
@@ -224,15 +227,17 @@ impl ProcessorChain {
         let mut origin: Vec<usize> = (0..records.len()).collect();
         for processor in &self.processors {
             let mut previous = current.take();
-            let (input, input_records, failed, dropped) = match &mut previous {
+            let (input, input_records, failed, dropped, mut keys) = match &mut previous {
                 Some(p) => (
                     &p.data[..],
                     &p.records[..],
                     std::mem::take(&mut p.failed),
                     p.dropped,
+                    std::mem::take(&mut p.partition_keys),
                 ),
-                None => (data, records, Vec::new(), 0),
+                None => (data, records, Vec::new(), 0, Vec::new()),
             };
+            keys.resize_with(input_records.len(), Vec::new);
             if input_records.is_empty() {
                 current = Some(Processed {
                     failed,
@@ -247,17 +252,25 @@ impl ProcessorChain {
                 records: Vec::with_capacity(input_records.len()),
                 failed,
                 dropped,
+                partition_keys: Vec::with_capacity(input_records.len()),
             };
             let mut next_origin = Vec::with_capacity(origin.len());
-            for ((verdict, record), from) in verdicts.into_iter().zip(input_records).zip(&origin) {
+            for (((verdict, record), from), mut earlier_keys) in verdicts
+                .into_iter()
+                .zip(input_records)
+                .zip(&origin)
+                .zip(keys)
+            {
                 match verdict {
-                    Verdict::Ok(bytes, _) => {
+                    Verdict::Ok(bytes, returned_keys) => {
                         next.data.extend_from_slice(&bytes);
                         next.records.push(ChunkRecord {
                             end: next.data.len(),
                             ..*record
                         });
                         next_origin.push(*from);
+                        earlier_keys.extend(returned_keys);
+                        next.partition_keys.push(earlier_keys);
                     }
                     Verdict::Dropped => next.dropped += 1,
                     Verdict::Failed(code, message) => next.failed.push((*from, code, message)),

@@ -278,6 +278,7 @@ mod tests {
                 first_seq: 0,
                 last_seq: n as u64 - 1,
                 oldest_ms: 1_000,
+                partition: None,
             },
             vec![encode(a), encode(b)],
             shape,

@@ -94,16 +94,24 @@ impl ObjectDestination {
         }
     }
 
-    /// The key of batch `id`: with a spool, seeded from its records, so a replay names the
-    /// same key.
+    /// The key of batch `id` (under its partition's keys, when it has them): with a spool,
+    /// seeded from its records and partition, so a replay names the same key.
     fn key(&self, id: &BatchId) -> String {
+        let partition_seed = id.partition.as_ref().map_or(0, |keys| keys.seed());
         let mut rng = if self.replayable {
-            fastrand::Rng::with_seed(batch_seed(id.run, id.first_seq, id.last_seq))
+            fastrand::Rng::with_seed(batch_seed(
+                id.run ^ partition_seed,
+                id.first_seq,
+                id.last_seq,
+            ))
         } else {
             fastrand::Rng::new()
         };
         let oldest = DateTime::<Utc>::from_timestamp_millis(id.oldest_ms).unwrap_or_else(Utc::now);
-        self.keys.key(oldest, &mut rng)
+        match &id.partition {
+            Some(keys) => self.keys.partition_key(oldest, &mut rng, keys),
+            None => self.keys.key(oldest, &mut rng),
+        }
     }
 }
 
@@ -248,6 +256,10 @@ impl Destination for ObjectDestination {
             ObjectFormat::Framed(framer) => Some(framer),
             ObjectFormat::Parquet(_) => None,
         }
+    }
+
+    fn assembly_is_heavy(&self) -> bool {
+        matches!(self.format, ObjectFormat::Parquet(_))
     }
 
     fn encode_framed(&self, framed: Vec<u8>, records: u64) -> ObjectPiece {

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
+use crate::partition::{KeySource, PartitionKeys, push_safe_segment};
+
 /// Firehose numbers stream versions from 1; Hydrant's streams are configured from a file and
 /// have no update API, so the version stays 1.
 const STREAM_VERSION: u32 = 1;
@@ -23,6 +25,15 @@ enum Segment {
     Timestamp(Vec<TimeField>),
     RandomString,
     ErrorOutputType,
+    /// A dynamic partitioning key's value, made safe as one path segment.
+    PartitionKey(KeySource, String),
+}
+
+/// Which expressions a prefix may hold.
+#[derive(Debug, Clone, Copy)]
+struct Allowed {
+    error_output_type: bool,
+    partition_keys: bool,
 }
 
 /// One field of a Java `DateTimeFormatter` pattern, the syntax Firehose prefixes use.
@@ -53,15 +64,52 @@ impl KeyTemplate {
     /// Parses a prefix. Supported expressions: `!{timestamp:<pattern>}` and
     /// `!{firehose:random-string}`.
     pub fn parse(prefix: &str) -> Result<Self, KeyTemplateError> {
-        Self::parse_with(prefix, false)
+        Self::parse_with(
+            prefix,
+            Allowed {
+                error_output_type: false,
+                partition_keys: false,
+            },
+        )
+    }
+
+    /// Parses the prefix of a stream with dynamic partitioning, which may also hold
+    /// `!{partitionKeyFromQuery:NAME}` and `!{partitionKeyFromLambda:NAME}`.
+    pub fn parse_partitioned(prefix: &str) -> Result<Self, KeyTemplateError> {
+        Self::parse_with(
+            prefix,
+            Allowed {
+                error_output_type: false,
+                partition_keys: true,
+            },
+        )
     }
 
     /// Parses an error output prefix, which may also hold `!{firehose:error-output-type}`.
     pub fn parse_error_prefix(prefix: &str) -> Result<Self, KeyTemplateError> {
-        Self::parse_with(prefix, true)
+        Self::parse_with(
+            prefix,
+            Allowed {
+                error_output_type: true,
+                partition_keys: false,
+            },
+        )
     }
 
-    fn parse_with(prefix: &str, error_prefix: bool) -> Result<Self, KeyTemplateError> {
+    /// The partition keys the prefix names, in order, each once.
+    pub fn partition_keys(&self) -> Vec<(KeySource, String)> {
+        let mut keys: Vec<(KeySource, String)> = Vec::new();
+        for segment in &self.segments {
+            if let Segment::PartitionKey(source, name) = segment
+                && !keys.iter().any(|(s, n)| s == source && n == name)
+            {
+                keys.push((*source, name.clone()));
+            }
+        }
+        keys
+    }
+
+    fn parse_with(prefix: &str, allowed: Allowed) -> Result<Self, KeyTemplateError> {
         let mut segments = Vec::new();
         let mut has_expressions = false;
         let mut rest = prefix;
@@ -78,12 +126,12 @@ impl KeyTemplate {
                 });
             };
             let body = &rest[body_start..body_start + len];
-            segments.push(parse_expression(body, error_prefix).map_err(|message| {
-                KeyTemplateError {
+            segments.push(
+                parse_expression(body, allowed).map_err(|message| KeyTemplateError {
                     offset: offset + start,
                     message,
-                }
-            })?);
+                })?,
+            );
             has_expressions = true;
             let consumed = body_start + len + 1;
             offset += consumed;
@@ -106,7 +154,7 @@ impl KeyTemplate {
     /// Appends the evaluated prefix for an object whose oldest record arrived at `time`,
     /// drawing random strings from `rng`.
     pub fn render_into(&self, time: DateTime<Utc>, rng: &mut fastrand::Rng, out: &mut String) {
-        self.render_error_into(time, rng, "", out);
+        self.render_full(time, rng, "", None, out);
     }
 
     /// Like [`render_into`](Self::render_into), with `error_type` for
@@ -118,10 +166,39 @@ impl KeyTemplate {
         error_type: &str,
         out: &mut String,
     ) {
+        self.render_full(time, rng, error_type, None, out);
+    }
+
+    /// Like [`render_into`](Self::render_into), with a partition's `keys`.
+    pub fn render_partition_into(
+        &self,
+        time: DateTime<Utc>,
+        rng: &mut fastrand::Rng,
+        keys: &PartitionKeys,
+        out: &mut String,
+    ) {
+        self.render_full(time, rng, "", Some(keys), out);
+    }
+
+    fn render_full(
+        &self,
+        time: DateTime<Utc>,
+        rng: &mut fastrand::Rng,
+        error_type: &str,
+        keys: Option<&PartitionKeys>,
+        out: &mut String,
+    ) {
         for segment in &self.segments {
             match segment {
                 Segment::Literal(text) => out.push_str(text),
                 Segment::ErrorOutputType => out.push_str(error_type),
+                // Extraction guarantees every key the prefix names; a value missing anyway
+                // still makes a non-empty segment.
+                Segment::PartitionKey(source, name) => push_safe_segment(
+                    keys.and_then(|keys| keys.get(*source, name))
+                        .unwrap_or("missing"),
+                    out,
+                ),
                 Segment::Timestamp(fields) => render_time(fields, time, out),
                 Segment::RandomString => {
                     out.extend((0..11).map(|_| rng.alphanumeric().to_ascii_lowercase()));
@@ -131,7 +208,7 @@ impl KeyTemplate {
     }
 }
 
-fn parse_expression(body: &str, error_prefix: bool) -> Result<Segment, String> {
+fn parse_expression(body: &str, allowed: Allowed) -> Result<Segment, String> {
     let Some((namespace, value)) = body.split_once(':') else {
         return Err(format!(
             "expression `!{{{body}}}` needs the form `!{{namespace:value}}`"
@@ -141,7 +218,7 @@ fn parse_expression(body: &str, error_prefix: bool) -> Result<Segment, String> {
         "timestamp" => parse_time_pattern(value).map(Segment::Timestamp),
         "firehose" => match value {
             "random-string" => Ok(Segment::RandomString),
-            "error-output-type" if error_prefix => Ok(Segment::ErrorOutputType),
+            "error-output-type" if allowed.error_output_type => Ok(Segment::ErrorOutputType),
             "error-output-type" => Err(
                 "`!{firehose:error-output-type}` is only allowed in an error output prefix".into(),
             ),
@@ -149,6 +226,29 @@ fn parse_expression(body: &str, error_prefix: bool) -> Result<Segment, String> {
                 "unknown firehose expression `{other}`; expected `random-string`"
             )),
         },
+        "partitionKeyFromQuery" | "partitionKeyFromLambda" if allowed.partition_keys => {
+            let source = if namespace == "partitionKeyFromQuery" {
+                KeySource::Query
+            } else {
+                KeySource::Lambda
+            };
+            let valid = !value.is_empty()
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                return Err(format!(
+                    "`!{{{namespace}:{value}}}` needs a key name of letters, digits, `_` and `-`"
+                ));
+            }
+            Ok(Segment::PartitionKey(source, value.to_string()))
+        }
+        "partitionKeyFromQuery" | "partitionKeyFromLambda" if allowed.error_output_type => {
+            Err(format!(
+                "`!{{{namespace}:...}}` cannot be used in an error output prefix: records that \
+                 fail partitioning have no keys"
+            ))
+        }
         "partitionKeyFromQuery" | "partitionKeyFromLambda" => Err(format!(
             "`!{{{namespace}:...}}` needs dynamic partitioning, which this stream does not configure"
         )),
@@ -271,6 +371,19 @@ impl ObjectKeyBuilder {
         self.key_with_type(oldest, rng, "")
     }
 
+    /// Like [`key`](Self::key), for an object of the partition with `keys`.
+    pub fn partition_key(
+        &self,
+        oldest: DateTime<Utc>,
+        rng: &mut fastrand::Rng,
+        keys: &PartitionKeys,
+    ) -> String {
+        let mut key = String::with_capacity(128 + self.stream.len());
+        self.prefix
+            .render_partition_into(oldest, rng, keys, &mut key);
+        self.finish_key(oldest, rng, key)
+    }
+
     /// Like [`key`](Self::key), for an error output object of type `error_type` (the value
     /// of `!{firehose:error-output-type}`).
     pub fn key_with_type(
@@ -282,6 +395,17 @@ impl ObjectKeyBuilder {
         let mut key = String::with_capacity(96 + self.stream.len());
         self.prefix
             .render_error_into(oldest, rng, error_type, &mut key);
+        self.finish_key(oldest, rng, key)
+    }
+
+    /// Appends to an evaluated prefix the hour path (when the prefix has no expressions)
+    /// and the object's name.
+    fn finish_key(
+        &self,
+        oldest: DateTime<Utc>,
+        rng: &mut fastrand::Rng,
+        mut key: String,
+    ) -> String {
         if !self.prefix.has_expressions() {
             let _ = write!(
                 key,
@@ -436,6 +560,75 @@ mod tests {
         );
     }
 
+    fn keys_of(record: &str, query: &str, names: &[(KeySource, &str)]) -> PartitionKeys {
+        let needed = names.iter().map(|(s, n)| (*s, n.to_string())).collect();
+        let lambda = [("customer".to_string(), "acme/../x".to_string())];
+        crate::partition::Partitioner::new(Some(query), needed)
+            .unwrap()
+            .keys(record.as_bytes(), &lambda)
+            .unwrap()
+    }
+
+    #[test]
+    fn partitioned_prefixes_name_their_keys_and_render_them_safely() {
+        let template = KeyTemplate::parse_partitioned(
+            "events/service=!{partitionKeyFromQuery:service}/c=!{partitionKeyFromLambda:customer}/dt=!{timestamp:yyyy-MM-dd}/s=!{partitionKeyFromQuery:service}/",
+        )
+        .unwrap();
+        assert_eq!(
+            template.partition_keys(),
+            [
+                (KeySource::Query, "service".to_string()),
+                (KeySource::Lambda, "customer".to_string())
+            ]
+        );
+        let keys = keys_of(
+            r#"{"service":"../../etc"}"#,
+            "{service: .service}",
+            &[
+                (KeySource::Query, "service"),
+                (KeySource::Lambda, "customer"),
+            ],
+        );
+        let builder = ObjectKeyBuilder::new("s", template, ".gz");
+        let key = builder.partition_key(at(), &mut fastrand::Rng::with_seed(1), &keys);
+        let (head, _) = split_uuid(&key, ".gz");
+        assert_eq!(
+            head,
+            "events/service=..%2F..%2Fetc/c=acme%2F..%2Fx/dt=2016-02-05/s=..%2F..%2Fetc/s-1-2016-02-05-07-08-09-"
+        );
+        assert!(
+            key.split('/')
+                .all(|segment| segment != ".." && segment != "."),
+            "{key}"
+        );
+    }
+
+    #[test]
+    fn partition_keys_are_refused_where_they_cannot_be_filled() {
+        let err = KeyTemplate::parse("a/!{partitionKeyFromQuery:service}/").unwrap_err();
+        assert_eq!(err.offset, 2);
+        assert!(
+            err.message.contains("needs dynamic partitioning"),
+            "{}",
+            err.message
+        );
+        let err = KeyTemplate::parse_error_prefix("e/!{partitionKeyFromLambda:c}/").unwrap_err();
+        assert!(
+            err.message.contains("error output prefix"),
+            "{}",
+            err.message
+        );
+        for bad in [
+            "!{partitionKeyFromQuery:}",
+            "!{partitionKeyFromQuery:a/b}",
+            "!{partitionKeyFromQuery:a b}",
+        ] {
+            let err = KeyTemplate::parse_partitioned(bad).unwrap_err();
+            assert!(err.message.contains("key name"), "{bad}: {}", err.message);
+        }
+    }
+
     mod hostile {
         use proptest::prelude::*;
 
@@ -451,7 +644,11 @@ mod tests {
                     "([a-z/=]{0,6}(!\\{(timestamp|firehose|partitionKeyFromQuery):[a-zA-Z'/-]{0,12}\\}?)?){0,4}",
                 ]
             ) {
-                for template in [KeyTemplate::parse(&prefix), KeyTemplate::parse_error_prefix(&prefix)]
+                for template in [
+                    KeyTemplate::parse(&prefix),
+                    KeyTemplate::parse_error_prefix(&prefix),
+                    KeyTemplate::parse_partitioned(&prefix),
+                ]
                     .into_iter()
                     .flatten()
                 {

@@ -4,13 +4,12 @@
 //! loaded exactly once.
 
 mod copy;
-mod jq;
 mod table;
 mod tls;
 mod value;
 
+pub use crate::jq::JqFilter;
 pub use copy::{EncodedRows, RowError, RowSpan, copy_stream_of};
-pub use jq::JqFilter;
 pub use table::{
     POSTGRES_FAILED, POSTGRES_INVALID_VALUE, POSTGRES_REFUSED, PostgresTable, TableBatch,
     TablePiece,

@@ -1,0 +1,160 @@
+//! The `partitioning:` section of a stream: dynamic partitioning, as Firehose's
+//! `DynamicPartitioningConfiguration` with its `MetadataExtraction` query. Records are filed
+//! under keys taken from their content (a jq query) or returned by a transform, and the
+//! prefix names them (`service=!{partitionKeyFromQuery:service}/`).
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use hydrant_sinks::object::{KeyTemplate, KeyTemplateError};
+use hydrant_sinks::partition::{KeySource, Partitioner, object_literal_keys};
+
+use super::validate::at;
+use super::{ConfigProblem, StreamConfig};
+
+/// How a stream's records are split into partitions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitioningConfig {
+    /// A jq expression whose first output is an object holding every
+    /// `partitionKeyFromQuery` key the prefix names, e.g.
+    /// `{service: .service, day: (.ts | .[0:10])}`.
+    #[serde(default)]
+    pub query: Option<Spanned<String>>,
+    /// Partitions one batch may hold; records of further partitions go to the error output
+    /// as `DynamicPartitioning.ActivePartitionsLimitExceeded`. 1–10,000, default 500.
+    #[serde(default = "default_max_active_partitions")]
+    pub max_active_partitions: Spanned<u32>,
+}
+
+fn default_max_active_partitions() -> Spanned<u32> {
+    super::spanned(500)
+}
+
+impl StreamConfig {
+    /// The stream's object key prefix, parsed (with partition keys when the stream is
+    /// partitioned).
+    pub fn key_template(&self) -> Result<KeyTemplate, KeyTemplateError> {
+        let prefix = &self.destination.layout().prefix.value;
+        match self.partitioning {
+            Some(_) => KeyTemplate::parse_partitioned(prefix),
+            None => KeyTemplate::parse(prefix),
+        }
+    }
+
+    /// What extracts the partition keys of the stream's records (`None` without
+    /// `partitioning:`); fails when the query does not compile or keys cannot be produced.
+    pub fn partitioner(&self) -> Result<Option<Partitioner>, String> {
+        let Some(partitioning) = &self.partitioning else {
+            return Ok(None);
+        };
+        let needed = self
+            .key_template()
+            .map_err(|error| format!("invalid prefix: {error}"))?
+            .partition_keys();
+        let query = partitioning.query.as_ref().map(|q| q.value.as_str());
+        Partitioner::new(query, needed).map(Some)
+    }
+}
+
+/// Problems with a stream's `partitioning:` section; `spooled` says whether streams keep a
+/// spool.
+pub(super) fn validate(
+    name: &str,
+    stream: &StreamConfig,
+    spooled: bool,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let Some(partitioning) = &stream.partitioning else {
+        return;
+    };
+    let limit = &partitioning.max_active_partitions;
+    if !(1..=10_000).contains(&limit.value) {
+        problems.push(at(
+            limit,
+            format!(
+                "stream `{name}`: `partitioning.max_active_partitions` must be between 1 and 10000, got {}",
+                limit.value
+            ),
+        ));
+    }
+    let prefix = stream.destination.layout().prefix;
+    if !stream.destination.is_object_store() {
+        problems.push(at(
+            prefix,
+            format!(
+                "stream `{name}`: dynamic partitioning needs an object destination (`local` or `s3`)"
+            ),
+        ));
+        return;
+    }
+    if !spooled {
+        problems.push(at(
+            prefix,
+            format!(
+                "stream `{name}`: dynamic partitioning needs the spool (its batches are read \
+                 back to send records beyond the partition limit to the error output); remove \
+                 `spool.fsync: disabled`"
+            ),
+        ));
+    }
+    // Prefix syntax problems are reported with the other prefix checks.
+    let Ok(template) = stream.key_template() else {
+        return;
+    };
+    let needed = template.partition_keys();
+    if needed.is_empty() {
+        problems.push(at(
+            prefix,
+            format!(
+                "stream `{name}`: a partitioned stream's `prefix` must name at least one key, \
+                 e.g. `service=!{{partitionKeyFromQuery:service}}/`"
+            ),
+        ));
+    }
+    if let Some((_, key)) = needed.iter().find(|(s, _)| *s == KeySource::Lambda)
+        && stream.processors.is_empty()
+    {
+        problems.push(at(
+            prefix,
+            format!(
+                "stream `{name}`: `!{{partitionKeyFromLambda:{key}}}` needs a transform in \
+                 `processors:` that returns it in `partition-keys`"
+            ),
+        ));
+    }
+    match &partitioning.query {
+        Some(query) => {
+            if let Err(error) = Partitioner::new(Some(&query.value), Vec::new()) {
+                problems.push(at(
+                    query,
+                    format!("stream `{name}`: `partitioning.query`: {error}"),
+                ));
+            } else if let Some(produced) = object_literal_keys(&query.value) {
+                for (_, key) in needed.iter().filter(|(s, _)| *s == KeySource::Query) {
+                    if !produced.contains(key) {
+                        problems.push(at(
+                            query,
+                            format!(
+                                "stream `{name}`: `partitioning.query` does not produce `{key}`, \
+                                 which the prefix names (it produces: {})",
+                                produced.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        None => {
+            if let Some((_, key)) = needed.iter().find(|(s, _)| *s == KeySource::Query) {
+                problems.push(at(
+                    prefix,
+                    format!(
+                        "stream `{name}`: `!{{partitionKeyFromQuery:{key}}}` needs a \
+                         `partitioning.query` that produces it"
+                    ),
+                ));
+            }
+        }
+    }
+}
