@@ -403,7 +403,25 @@ fn validate_explains_what_a_partitioned_stream_needs() {
                 "      query: '{a: .a}'",
                 "      http_endpoint: { url: 'http://127.0.0.1:9/' }",
             ),
-            "needs an object destination",
+            "needs an object destination (`local` or `s3`) or a search destination",
+        ),
+        (
+            stream(
+                "      query: '{a: .a}'",
+                "      opensearch: { endpoint: 'http://127.0.0.1:9/', index: logs }",
+            ),
+            "a partitioned stream's `index` must name at least one key",
+        ),
+        (
+            "streams:\n  events:\n    destination:\n      opensearch: { endpoint: 'http://127.0.0.1:9/', index: 'logs-!{partitionKeyFromQuery:a}' }\n".to_string(),
+            "which needs a `partitioning:` section",
+        ),
+        (
+            stream(
+                "      query: '{a: .a}'",
+                "      opensearch: { endpoint: 'http://127.0.0.1:9/', index: 'Logs-!{partitionKeyFromQuery:a}' }",
+            ),
+            "must be lowercase",
         ),
         (
             format!(

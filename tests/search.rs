@@ -170,6 +170,63 @@ async fn documents_are_found_in_the_search_server_and_refused_ones_are_kept_with
 }
 
 /// The `AmazonOpenSearchService-failed` records in the backup bucket.
+#[tokio::test]
+async fn a_partitioned_stream_indexes_each_document_into_the_index_of_its_keys() {
+    let base = unique_name("part");
+    let streams = format!(
+        "logs:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  partitioning:\n    query: '{{service: .service}}'\n  destination:\n    opensearch:\n      \
+         endpoint: {}\n      index: {base}-!{{partitionKeyFromQuery:service}}\n      index_rotation: day\n      \
+         backup:\n        destination:\n          local: {{ path: errors }}\n",
+        servers().search_endpoint,
+    );
+    let mut hydrant = Hydrant::start(&streams);
+    let records: Vec<Vec<u8>> = (0..30)
+        .map(|n| {
+            let service = ["API", "Web/Front", "db"][n % 3];
+            serde_json::to_vec(&json!({ "n": n, "service": service })).unwrap()
+        })
+        .chain([br#"{"n": 99}"#.to_vec()])
+        .collect();
+    hydrant.put_all("logs", &records).await;
+    for (index, expected) in [("api", 10), ("web_front", 10), ("db", 10)] {
+        eventually(
+            Duration::from_secs(30),
+            "the partition's documents",
+            || async {
+                let count = search_get(&format!("{base}-{index}-*/_count")).await;
+                (count["count"] == expected).then_some(())
+            },
+        )
+        .await;
+    }
+    let hits = search_post(
+        &format!("{base}-web_front-*/_search"),
+        json!({ "query": { "match_all": {} }, "size": 100 }),
+    )
+    .await;
+    for hit in hits["hits"]["hits"].as_array().unwrap() {
+        assert_eq!(hit["_source"]["service"], "Web/Front", "{hit}");
+        let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
+            .format("%Y-%m-%d")
+            .to_string();
+        let index = hit["_index"].as_str().unwrap();
+        assert!(
+            index == format!("{base}-web_front-{today}")
+                || index == format!("{base}-web_front-{yesterday}"),
+            "{index}"
+        );
+    }
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    let failed = error_records(&hydrant.dir.path().join("errors"), "partitioning-failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(
+        failed[0]["errorCode"],
+        "DynamicPartitioning.MetadataExtractionFailed"
+    );
+    assert_eq!(raw_data(&failed[0]), br#"{"n": 99}"#);
+}
+
 async fn failed_documents(bucket: &str) -> Vec<Value> {
     let backup = Bucket::new(bucket);
     let mut found = Vec::new();

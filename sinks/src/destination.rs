@@ -57,6 +57,8 @@ pub struct Chunk<'a> {
     pub data: &'a [u8],
     /// Where each record ends, in order.
     pub records: &'a [ChunkRecord],
+    /// With dynamic partitioning: the keys every record of the chunk shares.
+    pub partition: Option<&'a PartitionKeys>,
 }
 
 impl<'a> Chunk<'a> {

@@ -222,6 +222,140 @@ pub fn push_safe_segment(value: &str, out: &mut String) {
     }
 }
 
+/// The key named by `!{namespace:name}` when `namespace` is `partitionKeyFromQuery` or
+/// `partitionKeyFromLambda` (`None` for any other namespace), or why the name is invalid.
+pub fn parse_key_expression(
+    namespace: &str,
+    name: &str,
+) -> Option<Result<(KeySource, String), String>> {
+    let source = match namespace {
+        "partitionKeyFromQuery" => KeySource::Query,
+        "partitionKeyFromLambda" => KeySource::Lambda,
+        _ => return None,
+    };
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    Some(if valid {
+        Ok((source, name.to_string()))
+    } else {
+        Err(format!(
+            "`!{{{namespace}:{name}}}` needs a key name of letters, digits, `_` and `-`"
+        ))
+    })
+}
+
+/// A name with partition keys in it, such as a search index
+/// `logs-!{partitionKeyFromQuery:service}`: literal text and key values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameTemplate {
+    segments: Vec<NameSegment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NameSegment {
+    Literal(String),
+    Key(KeySource, String),
+}
+
+impl From<String> for NameTemplate {
+    /// A name without keys.
+    fn from(name: String) -> Self {
+        Self {
+            segments: vec![NameSegment::Literal(name)],
+        }
+    }
+}
+
+impl NameTemplate {
+    /// Parses `text`, whose only expressions may be partition keys.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut segments = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("!{") {
+            if start > 0 {
+                segments.push(NameSegment::Literal(rest[..start].to_string()));
+            }
+            let body_start = start + 2;
+            let Some(len) = rest[body_start..].find('}') else {
+                return Err("unterminated expression: `!{` without a closing `}`".into());
+            };
+            let body = &rest[body_start..body_start + len];
+            let (namespace, name) = body.split_once(':').unwrap_or((body, ""));
+            match parse_key_expression(namespace, name) {
+                Some(key) => {
+                    let (source, name) = key?;
+                    segments.push(NameSegment::Key(source, name));
+                }
+                None => {
+                    return Err(format!(
+                        "`!{{{body}}}` cannot be used here; only `!{{partitionKeyFromQuery:NAME}}` \
+                         and `!{{partitionKeyFromLambda:NAME}}` can"
+                    ));
+                }
+            }
+            rest = &rest[body_start + len + 1..];
+        }
+        if !rest.is_empty() {
+            segments.push(NameSegment::Literal(rest.to_string()));
+        }
+        Ok(Self { segments })
+    }
+
+    /// The keys the name holds, in order, each once.
+    pub fn keys(&self) -> Vec<(KeySource, String)> {
+        let mut keys: Vec<(KeySource, String)> = Vec::new();
+        for segment in &self.segments {
+            if let NameSegment::Key(source, name) = segment
+                && !keys.iter().any(|(s, n)| s == source && n == name)
+            {
+                keys.push((*source, name.clone()));
+            }
+        }
+        keys
+    }
+
+    /// The name with every key replaced by `x`: what a checker of names can judge.
+    pub fn sample(&self) -> String {
+        self.segments
+            .iter()
+            .map(|segment| match segment {
+                NameSegment::Literal(text) => text.as_str(),
+                NameSegment::Key(..) => "x",
+            })
+            .collect()
+    }
+
+    /// The name of the partition with `keys` as a search index: each value lowercased,
+    /// with characters other than letters, digits, `_`, `-` and `.` replaced by `_`, and a
+    /// value of only dots by `_`.
+    pub fn render_index(&self, keys: Option<&PartitionKeys>) -> String {
+        let mut out = String::new();
+        for segment in &self.segments {
+            match segment {
+                NameSegment::Literal(text) => out.push_str(text),
+                NameSegment::Key(source, name) => {
+                    let value = keys.and_then(|k| k.get(*source, name)).unwrap_or("missing");
+                    if value.bytes().all(|b| b == b'.') {
+                        out.push('_');
+                        continue;
+                    }
+                    out.extend(value.chars().map(|c| {
+                        let c = c.to_ascii_lowercase();
+                        if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                            c
+                        } else {
+                            '_'
+                        }
+                    }));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// The keys of a query that is one object construction (`{service: .s, "day": .d}`,
 /// `{service}`, `{$day}`): what `hydrant validate` checks a prefix's keys against. `None`
 /// for any other query, whose keys are only known record by record.
@@ -408,6 +542,41 @@ mod tests {
         assert_eq!(keys("{(.k): 1}"), None);
         assert_eq!(keys(r#"{"\(.k)": 1}"#), None);
         assert_eq!(keys("{}"), Some(Vec::new()));
+    }
+
+    #[test]
+    fn index_names_take_keys_made_safe_for_a_cluster() {
+        let template = NameTemplate::parse(
+            "logs-!{partitionKeyFromQuery:service}-!{partitionKeyFromLambda:tenant}",
+        )
+        .unwrap();
+        assert_eq!(
+            template.keys(),
+            [
+                (KeySource::Query, "service".to_string()),
+                (KeySource::Lambda, "tenant".to_string())
+            ]
+        );
+        assert_eq!(template.sample(), "logs-x-x");
+        let partitioner = Partitioner::new(Some("{service: .s}"), template.keys()).unwrap();
+        let keys = partitioner
+            .keys(
+                br#"{"s":"Web API/../*"}"#,
+                &[("tenant".to_string(), "..".to_string())],
+            )
+            .unwrap();
+        assert_eq!(template.render_index(Some(&keys)), "logs-web_api_.._-_");
+        assert_eq!(
+            NameTemplate::from("plain".to_string()).render_index(None),
+            "plain"
+        );
+        for bad in [
+            "logs-!{timestamp:yyyy}",
+            "logs-!{partitionKeyFromQuery:}",
+            "logs-!{partitionKeyFromQuery:a",
+        ] {
+            assert!(NameTemplate::parse(bad).is_err(), "{bad}");
+        }
     }
 
     fn safe(value: &str) -> String {

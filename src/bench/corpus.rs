@@ -245,7 +245,15 @@ fn seam_rounds(
         let pieces = chunks
             .iter()
             .filter(|(_, records)| !records.is_empty())
-            .map(|(data, records)| destination.encode_any(Chunk { data, records }).piece)
+            .map(|(data, records)| {
+                destination
+                    .encode_any(Chunk {
+                        data,
+                        records,
+                        partition: None,
+                    })
+                    .piece
+            })
             .collect();
         let id = BatchId {
             run: 1,

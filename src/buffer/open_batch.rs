@@ -272,7 +272,7 @@ fn encode_records(
     data: &[u8],
     records: &[ChunkRecord],
 ) -> EncodedPiece {
-    let (piece, failed) = encode_chunk(destination, data, records);
+    let (piece, failed) = encode_chunk(destination, data, records, None);
     EncodedPiece {
         pieces: vec![PartitionPiece::whole(piece)],
         failed,
@@ -280,13 +280,19 @@ fn encode_records(
     }
 }
 
-/// The destination's encoding of a chunk, and the records it refused.
+/// The destination's encoding of a chunk (of one partition, when `partition` is given), and
+/// the records it refused.
 fn encode_chunk(
     destination: &dyn AnyDestination,
     data: &[u8],
     records: &[ChunkRecord],
+    partition: Option<&PartitionKeys>,
 ) -> (Box<dyn Any + Send>, Vec<FailedRecord>) {
-    let encoded = destination.encode_any(Chunk { data, records });
+    let encoded = destination.encode_any(Chunk {
+        data,
+        records,
+        partition,
+    });
     let failed = encoded
         .refusals
         .into_iter()
@@ -360,7 +366,12 @@ fn encode_partitioned(
     }
     let mut pieces = Vec::with_capacity(groups.len());
     for (keys, group) in groups {
-        let (piece, refused) = encode_chunk(destination, &group.data, &group.records);
+        let (piece, refused) = encode_chunk(
+            destination,
+            &group.data,
+            &group.records,
+            Some(keys.as_ref()),
+        );
         let refused_seqs: HashSet<u64> = refused.iter().map(|f| f.seq).collect();
         let seqs = group
             .records

@@ -7,10 +7,10 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use hydrant_sinks::object::{KeyTemplate, KeyTemplateError};
-use hydrant_sinks::partition::{KeySource, Partitioner, object_literal_keys};
+use hydrant_sinks::partition::{KeySource, NameTemplate, Partitioner, object_literal_keys};
 
 use super::validate::at;
-use super::{ConfigProblem, StreamConfig};
+use super::{ConfigProblem, Destination, StreamConfig};
 
 /// How a stream's records are split into partitions.
 #[derive(Debug, Deserialize)]
@@ -48,12 +48,25 @@ impl StreamConfig {
         let Some(partitioning) = &self.partitioning else {
             return Ok(None);
         };
-        let needed = self
-            .key_template()
-            .map_err(|error| format!("invalid prefix: {error}"))?
-            .partition_keys();
+        let needed = self.partition_keys_needed()?;
         let query = partitioning.query.as_ref().map(|q| q.value.as_str());
         Partitioner::new(query, needed).map(Some)
+    }
+}
+
+impl StreamConfig {
+    /// The partition keys the stream's destination names: in an object store's prefix, or
+    /// in a search destination's index.
+    fn partition_keys_needed(&self) -> Result<Vec<(KeySource, String)>, String> {
+        match &self.destination {
+            Destination::Opensearch(search) => NameTemplate::parse(&search.index.value)
+                .map(|index| index.keys())
+                .map_err(|error| format!("invalid index: {error}")),
+            _ => self
+                .key_template()
+                .map(|prefix| prefix.partition_keys())
+                .map_err(|error| format!("invalid prefix: {error}")),
+        }
     }
 }
 
@@ -78,19 +91,24 @@ pub(super) fn validate(
             ),
         ));
     }
-    let prefix = stream.destination.layout().prefix;
-    if !stream.destination.is_object_store() {
-        problems.push(at(
-            prefix,
-            format!(
-                "stream `{name}`: dynamic partitioning needs an object destination (`local` or `s3`)"
-            ),
-        ));
-        return;
-    }
+    // Where the keys are named: an object store's prefix, or a search index.
+    let (names, place): (&Spanned<String>, &str) = match &stream.destination {
+        Destination::Opensearch(search) => (&search.index, "index"),
+        destination if destination.is_object_store() => (destination.layout().prefix, "prefix"),
+        _ => {
+            problems.push(at(
+                limit,
+                format!(
+                    "stream `{name}`: dynamic partitioning needs an object destination (`local` \
+                     or `s3`) or a search destination"
+                ),
+            ));
+            return;
+        }
+    };
     if !spooled {
         problems.push(at(
-            prefix,
+            names,
             format!(
                 "stream `{name}`: dynamic partitioning needs the spool (its batches are read \
                  back to send records beyond the partition limit to the error output); remove \
@@ -98,17 +116,16 @@ pub(super) fn validate(
             ),
         ));
     }
-    // Prefix syntax problems are reported with the other prefix checks.
-    let Ok(template) = stream.key_template() else {
+    // Syntax problems are reported with the other prefix and index checks.
+    let Ok(needed) = stream.partition_keys_needed() else {
         return;
     };
-    let needed = template.partition_keys();
     if needed.is_empty() {
         problems.push(at(
-            prefix,
+            names,
             format!(
-                "stream `{name}`: a partitioned stream's `prefix` must name at least one key, \
-                 e.g. `service=!{{partitionKeyFromQuery:service}}/`"
+                "stream `{name}`: a partitioned stream's `{place}` must name at least one key, \
+                 e.g. `service=!{{partitionKeyFromQuery:service}}`"
             ),
         ));
     }
@@ -116,7 +133,7 @@ pub(super) fn validate(
         && stream.processors.is_empty()
     {
         problems.push(at(
-            prefix,
+            names,
             format!(
                 "stream `{name}`: `!{{partitionKeyFromLambda:{key}}}` needs a transform in \
                  `processors:` that returns it in `partition-keys`"
@@ -137,7 +154,7 @@ pub(super) fn validate(
                             query,
                             format!(
                                 "stream `{name}`: `partitioning.query` does not produce `{key}`, \
-                                 which the prefix names (it produces: {})",
+                                 which the {place} names (it produces: {})",
                                 produced.join(", ")
                             ),
                         ));
@@ -148,7 +165,7 @@ pub(super) fn validate(
         None => {
             if let Some((_, key)) = needed.iter().find(|(s, _)| *s == KeySource::Query) {
                 problems.push(at(
-                    prefix,
+                    names,
                     format!(
                         "stream `{name}`: `!{{partitionKeyFromQuery:{key}}}` needs a \
                          `partitioning.query` that produces it"

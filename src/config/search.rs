@@ -6,6 +6,7 @@ use serde_saphyr::Spanned;
 use super::validate::{at, is_http_url};
 use super::{ConfigProblem, Destination};
 use hydrant_sinks::compress::Codec;
+use hydrant_sinks::partition::NameTemplate;
 use hydrant_sinks::prelude::SinkError;
 use hydrant_sinks::search::{
     DocumentEncoder, DocumentIds, SearchAuth, SearchCluster, SearchSettings, SearchSink,
@@ -173,7 +174,11 @@ impl SearchDestination {
             super::Compression::Gzip => Codec::Gzip { level: 6 },
             _ => Codec::None,
         };
-        DocumentEncoder::new(self.index.value.clone(), self.index_rotation, ids, codec)
+        // Validated when the configuration is loaded; a name that does not parse is used as
+        // it is written.
+        let index = NameTemplate::parse(&self.index.value)
+            .unwrap_or_else(|_| NameTemplate::from(self.index.value.clone()));
+        DocumentEncoder::new(index, self.index_rotation, ids, codec)
     }
 
     /// Every configured endpoint.
@@ -237,11 +242,33 @@ pub(super) fn validate(
             ));
         }
     }
-    if let Err(reason) = check_index_name(&search.index.value) {
-        problems.push(at(
+    match NameTemplate::parse(&search.index.value) {
+        Err(reason) => problems.push(at(
             &search.index,
-            format!("stream `{name}`: index `{}` {reason}", search.index.value),
-        ));
+            format!("stream `{name}`: index `{}`: {reason}", search.index.value),
+        )),
+        Ok(template) => {
+            // Key values are made valid when they are filled in: judge the rest.
+            if let Err(reason) = check_index_name(&template.sample()) {
+                problems.push(at(
+                    &search.index,
+                    format!("stream `{name}`: index `{}` {reason}", search.index.value),
+                ));
+            }
+            if let Some((source, key)) = template.keys().first()
+                && stream.partitioning.is_none()
+            {
+                problems.push(at(
+                    &search.index,
+                    format!(
+                        "stream `{name}`: index `{}` names `!{{{}:{key}}}`, which needs a \
+                         `partitioning:` section",
+                        search.index.value,
+                        source.template_name()
+                    ),
+                ));
+            }
+        }
     }
     if let DocumentIdConfig::Field(path) = &search.document_id
         && path.trim_start_matches('.').is_empty()

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
-use crate::partition::{KeySource, PartitionKeys, push_safe_segment};
+use crate::partition::{KeySource, PartitionKeys, parse_key_expression, push_safe_segment};
 
 /// Firehose numbers stream versions from 1; Hydrant's streams are configured from a file and
 /// have no update API, so the version stays 1.
@@ -227,21 +227,9 @@ fn parse_expression(body: &str, allowed: Allowed) -> Result<Segment, String> {
             )),
         },
         "partitionKeyFromQuery" | "partitionKeyFromLambda" if allowed.partition_keys => {
-            let source = if namespace == "partitionKeyFromQuery" {
-                KeySource::Query
-            } else {
-                KeySource::Lambda
-            };
-            let valid = !value.is_empty()
-                && value
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !valid {
-                return Err(format!(
-                    "`!{{{namespace}:{value}}}` needs a key name of letters, digits, `_` and `-`"
-                ));
-            }
-            Ok(Segment::PartitionKey(source, value.to_string()))
+            let (source, name) =
+                parse_key_expression(namespace, value).expect("a partition key namespace")?;
+            Ok(Segment::PartitionKey(source, name))
         }
         "partitionKeyFromQuery" | "partitionKeyFromLambda" if allowed.error_output_type => {
             Err(format!(

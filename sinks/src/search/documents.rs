@@ -5,6 +5,7 @@ use chrono::{DateTime, Datelike, Utc};
 
 use crate::compress::{Codec, CompressedChunk};
 use crate::destination::RecordRef;
+use crate::partition::{NameTemplate, PartitionKeys};
 
 /// Error code of records that are not one JSON object.
 pub const NOT_A_JSON_OBJECT: &str = "OpenSearch.NotJsonObject";
@@ -58,7 +59,8 @@ pub enum DocumentIds {
 /// Turns records into bulk request bodies.
 #[derive(Debug)]
 pub struct DocumentEncoder {
-    index: String,
+    /// The index name, with partition keys where the stream is partitioned.
+    index: NameTemplate,
     rotation: IndexRotation,
     ids: DocumentIds,
     codec: Codec,
@@ -104,9 +106,14 @@ pub struct EncodedDocuments {
 impl DocumentEncoder {
     /// An encoder writing to `index` (rotated by `rotation`), with `_id`s from `ids`; bulk
     /// bodies are compressed with `codec` (none or gzip).
-    pub fn new(index: String, rotation: IndexRotation, ids: DocumentIds, codec: Codec) -> Self {
+    pub fn new(
+        index: impl Into<NameTemplate>,
+        rotation: IndexRotation,
+        ids: DocumentIds,
+        codec: Codec,
+    ) -> Self {
         Self {
-            index,
+            index: index.into(),
             rotation,
             ids,
             codec,
@@ -118,10 +125,16 @@ impl DocumentEncoder {
         self.codec
     }
 
-    /// The index a record that arrived at `arrival_ms` goes to.
-    pub fn index_name(&self, arrival_ms: i64) -> String {
+    /// The index a record of the partition with `keys` (if the stream is partitioned) that
+    /// arrived at `arrival_ms` goes to.
+    pub fn index_name(&self, arrival_ms: i64, keys: Option<&PartitionKeys>) -> String {
+        self.rotated(&self.index.render_index(keys), arrival_ms)
+    }
+
+    /// `base` rotated for a record that arrived at `arrival_ms`.
+    fn rotated(&self, base: &str, arrival_ms: i64) -> String {
         let at = DateTime::<Utc>::from_timestamp_millis(arrival_ms).unwrap_or_default();
-        rotated_index(&self.index, self.rotation, at)
+        rotated_index(base, self.rotation, at)
     }
 
     /// The `_id` of record `seq` with bytes `record` (`None`: left to the cluster, or the
@@ -134,9 +147,15 @@ impl DocumentEncoder {
         }
     }
 
-    /// Encodes a chunk's records as action and document lines; records that are not one
-    /// JSON object (or lack their id field) are reported instead.
-    pub fn encode_chunk(&self, records: &[RecordRef<'_>]) -> EncodedDocuments {
+    /// Encodes a chunk's records (all of the partition with `keys`, if the stream is
+    /// partitioned) as action and document lines; records that are not one JSON object (or
+    /// lack their id field) are reported instead.
+    pub fn encode_chunk(
+        &self,
+        records: &[RecordRef<'_>],
+        keys: Option<&PartitionKeys>,
+    ) -> EncodedDocuments {
+        let base = self.index.render_index(keys);
         let size: usize = records.iter().map(|r| r.data.len() + 80).sum();
         let mut out = EncodedDocuments {
             body: Vec::with_capacity(size),
@@ -164,7 +183,7 @@ impl DocumentEncoder {
             let index = match &index_cache {
                 Some((cached, name)) if *cached == bucket => name,
                 _ => {
-                    let name = self.index_name(record.arrival_ms);
+                    let name = self.rotated(&base, record.arrival_ms);
                     &index_cache.insert((bucket, name)).1
                 }
             };
@@ -344,7 +363,7 @@ mod tests {
     #[test]
     fn documents_get_action_lines_with_their_index_and_record_id() {
         let encoder = DocumentEncoder::new(
-            "logs".into(),
+            "logs".to_string(),
             IndexRotation::Day,
             DocumentIds::RecordId { run: 0xabc },
             Codec::None,
@@ -360,7 +379,7 @@ mod tests {
             ],
             at.timestamp_millis(),
         );
-        let encoded = encoder.encode_chunk(&records);
+        let encoded = encoder.encode_chunk(&records, None);
         let body = String::from_utf8(encoded.body.clone()).unwrap();
         assert_eq!(
             body,
@@ -396,7 +415,7 @@ mod tests {
     #[test]
     fn ids_can_come_from_a_field_or_the_cluster() {
         let field = DocumentEncoder::new(
-            "i".into(),
+            "i".to_string(),
             IndexRotation::None,
             DocumentIds::Field(vec!["req".into(), "id".into()]),
             Codec::None,
@@ -410,7 +429,7 @@ mod tests {
             ],
             0,
         );
-        let encoded = field.encode_chunk(&records);
+        let encoded = field.encode_chunk(&records, None);
         let body = String::from_utf8(encoded.body).unwrap();
         assert!(body.starts_with("{\"index\":{\"_index\":\"i\",\"_id\":\"a\\\"b\"}}\n"));
         assert!(body.contains("{\"index\":{\"_index\":\"i\",\"_id\":\"42\"}}\n"));
@@ -418,12 +437,12 @@ mod tests {
         assert_eq!(codes, [(2, INVALID_DOCUMENT_ID), (3, INVALID_DOCUMENT_ID)]);
 
         let auto = DocumentEncoder::new(
-            "i".into(),
+            "i".to_string(),
             IndexRotation::None,
             DocumentIds::Auto,
             Codec::None,
         );
-        let encoded = auto.encode_chunk(&records[..1]);
+        let encoded = auto.encode_chunk(&records[..1], None);
         assert!(
             encoded
                 .body

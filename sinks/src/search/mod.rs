@@ -140,7 +140,7 @@ impl Destination for SearchCluster {
 
     fn encode(&self, chunk: Chunk<'_>) -> EncodedChunk<SearchPiece> {
         let records = &chunk.refs()[..];
-        let encoded = self.encoder.encode_chunk(records);
+        let encoded = self.encoder.encode_chunk(records, chunk.partition);
         let refused = encoded
             .rejected
             .into_iter()
@@ -153,7 +153,7 @@ impl Destination for SearchCluster {
                     code: rejection.code,
                     message: rejection.message,
                     target: DocumentTarget {
-                        index: self.encoder.index_name(record.arrival_ms),
+                        index: self.encoder.index_name(record.arrival_ms, chunk.partition),
                         id: self
                             .encoder
                             .document_id(record.seq, record.data)
