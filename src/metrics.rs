@@ -29,6 +29,7 @@ pub struct StreamMetrics {
     failed_attempts: Counter,
     error_output_records: Counter,
     partitioning_failures: Counter,
+    batch_partitions: Gauge,
     undelivered: Gauge,
     spool_bytes: Gauge,
 }
@@ -46,6 +47,7 @@ impl StreamMetrics {
             failed_attempts: counter!("hydrant_delivery_failures_total", &labels),
             error_output_records: counter!("hydrant_error_output_records_total", &labels),
             partitioning_failures: counter!("hydrant_partitioning_failures_total", &labels),
+            batch_partitions: gauge!("hydrant_batch_partitions", &labels),
             undelivered: gauge!("hydrant_undelivered_records", &labels),
             spool_bytes: gauge!("hydrant_spool_bytes", &labels),
         }
@@ -65,6 +67,8 @@ impl StreamMetrics {
             .absolute(read(&counters.error_output_records));
         self.partitioning_failures
             .absolute(read(&counters.partitioning_failures));
+        self.batch_partitions
+            .set(read(&counters.batch_partitions) as f64);
         self.undelivered.set(undelivered as f64);
         self.spool_bytes.set(spool_bytes as f64);
     }

@@ -199,6 +199,19 @@ async fn a_partitioned_stream_indexes_each_document_into_the_index_of_its_keys()
         )
         .await;
     }
+    // The record without keys was reported before the batch's documents were sent.
+    let stats = hydrant.stats("logs").await;
+    assert_eq!(stats["partitioning_failures"], 1, "{stats}");
+    assert_eq!(stats["batch_partitions"], 3, "{stats}");
+    let metrics = hydrant.metrics().await;
+    assert!(
+        metrics.contains("hydrant_partitioning_failures_total{stream=\"logs\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hydrant_batch_partitions{stream=\"logs\"} 3"),
+        "{metrics}"
+    );
     let hits = search_post(
         &format!("{base}-web_front-*/_search"),
         json!({ "query": { "match_all": {} }, "size": 100 }),

@@ -51,6 +51,8 @@ pub struct DeliveryCounters {
     /// Records sent to the `partitioning-failed` error output (keys that could not be
     /// extracted, partitions beyond the limit).
     pub partitioning_failures: AtomicU64,
+    /// Partitions in the batch delivered last (1 for a stream that is not partitioned).
+    pub batch_partitions: AtomicU64,
 }
 
 /// Partitions of one batch written at once.
@@ -147,6 +149,9 @@ impl DeliveryLoop {
             self.write_conversion_failures(&failed, range, oldest, mode)
                 .await;
         }
+        self.counters
+            .batch_partitions
+            .store(assembled.len() as u64, Ordering::Relaxed);
         // The partitions of a batch are delivered side by side.
         futures_util::stream::iter(assembled)
             .for_each_concurrent(PARTITIONS_IN_FLIGHT, |batch| {
