@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hydrant::bench::corpus::Corpus;
-use hydrant::compress::Codec;
+use hydrant::compress::{Codec, GzipMembers};
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 20;
@@ -64,7 +64,20 @@ fn main() {
         "codec", "1 core MiB/s", "all cores MiB/s", "tool MiB/s", "1 core/tool", "ratio"
     );
     let cases = [
-        (Codec::Gzip { level: 6 }, Some(("gzip", vec!["-6", "-c"]))),
+        (
+            Codec::Gzip {
+                level: 6,
+                members: GzipMembers::PerChunk,
+            },
+            Some(("gzip", vec!["-6", "-c"])),
+        ),
+        (
+            Codec::Gzip {
+                level: 6,
+                members: GzipMembers::One,
+            },
+            Some(("gzip", vec!["-6", "-c"])),
+        ),
         (
             Codec::Zstd { level: 3 },
             Some(("zstd", vec!["-3", "-c", "-q"])),
@@ -87,9 +100,16 @@ fn main() {
         let tool_mib_s =
             tool.and_then(|(program, args)| tool_rate(program, &args, &file, data.len()));
         let ratio = data.len() as f64 / compressed_size(codec, &data) as f64;
+        let name = match codec {
+            Codec::Gzip {
+                members: GzipMembers::One,
+                ..
+            } => "GZIP-1",
+            codec => codec.format_name(),
+        };
         println!(
             "{:>8} {:>14.1} {:>16.1} {:>12} {:>12} {:>7.2}x",
-            codec.format_name(),
+            name,
             one_core,
             all_cores,
             tool_mib_s.map_or("-".into(), |r| format!("{r:.1}")),

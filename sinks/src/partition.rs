@@ -565,7 +565,7 @@ mod tests {
                 &[("tenant".to_string(), "..".to_string())],
             )
             .unwrap();
-        assert_eq!(template.render_index(Some(&keys)), "logs-web_api_.._-_");
+        assert_eq!(template.render_index(Some(&keys)), "logs-web_api_..__-_");
         assert_eq!(
             NameTemplate::from("plain".to_string()).render_index(None),
             "plain"

@@ -10,7 +10,7 @@ use hydrant_sinks::object::{
 use hydrant_sinks::prelude::*;
 
 use super::*;
-use crate::compress::Codec;
+use crate::compress::{Codec, GzipMembers};
 
 /// A stream's object destination writing objects of `format` into memory, and the store
 /// they can be read back from.
@@ -85,11 +85,31 @@ async fn body_bytes(batch: SealedBatch, sink: &ObjectStoreSink, codec: Codec) ->
     let body = delivered_object(assembled.remove(0), sink).await.to_vec();
     match codec {
         Codec::None => body,
-        Codec::Gzip { .. } => {
+        Codec::Gzip {
+            members: GzipMembers::PerChunk,
+            ..
+        } => {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&body[..])
+            flate2::read::MultiGzDecoder::new(&body[..])
                 .read_to_end(&mut out)
                 .unwrap();
+            out
+        }
+        Codec::Gzip {
+            members: GzipMembers::One,
+            ..
+        } => {
+            // One member holds everything: nothing may follow it.
+            let mut decoder = flate2::read::GzDecoder::new(&body[..]);
+            let mut out = Vec::new();
+            decoder.read_to_end(&mut out).unwrap();
+            let mut rest = Vec::new();
+            decoder.into_inner().read_to_end(&mut rest).unwrap();
+            assert!(
+                rest.is_empty(),
+                "{} bytes after the gzip member",
+                rest.len()
+            );
             out
         }
         Codec::Zstd { .. } => zstd::stream::decode_all(&body[..]).unwrap(),
@@ -120,14 +140,24 @@ fn as_slices(records: &[Vec<u8>]) -> Vec<&[u8]> {
 #[tokio::test(start_paused = true)]
 async fn size_threshold_seals_a_batch_holding_exactly_what_fits() {
     // 100 records of 99 bytes + newline = 10,000 bytes: ten fit in a 1,000-byte batch.
-    let (buffer, sink) = buffer(1_000, Duration::from_secs(900), Codec::Gzip { level: 6 });
+    let (buffer, sink) = buffer(
+        1_000,
+        Duration::from_secs(900),
+        Codec::Gzip {
+            level: 6,
+            members: GzipMembers::PerChunk,
+        },
+    );
     let input = records("a", 15, 99);
     assert_eq!(buffer.try_append(&as_slices(&input), 1_000), 15);
     let batch = buffer.next_batch().await.unwrap();
     assert_eq!(batch.records(), 10);
     assert_eq!(batch.raw_len(), 1_000);
     assert_eq!(batch.oldest_arrival_ms(), 1_000);
-    let codec = Codec::Gzip { level: 6 };
+    let codec = Codec::Gzip {
+        level: 6,
+        members: GzipMembers::PerChunk,
+    };
     let expected: Vec<u8> = input[..10]
         .iter()
         .flat_map(|r| [&r[..], b"\n"].concat())
@@ -206,7 +236,14 @@ async fn zero_interval_delivers_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn close_hands_out_everything_then_reports_closed() {
-    let (buffer, _) = buffer(1_000, Duration::from_secs(900), Codec::Gzip { level: 1 });
+    let (buffer, _) = buffer(
+        1_000,
+        Duration::from_secs(900),
+        Codec::Gzip {
+            level: 1,
+            members: GzipMembers::PerChunk,
+        },
+    );
     let input = records("d", 15, 99);
     buffer.try_append(&as_slices(&input), 0);
     buffer.close();
@@ -223,7 +260,10 @@ async fn close_hands_out_everything_then_reports_closed() {
 #[tokio::test]
 async fn large_batches_span_many_chunks_and_decode_in_order_with_every_codec() {
     for codec in [
-        Codec::Gzip { level: 6 },
+        Codec::Gzip {
+            level: 6,
+            members: GzipMembers::PerChunk,
+        },
         Codec::Zstd { level: 3 },
         Codec::Snappy,
         Codec::None,

@@ -197,6 +197,10 @@ pub struct StreamConfig {
     /// Codec level (gzip: 0–9, default 6; zstd: 1–19, default 3; snappy has none).
     #[serde(default)]
     pub compression_level: Option<Spanned<u32>>,
+    /// How a gzip object's chunks are joined: `multiple` members (default, the fastest) or
+    /// `single`, for readers that stop after the first member.
+    #[serde(default = "default_gzip_members")]
+    pub gzip_members: Spanned<GzipMembersConfig>,
     /// Transforms run over records before they are encoded, in order.
     #[serde(default)]
     pub processors: Vec<ProcessorConfig>,
@@ -254,6 +258,17 @@ pub enum RecordDelimiter {
     Newline,
     /// Records concatenated exactly as sent (Firehose's default).
     None,
+}
+
+/// How a gzip object's chunks are joined.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GzipMembersConfig {
+    /// One gzip member per chunk (RFC 1952 allows many; every common reader reads them all).
+    #[default]
+    Multiple,
+    /// One gzip member for the whole object.
+    Single,
 }
 
 /// Whole-object compression.
@@ -604,6 +619,10 @@ fn default_format() -> Spanned<Format> {
 
 fn default_compression() -> Spanned<Compression> {
     spanned(Compression::default())
+}
+
+fn default_gzip_members() -> Spanned<GzipMembersConfig> {
+    spanned(GzipMembersConfig::default())
 }
 
 fn spanned<T>(value: T) -> Spanned<T> {

@@ -22,6 +22,7 @@ impl StreamConfig {
         codec_of(
             self.compression.value,
             self.compression_level.as_ref().map(|level| level.value),
+            self.gzip_members.value,
         )
     }
 

@@ -221,6 +221,10 @@ fn config_with(section: &str, key: &str, value: Option<&str>) -> Option<String> 
             key.strip_prefix("partitioning.").unwrap(),
             "streams:\n  s:\n    partitioning:\n      query: '{a: .a}'\n      {K}\n    destination: { local: { path: x, prefix: '!{partitionKeyFromQuery:a}/' } }\n",
         ),
+        "streams.<name>" if key == "gzip_members" => (
+            key,
+            "streams:\n  s:\n    compression: gzip\n    {K}\n    {L}\n",
+        ),
         "streams.<name>" => (key, "streams:\n  s:\n    {K}\n    {L}\n"),
         "processors[].wasm" => (
             key,

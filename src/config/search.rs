@@ -5,7 +5,7 @@ use serde_saphyr::Spanned;
 
 use super::validate::{at, is_http_url};
 use super::{ConfigProblem, Destination};
-use hydrant_sinks::compress::Codec;
+use hydrant_sinks::compress::{Codec, GzipMembers};
 use hydrant_sinks::partition::NameTemplate;
 use hydrant_sinks::prelude::SinkError;
 use hydrant_sinks::search::{
@@ -171,7 +171,11 @@ impl SearchDestination {
             ),
         };
         let codec = match self.compression.value {
-            super::Compression::Gzip => Codec::Gzip { level: 6 },
+            // Request bodies stay one gzip member, which every HTTP server reads.
+            super::Compression::Gzip => Codec::Gzip {
+                level: 6,
+                members: GzipMembers::One,
+            },
             _ => Codec::None,
         };
         // Validated when the configuration is loaded; a name that does not parse is used as

@@ -244,6 +244,14 @@ fn validate_stream(
             )),
         }
     }
+    // Written in the file (not the default) for a stream that does not gzip.
+    let members = &stream.gzip_members;
+    if members.referenced != Location::UNKNOWN && stream.compression.value != Compression::Gzip {
+        problems.push(at(
+            members,
+            format!("stream `{name}`: `gzip_members` needs `compression: gzip`"),
+        ));
+    }
     let layout = stream.destination.layout();
     if let Err(error) = KeyTemplate::parse_error_prefix(&layout.error_output_prefix.value) {
         let location = layout.error_output_prefix.referenced;

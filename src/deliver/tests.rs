@@ -31,7 +31,7 @@ pub(super) fn open_spool(dir: &Path) -> Arc<StreamSpool> {
 
 /// A stream writing gzip NDJSON objects into `dir/out`, with `faults` in its encoders.
 fn delivery_loop(dir: &Path, spool: &Arc<StreamSpool>, faults: Arc<EncodeFaults>) -> DeliveryLoop {
-    let codec = crate::compress::codec_of(Compression::Gzip, None);
+    let codec = crate::compress::codec_of(Compression::Gzip, None, Default::default());
     let sink: Arc<dyn ObjectSink> = Arc::new(ObjectStoreSink::local(&dir.join("out")).unwrap());
     let destination: Arc<dyn AnyDestination> = Arc::new(ObjectDestination::new(
         Arc::clone(&sink),
@@ -99,7 +99,7 @@ fn delivered_ids(dir: &Path) -> HashMap<u64, usize> {
     let mut ids = HashMap::new();
     for file in files_under(dir) {
         let mut text = String::new();
-        flate2::read::GzDecoder::new(std::fs::File::open(file).unwrap())
+        flate2::read::MultiGzDecoder::new(std::fs::File::open(file).unwrap())
             .read_to_string(&mut text)
             .unwrap();
         for line in text.lines() {

@@ -344,8 +344,17 @@ impl Bucket {
     }
 }
 
-/// Decompresses one gzip member, failing if anything follows it.
+/// Decompresses a gzip object, every member of it.
 pub fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .expect("valid gzip");
+    out
+}
+
+/// Decompresses a gzip object that must be exactly one member (`gzip_members: single`).
+pub fn gunzip_single_member(bytes: &[u8]) -> Vec<u8> {
     let mut decoder = flate2::read::GzDecoder::new(bytes);
     let mut out = Vec::new();
     decoder.read_to_end(&mut out).expect("valid gzip");

@@ -2,10 +2,13 @@
 //! every core at once while its records are still arriving.
 //!
 //! A zstd object is a sequence of zstd frames and a Snappy object a sequence of framed
-//! chunks, both valid streams by their formats' definitions. A gzip object is one gzip member (readable by every gzip reader, not only multi-member
-//! aware ones): each chunk is raw DEFLATE ending in a sync flush, the chunks are
-//! concatenated, an empty final block closes the stream, and the trailer's CRC-32 is
-//! combined from the chunks' CRCs. This is how `pigz` parallelises gzip.
+//! chunks, both valid streams by their formats' definitions. A gzip object is, by default, a
+//! sequence of gzip members, one per chunk (RFC 1952 §2.2; every common reader reads them
+//! all): libdeflate compresses a whole chunk at once, about twice as fast as zlib. With
+//! [`GzipMembers::One`] it is one gzip member instead, for readers that stop after the first:
+//! each chunk is raw DEFLATE ending in a sync flush, the chunks are concatenated, an empty
+//! final block closes the stream, and the trailer's CRC-32 is combined from the chunks'
+//! CRCs. This is how `pigz` parallelises gzip.
 
 mod gzip;
 mod snappy;
@@ -42,8 +45,10 @@ pub enum Codec {
     None,
     /// gzip at `level` (0–9).
     Gzip {
-        /// zlib compression level.
+        /// Compression level.
         level: u32,
+        /// One member per chunk, or one member for the whole object.
+        members: GzipMembers,
     },
     /// zstd at `level` (1–19).
     Zstd {
@@ -52,6 +57,17 @@ pub enum Codec {
     },
     /// Snappy, framing format.
     Snappy,
+}
+
+/// How a gzip object's chunks are joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GzipMembers {
+    /// One gzip member per chunk (libdeflate): the fastest.
+    #[default]
+    PerChunk,
+    /// One gzip member for the whole object (zlib, sync-flushed chunks), for readers that
+    /// stop after the first member.
+    One,
 }
 
 impl Codec {
@@ -76,7 +92,14 @@ impl Codec {
     pub fn compress_slice(self, raw: &[u8]) -> CompressedChunk {
         match self {
             Codec::None => CompressedChunk::without_crc(raw.to_vec(), raw.len()),
-            Codec::Gzip { level } => gzip::compress_chunk(raw, level),
+            Codec::Gzip {
+                level,
+                members: GzipMembers::PerChunk,
+            } => gzip::compress_member(raw, level),
+            Codec::Gzip {
+                level,
+                members: GzipMembers::One,
+            } => gzip::compress_chunk(raw, level),
             Codec::Zstd { level } => zstd::compress_chunk(raw, level),
             Codec::Snappy => snappy::compress_chunk(raw),
         }
@@ -88,7 +111,14 @@ impl Codec {
             Codec::None | Codec::Zstd { .. } | Codec::Snappy => {
                 chunks.into_iter().map(|c| c.data).collect()
             }
-            Codec::Gzip { .. } => gzip::assemble(chunks),
+            Codec::Gzip {
+                level,
+                members: GzipMembers::PerChunk,
+            } => gzip::assemble_members(chunks, level),
+            Codec::Gzip {
+                members: GzipMembers::One,
+                ..
+            } => gzip::assemble(chunks),
         }
     }
 
