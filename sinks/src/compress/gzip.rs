@@ -153,14 +153,19 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn chunks_concatenate_into_one_valid_member() {
-        let pieces = [
+    /// Chunks of very different sizes, an empty one among them.
+    fn uneven_pieces() -> [Vec<u8>; 4] {
+        [
             sample(100_000, 1),
             sample(1, 2),
             Vec::new(),
             sample(70_001, 3),
-        ];
+        ]
+    }
+
+    #[test]
+    fn chunks_concatenate_into_one_valid_member() {
+        let pieces = uneven_pieces();
         let expected: Vec<u8> = pieces.concat();
         let chunks = pieces.iter().map(|p| compress_chunk(p, 6)).collect();
         let parts = assemble(chunks);
@@ -180,12 +185,7 @@ mod tests {
 
     #[test]
     fn members_concatenate_into_a_multi_member_file() {
-        let pieces = [
-            sample(100_000, 1),
-            sample(1, 2),
-            Vec::new(),
-            sample(70_001, 3),
-        ];
+        let pieces = uneven_pieces();
         let expected: Vec<u8> = pieces.concat();
         let chunks = pieces.iter().map(|p| compress_member(p, 6)).collect();
         let parts = assemble_members(chunks, 6);
