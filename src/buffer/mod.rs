@@ -11,7 +11,7 @@ mod capacity;
 mod open_batch;
 
 pub use capacity::IngestCapacity;
-pub use open_batch::{Assembled, BatchBody, BatchFailure, FailedRecord, SealedBatch};
+pub use open_batch::{Assembled, BatchBody, BatchFailure, FailedRecord, FailedStage, SealedBatch};
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};

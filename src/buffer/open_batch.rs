@@ -19,7 +19,8 @@ use hydrant_sinks::prelude::{
     AnyDestination, AssembleError, AssembledBatch, BatchId, Chunk, ChunkRecord,
 };
 
-/// A record the stream's format could not take; it goes to the error output.
+/// A record the stream could not take; it goes to the error output of the stage that
+/// refused it.
 #[derive(Debug, Clone)]
 pub struct FailedRecord {
     /// Its sequence number.
@@ -30,6 +31,20 @@ pub struct FailedRecord {
     pub data: Vec<u8>,
     /// Why it could not be written.
     pub error: ConversionError,
+    /// Which stage refused it.
+    pub stage: FailedStage,
+}
+
+/// The stage that refused a record, which names its error output type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedStage {
+    /// A transform failed it (`processing-failed`).
+    Transform,
+    /// Its partition keys could not be extracted, or its partition did not fit
+    /// (`partitioning-failed`).
+    Partitioning,
+    /// The destination's format could not take it (`format-conversion-failed`).
+    Encoding,
 }
 
 /// What one chunk of records became (the destination's pieces, one per partition), and
@@ -145,6 +160,7 @@ impl OpenBatch {
                             arrival_ms,
                             data: record.to_vec(),
                             error,
+                            stage: FailedStage::Encoding,
                         });
                     }
                 }
@@ -211,7 +227,8 @@ impl OpenBatch {
                     chunk.dropped = processed.dropped;
                     chunk.failed.extend(processed.failed.into_iter().map(
                         |(index, code, message)| {
-                            failed_record(&raw, &records, index, ConversionError { code, message })
+                            let error = ConversionError { code, message };
+                            failed_record(&raw, &records, index, error, FailedStage::Transform)
                         },
                     ));
                     chunk
@@ -250,18 +267,20 @@ impl OpenBatch {
     }
 }
 
-/// The failure record of record `index` of a chunk.
+/// The failure record of record `index` of a chunk, refused at `stage`.
 fn failed_record(
     data: &[u8],
     records: &[ChunkRecord],
     index: usize,
     error: ConversionError,
+    stage: FailedStage,
 ) -> FailedRecord {
     FailedRecord {
         seq: records[index].seq,
         arrival_ms: records[index].arrival_ms,
         data: ChunkRecord::bytes(data, records, index).to_vec(),
         error,
+        stage,
     }
 }
 
@@ -301,7 +320,7 @@ fn encode_chunk(
                 code: refusal.code,
                 message: refusal.message,
             };
-            failed_record(data, records, refusal.index, error)
+            failed_record(data, records, refusal.index, error, FailedStage::Encoding)
         })
         .collect();
     (encoded.piece, failed)
@@ -345,7 +364,13 @@ fn encode_partitioned(
                     code: METADATA_EXTRACTION_FAILED,
                     message,
                 };
-                failed.push(failed_record(data, records, i, error));
+                failed.push(failed_record(
+                    data,
+                    records,
+                    i,
+                    error,
+                    FailedStage::Partitioning,
+                ));
                 continue;
             }
         };

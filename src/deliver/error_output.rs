@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use hydrant_sinks::prelude::*;
 
 use super::DeliveryLoop;
-use crate::buffer::FailedRecord;
+use crate::buffer::{FailedRecord, FailedStage};
 use crate::spool::{RecordChunk, SeqRange, StreamSpool};
 
 /// `!{firehose:error-output-type}` of records the stream's format could not take.
@@ -23,15 +23,21 @@ pub const PROCESSING_FAILED: &str = "processing-failed";
 /// `!{firehose:error-output-type}` of records that could not be filed under a partition.
 pub const PARTITIONING_FAILED: &str = "partitioning-failed";
 
-/// Error codes that go to the [`PARTITIONING_FAILED`] output start with this.
-pub const PARTITIONING_CODE_PREFIX: &str = "DynamicPartitioning.";
-
 /// Seeds of error object keys, one per error type, so each differs from the data key.
 const S3_FAILED_SALT: u64 = 0x6572_726f_7273;
 const CONVERSION_FAILED_SALT: u64 = 0x666f_726d_6174;
 const PROCESSING_FAILED_SALT: u64 = 0x7472_616e_7366;
 const PARTITIONING_FAILED_SALT: u64 = 0x7061_7274_6974;
 const OVER_LIMIT_SALT: u64 = 0x6c69_6d69_7473;
+
+/// The error output type of records refused at `stage`, and the seed of its objects' keys.
+fn output_of(stage: FailedStage) -> (&'static str, u64) {
+    match stage {
+        FailedStage::Transform => (PROCESSING_FAILED, PROCESSING_FAILED_SALT),
+        FailedStage::Partitioning => (PARTITIONING_FAILED, PARTITIONING_FAILED_SALT),
+        FailedStage::Encoding => (FORMAT_CONVERSION_FAILED, CONVERSION_FAILED_SALT),
+    }
+}
 
 /// One error record in Firehose's format.
 #[derive(serde::Serialize)]
@@ -133,78 +139,28 @@ pub fn conversion_failure_lines(failed: &[FailedRecord], ended_ms: i64) -> Vec<u
 }
 
 impl DeliveryLoop {
-    /// Writes the records of batch `range` that the format could not take to the
-    /// `format-conversion-failed` error output, retrying until the destination takes them.
-    pub(super) async fn write_conversion_failures(
+    /// Writes the records of batch `range` that could not be taken, each group to the error
+    /// output of the stage that refused it (transforms, partitioning, the destination's
+    /// format), retrying until the destination takes them.
+    pub(super) async fn write_failures(
         &self,
-        failed: &[FailedRecord],
+        mut failed: Vec<FailedRecord>,
         range: SeqRange,
         oldest: DateTime<Utc>,
         mode: WriteMode,
     ) {
-        self.counters
-            .conversion_failures
-            .fetch_add(failed.len() as u64, Ordering::Relaxed);
-        self.counters
-            .error_output_records
-            .fetch_add(failed.len() as u64, Ordering::Relaxed);
-        self.write_failed_records(
-            FORMAT_CONVERSION_FAILED,
-            CONVERSION_FAILED_SALT,
-            failed,
-            range,
-            oldest,
-            mode,
-        )
-        .await;
-    }
-
-    /// Writes the records of batch `range` that a transform failed to the
-    /// `processing-failed` error output, retrying until the destination takes them.
-    pub(super) async fn write_processing_failures(
-        &self,
-        failed: &[FailedRecord],
-        range: SeqRange,
-        oldest: DateTime<Utc>,
-        mode: WriteMode,
-    ) {
-        let count = failed.len() as u64;
-        self.counters
-            .processing_failures
-            .fetch_add(count, Ordering::Relaxed);
-        self.counters
-            .error_output_records
-            .fetch_add(count, Ordering::Relaxed);
-        self.write_failed_records(
-            PROCESSING_FAILED,
-            PROCESSING_FAILED_SALT,
-            failed,
-            range,
-            oldest,
-            mode,
-        )
-        .await;
-    }
-
-    /// Writes the records of batch `range` that could not be filed under a partition to
-    /// the `partitioning-failed` error output, retrying until the destination takes them.
-    pub(super) async fn write_partitioning_failures(
-        &self,
-        failed: &[FailedRecord],
-        range: SeqRange,
-        oldest: DateTime<Utc>,
-        mode: WriteMode,
-    ) {
-        self.count_partitioning_failures(failed.len());
-        self.write_failed_records(
-            PARTITIONING_FAILED,
-            PARTITIONING_FAILED_SALT,
-            failed,
-            range,
-            oldest,
-            mode,
-        )
-        .await;
+        for stage in [
+            FailedStage::Transform,
+            FailedStage::Partitioning,
+            FailedStage::Encoding,
+        ] {
+            let group: Vec<FailedRecord> = failed.extract_if(.., |f| f.stage == stage).collect();
+            if !group.is_empty() {
+                let salt = output_of(stage).1;
+                self.write_failed_records(stage, salt, &group, range, oldest, mode)
+                    .await;
+            }
+        }
     }
 
     /// Writes the records `seqs` of batch `range`, whose partitions (`partitions` of them)
@@ -244,11 +200,11 @@ impl DeliveryLoop {
                     code: hydrant_sinks::partition::ACTIVE_PARTITIONS_LIMIT_EXCEEDED,
                     message: message.clone(),
                 },
+                stage: FailedStage::Partitioning,
             })
             .collect();
-        self.count_partitioning_failures(failed.len());
         self.write_failed_records(
-            PARTITIONING_FAILED,
+            FailedStage::Partitioning,
             OVER_LIMIT_SALT,
             &failed,
             range,
@@ -258,26 +214,28 @@ impl DeliveryLoop {
         .await;
     }
 
-    fn count_partitioning_failures(&self, count: usize) {
-        let count = count as u64;
-        self.counters
-            .partitioning_failures
-            .fetch_add(count, Ordering::Relaxed);
-        self.counters
-            .error_output_records
-            .fetch_add(count, Ordering::Relaxed);
-    }
-
-    /// Writes records with their own reasons under `error_type` (callers count them).
+    /// Counts and writes records refused at `stage`, with their own reasons, as one object
+    /// of the stage's error output type; `salt` tells apart two such objects of one batch.
     async fn write_failed_records(
         &self,
-        error_type: &str,
+        stage: FailedStage,
         salt: u64,
         failed: &[FailedRecord],
         range: SeqRange,
         oldest: DateTime<Utc>,
         mode: WriteMode,
     ) {
+        let (error_type, _) = output_of(stage);
+        let counter = match stage {
+            FailedStage::Transform => &self.counters.processing_failures,
+            FailedStage::Partitioning => &self.counters.partitioning_failures,
+            FailedStage::Encoding => &self.counters.conversion_failures,
+        };
+        let count = failed.len() as u64;
+        counter.fetch_add(count, Ordering::Relaxed);
+        self.counters
+            .error_output_records
+            .fetch_add(count, Ordering::Relaxed);
         let body = conversion_failure_lines(failed, Utc::now().timestamp_millis());
         let object = self.error_object(error_type, salt, range, oldest, body);
         self.put_until_taken(&object, mode).await;

@@ -13,14 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use error_output::PARTITIONING_CODE_PREFIX;
 use futures_util::StreamExt as _;
 use hydrant_sinks::object::{ObjectKeyBuilder, batch_seed};
 use hydrant_sinks::prelude::*;
 
-use crate::buffer::{BatchBody, FailedRecord, SealedBatch, StreamBuffer};
+use crate::buffer::{BatchBody, SealedBatch, StreamBuffer};
 use crate::spool::{SeqRange, StreamSpool};
-use crate::transform::TRANSFORM_CODE_PREFIX;
 
 /// Running totals of one stream: the one place they are counted, read by the stats
 /// endpoint and published as Prometheus metrics when scraped.
@@ -107,7 +105,7 @@ impl DeliveryLoop {
             .unwrap_or_else(Utc::now);
         let range = batch.range();
         let Some(BatchBody {
-            mut failed,
+            failed,
             dropped,
             assembled,
             over_limit,
@@ -123,30 +121,11 @@ impl DeliveryLoop {
                 .dropped_records
                 .fetch_add(dropped, Ordering::Relaxed);
         }
-        // Records a transform failed have their own error output type.
-        let processing_failed: Vec<FailedRecord> = failed
-            .extract_if(.., |f| f.error.code.starts_with(TRANSFORM_CODE_PREFIX))
-            .collect();
-        if !processing_failed.is_empty() {
-            self.write_processing_failures(&processing_failed, range, oldest, mode)
-                .await;
-        }
-        // Records whose partition keys could not be extracted, and those of partitions
-        // beyond the limit, go to the partitioning output.
-        let partitioning_failed: Vec<FailedRecord> = failed
-            .extract_if(.., |f| f.error.code.starts_with(PARTITIONING_CODE_PREFIX))
-            .collect();
-        if !partitioning_failed.is_empty() {
-            self.write_partitioning_failures(&partitioning_failed, range, oldest, mode)
-                .await;
-        }
+        // Records refused by a transform, by partitioning or by the destination's format
+        // go to their stage's error output; those of partitions beyond the limit too.
+        self.write_failures(failed, range, oldest, mode).await;
         if !over_limit.is_empty() {
             self.write_over_limit(&over_limit, partitions_over_limit, range, oldest, mode)
-                .await;
-        }
-        // Records the destination refused while encoding go to the conversion output.
-        if !failed.is_empty() {
-            self.write_conversion_failures(&failed, range, oldest, mode)
                 .await;
         }
         self.counters

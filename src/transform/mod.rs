@@ -22,9 +22,6 @@ use guest::{GuestInstance, GuestTemplate, Record};
 use guest_log::GuestLog;
 use hydrant_sinks::prelude::ChunkRecord;
 
-/// Prefix of every transform error code (they go to the `processing-failed` error output).
-pub const TRANSFORM_CODE_PREFIX: &str = "Transform.";
-
 /// How one `wasm` processor is set up.
 #[derive(Debug, Clone)]
 pub struct ProcessorSettings {
