@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::cpu_pool::EncodeFaults;
 use crate::spool::{RecordChunk, SeqRange};
 use crate::transform::ProcessorChain;
+use hydrant_sinks::object::RecordFramer;
 use hydrant_sinks::partition::Partitioner;
 use hydrant_sinks::prelude::AnyDestination;
 use open_batch::OpenBatch;
@@ -57,12 +58,15 @@ pub struct Partitioning {
 }
 
 impl BufferSettings {
-    /// Whether records are kept with their boundaries until their chunk is dispatched
-    /// (encoded per record, transformed or partitioned) rather than framed as they come.
-    pub(crate) fn keeps_records(&self) -> bool {
-        self.destination.framer_any().is_none()
-            || self.processors.is_some()
-            || self.partitioning.is_some()
+    /// How records are framed into a chunk as they arrive; `None` when they are kept with
+    /// their boundaries until their chunk is dispatched (the destination encodes them one by
+    /// one, or they are transformed or partitioned first).
+    fn framer(&self) -> Option<RecordFramer> {
+        if self.processors.is_some() || self.partitioning.is_some() {
+            None
+        } else {
+            self.destination.framer_any().copied()
+        }
     }
 }
 
@@ -78,6 +82,8 @@ pub enum NoBatch {
 pub struct StreamBuffer {
     settings: BufferSettings,
     chunk_size: usize,
+    /// How records are framed as they arrive, decided once (see `BufferSettings::framer`).
+    framer: Option<RecordFramer>,
     capacity: Arc<IngestCapacity>,
     state: Mutex<BufferState>,
     /// Wakes the delivery task: a batch was sealed, a batch got its first record (so its
@@ -111,12 +117,14 @@ impl StreamBuffer {
         // per-chunk overhead (a sync flush, a pool hand-off) is negligible.
         let chunk_size = (settings.size_limit / 8).clamp(64 * 1024, 1024 * 1024);
         let chunk_size = settings.chunk_limit.unwrap_or(chunk_size);
+        let framer = settings.framer();
         Self {
             settings,
             chunk_size,
+            framer,
             capacity,
             state: Mutex::new(BufferState {
-                open: OpenBatch::new(chunk_size),
+                open: OpenBatch::new(chunk_size, framer),
                 sealed: None,
                 closed: false,
                 next_seq: 0,
@@ -161,14 +169,14 @@ impl StreamBuffer {
             Some(last) if seq == last && state.sealed.is_some() => return Pushed::Full,
             Some(_) => {}
             None => {
-                let framed = self.settings.destination.buffered_len_any(data);
+                let framed = state.open.buffered_len(data, &self.settings);
                 if !state.open.is_empty()
                     && state.open.raw_len() + framed > self.settings.size_limit
                 {
                     if state.sealed.is_some() {
                         return Pushed::Full;
                     }
-                    let full = std::mem::replace(&mut state.open, OpenBatch::new(self.chunk_size));
+                    let full = std::mem::replace(&mut state.open, self.new_batch());
                     state.sealed = Some(full.seal(&self.settings, &self.capacity, false));
                     wake = true;
                 }
@@ -181,7 +189,7 @@ impl StreamBuffer {
         state.next_seq += 1;
         if replay_end == Some(seq) {
             state.replay.pop_front();
-            let full = std::mem::replace(&mut state.open, OpenBatch::new(self.chunk_size));
+            let full = std::mem::replace(&mut state.open, self.new_batch());
             state.sealed = Some(full.seal(settings, &self.capacity, true));
             wake = true;
         }
@@ -315,13 +323,18 @@ impl StreamBuffer {
     /// A sealed batch of `records` (a batch read back from the spool), encoded again from
     /// the start: for a batch whose body could not be built the first time.
     pub fn rebuild(&self, records: &RecordChunk) -> SealedBatch {
-        let mut open = OpenBatch::new(self.chunk_size);
+        let mut open = self.new_batch();
         let now = Instant::now();
         for (seq, arrival_ms, span) in &records.records {
             let data = &records.data[span.clone()];
             open.append(*seq, data, *arrival_ms, now, &self.settings, &self.capacity);
         }
         open.seal(&self.settings, &self.capacity, true)
+    }
+
+    /// An empty open batch.
+    fn new_batch(&self) -> OpenBatch {
+        OpenBatch::new(self.chunk_size, self.framer)
     }
 
     fn is_closed(&self) -> bool {
@@ -364,8 +377,7 @@ impl StreamBuffer {
                     Some(oldest)
                         if state.closed || oldest + self.settings.interval <= Instant::now() =>
                     {
-                        let open =
-                            std::mem::replace(&mut state.open, OpenBatch::new(self.chunk_size));
+                        let open = std::mem::replace(&mut state.open, self.new_batch());
                         drop(state);
                         self.capacity.notify_freed();
                         return Ok(open.seal(&self.settings, &self.capacity, false));

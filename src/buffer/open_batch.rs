@@ -13,7 +13,7 @@ use crate::cpu_pool::{self, CpuJob, EncodeFaults, JobFailure};
 use crate::spool::SeqRange;
 use std::collections::{HashMap, HashSet};
 
-use hydrant_sinks::object::ConversionError;
+use hydrant_sinks::object::{ConversionError, RecordFramer};
 use hydrant_sinks::partition::{METADATA_EXTRACTION_FAILED, PartitionKeys, Partitioner};
 use hydrant_sinks::prelude::{
     AnyDestination, AssembleError, AssembledBatch, BatchId, Chunk, ChunkRecord,
@@ -81,6 +81,9 @@ impl PartitionPiece {
 #[derive(Debug)]
 pub(super) struct OpenBatch {
     chunk_size: usize,
+    /// How records are framed into the chunk as they arrive; `None` when they are kept
+    /// one by one (encoded per record, transformed or partitioned). Decided once per stream.
+    framer: Option<RecordFramer>,
     pending: Vec<u8>,
     /// Where each pending record ends (when records are decoded or transformed one by one).
     pending_records: Vec<ChunkRecord>,
@@ -96,9 +99,10 @@ pub(super) struct OpenBatch {
 }
 
 impl OpenBatch {
-    pub(super) fn new(chunk_size: usize) -> Self {
+    pub(super) fn new(chunk_size: usize, framer: Option<RecordFramer>) -> Self {
         Self {
             chunk_size,
+            framer,
             pending: Vec::new(),
             pending_records: Vec::new(),
             pending_framed: 0,
@@ -109,6 +113,14 @@ impl OpenBatch {
             first_seq: 0,
             last_seq: 0,
             failed: Vec::new(),
+        }
+    }
+
+    /// Bytes `record` adds to the batch's size (what `buffer.size_mib` counts).
+    pub(super) fn buffered_len(&self, record: &[u8], settings: &BufferSettings) -> usize {
+        match self.framer {
+            Some(framer) => framer.framed_len(record),
+            None => settings.destination.buffered_len_any(record),
         }
     }
 
@@ -144,9 +156,8 @@ impl OpenBatch {
             self.pending.reserve(self.chunk_size + self.chunk_size / 8);
         }
         self.last_seq = seq;
-        let destination = &settings.destination;
-        match destination.framer_any() {
-            Some(framer) if !settings.keeps_records() => {
+        match self.framer {
+            Some(framer) => {
                 let before = self.pending.len();
                 match framer.frame(record, &mut self.pending) {
                     Ok(()) => {
@@ -172,7 +183,7 @@ impl OpenBatch {
                     arrival_ms,
                     end: self.pending.len(),
                 });
-                self.raw_len += destination.buffered_len_any(record);
+                self.raw_len += self.buffered_len(record, settings);
             }
         }
         self.records += 1;
