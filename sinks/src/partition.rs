@@ -93,14 +93,20 @@ impl PartitionKeys {
 /// query and from the keys its transforms returned.
 pub struct Partitioner {
     query: Option<JqFilter>,
-    /// Keys the templates need, in order.
-    needed: Vec<(KeySource, String)>,
+    /// Keys the templates need, in order, each with its name as the jq object key it is
+    /// looked up by (made once, not per record).
+    needed: Vec<(KeySource, String, Val)>,
 }
 
 impl std::fmt::Debug for Partitioner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<(KeySource, &str)> = self
+            .needed
+            .iter()
+            .map(|(source, name, _)| (*source, name.as_str()))
+            .collect();
         f.debug_struct("Partitioner")
-            .field("needed", &self.needed)
+            .field("needed", &names)
             .finish()
     }
 }
@@ -118,6 +124,13 @@ impl Partitioner {
                 "`!{{partitionKeyFromQuery:{name}}}` needs a `partitioning.query`"
             ));
         }
+        let needed = needed
+            .into_iter()
+            .map(|(source, name)| {
+                let field = Val::from(name.clone());
+                (source, name, field)
+            })
+            .collect();
         Ok(Self { query, needed })
     }
 
@@ -143,13 +156,11 @@ impl Partitioner {
             None => None,
         };
         let mut values = Vec::with_capacity(self.needed.len());
-        for (source, name) in &self.needed {
+        for (source, name, field) in &self.needed {
             let value = match source {
                 KeySource::Query => {
-                    let field = fields
-                        .as_ref()
-                        .and_then(|fields| fields.get(&Val::from(name.clone())));
-                    scalar_text(name, field)?
+                    let value = fields.as_ref().and_then(|fields| fields.get(field));
+                    scalar_text(name, value)?
                 }
                 KeySource::Lambda => lambda
                     .iter()
@@ -220,6 +231,19 @@ pub fn push_safe_segment(value: &str, out: &mut String) {
             let _ = write!(out, "%{byte:02X}");
         }
     }
+}
+
+/// `keys` in order, each once: the keys a template names.
+pub(crate) fn distinct_keys<'a>(
+    keys: impl Iterator<Item = (KeySource, &'a str)>,
+) -> Vec<(KeySource, String)> {
+    let mut distinct: Vec<(KeySource, String)> = Vec::new();
+    for (source, name) in keys {
+        if !distinct.iter().any(|(s, n)| *s == source && n == name) {
+            distinct.push((source, name.to_string()));
+        }
+    }
+    distinct
 }
 
 /// The key named by `!{namespace:name}` when `namespace` is `partitionKeyFromQuery` or
@@ -305,15 +329,10 @@ impl NameTemplate {
 
     /// The keys the name holds, in order, each once.
     pub fn keys(&self) -> Vec<(KeySource, String)> {
-        let mut keys: Vec<(KeySource, String)> = Vec::new();
-        for segment in &self.segments {
-            if let NameSegment::Key(source, name) = segment
-                && !keys.iter().any(|(s, n)| s == source && n == name)
-            {
-                keys.push((*source, name.clone()));
-            }
-        }
-        keys
+        distinct_keys(self.segments.iter().filter_map(|segment| match segment {
+            NameSegment::Key(source, name) => Some((*source, name.as_str())),
+            NameSegment::Literal(_) => None,
+        }))
     }
 
     /// The name with every key replaced by `x`: what a checker of names can judge.

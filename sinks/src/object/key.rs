@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
-use crate::partition::{KeySource, PartitionKeys, parse_key_expression, push_safe_segment};
+use crate::partition::{
+    KeySource, PartitionKeys, distinct_keys, parse_key_expression, push_safe_segment,
+};
 
 /// Firehose numbers stream versions from 1; Hydrant's streams are configured from a file and
 /// have no update API, so the version stays 1.
@@ -98,15 +100,10 @@ impl KeyTemplate {
 
     /// The partition keys the prefix names, in order, each once.
     pub fn partition_keys(&self) -> Vec<(KeySource, String)> {
-        let mut keys: Vec<(KeySource, String)> = Vec::new();
-        for segment in &self.segments {
-            if let Segment::PartitionKey(source, name) = segment
-                && !keys.iter().any(|(s, n)| s == source && n == name)
-            {
-                keys.push((*source, name.clone()));
-            }
-        }
-        keys
+        distinct_keys(self.segments.iter().filter_map(|segment| match segment {
+            Segment::PartitionKey(source, name) => Some((*source, name.as_str())),
+            _ => None,
+        }))
     }
 
     fn parse_with(prefix: &str, allowed: Allowed) -> Result<Self, KeyTemplateError> {
