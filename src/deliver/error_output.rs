@@ -182,8 +182,7 @@ impl DeliveryLoop {
             );
             return;
         };
-        let wanted: std::collections::HashSet<u64> = seqs.iter().copied().collect();
-        let chunk = self.read_back(spool, range).await;
+        let chunk = self.read_back_only(spool, range, seqs).await;
         let message = format!(
             "the batch already holds partitioning.max_active_partitions partitions; {partitions} more \
              had to be left out"
@@ -191,7 +190,6 @@ impl DeliveryLoop {
         let failed: Vec<FailedRecord> = chunk
             .records
             .iter()
-            .filter(|(seq, _, _)| wanted.contains(seq))
             .map(|(seq, arrival_ms, span)| FailedRecord {
                 seq: *seq,
                 arrival_ms: *arrival_ms,
@@ -302,15 +300,13 @@ impl DeliveryLoop {
         reason: &BatchErrorReason,
         only: Option<&[u64]>,
     ) {
-        let mut records = self.read_back(spool, range).await;
         // One partition of the batch: its records, under its own key.
-        let salt = match only {
-            Some(seqs) => {
-                let wanted: std::collections::HashSet<u64> = seqs.iter().copied().collect();
-                records.records.retain(|(seq, _, _)| wanted.contains(seq));
-                S3_FAILED_SALT ^ seqs.first().copied().unwrap_or_default().rotate_left(17)
-            }
-            None => S3_FAILED_SALT,
+        let (records, salt) = match only {
+            Some(seqs) => (
+                self.read_back_only(spool, range, seqs).await,
+                S3_FAILED_SALT ^ seqs.first().copied().unwrap_or_default().rotate_left(17),
+            ),
+            None => (self.read_back(spool, range).await, S3_FAILED_SALT),
         };
         let body = error_lines(&records, reason, Utc::now().timestamp_millis());
         let object = self.error_object(reason.error_type, salt, range, oldest, body);
@@ -327,6 +323,19 @@ impl DeliveryLoop {
             error_code = reason.code,
             "batch written to the error output"
         );
+    }
+
+    /// The records `seqs` of batch `range`, read back from the spool.
+    async fn read_back_only(
+        &self,
+        spool: &Arc<StreamSpool>,
+        range: SeqRange,
+        seqs: &[u64],
+    ) -> RecordChunk {
+        let wanted: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+        let mut chunk = self.read_back(spool, range).await;
+        chunk.records.retain(|(seq, _, _)| wanted.contains(seq));
+        chunk
     }
 
     /// Every record of batch `range`, read back from the spool (retried until it can be).
