@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod allocator;
 pub mod bench;
 pub mod buffer;
 pub mod compress;
