@@ -29,7 +29,8 @@ pub struct StreamMetrics {
     failed_attempts: Counter,
     error_output_records: Counter,
     partitioning_failures: Counter,
-    batch_partitions: Gauge,
+    active_partitions: Gauge,
+    partition_buffered_bytes: Gauge,
     undelivered: Gauge,
     spool_bytes: Gauge,
 }
@@ -47,7 +48,8 @@ impl StreamMetrics {
             failed_attempts: counter!("hydrant_delivery_failures_total", &labels),
             error_output_records: counter!("hydrant_error_output_records_total", &labels),
             partitioning_failures: counter!("hydrant_partitioning_failures_total", &labels),
-            batch_partitions: gauge!("hydrant_batch_partitions", &labels),
+            active_partitions: gauge!("hydrant_active_partitions", &labels),
+            partition_buffered_bytes: gauge!("hydrant_partition_buffered_bytes", &labels),
             undelivered: gauge!("hydrant_undelivered_records", &labels),
             spool_bytes: gauge!("hydrant_spool_bytes", &labels),
         }
@@ -67,8 +69,10 @@ impl StreamMetrics {
             .absolute(read(&counters.error_output_records));
         self.partitioning_failures
             .absolute(read(&counters.partitioning_failures));
-        self.batch_partitions
-            .set(read(&counters.batch_partitions) as f64);
+        self.active_partitions
+            .set(read(&counters.active_partitions) as f64);
+        self.partition_buffered_bytes
+            .set(read(&counters.partition_buffered_bytes) as f64);
         self.undelivered.set(undelivered as f64);
         self.spool_bytes.set(spool_bytes as f64);
     }

@@ -10,14 +10,18 @@ use chrono::{DateTime, Utc};
 use hydrant_sinks::prelude::*;
 use tokio::task::JoinHandle;
 
-use crate::buffer::{BufferSettings, IngestCapacity, Partitioning, StreamBuffer};
+use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
 use crate::config::ProcessorConfig;
-use crate::config::{Config, FsyncConfig, SeamDestination, StreamConfig};
-use crate::deliver::{DeliveryCounters, DeliveryLoop};
+use crate::config::{Config, FsyncConfig, OnLimitConfig, SeamDestination, StreamConfig};
+use crate::deliver::{
+    DeliveryCounters, DeliveryLoop, OnLimit, PartitionSettings, ReplayPlan, WINDOW_INTERVAL,
+    WINDOW_SIZE,
+};
 use crate::metrics::StreamMetrics;
 use crate::spool::{FsyncPolicy, SpoolError, SpoolSettings, StreamSpool};
 use crate::transform::{LoadError, ProcessorChain, ProcessorSettings};
 use hydrant_sinks::object::{KeyTemplate, ObjectKeyBuilder};
+use hydrant_sinks::partition::Partitioner;
 
 const MIB: usize = 1024 * 1024;
 
@@ -372,13 +376,7 @@ impl Pipeline {
                     stream: name.clone(),
                     reason,
                 })?
-                .map(|partitioner| Partitioning {
-                    partitioner: Arc::new(partitioner),
-                    max_partitions: stream_config
-                        .partitioning
-                        .as_ref()
-                        .map_or(usize::MAX, |p| p.max_active_partitions.value as usize),
-                });
+                .map(Arc::new);
             let (stream, delivery) = build_stream(
                 &name,
                 stream_config,
@@ -563,7 +561,7 @@ struct Delivered {
     seam: SeamDestination,
     run: u64,
     processors: Option<Arc<ProcessorChain>>,
-    partitioning: Option<Partitioning>,
+    partitioning: Option<Arc<Partitioner>>,
 }
 
 /// The processor settings of a stream (module paths relative to `base_dir`), in order.
@@ -612,19 +610,49 @@ fn build_stream(
         .iter()
         .map(|ProcessorConfig::Wasm(wasm)| (wasm.buffer_size_mib.value * MIB as f64) as usize)
         .min();
+    let size_limit = config.buffer.size_mib.value as usize * MIB;
+    let interval = Duration::from_secs(config.buffer.interval_seconds.value.into());
+    let partitioned = delivered.partitioning.is_some();
+    // A partitioned stream's buffer only forms windows to split; each partition buffers on
+    // its own.
+    let (window_size, window_interval) = if partitioned {
+        (size_limit.min(WINDOW_SIZE), interval.min(WINDOW_INTERVAL))
+    } else {
+        (size_limit, interval)
+    };
     let settings = BufferSettings {
-        size_limit: config.buffer.size_mib.value as usize * MIB,
-        interval: Duration::from_secs(config.buffer.interval_seconds.value.into()),
+        size_limit: window_size,
+        interval: window_interval,
         destination: Arc::clone(&delivered.seam.destination),
         processors: delivered.processors.clone(),
-        partitioning: delivered.partitioning,
+        partitioner: delivered.partitioning,
         chunk_limit,
         faults: None,
     };
     let buffer = Arc::new(StreamBuffer::new(settings, capacity));
-    if let Some(spool) = &spool {
-        buffer.resume(spool.start_seq(), spool.pending_sealed());
-    }
+    let partitions = match (&spool, &config.partitioning) {
+        (Some(spool), Some(partitioning)) if partitioned => {
+            let (sealed, delivered) = spool.parts();
+            let replay = ReplayPlan::new(sealed, delivered);
+            buffer.resume(spool.start_seq(), replay.windows(spool.start_seq()));
+            Some(PartitionSettings {
+                size_limit,
+                interval,
+                max_active: partitioning.max_active_partitions.value as usize,
+                on_limit: match partitioning.on_limit.value {
+                    OnLimitConfig::ErrorOutput => OnLimit::ErrorOutput,
+                    OnLimitConfig::Backpressure => OnLimit::Backpressure,
+                },
+                max_buffered: partitioning.max_buffered_mib.value as usize * MIB,
+                replay,
+            })
+        }
+        (Some(spool), _) => {
+            buffer.resume(spool.start_seq(), spool.pending_sealed());
+            None
+        }
+        (None, _) => None,
+    };
     let counters = Arc::new(DeliveryCounters::default());
     let metrics = StreamMetrics::new(name);
     let layout = config.destination.layout();
@@ -646,6 +674,7 @@ fn build_stream(
         spool: spool.clone(),
         seam: delivered.seam,
         run: delivered.run,
+        partitions,
     };
     let summary = StreamSummary {
         destination: config.destination.summary(),

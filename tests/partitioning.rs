@@ -1,8 +1,9 @@
 //! Dynamic partitioning against the real binary: records are filed under object keys made
 //! from their own fields (or from keys a transform returns), hostile values never leave the
 //! prefix, records whose keys cannot be extracted or whose partition does not fit go to the
-//! `partitioning-failed` error output, and a batch replayed after a crash writes no
-//! partition twice.
+//! `partitioning-failed` error output (or hold the stream back), each partition buffers on
+//! its own within a memory bound, and a batch replayed after a crash writes no partition
+//! twice.
 
 mod common;
 
@@ -44,7 +45,12 @@ fn objects_by_dir(root: &Path) -> (BTreeMap<PathBuf, Vec<Value>>, HashMap<PathBu
             .unwrap()
             .to_path_buf();
         *objects.entry(dir.clone()).or_default() += 1;
-        let text = gunzip(&std::fs::read(&file).unwrap());
+        let bytes = std::fs::read(&file).unwrap();
+        let text = if bytes.starts_with(&[0x1f, 0x8b]) {
+            gunzip(&bytes)
+        } else {
+            bytes
+        };
         records.entry(dir).or_default().extend(
             String::from_utf8(text)
                 .unwrap()
@@ -452,4 +458,205 @@ fn validate_explains_what_a_partitioned_stream_needs() {
         &local("!{partitionKeyFromQuery:a}/!{partitionKeyFromQuery:b}/"),
     ));
     assert!(ok, "{output}");
+}
+
+#[tokio::test]
+async fn each_partition_buffers_on_its_own_and_a_restart_neither_loses_nor_repeats_it() {
+    let streams = "events:\n  format: ndjson\n  buffer: { size_mib: 1, interval_seconds: 900 }\n  partitioning:\n    query: '{service: .service}'\n  destination:\n    local:\n      path: out\n      prefix: 'lake/!{partitionKeyFromQuery:service}/'\n";
+    let hydrant = Hydrant::start(streams);
+    let day = "2026-11-29";
+    let pad = "b".repeat(1000);
+    let busy = |from: u32| -> Vec<Vec<u8>> {
+        (from..from + 1200)
+            .map(|n| serde_json::to_vec(&json!({"service": "busy", "n": n, "pad": pad})).unwrap())
+            .collect()
+    };
+    // A slow partition gets one record per round while a busy one fills its 1 MiB more
+    // than once; each round is a window of its own (the busy partition's object of that
+    // round is delivered before the next begins).
+    for round in 0..3u32 {
+        hydrant
+            .put_all("events", &[event("slow", day, round)])
+            .await;
+        for part in busy(100 + round * 1200).chunks(400) {
+            hydrant.put_all("events", part).await;
+        }
+        hydrant
+            .wait_for_log_count(
+                "delivered batch",
+                round as usize + 1,
+                Duration::from_secs(30),
+            )
+            .await;
+    }
+    let lake = hydrant.dir.path().join("out/lake");
+    let stats = hydrant.stats("events").await;
+    assert!(
+        stats["active_partitions"].as_u64().unwrap() >= 1,
+        "the slow partition is still buffering: {stats}"
+    );
+    assert!(
+        stats["partition_buffered_bytes"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    assert!(
+        !lake.join("slow").exists(),
+        "the slow partition waits for its own interval or size"
+    );
+    let (_, busy_objects) = objects_by_dir(&lake);
+    assert!(busy_objects[Path::new("busy")] >= 3, "{busy_objects:?}");
+
+    // Killed now, the spool still holds the slow partition's records (the checkpoint never
+    // passed them) and knows which of the busy partition's objects were written.
+    let dir = hydrant.kill();
+    let mut hydrant = Hydrant::start_in(dir, "", streams, &[]);
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    let (by_dir, objects) = objects_by_dir(&lake);
+    assert_eq!(
+        objects[Path::new("slow")],
+        1,
+        "the slow partition's records of three windows are one object"
+    );
+    let slow: Vec<u64> = by_dir[Path::new("slow")]
+        .iter()
+        .map(|r| r["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(slow, [0, 1, 2]);
+    let mut busy_seen: Vec<u64> = by_dir[Path::new("busy")]
+        .iter()
+        .map(|r| r["n"].as_u64().unwrap())
+        .collect();
+    busy_seen.sort_unstable();
+    assert_eq!(busy_seen, (100..100 + 3 * 1200).collect::<Vec<u64>>());
+    for file in files_under(&lake.join("busy")) {
+        let len = std::fs::metadata(&file).unwrap().len();
+        assert!(
+            len <= 2 << 20,
+            "{file:?} is {len} bytes: a partition closes once it holds its 1 MiB"
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_backpressure_records_beyond_the_partition_limit_wait_instead_of_failing() {
+    let streams = "events:\n  format: ndjson\n  compression: gzip\n  buffer: { size_mib: 1, interval_seconds: 1 }\n  partitioning:\n    query: '{service: .service}'\n    max_active_partitions: 2\n    on_limit: backpressure\n  destination:\n    local:\n      path: out\n      prefix: 'lake/!{partitionKeyFromQuery:service}/'\n";
+    let mut hydrant = Hydrant::start(streams);
+    let services = ["a", "b", "c", "d", "e"];
+    let records: Vec<Vec<u8>> = (0..100)
+        .map(|n| event(services[n as usize % 5], "2026-11-29", n))
+        .collect();
+    hydrant.put_all("events", &records).await;
+    let most_active = std::cell::Cell::new(0);
+    let (hydrant_ref, most) = (&hydrant, &most_active);
+    eventually(
+        Duration::from_secs(60),
+        "every record delivered",
+        || async move {
+            let stats = hydrant_ref.stats("events").await;
+            most.set(most.get().max(stats["active_partitions"].as_u64().unwrap()));
+            (stats["delivered_records"] == 100).then_some(())
+        },
+    )
+    .await;
+    let most_active = most_active.get();
+    assert!(
+        most_active <= 2,
+        "{most_active} partitions were buffering at once"
+    );
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    let out = hydrant.dir.path().join("out");
+    assert!(
+        !out.join("partitioning-failed").exists(),
+        "nothing went to the error output"
+    );
+    let (by_dir, _) = objects_by_dir(&out.join("lake"));
+    assert_eq!(by_dir.len(), 5);
+    for (dir, lines) in &by_dir {
+        let mut ns: Vec<u64> = lines.iter().map(|r| r["n"].as_u64().unwrap()).collect();
+        ns.sort_unstable();
+        let service = dir.to_str().unwrap();
+        let at = services.iter().position(|s| *s == service).unwrap() as u64;
+        assert_eq!(
+            ns,
+            (0..20).map(|i| i * 5 + at).collect::<Vec<u64>>(),
+            "{service}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hundred_partitions_stay_within_the_memory_bound_and_close_by_their_interval() {
+    let streams = "wide:\n  format: ndjson\n  buffer: { size_mib: 64, interval_seconds: 10 }\n  partitioning:\n    query: '{p: .p}'\n    max_buffered_mib: 16\n  destination:\n    local:\n      path: out\n      prefix: 'lake/p=!{partitionKeyFromQuery:p}/'\n";
+    let mut hydrant = Hydrant::start(streams);
+    let pid = hydrant.process_id();
+    let before = rss_bytes(pid);
+    // 192 MiB of records that do not compress to nothing, over 500 partitions.
+    let mut noise = 0x2545_f491_4f6c_dd1du64;
+    let mut pad = String::with_capacity(900);
+    let mut sent = 0u64;
+    let mut most_active = 0;
+    for _ in 0..12 {
+        let mut body = String::with_capacity(17 << 20);
+        for _ in 0..16_000 {
+            pad.clear();
+            for _ in 0..56 {
+                noise ^= noise << 13;
+                noise ^= noise >> 7;
+                noise ^= noise << 17;
+                pad.push_str(&format!("{:016x}", noise));
+            }
+            body.push_str(&format!(
+                "{{\"p\":\"k{}\",\"n\":{sent},\"pad\":\"{pad}\"}}\n",
+                sent % 500
+            ));
+            sent += 1;
+        }
+        let (status, answer) = hydrant.post_ndjson("wide", &body).await;
+        assert_eq!(status, 200, "{answer}");
+        let stats = hydrant.stats("wide").await;
+        most_active = most_active.max(stats["active_partitions"].as_u64().unwrap());
+        assert!(
+            stats["partition_buffered_bytes"].as_u64().unwrap() <= 16 << 20,
+            "{stats}"
+        );
+    }
+    // Idle partitions close by their interval: nothing stays buffered.
+    eventually(Duration::from_secs(60), "every partition closed", || {
+        let hydrant = &hydrant;
+        async move {
+            let stats = hydrant.stats("wide").await;
+            (stats["delivered_records"] == sent && stats["active_partitions"] == 0).then_some(())
+        }
+    })
+    .await;
+    let grew = peak_rss_bytes(pid).saturating_sub(before) >> 20;
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    eprintln!(
+        "500 partitions: {most_active} buffering at once at most, peak RSS grew by {grew} MiB over {} MiB",
+        before >> 20
+    );
+    assert!(
+        most_active >= 450,
+        "{most_active} partitions were buffering at once"
+    );
+    assert!(
+        grew < 120,
+        "192 MiB went through partitions bounded to 16 MiB, yet RSS grew by {grew} MiB"
+    );
+    let (by_dir, objects) = objects_by_dir(&hydrant.dir.path().join("out/lake"));
+    assert_eq!(by_dir.len(), 500);
+    assert!(
+        objects.values().sum::<usize>() > 500,
+        "the memory bound closed partitions early: {} objects",
+        objects.values().sum::<usize>()
+    );
+    let mut seen = vec![0u8; sent as usize];
+    for (dir, lines) in &by_dir {
+        for line in lines {
+            let n = line["n"].as_u64().unwrap();
+            assert_eq!(format!("p=k{}", n % 500), dir.to_str().unwrap());
+            seen[n as usize] += 1;
+        }
+    }
+    assert!(seen.iter().all(|&c| c == 1), "every record exactly once");
 }

@@ -11,7 +11,10 @@ mod capacity;
 mod open_batch;
 
 pub use capacity::IngestCapacity;
-pub use open_batch::{Assembled, BatchBody, BatchFailure, FailedRecord, FailedStage, SealedBatch};
+pub use open_batch::{
+    Assembled, AssemblyFailure, BatchBody, BatchFailure, FailedRecord, FailedStage, PartitionPiece,
+    SealedBatch, WindowPieces, assemble,
+};
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,22 +42,12 @@ pub struct BufferSettings {
     pub destination: Arc<dyn AnyDestination>,
     /// Transforms run over each chunk before it is encoded.
     pub processors: Option<Arc<ProcessorChain>>,
-    /// Dynamic partitioning: what extracts each record's keys (after the transforms), and
-    /// how many partitions one batch may hold.
-    pub partitioning: Option<Partitioning>,
+    /// Dynamic partitioning: what extracts each record's keys (after the transforms).
+    pub partitioner: Option<Arc<Partitioner>>,
     /// Largest chunk handed to the CPU pool (with processors: their batch size).
     pub chunk_limit: Option<usize>,
     /// Encoding faults to inject (tests only; `None` in a running service).
     pub faults: Option<Arc<EncodeFaults>>,
-}
-
-/// How a partitioned stream splits its batches.
-#[derive(Debug, Clone)]
-pub struct Partitioning {
-    /// Extracts each record's keys.
-    pub partitioner: Arc<Partitioner>,
-    /// Partitions one batch may hold; records of later ones go to the error output.
-    pub max_partitions: usize,
 }
 
 impl BufferSettings {
@@ -62,7 +55,7 @@ impl BufferSettings {
     /// their boundaries until their chunk is dispatched (the destination encodes them one by
     /// one, or they are transformed or partitioned first).
     fn framer(&self) -> Option<RecordFramer> {
-        if self.processors.is_some() || self.partitioning.is_some() {
+        if self.processors.is_some() || self.partitioner.is_some() {
             None
         } else {
             self.destination.framer_any().copied()
@@ -337,7 +330,13 @@ impl StreamBuffer {
         OpenBatch::new(self.chunk_size, self.framer)
     }
 
-    fn is_closed(&self) -> bool {
+    /// Encoding faults to inject (tests only).
+    pub fn faults(&self) -> Option<Arc<EncodeFaults>> {
+        self.settings.faults.clone()
+    }
+
+    /// Whether the buffer was closed (the stream is stopping).
+    pub fn is_closed(&self) -> bool {
         self.lock().closed
     }
 

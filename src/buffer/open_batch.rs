@@ -59,12 +59,18 @@ struct EncodedPiece {
 
 /// The destination's encoding of a chunk's records of one partition.
 #[derive(Debug)]
-struct PartitionPiece {
+pub struct PartitionPiece {
     /// The partition (`None` when the stream is not partitioned).
-    keys: Option<Arc<PartitionKeys>>,
-    piece: Box<dyn Any + Send>,
+    pub keys: Option<Arc<PartitionKeys>>,
+    /// What the destination made of the records.
+    pub piece: Box<dyn Any + Send>,
     /// Sequence numbers of the records encoded (for a partitioned stream only).
-    seqs: Vec<u64>,
+    pub seqs: Vec<u64>,
+    /// Bytes of the records encoded (for a partitioned stream only): what the partition's
+    /// `buffer.size_mib` counts.
+    pub raw_len: usize,
+    /// Arrival (Unix ms) of the oldest record encoded (for a partitioned stream only).
+    pub oldest_ms: i64,
 }
 
 impl PartitionPiece {
@@ -73,6 +79,8 @@ impl PartitionPiece {
             keys: None,
             piece,
             seqs: Vec::new(),
+            raw_len: 0,
+            oldest_ms: 0,
         }
     }
 }
@@ -204,10 +212,7 @@ impl OpenBatch {
         let compressing = capacity.start_compressing(raw.len());
         let destination = Arc::clone(&settings.destination);
         let processors = settings.processors.clone();
-        let partitioner = settings
-            .partitioning
-            .as_ref()
-            .map(|p| Arc::clone(&p.partitioner));
+        let partitioner = settings.partitioner.clone();
         let job = cpu_pool::spawn_encoding(settings.faults.clone(), move || {
             let _compressing = compressing;
             if records.is_empty() {
@@ -259,10 +264,6 @@ impl OpenBatch {
         self.dispatch_pending(settings, capacity);
         SealedBatch {
             destination: Arc::clone(&settings.destination),
-            max_partitions: settings
-                .partitioning
-                .as_ref()
-                .map_or(usize::MAX, |p| p.max_partitions),
             chunks: self.chunks,
             raw_len: self.raw_len,
             records: self.records,
@@ -335,14 +336,6 @@ fn encode_chunk(
         })
         .collect();
     (encoded.piece, failed)
-}
-
-/// The pieces of one partition of a sealed batch, from every chunk, in order.
-struct BatchPartition {
-    keys: Option<Arc<PartitionKeys>>,
-    pieces: Vec<Box<dyn Any + Send>>,
-    /// Its records (for a partitioned stream only).
-    seqs: Vec<u64>,
 }
 
 /// One partition's records of a chunk, copied out in order.
@@ -420,6 +413,13 @@ fn encode_partitioned(
             keys: Some(keys),
             piece,
             seqs,
+            raw_len: group.data.len(),
+            oldest_ms: group
+                .records
+                .iter()
+                .map(|r| r.arrival_ms)
+                .min()
+                .unwrap_or(0),
         });
     }
     EncodedPiece {
@@ -434,8 +434,6 @@ fn encode_partitioned(
 pub struct SealedBatch {
     /// What the records become, and where they go.
     destination: Arc<dyn AnyDestination>,
-    /// Partitions the batch may hold.
-    max_partitions: usize,
     chunks: Vec<CpuJob<EncodedPiece>>,
     raw_len: usize,
     records: u64,
@@ -474,14 +472,20 @@ pub struct BatchBody {
     pub failed: Vec<FailedRecord>,
     /// Records a transform dropped on purpose.
     pub dropped: u64,
-    /// The batch, ready to deliver: one per partition of a partitioned stream (none when no
-    /// record could be taken), otherwise exactly one.
-    pub assembled: Vec<Assembled>,
-    /// Records of partitions beyond the stream's limit, by sequence number: they go to the
-    /// error output.
-    pub over_limit: Vec<u64>,
-    /// Partitions beyond the limit.
-    pub partitions_over_limit: usize,
+    /// The batch, ready to deliver.
+    pub assembled: Assembled,
+}
+
+/// What the chunks of a sealed window of a partitioned stream became: each partition's
+/// pieces, to be gathered into that partition's batch.
+#[derive(Debug)]
+pub struct WindowPieces {
+    /// Records that could not be taken; they go to the error output.
+    pub failed: Vec<FailedRecord>,
+    /// Records a transform dropped on purpose.
+    pub dropped: u64,
+    /// Each chunk's pieces, per partition, in order.
+    pub pieces: Vec<PartitionPiece>,
 }
 
 /// A batch the destination has put together.
@@ -530,79 +534,96 @@ impl SealedBatch {
     /// batch.
     pub async fn into_body(self, run: u64) -> Result<BatchBody, BatchFailure> {
         let records = self.records;
-        let lost = |failure| BatchFailure::Job { records, failure };
-        let mut failed = self.failed;
-        let mut dropped = 0;
-        // Pieces of each partition in order of first appearance (one entry, without keys,
-        // for a stream that is not partitioned).
-        let mut partitions: Vec<BatchPartition> = Vec::new();
-        let mut index: HashMap<Option<Arc<PartitionKeys>>, usize> = HashMap::new();
-        let mut over_limit = Vec::new();
-        let mut over: HashSet<Option<Arc<PartitionKeys>>> = HashSet::new();
-        for job in self.chunks {
-            let chunk = job.result().await.map_err(lost)?;
-            dropped += chunk.dropped;
-            failed.extend(chunk.failed);
-            for PartitionPiece { keys, piece, seqs } in chunk.pieces {
-                match index.get(&keys) {
-                    Some(&at) => {
-                        partitions[at].pieces.push(piece);
-                        partitions[at].seqs.extend(seqs);
-                    }
-                    None if partitions.len() < self.max_partitions => {
-                        index.insert(keys.clone(), partitions.len());
-                        partitions.push(BatchPartition {
-                            keys,
-                            pieces: vec![piece],
-                            seqs,
-                        });
-                    }
-                    // The batch is full of partitions: this one stays out of it.
-                    None => {
-                        over.insert(keys);
-                        over_limit.extend(seqs);
-                    }
-                }
-            }
-        }
-        let (first_seq, last_seq) = (self.range.first, self.range.last);
+        let range = self.range;
         let oldest_ms = self.oldest_arrival_ms;
-        let destination = self.destination;
-        let heavy = destination.assembly_is_heavy_any();
-        let assemble = move || {
-            partitions
-                .into_iter()
-                .map(|BatchPartition { keys, pieces, seqs }| {
-                    let records = keys.is_some().then_some(seqs);
-                    let id = BatchId {
-                        run,
-                        first_seq,
-                        last_seq,
-                        oldest_ms,
-                        partition: keys,
-                    };
-                    Arc::clone(&destination)
-                        .assemble_any(id, pieces)
-                        .map(|batch| Assembled { batch, records })
-                })
-                .collect::<Result<Vec<_>, _>>()
+        let destination = Arc::clone(&self.destination);
+        let faults = self.faults.clone();
+        let WindowPieces {
+            failed,
+            dropped,
+            pieces,
+        } = self.into_pieces().await?;
+        let id = BatchId {
+            run,
+            first_seq: range.first,
+            last_seq: range.last,
+            oldest_ms,
+            partition: None,
         };
-        let job = if heavy {
-            cpu_pool::spawn_encoding(self.faults, assemble)
-        } else {
-            cpu_pool::spawn_finishing(self.faults, assemble)
-        };
-        let assembled = job
-            .result()
+        let pieces = pieces.into_iter().map(|p| p.piece).collect();
+        let batch = assemble(destination, id, pieces, faults)
             .await
-            .map_err(lost)?
-            .map_err(|error| BatchFailure::Assemble { records, error })?;
+            .map_err(|error| error.for_records(records))?;
         Ok(BatchBody {
             failed,
             dropped,
-            assembled,
-            over_limit,
-            partitions_over_limit: over.len(),
+            assembled: Assembled {
+                batch,
+                records: None,
+            },
         })
     }
+
+    /// Waits for every chunk: what each became, in order, with the records that could not
+    /// be taken.
+    pub async fn into_pieces(self) -> Result<WindowPieces, BatchFailure> {
+        let records = self.records;
+        let mut failed = self.failed;
+        let mut dropped = 0;
+        let mut pieces = Vec::new();
+        for job in self.chunks {
+            let chunk = job
+                .result()
+                .await
+                .map_err(|failure| BatchFailure::Job { records, failure })?;
+            dropped += chunk.dropped;
+            failed.extend(chunk.failed);
+            pieces.extend(chunk.pieces);
+        }
+        Ok(WindowPieces {
+            failed,
+            dropped,
+            pieces,
+        })
+    }
+}
+
+/// Why pieces could not be assembled: before the record count is known.
+#[derive(Debug)]
+pub enum AssemblyFailure {
+    /// The job on the CPU pool failed.
+    Job(JobFailure),
+    /// The destination could not put the batch together.
+    Assemble(AssembleError),
+}
+
+impl AssemblyFailure {
+    /// The failure of a batch of `records`.
+    pub fn for_records(self, records: u64) -> BatchFailure {
+        match self {
+            Self::Job(failure) => BatchFailure::Job { records, failure },
+            Self::Assemble(error) => BatchFailure::Assemble { records, error },
+        }
+    }
+}
+
+/// Has `destination` put `pieces` together as batch `id`, on the CPU pool (or the
+/// finishing pool, when assembly is light).
+pub async fn assemble(
+    destination: Arc<dyn AnyDestination>,
+    id: BatchId,
+    pieces: Vec<Box<dyn Any + Send>>,
+    faults: Option<Arc<EncodeFaults>>,
+) -> Result<Box<dyn AssembledBatch>, AssemblyFailure> {
+    let heavy = destination.assembly_is_heavy_any();
+    let job = move || destination.assemble_any(id, pieces);
+    let job = if heavy {
+        cpu_pool::spawn_encoding(faults, job)
+    } else {
+        cpu_pool::spawn_finishing(faults, job)
+    };
+    job.result()
+        .await
+        .map_err(AssemblyFailure::Job)?
+        .map_err(AssemblyFailure::Assemble)
 }

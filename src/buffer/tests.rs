@@ -34,7 +34,7 @@ fn buffer(size_limit: usize, interval: Duration, codec: Codec) -> (StreamBuffer,
     let buffer = StreamBuffer::new(
         BufferSettings {
             processors: None,
-            partitioning: None,
+            partitioner: None,
             chunk_limit: None,
             faults: None,
             size_limit,
@@ -80,9 +80,8 @@ async fn delivered_object(Assembled { batch, .. }: Assembled, sink: &ObjectStore
 
 /// What a batch's object holds, decompressed.
 async fn body_bytes(batch: SealedBatch, sink: &ObjectStoreSink, codec: Codec) -> Vec<u8> {
-    let mut assembled = batch.into_body(0).await.unwrap().assembled;
-    assert_eq!(assembled.len(), 1, "an unpartitioned batch is one object");
-    let body = delivered_object(assembled.remove(0), sink).await.to_vec();
+    let assembled = batch.into_body(0).await.unwrap().assembled;
+    let body = delivered_object(assembled, sink).await.to_vec();
     match codec {
         Codec::None => body,
         Codec::Gzip {
@@ -384,7 +383,7 @@ async fn parquet_batches_decode_chunks_in_parallel_and_keep_record_order() {
     let buffer = Arc::new(StreamBuffer::new(
         BufferSettings {
             processors: None,
-            partitioning: None,
+            partitioner: None,
             chunk_limit: None,
             faults: None,
             size_limit,
@@ -423,9 +422,7 @@ async fn parquet_batches_decode_chunks_in_parallel_and_keep_record_order() {
     while let Ok(batch) = buffer.next_batch().await {
         let body = batch.into_body(0).await.unwrap();
         failed.extend(body.failed.into_iter().map(|f| (f.seq, f.error.code)));
-        let mut assembled = body.assembled;
-        assert_eq!(assembled.len(), 1, "an unpartitioned batch is one file");
-        let file = delivered_object(assembled.remove(0), &sink).await;
+        let file = delivered_object(body.assembled, &sink).await;
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .unwrap()
             .build()

@@ -23,7 +23,7 @@ pub use encryption::encryption_notes;
 pub use http_endpoint::{ContentEncoding, HttpEndpointDestination};
 pub use load::{ConfigError, ConfigProblem, load_config, parse_config};
 pub use parquet::{ColumnConfig, EpochUnit, ParquetCompression, ParquetConfig, SchemaSource};
-pub use partitioning::PartitioningConfig;
+pub use partitioning::{OnLimitConfig, PartitioningConfig};
 pub use postgres::{PostgresColumn, PostgresDestination, PostgresMode};
 pub use processors::{ProcessorConfig, WasmProcessorConfig};
 pub use search::{

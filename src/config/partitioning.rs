@@ -21,14 +21,42 @@ pub struct PartitioningConfig {
     /// `{service: .service, day: (.ts | .[0:10])}`.
     #[serde(default)]
     pub query: Option<Spanned<String>>,
-    /// Partitions one batch may hold; records of further partitions go to the error output
-    /// as `DynamicPartitioning.ActivePartitionsLimitExceeded`. 1–10,000, default 500.
+    /// Partitions buffering at once; what a record of one more meets is `on_limit`.
+    /// 1–10,000, default 500.
     #[serde(default = "default_max_active_partitions")]
     pub max_active_partitions: Spanned<u32>,
+    /// What a record of a new partition meets when `max_active_partitions` are buffering.
+    #[serde(default = "default_on_limit")]
+    pub on_limit: Spanned<OnLimitConfig>,
+    /// MiB of records all partitions may buffer together; past it the largest partition is
+    /// delivered early. Default 256.
+    #[serde(default = "default_max_buffered_mib")]
+    pub max_buffered_mib: Spanned<u32>,
+}
+
+/// What a record of a partition beyond `max_active_partitions` meets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimitConfig {
+    /// The error output, as `DynamicPartitioning.ActivePartitionsLimitExceeded` (Firehose's
+    /// behaviour; one new key never stalls the stream).
+    #[default]
+    ErrorOutput,
+    /// The stream waits until a partition closes by its own size or age; producers are told
+    /// "Slow down." meanwhile. Nothing goes to the error output.
+    Backpressure,
 }
 
 fn default_max_active_partitions() -> Spanned<u32> {
     super::spanned(500)
+}
+
+fn default_on_limit() -> Spanned<OnLimitConfig> {
+    super::spanned(OnLimitConfig::default())
+}
+
+fn default_max_buffered_mib() -> Spanned<u32> {
+    super::spanned(256)
 }
 
 impl StreamConfig {
@@ -91,6 +119,13 @@ pub(super) fn validate(
             ),
         ));
     }
+    let memory = &partitioning.max_buffered_mib;
+    if memory.value == 0 {
+        problems.push(at(
+            memory,
+            format!("stream `{name}`: `partitioning.max_buffered_mib` must be at least 1"),
+        ));
+    }
     // Where the keys are named: an object store's prefix, or a search index.
     let (names, place): (&Spanned<String>, &str) = match &stream.destination {
         Destination::Opensearch(search) => (&search.index, "index"),
@@ -110,8 +145,8 @@ pub(super) fn validate(
         problems.push(at(
             names,
             format!(
-                "stream `{name}`: dynamic partitioning needs the spool (its batches are read \
-                 back to send records beyond the partition limit to the error output); remove \
+                "stream `{name}`: dynamic partitioning needs the spool (it keeps every \
+                 partition's records until their batch is delivered, across restarts); remove \
                  `spool.fsync: disabled`"
             ),
         ));

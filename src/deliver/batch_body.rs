@@ -3,6 +3,7 @@
 //! built again from its records in the spool; when that keeps failing, every record of the
 //! batch goes to the error output with the cause, and only then does the checkpoint pass it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -10,7 +11,8 @@ use hydrant_sinks::prelude::Backoff;
 
 use super::DeliveryLoop;
 use super::error_output::{BatchErrorReason, FORMAT_CONVERSION_FAILED};
-use crate::buffer::{BatchBody, SealedBatch};
+use crate::buffer::{BatchBody, BatchFailure, SealedBatch};
+use crate::spool::{SeqRange, StreamSpool};
 
 /// Error code of records whose batch could not be encoded.
 pub const ENCODE_FAILED: &str = "Hydrant.EncodeFailed";
@@ -31,9 +33,39 @@ impl DeliveryLoop {
         oldest: DateTime<Utc>,
     ) -> Option<BatchBody> {
         let range = batch.range();
-        let records = batch.records();
-        let mut failure = match batch.into_body(self.run).await {
+        let run = self.run;
+        let failure = match self
+            .build_with_retries(batch, |batch| batch.into_body(run))
+            .await
+        {
             Ok(body) => return Some(body),
+            Err(failure) => failure,
+        };
+        let spool = self.spool.as_ref()?;
+        // Journaled first, so a restart forms the same batch and names the same error object.
+        self.journal(range).await;
+        self.write_unbuildable(spool, range, oldest, &failure.to_string(), None)
+            .await;
+        self.checkpoint(range).await;
+        None
+    }
+
+    /// What `build` makes of `batch`, made again from the batch's records in the spool
+    /// when it fails (up to [`BUILD_ATTEMPTS`] in all); the last failure when it never
+    /// succeeds (logged, and without a spool reported as a loss).
+    pub(super) async fn build_with_retries<T, F, Fut>(
+        &self,
+        batch: SealedBatch,
+        build: F,
+    ) -> Result<T, BatchFailure>
+    where
+        F: Fn(SealedBatch) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BatchFailure>>,
+    {
+        let range = batch.range();
+        let records = batch.records();
+        let mut failure = match build(batch).await {
+            Ok(built) => return Ok(built),
             Err(failure) => failure,
         };
         let Some(spool) = &self.spool else {
@@ -42,7 +74,7 @@ impl DeliveryLoop {
                 records,
                 "{failure}; without a spool the records cannot be read again, so they are lost"
             );
-            return None;
+            return Err(failure);
         };
         let mut backoff = Backoff::new(FIRST_REBUILD_DELAY, self.max_backoff);
         for attempt in 2..=BUILD_ATTEMPTS {
@@ -57,8 +89,8 @@ impl DeliveryLoop {
             );
             tokio::time::sleep(delay).await;
             let spooled = self.read_back(spool, range).await;
-            match self.buffer.rebuild(&spooled).into_body(self.run).await {
-                Ok(body) => return Some(body),
+            match build(self.buffer.rebuild(&spooled)).await {
+                Ok(built) => return Ok(built),
                 Err(again) => failure = again,
             }
         }
@@ -69,17 +101,26 @@ impl DeliveryLoop {
             attempts = BUILD_ATTEMPTS,
             "{failure}; sending the batch's records to the error output"
         );
-        // Journaled first, so a restart forms the same batch and names the same error object.
-        self.journal(range).await;
+        Err(failure)
+    }
+
+    /// Sends every record of batch `range` (or of one partition of it, `only`), which could
+    /// not be built (`why`), to the error output.
+    pub(super) async fn write_unbuildable(
+        &self,
+        spool: &Arc<StreamSpool>,
+        range: SeqRange,
+        oldest: DateTime<Utc>,
+        why: &str,
+        only: Option<&[u64]>,
+    ) {
         let reason = BatchErrorReason {
             error_type: FORMAT_CONVERSION_FAILED,
             code: ENCODE_FAILED.to_string(),
-            message: failure.to_string(),
+            message: why.to_string(),
             attempts: BUILD_ATTEMPTS,
         };
-        self.write_error_output(spool, range, oldest, &reason, None)
+        self.write_error_output(spool, range, oldest, &reason, only)
             .await;
-        self.checkpoint(range).await;
-        None
     }
 }

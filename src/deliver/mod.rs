@@ -4,21 +4,22 @@
 
 mod batch_body;
 mod error_output;
+mod partitioned;
 mod seam;
 
 pub use batch_body::ENCODE_FAILED;
+pub use partitioned::{OnLimit, PartitionSettings, ReplayPlan, WINDOW_INTERVAL, WINDOW_SIZE};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt as _;
 use hydrant_sinks::object::{ObjectKeyBuilder, batch_seed};
 use hydrant_sinks::prelude::*;
 
 use crate::buffer::{BatchBody, SealedBatch, StreamBuffer};
-use crate::spool::{SeqRange, StreamSpool};
+use crate::spool::{PartEntry, SeqRange, StreamSpool};
 
 /// Running totals of one stream: the one place they are counted, read by the stats
 /// endpoint and published as Prometheus metrics when scraped.
@@ -49,12 +50,11 @@ pub struct DeliveryCounters {
     /// Records sent to the `partitioning-failed` error output (keys that could not be
     /// extracted, partitions beyond the limit).
     pub partitioning_failures: AtomicU64,
-    /// Partitions in the batch delivered last (1 for a stream that is not partitioned).
-    pub batch_partitions: AtomicU64,
+    /// Partitions buffering records now (dynamic partitioning only).
+    pub active_partitions: AtomicU64,
+    /// Bytes of records buffered in those partitions.
+    pub partition_buffered_bytes: AtomicU64,
 }
-
-/// Partitions of one batch written at once.
-const PARTITIONS_IN_FLIGHT: usize = 8;
 
 /// Everything the delivery loop of one stream needs.
 pub struct DeliveryLoop {
@@ -84,11 +84,16 @@ pub struct DeliveryLoop {
     pub seam: crate::config::SeamDestination,
     /// The stream's log incarnation (the first half of its record ids): names batches.
     pub run: u64,
+    /// How partitions buffer, for a stream with dynamic partitioning.
+    pub partitions: Option<PartitionSettings>,
 }
 
 impl DeliveryLoop {
     /// Delivers batches until the buffer is closed and drained.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
+        if let Some(settings) = self.partitions.take() {
+            return partitioned::run(Arc::new(self), settings).await;
+        }
         while let Ok(batch) = self.buffer.next_batch().await {
             self.deliver(batch).await;
             self.counters.in_flight_records.store(0, Ordering::Relaxed);
@@ -108,36 +113,28 @@ impl DeliveryLoop {
             failed,
             dropped,
             assembled,
-            over_limit,
-            partitions_over_limit,
         }) = self.build_body(batch, oldest).await
         else {
             return;
         };
         let mode = self.write_mode();
         self.journal(range).await;
+        self.count_dropped(dropped);
+        // Records refused by a transform or by the destination's format go to their
+        // stage's error output.
+        self.write_failures(failed, range, oldest, mode).await;
+        self.deliver_through_seam(&self.seam, assembled, range, oldest)
+            .await;
+        self.checkpoint(range).await;
+    }
+
+    /// Counts records a transform dropped on purpose.
+    fn count_dropped(&self, dropped: u64) {
         if dropped > 0 {
             self.counters
                 .dropped_records
                 .fetch_add(dropped, Ordering::Relaxed);
         }
-        // Records refused by a transform, by partitioning or by the destination's format
-        // go to their stage's error output; those of partitions beyond the limit too.
-        self.write_failures(failed, range, oldest, mode).await;
-        if !over_limit.is_empty() {
-            self.write_over_limit(&over_limit, partitions_over_limit, range, oldest, mode)
-                .await;
-        }
-        self.counters
-            .batch_partitions
-            .store(assembled.len() as u64, Ordering::Relaxed);
-        // The partitions of a batch are delivered side by side.
-        futures_util::stream::iter(assembled)
-            .for_each_concurrent(PARTITIONS_IN_FLIGHT, |batch| {
-                self.deliver_through_seam(&self.seam, batch, range, oldest)
-            })
-            .await;
-        self.checkpoint(range).await;
     }
 
     /// The randomness of batch `range`'s object keys: with a spool, seeded from the range
@@ -172,6 +169,23 @@ impl DeliveryLoop {
                 tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot journal the batch before writing it; will retry: {error}");
                 tokio::time::sleep(delay).await;
             }
+        }
+    }
+
+    /// Durably records, before anything of a partition's batch (or a window's error output)
+    /// is written, that it is one batch, or (`delivered`) that it was written.
+    async fn journal_part(&self, spool: &Arc<StreamSpool>, entry: &PartEntry, delivered: bool) {
+        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        loop {
+            let result = if delivered {
+                spool.record_part_delivered(entry.clone()).await
+            } else {
+                spool.record_part_sealed(entry.clone()).await
+            };
+            let Err(error) = result else { return };
+            let delay = backoff.next_delay();
+            tracing::error!(stream = %self.stream, first_seq = entry.range.first, last_seq = entry.range.last, part = entry.part, "cannot journal a partition's batch; will retry: {error}");
+            tokio::time::sleep(delay).await;
         }
     }
 

@@ -237,7 +237,7 @@ fn start(dir: &std::path::Path, fake: &Arc<Scripted>, retry_duration: Duration) 
             interval: Duration::ZERO,
             destination: Arc::clone(&destination),
             processors: None,
-            partitioning: None,
+            partitioner: None,
             chunk_limit: None,
             faults: None,
         },
@@ -269,6 +269,7 @@ fn start(dir: &std::path::Path, fake: &Arc<Scripted>, retry_duration: Duration) 
             attempt_timeout: Duration::from_millis(300),
         },
         run: spool.incarnation(),
+        partitions: None,
     };
     let feeder = tokio::spawn(crate::pipeline::feed_from_spool(
         "scripted".into(),

@@ -46,7 +46,7 @@ fn delivery_loop(dir: &Path, spool: &Arc<StreamSpool>, faults: Arc<EncodeFaults>
             interval: Duration::ZERO,
             destination: Arc::clone(&destination),
             processors: None,
-            partitioning: None,
+            partitioner: None,
             chunk_limit: None,
             faults: Some(faults),
         },
@@ -75,6 +75,7 @@ fn delivery_loop(dir: &Path, spool: &Arc<StreamSpool>, faults: Arc<EncodeFaults>
             attempt_timeout: Duration::from_secs(60),
         },
         run: spool.incarnation(),
+        partitions: None,
     }
 }
 

@@ -40,7 +40,8 @@ pub(super) async fn handle(
         "dropped_records": counters.dropped_records.load(Ordering::Relaxed),
         "processing_failures": counters.processing_failures.load(Ordering::Relaxed),
         "partitioning_failures": counters.partitioning_failures.load(Ordering::Relaxed),
-        "batch_partitions": counters.batch_partitions.load(Ordering::Relaxed),
+        "active_partitions": counters.active_partitions.load(Ordering::Relaxed),
+        "partition_buffered_bytes": counters.partition_buffered_bytes.load(Ordering::Relaxed),
     }))
     .into_response()
 }

@@ -16,7 +16,7 @@ mod segments;
 mod writer;
 
 pub use cipher::SpoolKeys;
-pub use journal::SeqRange;
+pub use journal::{PartEntry, SeqRange, WINDOW_FAILED, WINDOW_FAILURES};
 pub use reader::{RecordChunk, SpoolReader};
 
 /// Largest record the spool takes: Firehose's 1,000 KiB, checked at ingest.
@@ -416,6 +416,57 @@ impl StreamSpool {
             .await
     }
 
+    /// Partition batches past the checkpoint: sealed but not confirmed delivered, and
+    /// delivered (see [`journal`]).
+    pub fn parts(&self) -> (Vec<PartEntry>, Vec<PartEntry>) {
+        lock(&self.journal).parts()
+    }
+
+    /// Durably records that a partition's batch (or a window's error output) is about to be
+    /// written; its records are synced first.
+    pub async fn record_part_sealed(self: &Arc<Self>, entry: PartEntry) -> Result<(), SpoolError> {
+        self.sync_through(entry.range.last).await?;
+        let spool = Arc::clone(self);
+        self.blocking(move || {
+            lock(&spool.journal)
+                .record_part_sealed(entry)
+                .map_err(|e| spool.write_error(format!("journal: {e}")))
+        })
+        .await
+    }
+
+    /// Records that a partition's batch is delivered (the checkpoint moves separately).
+    pub async fn record_part_delivered(
+        self: &Arc<Self>,
+        entry: PartEntry,
+    ) -> Result<(), SpoolError> {
+        let spool = Arc::clone(self);
+        self.blocking(move || {
+            lock(&spool.journal)
+                .record_part_delivered(entry)
+                .map_err(|e| spool.write_error(format!("journal: {e}")))
+        })
+        .await
+    }
+
+    /// Moves the checkpoint to `through` and deletes the segments no longer needed.
+    pub async fn record_checkpoint(self: &Arc<Self>, through: u64) -> Result<(), SpoolError> {
+        let spool = Arc::clone(self);
+        self.blocking(move || {
+            lock(&spool.journal)
+                .record_checkpoint(through)
+                .map_err(|e| spool.write_error(format!("journal: {e}")))?;
+            spool.delete_delivered(through);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Most bytes of segments the spool keeps on disk.
+    pub fn max_bytes(&self) -> u64 {
+        self.settings.max_bytes
+    }
+
     /// Runs disk work `job` on tokio's blocking pool.
     async fn blocking(
         &self,
@@ -431,12 +482,18 @@ impl StreamSpool {
         lock(&self.journal)
             .record_delivered(range)
             .map_err(|e| self.write_error(format!("journal: {e}")))?;
-        let freed = segments::delete_delivered(&mut lock(&self.segments), range.last);
+        self.delete_delivered(range.last);
+        Ok(())
+    }
+
+    /// Deletes the segments holding only records up to `through`, waking puts waiting for
+    /// space.
+    fn delete_delivered(&self, through: u64) {
+        let freed = segments::delete_delivered(&mut lock(&self.segments), through);
         if freed > 0 {
             self.disk_bytes.fetch_sub(freed, Ordering::AcqRel);
             self.space_freed.notify_waiters();
         }
-        Ok(())
     }
 
     /// Resolves when delivered segments were deleted, freeing space for puts.
