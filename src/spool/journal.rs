@@ -67,6 +67,9 @@ pub struct Journal {
     path: PathBuf,
     file: File,
     bytes: u64,
+    /// Size of the journal after it was last rewritten: it is rewritten again once it has
+    /// doubled (and passed [`COMPACT_BYTES`]), so a large state is not rewritten per line.
+    compacted_bytes: u64,
     delivered_through: Option<u64>,
     sealed: VecDeque<SeqRange>,
     parts_sealed: Vec<PartEntry>,
@@ -81,6 +84,7 @@ impl Journal {
             file: OpenOptions::new().create(true).append(true).open(&path)?,
             path,
             bytes: 0,
+            compacted_bytes: 0,
             delivered_through: None,
             sealed: VecDeque::new(),
             parts_sealed: Vec::new(),
@@ -206,7 +210,7 @@ impl Journal {
     }
 
     fn compact_if_large(&mut self) -> std::io::Result<()> {
-        if self.bytes > COMPACT_BYTES {
+        if self.bytes > COMPACT_BYTES.max(2 * self.compacted_bytes) {
             self.compact()?;
         }
         Ok(())
@@ -246,6 +250,7 @@ impl Journal {
         }
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.bytes = text.len() as u64;
+        self.compacted_bytes = self.bytes;
         Ok(())
     }
 }

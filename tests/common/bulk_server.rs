@@ -108,6 +108,8 @@ struct Shared {
     recorded: Mutex<Recorded>,
     refuse_first: u32,
     required_authorization: Option<String>,
+    /// While `true`, requests are processed (documents indexed) but not answered.
+    holding: tokio::sync::watch::Sender<bool>,
 }
 
 /// The running server.
@@ -127,6 +129,7 @@ impl BulkServer {
             recorded: Mutex::new(Recorded::default()),
             refuse_first,
             required_authorization: required_authorization.map(str::to_string),
+            holding: tokio::sync::watch::Sender::new(false),
         });
         let app = axum::Router::new()
             .route("/", get(root))
@@ -166,6 +169,12 @@ impl BulkServer {
             recorded.refused_requests,
             recorded.gzip_requests,
         )
+    }
+
+    /// While `hold` is `true`, documents are indexed but requests get no answer (as a
+    /// cluster that indexed a batch and stalled before replying).
+    pub fn hold_answers(&self, hold: bool) {
+        self.shared.holding.send_replace(hold);
     }
 
     /// Every `Authorization` header received.
@@ -242,44 +251,52 @@ async fn bulk(
     } else {
         body.to_vec()
     };
-    let mut recorded = shared.recorded.lock().unwrap();
-    recorded.requests += 1;
-    recorded.gzip_requests += u32::from(gzip);
-    if recorded.requests <= shared.refuse_first {
-        recorded.refused_requests += 1;
-        return (StatusCode::SERVICE_UNAVAILABLE, "cluster is starting").into_response();
-    }
-    let text = String::from_utf8(body).expect("bulk bodies are UTF-8");
-    let lines: Vec<&str> = text.lines().collect();
-    if !lines.len().is_multiple_of(2) {
-        return (StatusCode::BAD_REQUEST, "odd number of bulk lines").into_response();
-    }
-    let mut items = Vec::new();
-    let mut errors = false;
-    for pair in lines.chunks(2) {
-        let action: Value = serde_json::from_str(pair[0]).expect("action lines are JSON");
-        let doc: Value = serde_json::from_str(pair[1]).expect("document lines are JSON");
-        let index = action["index"]["_index"].as_str().unwrap().to_string();
-        let id = action["index"]["_id"]
-            .as_str()
-            .map_or_else(|| format!("auto-{}", fastrand::u64(..)), str::to_string);
-        let attempt = {
-            let attempts = recorded.attempts.entry(id.clone()).or_insert(0);
-            *attempts += 1;
-            *attempts
-        };
-        let (status, error) = Fate::of(&doc).answer(attempt);
-        let mut item = json!({ "_index": index, "_id": id, "status": status });
-        match error {
-            Some(error) => {
-                errors = true;
-                item["error"] = error;
-            }
-            None => {
-                recorded.docs.insert((index, id), doc);
-            }
+    let (items, errors) = {
+        let mut recorded = shared.recorded.lock().unwrap();
+        recorded.requests += 1;
+        recorded.gzip_requests += u32::from(gzip);
+        if recorded.requests <= shared.refuse_first {
+            recorded.refused_requests += 1;
+            return (StatusCode::SERVICE_UNAVAILABLE, "cluster is starting").into_response();
         }
-        items.push(json!({ "index": item }));
-    }
+        let text = String::from_utf8(body).expect("bulk bodies are UTF-8");
+        let lines: Vec<&str> = text.lines().collect();
+        if !lines.len().is_multiple_of(2) {
+            return (StatusCode::BAD_REQUEST, "odd number of bulk lines").into_response();
+        }
+        let mut items = Vec::new();
+        let mut errors = false;
+        for pair in lines.chunks(2) {
+            let action: Value = serde_json::from_str(pair[0]).expect("action lines are JSON");
+            let doc: Value = serde_json::from_str(pair[1]).expect("document lines are JSON");
+            let index = action["index"]["_index"].as_str().unwrap().to_string();
+            let id = action["index"]["_id"]
+                .as_str()
+                .map_or_else(|| format!("auto-{}", fastrand::u64(..)), str::to_string);
+            let attempt = {
+                let attempts = recorded.attempts.entry(id.clone()).or_insert(0);
+                *attempts += 1;
+                *attempts
+            };
+            let (status, error) = Fate::of(&doc).answer(attempt);
+            let mut item = json!({ "_index": index, "_id": id, "status": status });
+            match error {
+                Some(error) => {
+                    errors = true;
+                    item["error"] = error;
+                }
+                None => {
+                    recorded.docs.insert((index, id), doc);
+                }
+            }
+            items.push(json!({ "index": item }));
+        }
+        (items, errors)
+    };
+    let _ = shared
+        .holding
+        .subscribe()
+        .wait_for(|holding| !holding)
+        .await;
     axum::Json(json!({ "took": 1, "errors": errors, "items": items })).into_response()
 }
