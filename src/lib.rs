@@ -9,7 +9,6 @@
 
 #![warn(missing_docs)]
 
-pub mod allocator;
 pub mod bench;
 pub mod buffer;
 pub mod compress;

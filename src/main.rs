@@ -54,7 +54,6 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => {
-            hydrant::allocator::tune();
             runtime().and_then(|rt| rt.block_on(hydrant::server::run(&config)))
         }
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(hydrant::bench::run(args))),
