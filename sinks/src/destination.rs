@@ -333,6 +333,12 @@ pub trait Destination: Sending {
         }
     }
 
+    /// Memory `piece` holds while it waits in a partition's buffer, when that differs from
+    /// its records' size (compressed bytes, Arrow columns); `None` when it is about that size.
+    fn held_bytes(&self, _piece: &Self::Piece) -> Option<usize> {
+        None
+    }
+
     /// Whether [`assemble`](Destination::assemble) is heavy CPU work (writing a Parquet
     /// file) that takes its turn on the CPU pool behind the chunks being encoded, rather
     /// than cheap work (joining pieces) run at once on a blocking thread.
@@ -384,6 +390,8 @@ pub trait AnyDestination: Send + Sync + std::fmt::Debug {
     fn encode_framed_any(&self, framed: Vec<u8>, records: u64) -> Box<dyn Any + Send>;
     /// See [`Destination::buffered_len`].
     fn buffered_len_any(&self, record: &[u8]) -> usize;
+    /// See [`Destination::held_bytes`]; `None` for a piece not made by this destination.
+    fn held_bytes_any(&self, piece: &(dyn Any + Send)) -> Option<usize>;
     /// See [`Destination::assembly_is_heavy`].
     fn assembly_is_heavy_any(&self) -> bool;
     /// See [`Destination::assemble`]; pieces not made by this destination are skipped.
@@ -452,6 +460,12 @@ impl<D: Destination + std::fmt::Debug> AnyDestination for D {
 
     fn buffered_len_any(&self, record: &[u8]) -> usize {
         self.buffered_len(record)
+    }
+
+    fn held_bytes_any(&self, piece: &(dyn Any + Send)) -> Option<usize> {
+        piece
+            .downcast_ref::<D::Piece>()
+            .and_then(|piece| self.held_bytes(piece))
     }
 
     fn assembly_is_heavy_any(&self) -> bool {

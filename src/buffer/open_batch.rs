@@ -71,6 +71,9 @@ pub struct PartitionPiece {
     pub raw_len: usize,
     /// Arrival (Unix ms) of the oldest record encoded (for a partitioned stream only).
     pub oldest_ms: i64,
+    /// Memory the piece holds (for a partitioned stream only): what the partitions'
+    /// `max_buffered_mib` counts.
+    pub held: usize,
 }
 
 impl PartitionPiece {
@@ -81,6 +84,7 @@ impl PartitionPiece {
             seqs: Vec::new(),
             raw_len: 0,
             oldest_ms: 0,
+            held: 0,
         }
     }
 }
@@ -409,10 +413,14 @@ fn encode_partitioned(
             .filter(|seq| !refused_seqs.contains(seq))
             .collect();
         failed.extend(refused);
+        let held = destination
+            .held_bytes_any(piece.as_ref())
+            .unwrap_or(group.data.len());
         pieces.push(PartitionPiece {
             keys: Some(keys),
             piece,
             seqs,
+            held,
             raw_len: group.data.len(),
             oldest_ms: group
                 .records

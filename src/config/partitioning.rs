@@ -28,7 +28,8 @@ pub struct PartitioningConfig {
     /// What a record of a new partition meets when `max_active_partitions` are buffering.
     #[serde(default = "default_on_limit")]
     pub on_limit: Spanned<OnLimitConfig>,
-    /// MiB of records all partitions may buffer together; past it the largest partition is
+    /// MiB of memory all partitions' buffered records may hold together (as the destination
+    /// keeps them: compressed, or as Parquet columns); past it the largest partition is
     /// delivered early. Default 256.
     #[serde(default = "default_max_buffered_mib")]
     pub max_buffered_mib: Spanned<u32>,

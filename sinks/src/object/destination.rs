@@ -258,6 +258,13 @@ impl Destination for ObjectDestination {
         }
     }
 
+    fn held_bytes(&self, piece: &ObjectPiece) -> Option<usize> {
+        Some(match piece {
+            ObjectPiece::Framed { chunk, .. } => chunk.data.len(),
+            ObjectPiece::Rows(rows) => rows.iter().map(RecordBatch::get_array_memory_size).sum(),
+        })
+    }
+
     fn assembly_is_heavy(&self) -> bool {
         matches!(self.format, ObjectFormat::Parquet(_))
     }

@@ -68,8 +68,8 @@ pub struct PartitionSettings {
     pub max_active: usize,
     /// What a record of one more partition meets.
     pub on_limit: OnLimit,
-    /// Bytes of records all partitions may hold together; past it the largest becomes a
-    /// batch early.
+    /// Memory all partitions' pieces may hold together (compressed bytes, Arrow columns);
+    /// past it the largest becomes a batch early.
     pub max_buffered: usize,
     /// The batches journaled before a restart.
     pub replay: ReplayPlan,

@@ -29,6 +29,8 @@ pub struct OpenPartition {
     pub seqs: Vec<u64>,
     /// Bytes of its records.
     pub raw_len: usize,
+    /// Memory its pieces hold.
+    pub held: usize,
     /// Arrival (Unix ms) of its oldest record.
     pub oldest_ms: i64,
     /// Its first record: the checkpoint stays before it until the batch is delivered.
@@ -47,6 +49,7 @@ impl OpenPartition {
             pieces: Vec::new(),
             seqs: Vec::new(),
             raw_len: 0,
+            held: 0,
             oldest_ms: i64::MAX,
             first_seq,
             last_seq: first_seq,
@@ -64,6 +67,7 @@ impl OpenPartition {
 
     fn add(&mut self, piece: PartitionPiece) {
         self.raw_len += piece.raw_len;
+        self.held += piece.held;
         self.oldest_ms = self.oldest_ms.min(piece.oldest_ms);
         if let Some(&last) = piece.seqs.last() {
             self.last_seq = last;
@@ -73,7 +77,7 @@ impl OpenPartition {
     }
 }
 
-/// The open partitions of a stream, and how many bytes they hold.
+/// The open partitions of a stream, and how much memory they hold.
 #[derive(Debug, Default)]
 pub struct OpenPartitions {
     open: HashMap<u64, OpenPartition>,
@@ -86,7 +90,7 @@ impl OpenPartitions {
         self.open.len()
     }
 
-    /// Bytes of records they hold.
+    /// Memory their pieces hold.
     pub fn buffered(&self) -> usize {
         self.buffered
     }
@@ -99,7 +103,7 @@ impl OpenPartitions {
     /// Adds `piece` to partition `part`, opening it if needed (`replaying` when it rebuilds
     /// a journaled batch); returns `true` when the partition was opened.
     pub fn add(&mut self, part: u64, piece: PartitionPiece, replaying: Option<SeqRange>) -> bool {
-        self.buffered += piece.raw_len;
+        self.buffered += piece.held;
         let mut opened = false;
         let partition = self.open.entry(part).or_insert_with(|| {
             opened = true;
@@ -113,7 +117,7 @@ impl OpenPartitions {
     /// Closes partition `part`, handing out what it holds.
     pub fn take(&mut self, part: u64) -> Option<OpenPartition> {
         let partition = self.open.remove(&part)?;
-        self.buffered -= partition.raw_len;
+        self.buffered -= partition.held;
         Some(partition)
     }
 
@@ -145,9 +149,9 @@ impl OpenPartitions {
             .min()
     }
 
-    /// The partition holding the most bytes, of those that may close early.
+    /// The partition holding the most memory, of those that may close early.
     pub fn largest(&self) -> Option<u64> {
-        self.pick(|p| p.raw_len)
+        self.pick(|p| p.held)
     }
 
     /// The partition holding the oldest record (so the checkpoint), of those that may close
