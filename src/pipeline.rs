@@ -29,6 +29,9 @@ const MIB: usize = 1024 * 1024;
 /// one chunk per stream.
 const COMPRESSION_BUDGET_BASE: usize = 8 * MIB;
 
+/// Chunk size of a partitioned stream without transforms.
+const PARTITIONED_CHUNK: usize = 4 * MIB;
+
 pub use crate::config::DestinationSummary;
 
 /// A configured stream's settings as the control-plane API reports them.
@@ -626,7 +629,9 @@ fn build_stream(
         destination: Arc::clone(&delivered.seam.destination),
         processors: delivered.processors.clone(),
         partitioner: delivered.partitioning,
-        chunk_limit,
+        // A partitioned chunk is split into one piece per partition: larger chunks make
+        // fewer, larger pieces.
+        chunk_limit: chunk_limit.or(partitioned.then_some(PARTITIONED_CHUNK)),
         faults: None,
     };
     let buffer = Arc::new(StreamBuffer::new(settings, capacity));

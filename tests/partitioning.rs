@@ -273,15 +273,34 @@ async fn duckdb_reads_a_partitioned_parquet_lake_back_with_each_row_under_its_ow
     let mut hydrant = Hydrant::start(&streams);
     let days = ["2026-11-28T23:59:59Z", "2026-11-29T00:00:00Z"];
     let services = ["api", "web", "db"];
-    let records: Vec<Vec<u8>> = (0..60u32)
+    let mut records: Vec<Vec<u8>> = (0..60u32)
         .map(|n| event(services[n as usize % 3], days[n as usize % 2], n))
         .collect();
+    // A record of a partition that does not fit the schema (`n` is not a number).
+    let misfit = br#"{"service":"api","ts":"2026-11-29T00:00:00Z","n":"sixty"}"#.to_vec();
+    records.insert(30, misfit.clone());
     hydrant.put_all("events", &records).await;
     assert!(hydrant.terminate().success(), "{}", hydrant.log());
 
+    let s3 = Bucket::new(&bucket);
+    let error_keys: Vec<String> = s3
+        .keys("")
+        .await
+        .into_iter()
+        .filter(|key| key.contains("format-conversion-failed"))
+        .collect();
+    assert_eq!(error_keys.len(), 1, "{error_keys:?}");
+    let body = s3.get(&error_keys[0]).await.0;
+    let errors: Vec<Value> = String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(raw_data(&errors[0]), misfit);
+
     // The bucket mirrored into a directory, keys as paths: DuckDB reads it as it would read
     // the bucket itself.
-    let s3 = Bucket::new(&bucket);
     let keys = s3.keys("events/").await;
     assert_eq!(keys.len(), 6, "one object per (service, day): {keys:?}");
     let mirror = tempfile::tempdir().unwrap();

@@ -333,6 +333,19 @@ pub trait Destination: Sending {
         }
     }
 
+    /// Encodes the records of `chunk` split into `groups` (indexes into the chunk, one list
+    /// per partition), one piece per group, when the destination does that faster than
+    /// encoding each group's records on their own (a Parquet chunk is decoded once and its
+    /// rows taken per group); refusal indexes are positions in their group. `None` means
+    /// the engine encodes each group with [`encode`](Destination::encode).
+    fn encode_groups(
+        &self,
+        _chunk: Chunk<'_>,
+        _groups: &[Vec<usize>],
+    ) -> Option<Vec<EncodedChunk<Self::Piece>>> {
+        None
+    }
+
     /// Memory `piece` holds while it waits in a partition's buffer, when that differs from
     /// its records' size (compressed bytes, Arrow columns); `None` when it is about that size.
     fn held_bytes(&self, _piece: &Self::Piece) -> Option<usize> {
@@ -390,6 +403,12 @@ pub trait AnyDestination: Send + Sync + std::fmt::Debug {
     fn encode_framed_any(&self, framed: Vec<u8>, records: u64) -> Box<dyn Any + Send>;
     /// See [`Destination::buffered_len`].
     fn buffered_len_any(&self, record: &[u8]) -> usize;
+    /// See [`Destination::encode_groups`].
+    fn encode_groups_any(
+        &self,
+        chunk: Chunk<'_>,
+        groups: &[Vec<usize>],
+    ) -> Option<Vec<EncodedChunk<Box<dyn Any + Send>>>>;
     /// See [`Destination::held_bytes`]; `None` for a piece not made by this destination.
     fn held_bytes_any(&self, piece: &(dyn Any + Send)) -> Option<usize>;
     /// See [`Destination::assembly_is_heavy`].
@@ -460,6 +479,23 @@ impl<D: Destination + std::fmt::Debug> AnyDestination for D {
 
     fn buffered_len_any(&self, record: &[u8]) -> usize {
         self.buffered_len(record)
+    }
+
+    fn encode_groups_any(
+        &self,
+        chunk: Chunk<'_>,
+        groups: &[Vec<usize>],
+    ) -> Option<Vec<EncodedChunk<Box<dyn Any + Send>>>> {
+        let encoded = self.encode_groups(chunk, groups)?;
+        Some(
+            encoded
+                .into_iter()
+                .map(|encoded| EncodedChunk {
+                    piece: Box::new(encoded.piece) as Box<dyn Any + Send>,
+                    refusals: encoded.refusals,
+                })
+                .collect(),
+        )
     }
 
     fn held_bytes_any(&self, piece: &(dyn Any + Send)) -> Option<usize> {

@@ -361,8 +361,9 @@ fn encode_partitioned(
 ) -> EncodedPiece {
     let mut failed = Vec::new();
     let mut index: HashMap<PartitionKeys, usize> = HashMap::new();
-    let mut groups: Vec<(Arc<PartitionKeys>, PartitionRecords)> = Vec::new();
-    for (i, record) in records.iter().enumerate() {
+    let mut keys_of: Vec<Arc<PartitionKeys>> = Vec::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for i in 0..records.len() {
         let bytes = ChunkRecord::bytes(data, records, i);
         let lambda = lambda_keys.get(i).map_or(&[][..], Vec::as_slice);
         let keys = match partitioner.keys(bytes, lambda) {
@@ -386,46 +387,78 @@ fn encode_partitioned(
             Some(&group) => group,
             None => {
                 index.insert(keys.clone(), groups.len());
-                groups.push((Arc::new(keys), PartitionRecords::default()));
+                keys_of.push(Arc::new(keys));
+                groups.push(Vec::new());
                 groups.len() - 1
             }
         };
-        let out = &mut groups[group].1;
-        out.data.extend_from_slice(bytes);
-        out.records.push(ChunkRecord {
-            end: out.data.len(),
-            ..*record
-        });
+        groups[group].push(i);
     }
+    let chunk = Chunk {
+        data,
+        records,
+        partition: None,
+    };
+    let encoded = match destination.encode_groups_any(chunk, &groups) {
+        // The destination split the chunk itself (decoded once).
+        Some(encoded) => encoded
+            .into_iter()
+            .zip(&groups)
+            .map(|(encoded, group)| {
+                let failed = encoded
+                    .refusals
+                    .into_iter()
+                    .map(|refusal| {
+                        let error = ConversionError {
+                            code: refusal.code,
+                            message: refusal.message,
+                        };
+                        let at = group[refusal.index];
+                        failed_record(data, records, at, error, FailedStage::Encoding)
+                    })
+                    .collect();
+                (encoded.piece, failed)
+            })
+            .collect(),
+        None => groups
+            .iter()
+            .zip(&keys_of)
+            .map(|(group, keys)| {
+                let copied = copy_group(data, records, group);
+                encode_chunk(
+                    destination,
+                    &copied.data,
+                    &copied.records,
+                    Some(keys.as_ref()),
+                )
+            })
+            .collect::<Vec<_>>(),
+    };
     let mut pieces = Vec::with_capacity(groups.len());
-    for (keys, group) in groups {
-        let (piece, refused) = encode_chunk(
-            destination,
-            &group.data,
-            &group.records,
-            Some(keys.as_ref()),
-        );
+    for (((piece, refused), group), keys) in encoded.into_iter().zip(&groups).zip(keys_of) {
         let refused_seqs: HashSet<u64> = refused.iter().map(|f| f.seq).collect();
         let seqs = group
-            .records
             .iter()
-            .map(|r| r.seq)
+            .map(|&i| records[i].seq)
             .filter(|seq| !refused_seqs.contains(seq))
             .collect();
         failed.extend(refused);
+        let raw_len = group
+            .iter()
+            .map(|&i| ChunkRecord::bytes(data, records, i).len())
+            .sum();
         let held = destination
             .held_bytes_any(piece.as_ref())
-            .unwrap_or(group.data.len());
+            .unwrap_or(raw_len);
         pieces.push(PartitionPiece {
             keys: Some(keys),
             piece,
             seqs,
             held,
-            raw_len: group.data.len(),
+            raw_len,
             oldest_ms: group
-                .records
                 .iter()
-                .map(|r| r.arrival_ms)
+                .map(|&i| records[i].arrival_ms)
                 .min()
                 .unwrap_or(0),
         });
@@ -435,6 +468,20 @@ fn encode_partitioned(
         failed,
         ..EncodedPiece::default()
     }
+}
+
+/// The records `group` (indexes into the chunk) copied out, in order.
+fn copy_group(data: &[u8], records: &[ChunkRecord], group: &[usize]) -> PartitionRecords {
+    let mut out = PartitionRecords::default();
+    for &i in group {
+        out.data
+            .extend_from_slice(ChunkRecord::bytes(data, records, i));
+        out.records.push(ChunkRecord {
+            end: out.data.len(),
+            ..records[i]
+        });
+    }
+    out
 }
 
 /// A batch that takes no more records, on its way to the destination.

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 
 use super::framing::{ConversionError, RecordFramer};
 use super::key::{ObjectKeyBuilder, batch_seed};
-use super::parquet::ParquetEncoder;
+use super::parquet::{ConvertedChunk, ParquetEncoder};
 use super::{EncodedObject, ObjectSink, WriteMode};
 use crate::compress::{Codec, CompressedChunk};
 use crate::destination::{
@@ -258,6 +258,18 @@ impl Destination for ObjectDestination {
         }
     }
 
+    fn encode_groups(
+        &self,
+        chunk: Chunk<'_>,
+        groups: &[Vec<usize>],
+    ) -> Option<Vec<EncodedChunk<ObjectPiece>>> {
+        let ObjectFormat::Parquet(encoder) = &self.format else {
+            return None;
+        };
+        let converted = encoder.convert_chunk(chunk.data, chunk.records);
+        Some(split_rows(converted, chunk.len(), groups))
+    }
+
     fn held_bytes(&self, piece: &ObjectPiece) -> Option<usize> {
         Some(match piece {
             ObjectPiece::Framed { chunk, .. } => chunk.data.len(),
@@ -350,5 +362,127 @@ fn refusal(index: usize, error: ConversionError) -> Refusal {
         index,
         code: error.code,
         message: error.message,
+    }
+}
+
+/// The rows of a converted chunk of `records` records, taken per group (indexes into the
+/// chunk), with each group's rejected records as refusals at their position in the group.
+fn split_rows(
+    converted: ConvertedChunk,
+    records: usize,
+    groups: &[Vec<usize>],
+) -> Vec<EncodedChunk<ObjectPiece>> {
+    // Rows are the records not rejected, in order.
+    let mut row_of: Vec<Option<u32>> = vec![None; records];
+    let mut rejected = converted.rejected.into_iter().peekable();
+    let mut errors: Vec<Option<ConversionError>> = vec![None; records];
+    let mut row = 0u32;
+    for (index, slot) in row_of.iter_mut().enumerate() {
+        if rejected.peek().is_some_and(|r| r.index == index) {
+            errors[index] = rejected.next().map(|r| r.error);
+        } else {
+            *slot = Some(row);
+            row += 1;
+        }
+    }
+    let rows = match converted.batches.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        many => arrow_select::concat::concat_batches(&many[0].schema(), many)
+            .map(Some)
+            .map_err(|error| error.to_string()),
+    };
+    groups
+        .iter()
+        .map(|group| {
+            let mut take = Vec::with_capacity(group.len());
+            let mut positions = Vec::with_capacity(group.len());
+            let mut refusals = Vec::new();
+            for (position, &index) in group.iter().enumerate() {
+                match (row_of[index], errors[index].take()) {
+                    (Some(row), _) => {
+                        take.push(row);
+                        positions.push(position);
+                    }
+                    (None, Some(error)) => refusals.push(refusal(position, error)),
+                    (None, None) => {}
+                }
+            }
+            let taken = match &rows {
+                _ if take.is_empty() => Ok(Vec::new()),
+                Ok(Some(rows)) => arrow_select::take::take_record_batch(
+                    rows,
+                    &arrow_array::UInt32Array::from(take),
+                )
+                .map(|rows| vec![rows])
+                .map_err(|error| error.to_string()),
+                Ok(None) => Ok(Vec::new()),
+                Err(error) => Err(error.clone()),
+            };
+            let rows = taken.unwrap_or_else(|error| {
+                // The rows could not be split out: each of them goes to the error output.
+                let message = format!("its row could not be split out of the chunk: {error}");
+                refusals.extend(
+                    positions
+                        .iter()
+                        .map(|&position| refusal(position, ConversionError::parse(&message))),
+                );
+                refusals.sort_by_key(|r| r.index);
+                Vec::new()
+            });
+            EncodedChunk {
+                piece: ObjectPiece::Rows(rows),
+                refusals,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::parquet::RejectedRecord;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    use arrow_array::{ArrayRef, Int64Array};
+
+    fn rows(values: &[i64]) -> RecordBatch {
+        let column: ArrayRef = Arc::new(Int64Array::from(values.to_vec()));
+        RecordBatch::try_from_iter([("n", column)]).unwrap()
+    }
+
+    fn values(piece: &ObjectPiece) -> Vec<i64> {
+        let ObjectPiece::Rows(batches) = piece else {
+            panic!("a Parquet piece holds rows");
+        };
+        batches
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn each_group_gets_its_own_rows_and_its_rejected_records_as_refusals() {
+        // Records 0..5, record 2 rejected, rows in two batches (as after a rebuilt segment).
+        let converted = ConvertedChunk {
+            batches: vec![rows(&[0, 1]), rows(&[3, 4])],
+            rejected: vec![RejectedRecord {
+                index: 2,
+                error: ConversionError::parse("not JSON"),
+            }],
+        };
+        let split = split_rows(converted, 5, &[vec![0, 2, 4], vec![1, 3]]);
+        assert_eq!(values(&split[0].piece), [0, 4]);
+        assert_eq!(
+            split[0]
+                .refusals
+                .iter()
+                .map(|r| (r.index, r.message.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "not JSON")],
+            "the refusal is at the record's place in its group"
+        );
+        assert_eq!(values(&split[1].piece), [1, 3]);
+        assert!(split[1].refusals.is_empty());
     }
 }
