@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use hydrant_sinks::object::{ConversionError, RecordFramer};
 use hydrant_sinks::partition::{METADATA_EXTRACTION_FAILED, PartitionKeys, Partitioner};
 use hydrant_sinks::prelude::{
-    AnyDestination, AssembleError, AssembledBatch, BatchId, Chunk, ChunkRecord,
+    AnyDestination, AssembleError, AssembledBatch, BatchId, Chunk, ChunkRecord, Refusal,
 };
 
 /// A record the stream could not take; it goes to the error output of the stage that
@@ -328,18 +328,34 @@ fn encode_chunk(
         records,
         partition,
     });
-    let failed = encoded
-        .refusals
+    let failed = refused_records(data, records, encoded.refusals, |index| index);
+    (encoded.piece, failed)
+}
+
+/// The records the destination refused while encoding, copied out; `at` maps a refusal's
+/// index to the record's index in the chunk.
+fn refused_records(
+    data: &[u8],
+    records: &[ChunkRecord],
+    refusals: Vec<Refusal>,
+    at: impl Fn(usize) -> usize,
+) -> Vec<FailedRecord> {
+    refusals
         .into_iter()
         .map(|refusal| {
             let error = ConversionError {
                 code: refusal.code,
                 message: refusal.message,
             };
-            failed_record(data, records, refusal.index, error, FailedStage::Encoding)
+            failed_record(
+                data,
+                records,
+                at(refusal.index),
+                error,
+                FailedStage::Encoding,
+            )
         })
-        .collect();
-    (encoded.piece, failed)
+        .collect()
 }
 
 /// One partition's records of a chunk, copied out in order.
@@ -405,18 +421,7 @@ fn encode_partitioned(
             .into_iter()
             .zip(&groups)
             .map(|(encoded, group)| {
-                let failed = encoded
-                    .refusals
-                    .into_iter()
-                    .map(|refusal| {
-                        let error = ConversionError {
-                            code: refusal.code,
-                            message: refusal.message,
-                        };
-                        let at = group[refusal.index];
-                        failed_record(data, records, at, error, FailedStage::Encoding)
-                    })
-                    .collect();
+                let failed = refused_records(data, records, encoded.refusals, |i| group[i]);
                 (encoded.piece, failed)
             })
             .collect(),
