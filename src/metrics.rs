@@ -33,6 +33,7 @@ pub struct StreamMetrics {
     partition_buffered_bytes: Gauge,
     undelivered: Gauge,
     spool_bytes: Gauge,
+    data_freshness: Gauge,
 }
 
 impl StreamMetrics {
@@ -52,11 +53,18 @@ impl StreamMetrics {
             partition_buffered_bytes: gauge!("hydrant_partition_buffered_bytes", &labels),
             undelivered: gauge!("hydrant_undelivered_records", &labels),
             spool_bytes: gauge!("hydrant_spool_bytes", &labels),
+            data_freshness: gauge!("hydrant_data_freshness_seconds", &labels),
         }
     }
 
     /// Sets every metric from the stream's current totals.
-    pub fn publish(&self, counters: &DeliveryCounters, undelivered: u64, spool_bytes: u64) {
+    pub fn publish(
+        &self,
+        counters: &DeliveryCounters,
+        undelivered: u64,
+        spool_bytes: u64,
+        data_freshness_seconds: f64,
+    ) {
         let read = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         self.accepted.absolute(read(&counters.accepted));
         self.refused.absolute(read(&counters.refused));
@@ -75,5 +83,6 @@ impl StreamMetrics {
             .set(read(&counters.partition_buffered_bytes) as f64);
         self.undelivered.set(undelivered as f64);
         self.spool_bytes.set(spool_bytes as f64);
+        self.data_freshness.set(data_freshness_seconds);
     }
 }

@@ -203,8 +203,20 @@ impl DeliveryStream {
     /// Publishes this stream's totals to its Prometheus metrics.
     pub fn publish_metrics(&self) {
         let spool_bytes = self.spool.as_ref().map_or(0, |s| s.disk_bytes());
-        self.metrics
-            .publish(&self.counters, self.undelivered(), spool_bytes);
+        self.metrics.publish(
+            &self.counters,
+            self.undelivered(),
+            spool_bytes,
+            self.data_freshness_seconds(),
+        );
+    }
+
+    /// Age in seconds of the oldest record accepted but not yet delivered (0 when none
+    /// waits): Firehose's DataFreshness. Known for spooled streams; 0 without a spool.
+    pub fn data_freshness_seconds(&self) -> f64 {
+        self.spool.as_ref().map_or(0.0, |spool| {
+            spool.data_freshness_ms(Utc::now().timestamp_millis()) as f64 / 1000.0
+        })
     }
 
     /// Records accepted but not yet delivered.

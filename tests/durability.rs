@@ -507,3 +507,65 @@ async fn a_large_backlog_is_streamed_from_the_spool_not_loaded_into_memory() {
     }
     assert_eq!(lines, 160_000, "every spooled record, once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_freshness_grows_while_the_destination_is_down_and_returns_to_zero() {
+    let bucket = new_bucket("freshness");
+    let port = free_port();
+    let mut forwarder = forward(port, &servers().s3_endpoint).await;
+    let streams = streams(&bucket, &format!("http://127.0.0.1:{port}"));
+    let mut hydrant = Hydrant::start_full("", &streams, &[]);
+    let records = |from: u32| -> Vec<Vec<u8>> {
+        (from..from + 10)
+            .map(|n| serde_json::to_vec(&json!({ "id": format!("f-{n}") })).unwrap())
+            .collect()
+    };
+    let freshness = |stats: &Value| stats["data_freshness_seconds"].as_f64().unwrap();
+    hydrant.put_all("durable", &records(0)).await;
+    eventually(
+        Duration::from_secs(20),
+        "the first records delivered",
+        || async {
+            let stats = hydrant.stats("durable").await;
+            (stats["delivered_records"] == 10 && freshness(&stats) == 0.0).then_some(())
+        },
+    )
+    .await;
+
+    forwarder.stop();
+    hydrant.put_all("durable", &records(10)).await;
+    let during = eventually(Duration::from_secs(20), "freshness past 2 s", || async {
+        let seconds = freshness(&hydrant.stats("durable").await);
+        (seconds >= 2.0).then_some(seconds)
+    })
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "freshness still growing",
+        || async {
+            let seconds = freshness(&hydrant.stats("durable").await);
+            (seconds >= during + 1.0).then_some(())
+        },
+    )
+    .await;
+    let metrics = hydrant.metrics().await;
+    let gauge = metrics
+        .lines()
+        .find(|l| l.starts_with("hydrant_data_freshness_seconds{stream=\"durable\"}"))
+        .unwrap_or_else(|| panic!("no freshness gauge in\n{metrics}"));
+    let value: f64 = gauge.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value >= 2.0, "{gauge}");
+
+    forwarder = forward(port, &servers().s3_endpoint).await;
+    eventually(
+        Duration::from_secs(30),
+        "freshness back to zero",
+        || async {
+            let stats = hydrant.stats("durable").await;
+            (stats["delivered_records"] == 20 && freshness(&stats) == 0.0).then_some(())
+        },
+    )
+    .await;
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    drop(forwarder);
+}

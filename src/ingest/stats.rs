@@ -32,6 +32,7 @@ pub(super) async fn handle(
         "accepted_records": counters.accepted.load(Ordering::Relaxed),
         "buffered_records": stream.buffer.buffered_records(),
         "undelivered_records": stream.undelivered(),
+        "data_freshness_seconds": stream.data_freshness_seconds(),
         "in_flight_records": counters.in_flight_records.load(Ordering::Relaxed),
         "delivered_records": counters.records.load(Ordering::Relaxed),
         "delivered_objects": counters.objects.load(Ordering::Relaxed),

@@ -8,6 +8,7 @@
 //! written to the destination, and the checkpoint advances only after the destination
 //! confirms, when fully delivered segments are deleted.
 
+mod arrivals;
 pub mod cipher;
 mod frame;
 pub mod journal;
@@ -137,6 +138,8 @@ pub struct StreamSpool {
     tail_bytes: AtomicUsize,
     /// Encrypts new frames and decrypts encrypted ones; `None` without keys.
     cipher: Option<cipher::SpoolCipher>,
+    /// When the undelivered records arrived (for data freshness).
+    arrivals: Mutex<arrivals::Arrivals>,
 }
 
 /// A written group kept in memory for the reader.
@@ -222,8 +225,13 @@ impl StreamSpool {
             tail: Mutex::new(std::collections::VecDeque::new()),
             tail_bytes: AtomicUsize::new(0),
             cipher,
+            arrivals: Mutex::new(arrivals::Arrivals::default()),
             settings,
         });
+        if next_seq > start_seq {
+            // Records left from before the restart: at least as old as the restart.
+            lock(&spool.arrivals).record(next_seq - 1, chrono::Utc::now().timestamp_millis());
+        }
         let active = recovered.active;
         let flusher = {
             let spool = Arc::clone(&spool);
@@ -309,6 +317,7 @@ impl StreamSpool {
             });
         }
         state.pending_bytes += used;
+        lock(&self.arrivals).record(state.next_seq - 1, arrival_ms);
         let done = state.group.done.subscribe();
         drop(state);
         self.wake_flusher.notify_one();
@@ -399,13 +408,8 @@ impl StreamSpool {
     /// The journal's sync runs on a blocking thread, never on the async reactor.
     pub async fn record_sealed(self: &Arc<Self>, range: SeqRange) -> Result<(), SpoolError> {
         self.sync_through(range.last).await?;
-        let spool = Arc::clone(self);
-        self.blocking(move || {
-            lock(&spool.journal)
-                .record_sealed(range)
-                .map_err(|e| spool.write_error(format!("journal: {e}")))
-        })
-        .await
+        self.with_journal(move |journal| journal.record_sealed(range))
+            .await
     }
 
     /// Moves the checkpoint past `range` and deletes segments no longer needed, on a
@@ -426,13 +430,8 @@ impl StreamSpool {
     /// written; its records are synced first.
     pub async fn record_part_sealed(self: &Arc<Self>, entry: PartEntry) -> Result<(), SpoolError> {
         self.sync_through(entry.range.last).await?;
-        let spool = Arc::clone(self);
-        self.blocking(move || {
-            lock(&spool.journal)
-                .record_part_sealed(entry)
-                .map_err(|e| spool.write_error(format!("journal: {e}")))
-        })
-        .await
+        self.with_journal(move |journal| journal.record_part_sealed(entry))
+            .await
     }
 
     /// Records that a partition's batch is delivered (the checkpoint moves separately).
@@ -440,11 +439,18 @@ impl StreamSpool {
         self: &Arc<Self>,
         entry: PartEntry,
     ) -> Result<(), SpoolError> {
+        self.with_journal(move |journal| journal.record_part_delivered(entry))
+            .await
+    }
+
+    /// Runs `write` on the journal on a blocking thread (it touches the disk).
+    async fn with_journal(
+        self: &Arc<Self>,
+        write: impl FnOnce(&mut Journal) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<(), SpoolError> {
         let spool = Arc::clone(self);
         self.blocking(move || {
-            lock(&spool.journal)
-                .record_part_delivered(entry)
-                .map_err(|e| spool.write_error(format!("journal: {e}")))
+            write(&mut lock(&spool.journal)).map_err(|e| spool.write_error(format!("journal: {e}")))
         })
         .await
     }
@@ -507,6 +513,18 @@ impl StreamSpool {
             .delivered_through()
             .map_or(self.start_seq, |d| d + 1);
         self.written.borrow().saturating_sub(next)
+    }
+
+    /// Age (ms at `now_ms`) of the oldest record written but not yet delivered; 0 when
+    /// every record is delivered.
+    pub fn data_freshness_ms(&self, now_ms: i64) -> u64 {
+        if self.undelivered() == 0 {
+            return 0;
+        }
+        let delivered_through = lock(&self.journal).delivered_through();
+        lock(&self.arrivals)
+            .oldest_after(delivered_through)
+            .map_or(0, |arrived| now_ms.saturating_sub(arrived).max(0) as u64)
     }
 
     /// Stops taking records, writes what is queued, syncs, and stops the flusher.
