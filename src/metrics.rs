@@ -22,6 +22,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 #[derive(Debug, Clone)]
 pub struct StreamMetrics {
     accepted: Counter,
+    accepted_bytes: Counter,
+    put_requests: Counter,
     refused: Counter,
     delivered_records: Counter,
     delivered_objects: Counter,
@@ -42,6 +44,8 @@ impl StreamMetrics {
         let labels = [("stream", stream.to_string())];
         Self {
             accepted: counter!("hydrant_records_accepted_total", &labels),
+            accepted_bytes: counter!("hydrant_incoming_bytes_total", &labels),
+            put_requests: counter!("hydrant_incoming_put_requests_total", &labels),
             refused: counter!("hydrant_records_refused_total", &labels),
             delivered_records: counter!("hydrant_records_delivered_total", &labels),
             delivered_objects: counter!("hydrant_objects_delivered_total", &labels),
@@ -67,6 +71,8 @@ impl StreamMetrics {
     ) {
         let read = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         self.accepted.absolute(read(&counters.accepted));
+        self.accepted_bytes.absolute(read(&counters.accepted_bytes));
+        self.put_requests.absolute(read(&counters.put_requests));
         self.refused.absolute(read(&counters.refused));
         self.delivered_records.absolute(read(&counters.records));
         self.delivered_objects.absolute(read(&counters.objects));

@@ -138,6 +138,7 @@ impl DeliveryStream {
         let mut count = AdmissionCount {
             stream: &self.name,
             counters: &self.counters,
+            records,
             offered: records.len(),
             taken: 0,
             finished: false,
@@ -236,6 +237,8 @@ impl DeliveryStream {
 struct AdmissionCount<'a> {
     stream: &'a str,
     counters: &'a DeliveryCounters,
+    /// The records offered.
+    records: &'a [&'a [u8]],
     offered: usize,
     /// Records taken into the spool (or buffer) so far.
     taken: usize,
@@ -248,6 +251,13 @@ impl Drop for AdmissionCount<'_> {
         self.counters
             .accepted
             .fetch_add(self.taken as u64, Ordering::Relaxed);
+        let bytes: usize = self.records[..self.taken].iter().map(|r| r.len()).sum();
+        self.counters
+            .accepted_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        if self.finished && self.taken > 0 {
+            self.counters.put_requests.fetch_add(1, Ordering::Relaxed);
+        }
         self.counters
             .refused
             .fetch_add((self.offered - self.taken) as u64, Ordering::Relaxed);

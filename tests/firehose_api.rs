@@ -421,6 +421,16 @@ async fn prometheus_metrics_count_what_happened_to_records() {
         "{text}"
     );
     assert_eq!(
+        sample(&text, "hydrant_incoming_bytes_total", "events"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "hydrant_incoming_put_requests_total", "events"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
         sample(&text, "hydrant_records_delivered_total", "events"),
         Some(3.0),
         "{text}"
@@ -442,6 +452,20 @@ async fn prometheus_metrics_count_what_happened_to_records() {
     );
     assert!(
         sample(&text, "hydrant_spool_bytes", "events").unwrap() > 0.0,
+        "{text}"
+    );
+    hydrant
+        .put_batch("events", &[b"four".to_vec(), b"five5".to_vec()])
+        .await;
+    let text = hydrant.metrics().await;
+    assert_eq!(
+        sample(&text, "hydrant_incoming_bytes_total", "events"),
+        Some(12.0),
+        "three 1-byte records, then records of 4 and 5 bytes: {text}"
+    );
+    assert_eq!(
+        sample(&text, "hydrant_incoming_put_requests_total", "events"),
+        Some(2.0),
         "{text}"
     );
     assert!(hydrant.terminate().success());

@@ -27,6 +27,10 @@ use crate::spool::{PartEntry, SeqRange, StreamSpool};
 pub struct DeliveryCounters {
     /// Records acknowledged to producers.
     pub accepted: AtomicU64,
+    /// Bytes of those records, as sent.
+    pub accepted_bytes: AtomicU64,
+    /// Puts that got an answer and had at least one record taken.
+    pub put_requests: AtomicU64,
     /// Records refused ("Slow down." or a spool write failure).
     pub refused: AtomicU64,
     /// Records written to the destination.
