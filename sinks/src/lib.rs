@@ -11,6 +11,7 @@ pub mod compress;
 pub mod destination;
 pub mod driver;
 pub mod error;
+pub mod field_query;
 mod http;
 pub mod http_endpoint;
 pub mod jq;

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use jaq_json::Val;
 
+use crate::field_query::{FieldQuery, FieldValue};
 use crate::jq::JqFilter;
 
 /// Longest key value, in bytes; a longer one is an extraction failure.
@@ -93,6 +94,10 @@ impl PartitionKeys {
 /// query and from the keys its transforms returned.
 pub struct Partitioner {
     query: Option<JqFilter>,
+    /// The query, when it only picks fields: read from the record without jq.
+    fields: Option<FieldQuery>,
+    /// The query keys the templates need, in order (what `fields` is asked for).
+    query_names: Vec<String>,
     /// Keys the templates need, in order, each with its name as the jq object key it is
     /// looked up by (made once, not per record).
     needed: Vec<(KeySource, String, Val)>,
@@ -115,8 +120,14 @@ impl Partitioner {
     /// A partitioner producing `needed` keys, the query ones from `query` (a jq expression
     /// whose first output is an object holding them). Fails when the query does not compile
     /// or query keys are needed without one.
-    pub fn new(query: Option<&str>, needed: Vec<(KeySource, String)>) -> Result<Self, String> {
-        let query = query.map(JqFilter::compile).transpose()?;
+    pub fn new(query_text: Option<&str>, needed: Vec<(KeySource, String)>) -> Result<Self, String> {
+        let query = query_text.map(JqFilter::compile).transpose()?;
+        let fields = query_text.and_then(FieldQuery::parse);
+        let query_names = needed
+            .iter()
+            .filter(|(source, _)| *source == KeySource::Query)
+            .map(|(_, name)| name.clone())
+            .collect();
         if query.is_none()
             && let Some((_, name)) = needed.iter().find(|(s, _)| *s == KeySource::Query)
         {
@@ -131,7 +142,12 @@ impl Partitioner {
                 (source, name, field)
             })
             .collect();
-        Ok(Self { query, needed })
+        Ok(Self {
+            query,
+            fields,
+            query_names,
+            needed,
+        })
     }
 
     /// The keys of `record`, whose transforms returned `lambda` keys; or why they cannot be
@@ -142,7 +158,14 @@ impl Partitioner {
         record: &[u8],
         lambda: &[(String, String)],
     ) -> Result<PartitionKeys, String> {
+        let names: Vec<&str> = self.query_names.iter().map(String::as_str).collect();
+        let mut picked = self
+            .fields
+            .as_ref()
+            .and_then(|fields| fields.values(record, &names))
+            .map(Vec::into_iter);
         let fields = match &self.query {
+            _ if picked.is_some() => None,
             Some(query) => match query.first_value(record)? {
                 Some(Val::Obj(fields)) => Some(fields),
                 Some(other) => {
@@ -158,10 +181,14 @@ impl Partitioner {
         let mut values = Vec::with_capacity(self.needed.len());
         for (source, name, field) in &self.needed {
             let value = match source {
-                KeySource::Query => {
-                    let value = fields.as_ref().and_then(|fields| fields.get(field));
-                    scalar_text(name, value)?
-                }
+                KeySource::Query => match picked.as_mut().and_then(Iterator::next) {
+                    Some(FieldValue::Text(text)) => text,
+                    Some(FieldValue::Missing) => return Err(no_value(name)),
+                    None => {
+                        let value = fields.as_ref().and_then(|fields| fields.get(field));
+                        scalar_text(name, value)?
+                    }
+                },
                 KeySource::Lambda => lambda
                     .iter()
                     .rev()
@@ -179,7 +206,7 @@ impl Partitioner {
 /// The text of a key's value: strings as they are, numbers and booleans as JSON writes them.
 fn scalar_text(name: &str, value: Option<&Val>) -> Result<String, String> {
     match value {
-        None | Some(Val::Null) => Err(format!("the partitioning query gave no value for `{name}`")),
+        None | Some(Val::Null) => Err(no_value(name)),
         Some(Val::TStr(bytes) | Val::BStr(bytes)) => {
             Ok(String::from_utf8_lossy(bytes).into_owned())
         }
@@ -189,6 +216,11 @@ fn scalar_text(name: &str, value: Option<&Val>) -> Result<String, String> {
             kind_of(other)
         )),
     }
+}
+
+/// Why key `name` has no value.
+fn no_value(name: &str) -> String {
+    format!("the partitioning query gave no value for `{name}`")
 }
 
 fn kind_of(value: &Val) -> &'static str {
