@@ -4,13 +4,30 @@
 use std::sync::atomic::Ordering;
 
 use ::metrics::{Counter, Gauge, counter, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::deliver::DeliveryCounters;
 
+/// Histogram of the spool's `fdatasync` calls (every stream's), in seconds.
+pub const SPOOL_FSYNC_SECONDS: &str = "hydrant_spool_fsync_seconds";
+
+/// Histogram of API calls by operation, from request to answer, in seconds.
+pub const API_CALL_SECONDS: &str = "hydrant_api_call_seconds";
+
+/// Bucket bounds of the latency histograms: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// Installs the process-wide recorder; call once, before any stream is built.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
-    let recorder = PrometheusBuilder::new().build_recorder();
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(SPOOL_FSYNC_SECONDS.into()), LATENCY_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(API_CALL_SECONDS.into()), LATENCY_BUCKETS)
+        })
+        .map_err(|e| anyhow::anyhow!("cannot set the metrics' histogram buckets: {e}"))?
+        .build_recorder();
     let handle = recorder.handle();
     ::metrics::set_global_recorder(recorder)
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;

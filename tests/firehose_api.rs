@@ -457,15 +457,39 @@ async fn prometheus_metrics_count_what_happened_to_records() {
     hydrant
         .put_batch("events", &[b"four".to_vec(), b"five5".to_vec()])
         .await;
+    let (status, _) = hydrant.post_ndjson("events", "six\n").await;
+    assert_eq!(status, 200);
     let text = hydrant.metrics().await;
+    // Every call is in its operation's latency histogram, and every spool fsync in its own.
+    for (operation, calls) in [("PutRecordBatch", 2.0), ("PostRecords", 1.0)] {
+        let count = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "hydrant_api_call_seconds_count{{operation=\"{operation}\"}} "
+                ))
+            })
+            .map(|v| v.trim().parse::<f64>().unwrap());
+        assert_eq!(count, Some(calls), "{operation}: {text}");
+    }
+    assert!(
+        text.contains("hydrant_api_call_seconds_bucket{operation=\"PutRecordBatch\",le=\"0.5\"}"),
+        "{text}"
+    );
+    let fsyncs: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("hydrant_spool_fsync_seconds_count "))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no fsync histogram in\n{text}"));
+    assert!(fsyncs >= 3.0, "one fsync per put at least: {fsyncs}");
     assert_eq!(
         sample(&text, "hydrant_incoming_bytes_total", "events"),
-        Some(12.0),
-        "three 1-byte records, then records of 4 and 5 bytes: {text}"
+        Some(15.0),
+        "three 1-byte records, then records of 4 and 5 bytes, then one of 3: {text}"
     );
     assert_eq!(
         sample(&text, "hydrant_incoming_put_requests_total", "events"),
-        Some(2.0),
+        Some(3.0),
         "{text}"
     );
     assert!(hydrant.terminate().success());

@@ -30,6 +30,7 @@ pub(super) async fn handle(State(state): State<ApiState>, request: Request) -> R
 }
 
 async fn dispatch(state: &ApiState, request: Request) -> Result<Response, AwsError> {
+    let started = std::time::Instant::now();
     let target = request
         .headers()
         .get("x-amz-target")
@@ -56,19 +57,27 @@ async fn dispatch(state: &ApiState, request: Request) -> Result<Response, AwsErr
         pipeline: &state.pipeline,
         principal: &principal,
     };
-    match operation {
-        "PutRecord" => put_record(caller, body).await,
-        "PutRecordBatch" => put_record_batch(caller, body).await,
-        "ListDeliveryStreams" => list_delivery_streams(caller, &body),
-        "DescribeDeliveryStream" => describe_delivery_stream(caller, &body),
-        other => Err(AwsError::new(
-            AwsErrorType::UnknownOperation,
-            format!(
-                "operation `{other}` is not supported; Hydrant serves PutRecord, PutRecordBatch, \
+    let (name, answer) = match operation {
+        "PutRecord" => ("PutRecord", put_record(caller, body).await),
+        "PutRecordBatch" => ("PutRecordBatch", put_record_batch(caller, body).await),
+        "ListDeliveryStreams" => ("ListDeliveryStreams", list_delivery_streams(caller, &body)),
+        "DescribeDeliveryStream" => (
+            "DescribeDeliveryStream",
+            describe_delivery_stream(caller, &body),
+        ),
+        other => {
+            return Err(AwsError::new(
+                AwsErrorType::UnknownOperation,
+                format!(
+                    "operation `{other}` is not supported; Hydrant serves PutRecord, PutRecordBatch, \
                  ListDeliveryStreams and DescribeDeliveryStream"
-            ),
-        )),
-    }
+                ),
+            ));
+        }
+    };
+    ::metrics::histogram!(crate::metrics::API_CALL_SECONDS, "operation" => name)
+        .record(started.elapsed().as_secs_f64());
+    answer
 }
 
 pub(super) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, AwsError> {

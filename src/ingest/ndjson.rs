@@ -19,10 +19,14 @@ pub(super) async fn handle(
     Path(stream_name): Path<String>,
     request: Request,
 ) -> Response {
-    match accept(&state, &stream_name, request).await {
+    let started = std::time::Instant::now();
+    let response = match accept(&state, &stream_name, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
-    }
+    };
+    ::metrics::histogram!(crate::metrics::API_CALL_SECONDS, "operation" => "PostRecords")
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 async fn accept(

@@ -132,7 +132,7 @@ impl Flusher<'_> {
             .roll_if_full(group.first_seq)
             .and_then(|()| self.file.write_all(&group.buf))
             .and_then(|()| match self.spool.settings.fsync {
-                FsyncPolicy::Always => self.file.sync_data(),
+                FsyncPolicy::Always => timed_sync(&self.file),
                 FsyncPolicy::Interval(_) => Ok(()),
             });
         match result {
@@ -187,7 +187,7 @@ impl Flusher<'_> {
         if !self.unsynced {
             return;
         }
-        match self.file.sync_data() {
+        match timed_sync(&self.file) {
             Ok(()) => {
                 self.unsynced = false;
                 self.last_sync = Instant::now();
@@ -223,4 +223,13 @@ impl Flusher<'_> {
         });
         Ok(())
     }
+}
+
+/// `fdatasync` of a segment, its duration recorded in `hydrant_spool_fsync_seconds`.
+fn timed_sync(file: &std::fs::File) -> std::io::Result<()> {
+    let started = Instant::now();
+    let result = file.sync_data();
+    ::metrics::histogram!(crate::metrics::SPOOL_FSYNC_SECONDS)
+        .record(started.elapsed().as_secs_f64());
+    result
 }
