@@ -14,6 +14,9 @@ pub const SPOOL_FSYNC_SECONDS: &str = "hydrant_spool_fsync_seconds";
 /// Histogram of API calls by operation, from request to answer, in seconds.
 pub const API_CALL_SECONDS: &str = "hydrant_api_call_seconds";
 
+/// Histogram of each stream's transform chain per chunk, in seconds.
+pub const TRANSFORM_SECONDS: &str = "hydrant_transform_seconds";
+
 /// Bucket bounds of the latency histograms: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -98,6 +98,27 @@ async fn every_example_transforms_records_end_to_end_into_s3() {
         .map(|(n, level)| serde_json::to_vec(&json!({ "n": n, "level": level })).unwrap())
         .collect();
     hydrant.put_all("filter", &filter).await;
+    // The transforms' metrics: three of the five records came out, each chunk timed.
+    eventually(
+        Duration::from_secs(30),
+        "the filtered records delivered",
+        || async { (hydrant.stats("filter").await["delivered_records"] == 3).then_some(()) },
+    )
+    .await;
+    let metrics = hydrant.metrics().await;
+    let sample = |name: &str| -> f64 {
+        let prefix = format!("{name}{{stream=\"filter\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(sample("hydrant_transform_succeeded_records_total"), 3.0);
+    assert!(sample("hydrant_transform_succeeded_bytes_total") > 0.0);
+    assert!(sample("hydrant_transform_seconds_count") >= 1.0);
     let route: Vec<Vec<u8>> = vec![
         serde_json::to_vec(&json!({ "service": "checkout", "cloud": { "region": "eu-west-1" } }))
             .unwrap(),

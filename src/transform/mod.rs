@@ -191,6 +191,30 @@ impl WasmProcessor {
 #[derive(Debug)]
 pub struct ProcessorChain {
     processors: Vec<WasmProcessor>,
+    metrics: ChainMetrics,
+}
+
+/// What a stream's transforms did, as Firehose's `ExecuteProcessing.Duration` and
+/// `SucceedProcessing.Records/Bytes`.
+#[derive(Debug)]
+struct ChainMetrics {
+    /// Seconds the chain took per chunk (`hydrant_transform_seconds`).
+    duration: ::metrics::Histogram,
+    /// Records the chain delivered (`hydrant_transform_succeeded_records_total`).
+    records: ::metrics::Counter,
+    /// Their bytes (`hydrant_transform_succeeded_bytes_total`).
+    bytes: ::metrics::Counter,
+}
+
+impl ChainMetrics {
+    fn new(stream: &str) -> Self {
+        let labels = [("stream", stream.to_string())];
+        Self {
+            duration: ::metrics::histogram!(crate::metrics::TRANSFORM_SECONDS, &labels),
+            records: ::metrics::counter!("hydrant_transform_succeeded_records_total", &labels),
+            bytes: ::metrics::counter!("hydrant_transform_succeeded_bytes_total", &labels),
+        }
+    }
 }
 
 /// A chunk after the processors: the records to encode and what became of the others.
@@ -210,13 +234,30 @@ pub struct Processed {
 }
 
 impl ProcessorChain {
-    /// The chain of `processors` (at least one).
-    pub fn new(processors: Vec<WasmProcessor>) -> Self {
-        Self { processors }
+    /// The chain of `processors` (at least one) of stream `stream`.
+    pub fn new(stream: &str, processors: Vec<WasmProcessor>) -> Self {
+        Self {
+            processors,
+            metrics: ChainMetrics::new(stream),
+        }
     }
 
     /// Runs every processor over the chunk (`records` of `data`).
     pub fn process(&self, data: &[u8], records: &[ChunkRecord]) -> Processed {
+        let started = std::time::Instant::now();
+        let processed = self.run(data, records);
+        self.metrics
+            .duration
+            .record(started.elapsed().as_secs_f64());
+        self.metrics
+            .records
+            .increment(processed.records.len() as u64);
+        self.metrics.bytes.increment(processed.data.len() as u64);
+        processed
+    }
+
+    /// [`process`](Self::process), uncounted.
+    fn run(&self, data: &[u8], records: &[ChunkRecord]) -> Processed {
         // The first processor reads the chunk as it is; each later one what the one before
         // it delivered.
         let mut current: Option<Processed> = None;
@@ -289,5 +330,5 @@ pub fn load_chain(
         .into_iter()
         .map(|s| WasmProcessor::load(stream, s))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(ProcessorChain::new(processors))
+    Ok(ProcessorChain::new(stream, processors))
 }
