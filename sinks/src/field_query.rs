@@ -64,12 +64,12 @@ impl FieldQuery {
 
     /// The values of output keys `names` for `record`, in order; `None` when jq must
     /// decide (its answer may differ, or it fails).
-    pub fn values(&self, record: &[u8], names: &[&str]) -> Option<Vec<FieldValue>> {
+    pub fn values<S: AsRef<str>>(&self, record: &[u8], names: &[S]) -> Option<Vec<FieldValue>> {
         let top: HashMap<&str, &RawValue> = serde_json::from_slice(record).ok()?;
         names
             .iter()
             .map(
-                |name| match self.fields.iter().find(|(key, _)| key == name) {
+                |name| match self.fields.iter().find(|(key, _)| key == name.as_ref()) {
                     None => Some(FieldValue::Missing),
                     Some((_, path)) => resolve(&top, path),
                 },

@@ -158,11 +158,10 @@ impl Partitioner {
         record: &[u8],
         lambda: &[(String, String)],
     ) -> Result<PartitionKeys, String> {
-        let names: Vec<&str> = self.query_names.iter().map(String::as_str).collect();
         let mut picked = self
             .fields
             .as_ref()
-            .and_then(|fields| fields.values(record, &names))
+            .and_then(|fields| fields.values(record, &self.query_names))
             .map(Vec::into_iter);
         let fields = match &self.query {
             _ if picked.is_some() => None,

@@ -442,16 +442,17 @@ fn encode_partitioned(
     let mut pieces = Vec::with_capacity(groups.len());
     for (((piece, refused), group), keys) in encoded.into_iter().zip(&groups).zip(keys_of) {
         let refused_seqs: HashSet<u64> = refused.iter().map(|f| f.seq).collect();
-        let seqs = group
-            .iter()
-            .map(|&i| records[i].seq)
-            .filter(|seq| !refused_seqs.contains(seq))
-            .collect();
         failed.extend(refused);
-        let raw_len = group
-            .iter()
-            .map(|&i| ChunkRecord::bytes(data, records, i).len())
-            .sum();
+        let mut seqs = Vec::with_capacity(group.len());
+        let (mut raw_len, mut oldest_ms) = (0, i64::MAX);
+        for &i in group {
+            let record = &records[i];
+            raw_len += ChunkRecord::bytes(data, records, i).len();
+            oldest_ms = oldest_ms.min(record.arrival_ms);
+            if !refused_seqs.contains(&record.seq) {
+                seqs.push(record.seq);
+            }
+        }
         let held = destination
             .held_bytes_any(piece.as_ref())
             .unwrap_or(raw_len);
@@ -461,11 +462,7 @@ fn encode_partitioned(
             seqs,
             held,
             raw_len,
-            oldest_ms: group
-                .iter()
-                .map(|&i| records[i].arrival_ms)
-                .min()
-                .unwrap_or(0),
+            oldest_ms,
         });
     }
     EncodedPiece {

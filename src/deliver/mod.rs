@@ -167,28 +167,37 @@ impl DeliveryLoop {
     /// so a restart rebuilds it with the same boundaries (and object keys).
     async fn journal(&self, range: SeqRange) {
         if let Some(spool) = &self.spool {
-            let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
-            while let Err(error) = spool.record_sealed(range).await {
-                let delay = backoff.next_delay();
-                tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot journal the batch before writing it; will retry: {error}");
-                tokio::time::sleep(delay).await;
-            }
+            self.until_journaled(range, || spool.record_sealed(range))
+                .await;
         }
     }
 
     /// Durably records, before anything of a partition's batch (or a window's error output)
     /// is written, that it is one batch, or (`delivered`) that it was written.
     async fn journal_part(&self, spool: &Arc<StreamSpool>, entry: &PartEntry, delivered: bool) {
+        self.until_journaled(entry.range, || {
+            let entry = entry.clone();
+            async move {
+                if delivered {
+                    spool.record_part_delivered(entry).await
+                } else {
+                    spool.record_part_sealed(entry).await
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Runs journal write `write` (about batch `range`) until it succeeds, backing off.
+    async fn until_journaled<F, Fut>(&self, range: SeqRange, mut write: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), crate::spool::SpoolError>>,
+    {
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
-        loop {
-            let result = if delivered {
-                spool.record_part_delivered(entry.clone()).await
-            } else {
-                spool.record_part_sealed(entry.clone()).await
-            };
-            let Err(error) = result else { return };
+        while let Err(error) = write().await {
             let delay = backoff.next_delay();
-            tracing::error!(stream = %self.stream, first_seq = entry.range.first, last_seq = entry.range.last, part = entry.part, "cannot journal a partition's batch; will retry: {error}");
+            tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot journal the batch; will retry: {error}");
             tokio::time::sleep(delay).await;
         }
     }

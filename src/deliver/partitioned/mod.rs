@@ -16,7 +16,7 @@ mod replay;
 
 pub use replay::ReplayPlan;
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -88,7 +88,7 @@ pub(super) async fn run(delivery: Arc<DeliveryLoop>, settings: PartitionSettings
         spool,
         settings,
         open: OpenPartitions::default(),
-        outstanding: BTreeMap::new(),
+        outstanding: BTreeSet::new(),
         next_unrouted: start,
         checkpointed: start,
         sealed: 0,
@@ -106,9 +106,9 @@ struct Router {
     spool: Arc<StreamSpool>,
     settings: PartitionSettings,
     open: OpenPartitions,
-    /// First records of the partitions buffering or being written (how many start at each):
-    /// the checkpoint stays before the smallest.
-    outstanding: BTreeMap<u64, usize>,
+    /// First records of the partitions buffering or being written (a record belongs to one
+    /// partition, so no two share one): the checkpoint stays before the smallest.
+    outstanding: BTreeSet<u64>,
     /// The first record not yet routed.
     next_unrouted: u64,
     /// The first record not known delivered, as the journal says.
@@ -136,7 +136,7 @@ impl Router {
                     Ok(window) => self.route(window).await,
                     Err(NoBatch::Closed) => {
                         windows_done = true;
-                        for part in self.open.due(None, 0) {
+                        for part in self.open.closable() {
                             self.seal(part);
                         }
                     }
@@ -154,6 +154,8 @@ impl Router {
     async fn route(&mut self, window: SealedBatch) {
         let range = window.range();
         let oldest = time_of_ms(window.oldest_arrival_ms());
+        // The checkpoint moves only after this returns, once the window is wholly routed.
+        self.next_unrouted = range.last + 1;
         if let Some(record) = self.settings.replay.failed(range) {
             // It could not be encoded before the restart, and its records went to the
             // error output: the same again.
@@ -167,7 +169,6 @@ impl Router {
                 )
                 .await;
             }
-            self.next_unrouted = range.last + 1;
             return;
         }
         let built = self
@@ -183,7 +184,6 @@ impl Router {
             Err(failure) => {
                 self.write_window_failed(range, oldest, &failure.to_string())
                     .await;
-                self.next_unrouted = range.last + 1;
                 return;
             }
         };
@@ -234,7 +234,6 @@ impl Router {
             self.write_window_failures(range, oldest, failed, over_limit)
                 .await;
         }
-        self.next_unrouted = range.last + 1;
         for part in self.open.rebuilt(range.last) {
             self.seal(part);
         }
@@ -260,7 +259,7 @@ impl Router {
     fn add(&mut self, part: u64, piece: PartitionPiece, replaying: Option<SeqRange>) {
         let first = piece.seqs[0];
         if self.open.add(part, piece, replaying) {
-            *self.outstanding.entry(first).or_default() += 1;
+            self.outstanding.insert(first);
         }
     }
 
@@ -295,7 +294,7 @@ impl Router {
     /// Seals the partitions whose oldest record is `interval` old.
     fn seal_due(&mut self) {
         let now_ms = Utc::now().timestamp_millis();
-        for part in self.open.due(Some(self.settings.interval), now_ms) {
+        for part in self.open.due(self.settings.interval, now_ms) {
             self.seal(part);
         }
     }
@@ -321,20 +320,14 @@ impl Router {
     /// A partition's batch starting at `first` is delivered.
     fn finished(&mut self, first: u64) {
         self.sealed -= 1;
-        if let Some(count) = self.outstanding.get_mut(&first) {
-            *count -= 1;
-            if *count == 0 {
-                self.outstanding.remove(&first);
-            }
-        }
+        self.outstanding.remove(&first);
     }
 
     /// Moves the checkpoint up to the oldest record still buffered or being written.
     async fn checkpoint(&mut self) {
         let first_undelivered = self
             .outstanding
-            .keys()
-            .next()
+            .first()
             .map_or(self.next_unrouted, |&first| first.min(self.next_unrouted));
         if first_undelivered <= self.checkpointed {
             return;

@@ -131,13 +131,15 @@ impl OpenPartitions {
         self.select(|p| p.replaying.is_none() && p.raw_len >= size_limit)
     }
 
-    /// Partitions whose oldest record is `interval` old at `now_ms` (everything, when
-    /// `interval` is `None`).
-    pub fn due(&self, interval: Option<Duration>, now_ms: i64) -> Vec<u64> {
-        self.select(|p| {
-            p.replaying.is_none()
-                && interval.is_none_or(|i| p.oldest_ms + i.as_millis() as i64 <= now_ms)
-        })
+    /// Partitions whose oldest record is `interval` old at `now_ms`.
+    pub fn due(&self, interval: Duration, now_ms: i64) -> Vec<u64> {
+        let interval = interval.as_millis() as i64;
+        self.select(|p| p.replaying.is_none() && p.oldest_ms + interval <= now_ms)
+    }
+
+    /// Every partition that may close now (all but those rebuilding a journaled batch).
+    pub fn closable(&self) -> Vec<u64> {
+        self.select(|p| p.replaying.is_none())
     }
 
     /// When the next partition becomes due (Unix ms).
