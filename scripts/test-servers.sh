@@ -45,6 +45,8 @@ PG_DB=hydrant_test
 SEARCH_PORT="${HYDRANT_TEST_SEARCH_PORT:-19200}"
 SEARCH_ENDPOINT="http://127.0.0.1:$SEARCH_PORT"
 # Outside the home directory: the cluster runs as the `postgres` user, who must reach it.
+PROMETHEUS_DIR="$HOME_DIR/prometheus"
+PROMTOOL="$PROMETHEUS_DIR/usr/bin/promtool"
 PG_DIR="${HYDRANT_TEST_PG_DIR:-${TMPDIR:-/tmp}/hydrant-test-postgres}"
 PYTHON="$VENV/bin/python"
 AWSCLI_VENV="$HOME_DIR/awscli-venv"
@@ -81,6 +83,24 @@ install_tools() {
     if ! command -v zstd > /dev/null; then
         log "installing the zstd command-line tool"
         (apt-get install -y -q zstd || (apt-get update -q && apt-get install -y -q zstd)) >&2
+    fi
+    if ! command -v chromium > /dev/null; then
+        log "installing Chromium (the console's browser tests) from Debian"
+        (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)) >&2
+    fi
+    if ! command -v systemd-analyze > /dev/null; then
+        log "installing systemd (systemd-analyze checks the example unit) from Debian"
+        (apt-get install -y -q systemd || (apt-get update -q && apt-get install -y -q systemd)) >&2
+    fi
+    if [[ ! -x "$PROMTOOL" ]]; then
+        # Only promtool is needed: unpack Debian's package instead of installing a server.
+        log "unpacking promtool (checks the example alert rules) from Debian's prometheus package"
+        local unpack
+        unpack="$(mktemp -d)"
+        (cd "$unpack" && (apt-get download prometheus || (apt-get update -q && apt-get download prometheus))) >&2
+        mkdir -p "$PROMETHEUS_DIR"
+        dpkg-deb -x "$unpack"/prometheus_*.deb "$PROMETHEUS_DIR"
+        rm -rf "$unpack"
     fi
     if [[ -x "$PYTHON" && -f "$MARKER" && "$(cat "$MARKER")" == "$WANTED" ]]; then
         return
@@ -306,6 +326,9 @@ print_settings() {
     echo "HYDRANT_TEST_SEARCH_ENDPOINT=$SEARCH_ENDPOINT"
     echo "HYDRANT_TEST_AWS_CLI=$AWSCLI_VENV/bin/aws"
     echo "HYDRANT_TEST_NODE_MODULES=$NODE_DIR/node_modules"
+    echo "HYDRANT_TEST_CHROMIUM=$(command -v chromium)"
+    echo "HYDRANT_TEST_SYSTEMD_ANALYZE=$(command -v systemd-analyze)"
+    echo "HYDRANT_TEST_PROMTOOL=$PROMTOOL"
 }
 
 case "${1:-}" in

@@ -4,7 +4,7 @@
 //! → [`transform`] (WebAssembly processors) → the stream's destination from the
 //! `hydrant-sinks` crate, which encodes each chunk (objects: framing or Parquet, then
 //! compression) → [`deliver`] (one retry driver, error output) into that destination. [`spool`] makes puts durable, [`metrics`]
-//! counts what happens, [`cpu_pool`] runs the CPU-heavy stages. [`config`] is the YAML file, [`pipeline`]
+//! counts what happens, [`console`] shows it, [`cpu_pool`] runs the CPU-heavy stages. [`config`] is the YAML file, [`pipeline`]
 //! wires one stream together, [`server`] runs it all ([`tls`] on its listener), [`bench`] is the load generator.
 
 #![warn(missing_docs)]
@@ -13,6 +13,7 @@ pub mod bench;
 pub mod buffer;
 pub mod compress;
 pub mod config;
+pub mod console;
 pub mod cpu_pool;
 pub mod deliver;
 pub mod ingest;

@@ -29,6 +29,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print every stream's health, rates, backlog and freshness from a running service.
+    Status(hydrant::console::terminal::StatusArgs),
     /// Drive a running Hydrant with PutRecordBatch load and report throughput and latency.
     Bench(hydrant::bench::BenchArgs),
     /// Work with WebAssembly transforms.
@@ -55,6 +57,9 @@ fn main() -> ExitCode {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => {
             runtime().and_then(|rt| rt.block_on(hydrant::server::run(&config)))
+        }
+        Command::Status(args) => {
+            runtime().and_then(|rt| rt.block_on(hydrant::console::terminal::run(args)))
         }
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(hydrant::bench::run(args))),
         Command::Transform(TransformCommand::Test(args)) => hydrant::transform::try_out::run(args),

@@ -48,7 +48,11 @@ pub struct StreamMetrics {
     delivered_records: Counter,
     delivered_objects: Counter,
     delivered_bytes: Counter,
+    attempts: Counter,
     failed_attempts: Counter,
+    backup_objects: Counter,
+    backup_bytes: Counter,
+    backup_failed_attempts: Counter,
     error_output_records: Counter,
     partitioning_failures: Counter,
     active_partitions: Gauge,
@@ -59,9 +63,19 @@ pub struct StreamMetrics {
 }
 
 impl StreamMetrics {
-    /// Registers the metrics of `stream`.
-    pub fn new(stream: &str) -> Self {
+    /// Registers the metrics of `stream`, which delivers to `destination` (its kind:
+    /// `s3`, `local`, `postgres`, `opensearch`, `http_endpoint`), named in the constant
+    /// `hydrant_stream_info` gauge so queries can group by destination.
+    pub fn new(stream: &str, destination: &str) -> Self {
         let labels = [("stream", stream.to_string())];
+        gauge!(
+            "hydrant_stream_info",
+            &[
+                ("stream", stream.to_string()),
+                ("destination", destination.to_string())
+            ]
+        )
+        .set(1.0);
         Self {
             accepted: counter!("hydrant_records_accepted_total", &labels),
             accepted_bytes: counter!("hydrant_incoming_bytes_total", &labels),
@@ -70,7 +84,11 @@ impl StreamMetrics {
             delivered_records: counter!("hydrant_records_delivered_total", &labels),
             delivered_objects: counter!("hydrant_objects_delivered_total", &labels),
             delivered_bytes: counter!("hydrant_delivered_bytes_total", &labels),
+            attempts: counter!("hydrant_delivery_attempts_total", &labels),
             failed_attempts: counter!("hydrant_delivery_failures_total", &labels),
+            backup_objects: counter!("hydrant_backup_objects_total", &labels),
+            backup_bytes: counter!("hydrant_backup_bytes_total", &labels),
+            backup_failed_attempts: counter!("hydrant_backup_failures_total", &labels),
             error_output_records: counter!("hydrant_error_output_records_total", &labels),
             partitioning_failures: counter!("hydrant_partitioning_failures_total", &labels),
             active_partitions: gauge!("hydrant_active_partitions", &labels),
@@ -97,8 +115,13 @@ impl StreamMetrics {
         self.delivered_records.absolute(read(&counters.records));
         self.delivered_objects.absolute(read(&counters.objects));
         self.delivered_bytes.absolute(read(&counters.bytes));
+        self.attempts.absolute(read(&counters.attempts));
         self.failed_attempts
             .absolute(read(&counters.failed_attempts));
+        self.backup_objects.absolute(read(&counters.backup_objects));
+        self.backup_bytes.absolute(read(&counters.backup_bytes));
+        self.backup_failed_attempts
+            .absolute(read(&counters.backup_failed_attempts));
         self.error_output_records
             .absolute(read(&counters.error_output_records));
         self.partitioning_failures

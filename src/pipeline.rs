@@ -14,8 +14,8 @@ use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
 use crate::config::ProcessorConfig;
 use crate::config::{Config, FsyncConfig, OnLimitConfig, SeamDestination, StreamConfig};
 use crate::deliver::{
-    DeliveryCounters, DeliveryLoop, OnLimit, PartitionSettings, ReplayPlan, WINDOW_INTERVAL,
-    WINDOW_SIZE,
+    DeliveryCounters, DeliveryHealth, DeliveryLoop, OnLimit, PartitionSettings, ReplayPlan,
+    WINDOW_INTERVAL, WINDOW_SIZE,
 };
 use crate::metrics::StreamMetrics;
 use crate::spool::{FsyncPolicy, SpoolError, SpoolSettings, StreamSpool};
@@ -108,6 +108,8 @@ pub struct DeliveryStream {
     pub buffer: Arc<StreamBuffer>,
     /// Delivery totals.
     pub counters: Arc<DeliveryCounters>,
+    /// How its deliveries are going.
+    pub health: Arc<DeliveryHealth>,
     /// Configured settings, for the control plane.
     pub summary: StreamSummary,
     /// When this process created the stream.
@@ -681,7 +683,8 @@ fn build_stream(
         (None, _) => None,
     };
     let counters = Arc::new(DeliveryCounters::default());
-    let metrics = StreamMetrics::new(name);
+    let health = Arc::new(DeliveryHealth::default());
+    let metrics = StreamMetrics::new(name, config.destination.kind());
     let layout = config.destination.layout();
     let template = config
         .key_template()
@@ -698,6 +701,7 @@ fn build_stream(
         initial_backoff: layout.initial_backoff,
         max_backoff: layout.max_backoff,
         counters: Arc::clone(&counters),
+        health: Arc::clone(&health),
         spool: spool.clone(),
         seam: delivered.seam,
         run: delivered.run,
@@ -714,6 +718,7 @@ fn build_stream(
         name: name.to_string(),
         buffer,
         counters,
+        health,
         summary,
         created: Utc::now(),
         record_ids: RecordIds::new(delivered.run),

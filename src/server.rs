@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::load_config;
+use crate::console::{History, run_sampler};
 use crate::ingest::{ApiState, router};
 use crate::pipeline::Pipeline;
 use crate::tls::TlsFiles;
@@ -35,6 +36,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}: is another process using it?"))?;
     let local = listener.local_addr()?;
+    let console = &config.server.console;
+    let history = console.enabled.then(|| {
+        let resolution = Duration::from_secs(console.resolution_seconds.value);
+        Arc::new(History::new(resolution))
+    });
+    if let Some(history) = &history {
+        tokio::spawn(run_sampler(Arc::clone(history), Arc::clone(&pipeline)));
+    }
     let state = ApiState {
         pipeline: Arc::clone(&pipeline),
         request_slots: Arc::new(Semaphore::new(
@@ -50,6 +59,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .as_ref()
             .map(|auth| Arc::new(crate::ingest::auth::Authenticator::new(auth))),
         body_read_timeout: Duration::from_secs(config.server.body_read_timeout_seconds.value),
+        history: history.clone(),
     };
     let header_timeout = Duration::from_secs(config.server.header_read_timeout_seconds.value);
     match &config.server.auth {

@@ -9,13 +9,12 @@
 
 use std::any::Any;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use crate::driver::{RetryPolicy, drive};
+use crate::driver::{AttemptLog, RetryPolicy, drive};
 use crate::error::{Service, SinkError};
 use crate::object::RecordFramer;
 use crate::partition::PartitionKeys;
@@ -441,13 +440,13 @@ pub trait AssembledBatch: Send + Sync {
     fn backup_parts(&self) -> Vec<Bytes>;
     /// See [`Destination::target`].
     fn target(&self) -> Option<String>;
-    /// Delivers the batch under `policy` with the shared retry driver; `failed_attempts`
-    /// counts every failed request as it happens.
+    /// Delivers the batch under `policy` with the shared retry driver; `attempts` hears of
+    /// every request as it is answered.
     fn deliver<'a>(
         &'a self,
         policy: &'a RetryPolicy,
         stream: &'a str,
-        failed_attempts: &'a AtomicU64,
+        attempts: &'a dyn AttemptLog,
         keeper: &'a dyn FailureKeeper,
     ) -> BoxFuture<'a, DeliveryReport>;
 }
@@ -552,7 +551,7 @@ impl<D: Destination> AssembledBatch for Assembled<D> {
         &'a self,
         policy: &'a RetryPolicy,
         stream: &'a str,
-        failed_attempts: &'a AtomicU64,
+        attempts: &'a dyn AttemptLog,
         keeper: &'a dyn FailureKeeper,
     ) -> BoxFuture<'a, DeliveryReport> {
         Box::pin(drive(
@@ -560,7 +559,7 @@ impl<D: Destination> AssembledBatch for Assembled<D> {
             &self.batch,
             policy,
             stream,
-            failed_attempts,
+            attempts,
             keeper,
         ))
     }

@@ -39,8 +39,25 @@ struct Resend<B> {
     error: ItemError,
 }
 
+/// Hears of every request the driver sends, as it learns how it went: what the service
+/// counts (`DeliveryToS3.Success`'s attempts and failures) and shows (a stream's health and
+/// its recent errors).
+pub trait AttemptLog: Send + Sync {
+    /// A request was answered (wholly or partly taken), or `failed` with that error.
+    fn attempt(&self, failed: Option<&SinkError>);
+}
+
+/// Counts failed requests only.
+impl AttemptLog for AtomicU64 {
+    fn attempt(&self, failed: Option<&SinkError>) {
+        if failed.is_some() {
+            self.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Delivers `batch` to `destination` under `policy`; `stream` names it in logs,
-/// `failed_attempts` counts every failed request as it happens, and `keeper` is handed the
+/// `attempts` hears of every request as it is answered, and `keeper` is handed the
 /// failures so far before anything is sent again after a refusal. The report's failures
 /// start with the batch's encoding failures.
 pub async fn drive<D: Sending>(
@@ -48,7 +65,7 @@ pub async fn drive<D: Sending>(
     batch: &Arc<D::Batch>,
     policy: &RetryPolicy,
     stream: &str,
-    failed_attempts: &AtomicU64,
+    attempts: &dyn AttemptLog,
     keeper: &dyn FailureKeeper,
 ) -> DeliveryReport {
     let give_up_at = policy.give_up_after.map(|after| Instant::now() + after);
@@ -94,6 +111,7 @@ pub async fn drive<D: Sending>(
         for (request, outcome) in results {
             match outcome {
                 Outcome::Delivered => {
+                    attempts.attempt(None);
                     report.delivered += request
                         .items
                         .iter()
@@ -104,7 +122,7 @@ pub async fn drive<D: Sending>(
                 }
                 Outcome::Retry(error) => {
                     pause = true;
-                    failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    attempts.attempt(Some(&error));
                     log_failed_request(stream, &error, request.items.len(), report.attempts);
                     resend.push(Resend {
                         request,
@@ -113,18 +131,19 @@ pub async fn drive<D: Sending>(
                 }
                 Outcome::TooLarge(error) => {
                     pause = true;
-                    failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    attempts.attempt(Some(&error));
                     log_failed_request(stream, &error, request.items.len(), report.attempts);
                     shrink += 1;
                     let reason = item_error(&error);
                     regroup.extend(request.items.into_iter().map(|i| (i, reason.clone())));
                 }
                 Outcome::Refused(error) => {
-                    failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    attempts.attempt(Some(&error));
                     let reason = item_error(&error);
                     report_failed(&mut report, destination, batch, request.items, &reason);
                 }
                 Outcome::Items(outcomes) => {
+                    attempts.attempt(None);
                     let mut any_delivered = false;
                     for (item, outcome) in request.items.into_iter().zip(outcomes) {
                         match outcome {

@@ -30,7 +30,7 @@ pub mod prelude {
         Destination, DocumentTarget, EncodedChunk, FailedItem, FailureKeeper, ItemError,
         ItemOutcome, ItemRecord, Outcome, RecordRef, Refusal, Request, Sending,
     };
-    pub use crate::driver::RetryPolicy;
+    pub use crate::driver::{AttemptLog, RetryPolicy};
     pub use crate::error::{Service, SinkError, SinkErrorKind};
     pub use crate::object::{
         EncodedObject, ObjectSink, ObjectStoreSink, S3Options, ServerSideEncryption, WriteMode,

@@ -1,6 +1,6 @@
 //! The measured service: a child `hydrant run` (so its memory is its own) or a running one.
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, IsTerminal as _};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,6 +21,10 @@ pub struct StreamStats {
     pub accepted: u64,
     /// Records delivered so far.
     pub delivered: u64,
+    /// Records accepted and not yet delivered.
+    pub undelivered: u64,
+    /// Age of the oldest undelivered record, in seconds.
+    pub freshness_seconds: f64,
 }
 
 impl Service {
@@ -84,6 +88,8 @@ impl Service {
         Ok(StreamStats {
             accepted: field("accepted_records")?,
             delivered: field("delivered_records")?,
+            undelivered: field("undelivered_records")?,
+            freshness_seconds: stats["data_freshness_seconds"].as_f64().unwrap_or(0.0),
         })
     }
 
@@ -119,10 +125,19 @@ impl Service {
     ) -> anyhow::Result<Vec<(Duration, u64)>> {
         let started = Instant::now();
         let mut samples = Vec::new();
+        let mut progress = std::io::stderr()
+            .is_terminal()
+            .then(|| ProgressLine::new(duration));
         while started.elapsed() < duration {
             let stats = self.stats(client, stream).await?;
             samples.push((started.elapsed(), stats.delivered));
+            if let Some(progress) = &mut progress {
+                progress.show(started.elapsed(), &stats);
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        if progress.is_some() {
+            eprintln!();
         }
         Ok(samples)
     }
@@ -162,4 +177,46 @@ pub fn steady_rate(samples: &[(Duration, u64)], duration: Duration) -> Option<f6
     let last = samples.last()?;
     let seconds = (last.0 - first.0).as_secs_f64();
     (seconds > 0.0).then(|| (last.1 - first.1) as f64 / seconds)
+}
+
+/// The live line `hydrant bench` keeps rewriting on a terminal: rates over the last second,
+/// backlog and freshness.
+struct ProgressLine {
+    duration: Duration,
+    /// Elapsed time and totals at the last line shown.
+    last: Option<(Duration, u64, u64)>,
+}
+
+impl ProgressLine {
+    fn new(duration: Duration) -> Self {
+        Self {
+            duration,
+            last: None,
+        }
+    }
+
+    /// Rewrites the line, at most once a second.
+    fn show(&mut self, elapsed: Duration, stats: &StreamStats) {
+        let (rate_in, rate_out) = match self.last {
+            Some((then, ..)) if elapsed - then < Duration::from_secs(1) => return,
+            Some((then, accepted, delivered)) => {
+                let seconds = (elapsed - then).as_secs_f64();
+                (
+                    stats.accepted.saturating_sub(accepted) as f64 / seconds,
+                    stats.delivered.saturating_sub(delivered) as f64 / seconds,
+                )
+            }
+            None => (0.0, 0.0),
+        };
+        self.last = Some((elapsed, stats.accepted, stats.delivered));
+        eprint!(
+            "\r\x1b[2K{:>3}/{} s  in {:>9.0} rec/s  out {:>9.0} rec/s  backlog {:>9}  freshness {:>5.1} s",
+            elapsed.as_secs(),
+            self.duration.as_secs(),
+            rate_in,
+            rate_out,
+            stats.undelivered,
+            stats.freshness_seconds
+        );
+    }
 }

@@ -84,6 +84,30 @@ pub struct ServerConfig {
     /// `max_concurrent_requests`, so slow senders never hold those. Default 30.
     #[serde(default = "default_body_read_timeout_seconds")]
     pub body_read_timeout_seconds: Spanned<u64>,
+    /// The status console at `GET /` and its JSON at `GET /console/status`.
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// The status console: a page for people, its JSON for scripts and `hydrant status`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Whether `GET /` and `GET /console/status` are served. Default true.
+    #[serde(default = "parquet::yes")]
+    pub enabled: bool,
+    /// Seconds between the points of the console's plots (the last hour is kept). Default 10.
+    #[serde(default = "default_console_resolution_seconds")]
+    pub resolution_seconds: Spanned<u64>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            resolution_seconds: default_console_resolution_seconds(),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -97,6 +121,7 @@ impl Default for ServerConfig {
             tls: None,
             header_read_timeout_seconds: default_header_read_timeout_seconds(),
             body_read_timeout_seconds: default_body_read_timeout_seconds(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -520,6 +545,17 @@ impl Destination {
         })
     }
 
+    /// The destination's kind, as its configuration key names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Destination::Local(_) => "local",
+            Destination::S3(_) => "s3",
+            Destination::Postgres(_) => "postgres",
+            Destination::Opensearch(_) => "opensearch",
+            Destination::HttpEndpoint(_) => "http_endpoint",
+        }
+    }
+
     /// What `DescribeDeliveryStream` says about this destination.
     pub fn summary(&self) -> DestinationSummary {
         let (arn, endpoint) = match self {
@@ -662,6 +698,9 @@ fn default_header_read_timeout_seconds() -> Spanned<u64> {
 }
 fn default_body_read_timeout_seconds() -> Spanned<u64> {
     spanned(30)
+}
+fn default_console_resolution_seconds() -> Spanned<u64> {
+    spanned(10)
 }
 fn default_backpressure_wait_ms() -> u64 {
     2000

@@ -138,7 +138,7 @@ impl ParquetConfig {
     }
 }
 
-fn yes() -> bool {
+pub(super) fn yes() -> bool {
     true
 }
 

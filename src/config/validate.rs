@@ -47,6 +47,16 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             ));
         }
     }
+    let resolution = &server.console.resolution_seconds;
+    if !(1..=60).contains(&resolution.value) {
+        problems.push(at(
+            resolution,
+            format!(
+                "`console.resolution_seconds` must be 1 to 60, got {}",
+                resolution.value
+            ),
+        ));
+    }
     if server.max_concurrent_requests.value == 0 {
         problems.push(at(
             &server.max_concurrent_requests,

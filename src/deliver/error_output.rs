@@ -271,9 +271,19 @@ impl DeliveryLoop {
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
         loop {
             match self.sink.put(object, mode).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    let bytes = object.parts.iter().map(|part| part.len() as u64).sum();
+                    self.counters.backup_objects.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .backup_bytes
+                        .fetch_add(bytes, Ordering::Relaxed);
+                    return;
+                }
                 Err(e) if e.kind == SinkErrorKind::AlreadyExists => return,
                 Err(e) => {
+                    self.counters
+                        .backup_failed_attempts
+                        .fetch_add(1, Ordering::Relaxed);
                     let delay = backoff.next_delay();
                     tracing::warn!(
                         stream = %self.stream,

@@ -4,10 +4,12 @@
 
 mod batch_body;
 mod error_output;
+mod health;
 mod partitioned;
 mod seam;
 
 pub use batch_body::ENCODE_FAILED;
+pub use health::{DeliveryHealth, HealthSnapshot};
 pub use partitioned::{OnLimit, PartitionSettings, ReplayPlan, WINDOW_INTERVAL, WINDOW_SIZE};
 
 use std::sync::Arc;
@@ -41,6 +43,14 @@ pub struct DeliveryCounters {
     pub bytes: AtomicU64,
     /// Records sent to an error output (any type).
     pub error_output_records: AtomicU64,
+    /// Objects written to the backup destination (error output and `backup.mode: all`).
+    pub backup_objects: AtomicU64,
+    /// Their bytes.
+    pub backup_bytes: AtomicU64,
+    /// Failed writes to the backup destination (each retried until it is taken).
+    pub backup_failed_attempts: AtomicU64,
+    /// Requests sent to the destination and answered (or timed out).
+    pub attempts: AtomicU64,
     /// Failed write attempts.
     pub failed_attempts: AtomicU64,
     /// Records sent to the `format-conversion-failed` error output.
@@ -80,6 +90,8 @@ pub struct DeliveryLoop {
     pub max_backoff: Duration,
     /// Totals, shared with the API.
     pub counters: Arc<DeliveryCounters>,
+    /// How deliveries are going, shared with the API.
+    pub health: Arc<DeliveryHealth>,
     /// The stream's spool: batches are journaled before they are written, keys derive from
     /// their record range, writes never replace, and the checkpoint advances on success.
     /// `None` when the spool is disabled.

@@ -14,6 +14,7 @@ use hydrant_sinks::prelude::*;
 
 use super::DeliveryLoop;
 use super::error_output::{BatchErrorReason, DocumentTarget as ErrorDocument, ErrorLine};
+use super::health::StreamAttempts;
 use crate::buffer::Assembled;
 use crate::config::SeamDestination;
 use crate::spool::SeqRange;
@@ -58,13 +59,12 @@ impl DeliveryLoop {
             partition_records: records.as_deref(),
             written: AtomicUsize::new(0),
         };
+        let attempts = StreamAttempts {
+            counters: &self.counters,
+            health: &self.health,
+        };
         let report = batch
-            .deliver(
-                &policy,
-                &self.stream,
-                &self.counters.failed_attempts,
-                &keeper,
-            )
+            .deliver(&policy, &self.stream, &attempts, &keeper)
             .await;
         if report.failed.len() > keeper.written.load(Ordering::Relaxed) {
             keeper.keep(&report.failed).await;
@@ -78,10 +78,14 @@ impl DeliveryLoop {
         self.counters
             .bytes
             .fetch_add(report.bytes, Ordering::Relaxed);
+        let target = batch.target().unwrap_or_default();
+        if report.delivered > 0 {
+            self.health.delivered(target.clone(), report.delivered);
+        }
         tracing::info!(
             stream = %self.stream,
             destination = seam.destination.describe(),
-            target = batch.target().unwrap_or_default(),
+            target,
             records = report.delivered,
             requests = report.requests,
             bytes = report.bytes,

@@ -261,6 +261,7 @@ fn start(dir: &std::path::Path, fake: &Arc<Scripted>, retry_duration: Duration) 
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
         counters: Arc::clone(&counters),
+        health: Default::default(),
         spool: Some(Arc::clone(&spool)),
         seam: SeamDestination {
             destination,

@@ -67,6 +67,7 @@ fn delivery_loop(dir: &Path, spool: &Arc<StreamSpool>, faults: Arc<EncodeFaults>
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
         counters: Arc::new(DeliveryCounters::default()),
+        health: Default::default(),
         spool: Some(Arc::clone(spool)),
         seam: SeamDestination {
             destination,

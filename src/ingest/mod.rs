@@ -42,12 +42,22 @@ pub struct ApiState {
     pub auth: Option<Arc<auth::Authenticator>>,
     /// How long a request body may take to arrive.
     pub body_read_timeout: std::time::Duration,
+    /// The console's last hour; `None` when the console is disabled.
+    pub history: Option<Arc<crate::console::History>>,
 }
 
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
+    let (root, console) = match state.history {
+        Some(_) => (
+            post(firehose::handle).get(crate::console::page),
+            Router::new().route(crate::console::STATUS_PATH, get(crate::console::status)),
+        ),
+        None => (post(firehose::handle), Router::new()),
+    };
     Router::new()
-        .route("/", post(firehose::handle))
+        .route("/", root)
+        .merge(console)
         .route("/streams/{stream}/records", post(ndjson::handle))
         .route("/streams/{stream}/stats", get(stats::handle))
         .route("/metrics", get(render_metrics))

@@ -194,7 +194,7 @@ pub struct ProcessorChain {
     metrics: ChainMetrics,
 }
 
-/// What a stream's transforms did, as Firehose's `ExecuteProcessing.Duration` and
+/// What a stream's transforms did, as Firehose's `ExecuteProcessing.Duration/Success` and
 /// `SucceedProcessing.Records/Bytes`.
 #[derive(Debug)]
 struct ChainMetrics {
@@ -204,6 +204,8 @@ struct ChainMetrics {
     records: ::metrics::Counter,
     /// Their bytes (`hydrant_transform_succeeded_bytes_total`).
     bytes: ::metrics::Counter,
+    /// Records the chain refused (`hydrant_transform_failed_records_total`).
+    failed: ::metrics::Counter,
 }
 
 impl ChainMetrics {
@@ -213,6 +215,7 @@ impl ChainMetrics {
             duration: ::metrics::histogram!(crate::metrics::TRANSFORM_SECONDS, &labels),
             records: ::metrics::counter!("hydrant_transform_succeeded_records_total", &labels),
             bytes: ::metrics::counter!("hydrant_transform_succeeded_bytes_total", &labels),
+            failed: ::metrics::counter!("hydrant_transform_failed_records_total", &labels),
         }
     }
 }
@@ -253,6 +256,7 @@ impl ProcessorChain {
             .records
             .increment(processed.records.len() as u64);
         self.metrics.bytes.increment(processed.data.len() as u64);
+        self.metrics.failed.increment(processed.failed.len() as u64);
         processed
     }
 

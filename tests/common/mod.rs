@@ -48,6 +48,12 @@ pub struct TestServers {
     pub aws_cli: PathBuf,
     /// `node_modules` holding the AWS SDK for JavaScript v3's Firehose client.
     pub node_modules: PathBuf,
+    /// Headless Chromium, for the console's tests.
+    pub chromium: PathBuf,
+    /// `systemd-analyze`, to verify the example unit.
+    pub systemd_analyze: PathBuf,
+    /// Prometheus's `promtool`, to check the example alert rules.
+    pub promtool: PathBuf,
 }
 
 fn repo_root() -> PathBuf {
@@ -66,6 +72,8 @@ pub fn servers() -> &'static TestServers {
             || !settings.contains_key("HYDRANT_TEST_PG_CA")
             || !settings.contains_key("HYDRANT_TEST_SEARCH_ENDPOINT")
             || !settings.contains_key("HYDRANT_TEST_NODE_MODULES")
+            || !settings.contains_key("HYDRANT_TEST_CHROMIUM")
+            || !settings.contains_key("HYDRANT_TEST_PROMTOOL")
         {
             let output = Command::new(repo_root().join("scripts/test-servers.sh"))
                 .arg("ensure")
@@ -103,6 +111,9 @@ pub fn servers() -> &'static TestServers {
             search_endpoint: get("HYDRANT_TEST_SEARCH_ENDPOINT"),
             aws_cli: PathBuf::from(get("HYDRANT_TEST_AWS_CLI")),
             node_modules: PathBuf::from(get("HYDRANT_TEST_NODE_MODULES")),
+            chromium: PathBuf::from(get("HYDRANT_TEST_CHROMIUM")),
+            systemd_analyze: PathBuf::from(get("HYDRANT_TEST_SYSTEMD_ANALYZE")),
+            promtool: PathBuf::from(get("HYDRANT_TEST_PROMTOOL")),
         }
     })
 }

@@ -16,6 +16,7 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
@@ -130,6 +131,17 @@ impl Authenticator {
         if let Some(token) = value.strip_prefix("Bearer ") {
             return self.bearer(token.trim());
         }
+        // What a browser sends for the console once asked: the same key and secret.
+        if let Some(encoded) = value.strip_prefix("Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or_else(|| {
+                    AuthFailure::Incomplete("Basic credentials must be base64 of id:secret".into())
+                })?;
+            return self.bearer(&decoded);
+        }
         let signature = sigv4::parse_header(value)?;
         let key = self
             .keys
@@ -199,16 +211,26 @@ impl std::fmt::Debug for Principal {
 }
 
 impl Principal {
+    /// Whether the caller may do `action` (on `stream`), without logging a refusal: for
+    /// listings that just leave out what the caller may not see.
+    pub fn may(&self, action: &str, stream: Option<&str>) -> bool {
+        match self {
+            Principal::Anyone => true,
+            Principal::Key { key, .. } => {
+                key.allowed.action(action) && stream.is_none_or(|s| key.allowed.stream(s))
+            }
+        }
+    }
+
     /// Whether the caller may do `action` (a Firehose operation, or `GetMetrics`) on
     /// `stream` (`None`: an operation on no one stream, allowed if any stream is).
     pub fn authorize(&self, action: &str, stream: Option<&str>) -> Result<(), AwsError> {
-        let Principal::Key { id, key } = self else {
-            return Ok(());
-        };
-        let allowed = &key.allowed;
-        if allowed.action(action) && stream.is_none_or(|s| allowed.stream(s)) {
+        if self.may(action, stream) {
             return Ok(());
         }
+        let Principal::Key { id, .. } = self else {
+            return Ok(());
+        };
         let resource = stream.map_or_else(|| "*".to_string(), |s| format!("deliverystream/{s}"));
         tracing::info!(access_key = %id, action, resource, "access denied");
         Err(AwsError::new(
@@ -230,6 +252,9 @@ pub async fn authenticate(State(state): State<ApiState>, request: Request, next:
     };
     let (mut parts, body) = request.into_parts();
     if !parts.headers.contains_key(header::AUTHORIZATION) {
+        if crate::console::is_console_path(parts.uri.path()) {
+            return crate::console::ask_for_credentials();
+        }
         return AwsError::from(AuthFailure::Missing).into_response();
     }
     let body = match super::firehose::read_body(body, MAX_NDJSON_BODY_BYTES).await {
