@@ -71,10 +71,10 @@ pub struct StreamStatus {
     pub history: Vec<Sample>,
 }
 
-/// Whether `path` is the console's, whose callers are browsers (asked for credentials
-/// rather than answered AWS's error when they send none).
-pub fn is_console_path(path: &str) -> bool {
-    path == "/" || path == STATUS_PATH
+/// Whether a request is the console's (`GET /`, `GET /console/status`), whose callers are
+/// browsers: asked for credentials rather than answered AWS's error when they send none.
+pub fn is_console_request(method: &axum::http::Method, path: &str) -> bool {
+    method == axum::http::Method::GET && (path == "/" || path == STATUS_PATH)
 }
 
 /// The answer that makes a browser ask for an access key id and secret.

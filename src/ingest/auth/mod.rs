@@ -252,7 +252,7 @@ pub async fn authenticate(State(state): State<ApiState>, request: Request, next:
     };
     let (mut parts, body) = request.into_parts();
     if !parts.headers.contains_key(header::AUTHORIZATION) {
-        if crate::console::is_console_path(parts.uri.path()) {
+        if crate::console::is_console_request(&parts.method, parts.uri.path()) {
             return crate::console::ask_for_credentials();
         }
         return AwsError::from(AuthFailure::Missing).into_response();
