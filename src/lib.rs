@@ -5,7 +5,7 @@
 //! `hydrant-sinks` crate, which encodes each chunk (objects: framing or Parquet, then
 //! compression) → [`deliver`] (one retry driver, error output) into that destination. [`spool`] makes puts durable, [`metrics`]
 //! counts what happens, [`console`] shows it, [`cpu_pool`] runs the CPU-heavy stages. [`config`] is the YAML file, [`pipeline`]
-//! wires one stream together, [`server`] runs it all ([`tls`] on its listener), [`bench`] is the load generator.
+//! wires the streams together (and reloads them), [`server`] runs it all ([`tls`] on its listener), [`bench`] is the load generator.
 
 #![warn(missing_docs)]
 
@@ -19,6 +19,7 @@ pub mod deliver;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload_command;
 pub mod server;
 pub mod spool;
 pub mod tls;

@@ -29,6 +29,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Have a running service read its configuration file again and apply it.
+    Reload(hydrant::reload_command::ReloadArgs),
     /// Print every stream's health, rates, backlog and freshness from a running service.
     Status(hydrant::console::terminal::StatusArgs),
     /// Drive a running Hydrant with PutRecordBatch load and report throughput and latency.
@@ -57,6 +59,9 @@ fn main() -> ExitCode {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => {
             runtime().and_then(|rt| rt.block_on(hydrant::server::run(&config)))
+        }
+        Command::Reload(args) => {
+            runtime().and_then(|rt| rt.block_on(hydrant::reload_command::run(args)))
         }
         Command::Status(args) => {
             runtime().and_then(|rt| rt.block_on(hydrant::console::terminal::run(args)))

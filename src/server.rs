@@ -2,7 +2,7 @@
 //! gracefully (stop taking puts, deliver everything buffered) on SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,22 +10,21 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::load_config;
 use crate::console::{History, run_sampler};
 use crate::ingest::{ApiState, router};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, ReloadError, ReloadReport, load_with_fingerprints};
 use crate::tls::TlsFiles;
 use axum_server::tls_rustls::RustlsConfig;
 
 /// Runs the service described by the configuration file at `config_path` until a signal.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = load_config(config_path)?;
+    let (config, fingerprints) = load_with_fingerprints(config_path)?;
     let metrics = crate::metrics::install()?;
     let base_dir = config_path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let pipeline = Arc::new(Pipeline::start(&config, base_dir).await?);
+    let pipeline = Arc::new(Pipeline::start(&config, fingerprints, base_dir).await?);
     let listen: SocketAddr = config
         .server
         .listen
@@ -60,6 +59,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .map(|auth| Arc::new(crate::ingest::auth::Authenticator::new(auth))),
         body_read_timeout: Duration::from_secs(config.server.body_read_timeout_seconds.value),
         history: history.clone(),
+        config_path: Some(Arc::new(config_path.to_path_buf())),
     };
     let header_timeout = Duration::from_secs(config.server.header_read_timeout_seconds.value);
     match &config.server.auth {
@@ -85,17 +85,27 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         stopping.graceful_shutdown(None);
     });
     let listener = listener.into_std()?;
-    match &config.server.tls {
+    let tls = match &config.server.tls {
+        None => None,
+        Some(tls) => {
+            let files = TlsFiles::new(tls, base_dir);
+            let rustls = RustlsConfig::from_config(files.load()?);
+            Some((files, rustls))
+        }
+    };
+    tokio::spawn(reload_on_hangup(
+        Arc::clone(&pipeline),
+        config_path.to_path_buf(),
+        tls.clone(),
+    ));
+    match tls {
         None => {
             println!("hydrant listening on http://{local}");
             let mut server = axum_server::from_tcp(listener)?.handle(handle);
             limit_header_time(server.http_builder(), header_timeout);
             server.serve(app).await
         }
-        Some(tls) => {
-            let files = TlsFiles::new(tls, base_dir);
-            let rustls = RustlsConfig::from_config(files.load()?);
-            tokio::spawn(reload_on_hangup(files.clone(), rustls.clone()));
+        Some((files, rustls)) => {
             tracing::info!(
                 client_certificates = files.requires_client_certificates(),
                 "serving HTTPS (TLS 1.2 and 1.3); SIGHUP re-reads the certificate files"
@@ -139,15 +149,24 @@ fn limit_header_time(
         .header_read_timeout(timeout);
 }
 
-/// Re-reads the listener's certificate files at every SIGHUP: new connections get the new
-/// certificate, open ones keep theirs. Files that do not load leave the current ones in use.
-async fn reload_on_hangup(files: TlsFiles, rustls: RustlsConfig) {
+/// At every SIGHUP: re-reads the configuration file and applies it to the streams (see
+/// [`Pipeline::reload`]), and re-reads the listener's certificate files (new connections get
+/// the new certificate, open ones keep theirs). Whatever does not load leaves what runs.
+async fn reload_on_hangup(
+    pipeline: Arc<Pipeline>,
+    config_path: PathBuf,
+    tls: Option<(TlsFiles, RustlsConfig)>,
+) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     else {
-        tracing::error!("cannot listen for SIGHUP; the TLS certificate is read only at start-up");
+        tracing::error!("cannot listen for SIGHUP; the configuration is read only at start-up");
         return;
     };
     while hangups.recv().await.is_some() {
+        log_reload(&config_path, pipeline.reload(&config_path).await);
+        let Some((files, rustls)) = &tls else {
+            continue;
+        };
         match tokio::task::spawn_blocking({
             let files = files.clone();
             move || files.load()
@@ -162,6 +181,33 @@ async fn reload_on_hangup(files: TlsFiles, rustls: RustlsConfig) {
                 tracing::error!("SIGHUP: keeping the current TLS certificate: {error}")
             }
             Err(error) => tracing::error!("SIGHUP: the reload task failed: {error}"),
+        }
+    }
+}
+
+/// Logs what a reload of `path` did, or every problem that refused it.
+pub fn log_reload(path: &Path, outcome: Result<ReloadReport, ReloadError>) {
+    match outcome {
+        Ok(report) => {
+            tracing::info!(
+                added = ?report.added,
+                removed = ?report.removed,
+                changed = ?report.changed,
+                unchanged = report.unchanged.len(),
+                "reloaded {}",
+                path.display()
+            );
+            if !report.needs_restart.is_empty() {
+                tracing::warn!(
+                    sections = ?report.needs_restart,
+                    "these sections changed, and apply only at the next start"
+                );
+            }
+        }
+        Err(error) => {
+            for problem in error.problems() {
+                tracing::error!("reload refused, the running configuration stays: {problem}");
+            }
         }
     }
 }

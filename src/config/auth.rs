@@ -35,8 +35,8 @@ pub struct AllowConfig {
     /// Stream name patterns (`*` matches any run of characters): `["app-*"]`, `["*"]`.
     pub streams: Vec<Spanned<String>>,
     /// Operations: `PutRecord`, `PutRecordBatch` (also the NDJSON endpoint),
-    /// `ListDeliveryStreams`, `DescribeDeliveryStream` (also a stream's stats), `GetMetrics`
-    /// (`/metrics`), or `*` for all.
+    /// `ListDeliveryStreams`, `DescribeDeliveryStream` (also a stream's stats and the
+    /// console), `GetMetrics` (`/metrics`), `Reload` (`hydrant reload`), or `*` for all.
     pub actions: Vec<Spanned<String>>,
 }
 
@@ -80,12 +80,13 @@ impl std::fmt::Debug for Secret {
 }
 
 /// The operations a key can be allowed, as written in `actions`.
-pub const ACTIONS: [&str; 5] = [
+pub const ACTIONS: [&str; 6] = [
     "PutRecord",
     "PutRecordBatch",
     "ListDeliveryStreams",
     "DescribeDeliveryStream",
     "GetMetrics",
+    "Reload",
 ];
 
 /// TLS on the API listener (TLS 1.2 and 1.3), re-read on SIGHUP.

@@ -102,15 +102,50 @@ pub struct DeliveryLoop {
     pub run: u64,
     /// How partitions buffer, for a stream with dynamic partitioning.
     pub partitions: Option<PartitionSettings>,
+    /// Asks the loop to stop after what it is writing (a reload restarting the stream).
+    pub stop: StopSignal,
+}
+
+/// Asks a delivery loop to stop once the batches it is writing are written, leaving the
+/// rest in the spool: a reload restarts the stream with its new settings from there.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal(Option<tokio::sync::watch::Receiver<bool>>);
+
+impl StopSignal {
+    /// A signal and the sender that raises it.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
+        let (raise, signal) = tokio::sync::watch::channel(false);
+        (raise, Self(Some(signal)))
+    }
+
+    /// Resolves once a stop is asked for; never when it cannot be.
+    pub async fn requested(&mut self) {
+        if let Some(signal) = &mut self.0
+            && signal.wait_for(|stop| *stop).await.is_ok()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
 }
 
 impl DeliveryLoop {
     /// Delivers batches until the buffer is closed and drained.
     pub async fn run(mut self) {
+        let mut stop = std::mem::take(&mut self.stop);
         if let Some(settings) = self.partitions.take() {
-            return partitioned::run(Arc::new(self), settings).await;
+            return partitioned::run(Arc::new(self), settings, stop).await;
         }
-        while let Ok(batch) = self.buffer.next_batch().await {
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = stop.requested() => {
+                    tracing::debug!(stream = %self.stream, "delivery loop stopped for a restart");
+                    return;
+                }
+                next = self.buffer.next_batch() => next,
+            };
+            let Ok(batch) = next else { break };
             self.deliver(batch).await;
             self.counters.in_flight_records.store(0, Ordering::Relaxed);
         }

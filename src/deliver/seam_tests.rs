@@ -271,6 +271,7 @@ fn start(dir: &std::path::Path, fake: &Arc<Scripted>, retry_duration: Duration) 
         },
         run: spool.incarnation(),
         partitions: None,
+        stop: Default::default(),
     };
     let feeder = tokio::spawn(crate::pipeline::feed_from_spool(
         "scripted".into(),

@@ -77,6 +77,7 @@ fn delivery_loop(dir: &Path, spool: &Arc<StreamSpool>, faults: Arc<EncodeFaults>
         },
         run: spool.incarnation(),
         partitions: None,
+        stop: Default::default(),
     }
 }
 

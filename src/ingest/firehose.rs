@@ -111,7 +111,7 @@ fn lookup<'p>(
     caller: Caller<'p>,
     action: &str,
     name: Option<&str>,
-) -> Result<&'p std::sync::Arc<DeliveryStream>, AwsError> {
+) -> Result<std::sync::Arc<DeliveryStream>, AwsError> {
     let pipeline = caller.pipeline;
     let Some(name) = name else {
         return Err(AwsError::constraint(
@@ -224,7 +224,7 @@ async fn append<'p>(
     stream_name: Option<&str>,
     data: Vec<u8>,
     ends: &[usize],
-) -> Result<(&'p std::sync::Arc<DeliveryStream>, usize, u64), AwsError> {
+) -> Result<(std::sync::Arc<DeliveryStream>, usize, u64), AwsError> {
     let stream = lookup(caller, action, stream_name)?;
     let pipeline = caller.pipeline;
     let slices = record_slices(&data, ends);
@@ -393,9 +393,9 @@ fn list_delivery_streams(caller: Caller<'_>, body: &[u8]) -> Result<Response, Aw
             ));
         }
     };
+    let all_names = pipeline.sorted_names();
     let names: Vec<&String> = if direct_put {
-        pipeline
-            .sorted_names()
+        all_names
             .iter()
             .filter(|n| {
                 input

@@ -1,6 +1,7 @@
 //! The ingest API: Firehose's data plane (AWS JSON 1.1 on `POST /`), a plain NDJSON endpoint
 //! for curl and log shippers, and a health check.
 
+mod admin;
 pub mod auth;
 pub mod aws_error;
 mod firehose;
@@ -44,6 +45,8 @@ pub struct ApiState {
     pub body_read_timeout: std::time::Duration,
     /// The console's last hour; `None` when the console is disabled.
     pub history: Option<Arc<crate::console::History>>,
+    /// The configuration file the service was started from, read again by a reload.
+    pub config_path: Option<Arc<std::path::PathBuf>>,
 }
 
 /// The API's routes.
@@ -61,6 +64,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/streams/{stream}/records", post(ndjson::handle))
         .route("/streams/{stream}/stats", get(stats::handle))
         .route("/metrics", get(render_metrics))
+        .route("/admin/reload", post(admin::reload))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

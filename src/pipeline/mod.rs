@@ -1,4 +1,9 @@
-//! The running delivery streams: one buffer and one delivery loop per configured stream.
+//! The running delivery streams: one buffer and one delivery loop per configured stream,
+//! changed while running by a reload ([`reload`]).
+
+mod reload;
+
+pub use reload::{Fingerprints, ReloadError, ReloadReport, load_with_fingerprints};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,7 +20,7 @@ use crate::config::ProcessorConfig;
 use crate::config::{Config, FsyncConfig, OnLimitConfig, SeamDestination, StreamConfig};
 use crate::deliver::{
     DeliveryCounters, DeliveryHealth, DeliveryLoop, OnLimit, PartitionSettings, ReplayPlan,
-    WINDOW_INTERVAL, WINDOW_SIZE,
+    StopSignal, WINDOW_INTERVAL, WINDOW_SIZE,
 };
 use crate::metrics::StreamMetrics;
 use crate::spool::{FsyncPolicy, SpoolError, SpoolSettings, StreamSpool};
@@ -275,13 +280,15 @@ impl Drop for AdmissionCount<'_> {
     }
 }
 
-/// All streams of a running service, and the delivery tasks behind them.
+/// All streams of a running service, and the delivery tasks behind them. The set changes
+/// only by [`Pipeline::reload`]; readers take a snapshot.
 pub struct Pipeline {
-    streams: HashMap<String, Arc<DeliveryStream>>,
-    sorted_names: Vec<String>,
+    running: std::sync::RwLock<Arc<StreamSet>>,
+    /// What building a stream needs and the running streams' tasks; held for the whole of a
+    /// reload (or the drain), so those run one at a time.
+    factory: tokio::sync::Mutex<StreamFactory>,
     /// How long a put waits for buffer space.
     pub backpressure_wait: Duration,
-    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A stream that could not be set up.
@@ -329,158 +336,282 @@ pub enum PipelineError {
     },
 }
 
+/// The streams taking records now.
+#[derive(Default)]
+struct StreamSet {
+    by_name: HashMap<String, Arc<DeliveryStream>>,
+    sorted_names: Vec<String>,
+}
+
+impl StreamSet {
+    fn new(by_name: HashMap<String, Arc<DeliveryStream>>) -> Self {
+        let mut sorted_names: Vec<String> = by_name.keys().cloned().collect();
+        sorted_names.sort();
+        Self {
+            by_name,
+            sorted_names,
+        }
+    }
+}
+
+/// The tasks of one running stream.
+#[derive(Default)]
+struct StreamTasks {
+    /// Moves spooled records into the buffer (spooled streams only).
+    feeder: Option<JoinHandle<()>>,
+    /// The delivery loop.
+    delivery: Option<JoinHandle<()>>,
+    /// Asks the delivery loop to stop after what it is writing.
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    /// Checks the destination once at start (logs only).
+    announce: Option<JoinHandle<()>>,
+}
+
+/// Builds streams: the settings every stream shares, and the tasks of those running.
+struct StreamFactory {
+    base_dir: std::path::PathBuf,
+    spool_root: std::path::PathBuf,
+    fsync: Option<FsyncPolicy>,
+    spool_max_bytes: u64,
+    spool_keys: Option<crate::spool::SpoolKeys>,
+    capacity: Arc<IngestCapacity>,
+    tasks: HashMap<String, StreamTasks>,
+    /// Tasks of removed streams and of stopped loops without a spool, which drain on
+    /// their own, by stream name.
+    retired: Vec<(String, JoinHandle<()>)>,
+    /// Each running stream's settings as the file gave them, to tell which changed.
+    fingerprints: Fingerprints,
+}
+
 impl Pipeline {
-    /// Builds every stream of `config` and starts its delivery loop. Relative local paths
-    /// are taken relative to `base_dir` (the configuration file's directory).
-    pub async fn start(config: &Config, base_dir: &Path) -> Result<Self, PipelineError> {
+    /// Builds every stream of `config` (whose file's parts are `fingerprints`, see
+    /// [`reload::load_with_fingerprints`]) and starts its delivery loop. Relative local
+    /// paths are taken relative to `base_dir` (the configuration file's directory).
+    pub async fn start(
+        config: &Config,
+        fingerprints: Fingerprints,
+        base_dir: &Path,
+    ) -> Result<Self, PipelineError> {
         let stream_count = config.streams.0.len();
-        let capacity = Arc::new(IngestCapacity::new(
-            COMPRESSION_BUDGET_BASE + stream_count * MIB,
-        ));
-        let mut streams = HashMap::new();
-        let mut tasks = Vec::new();
-        let spool_root = base_dir.join(&config.spool.path.value);
-        let fsync = match config.spool.fsync {
-            FsyncConfig::Always => Some(FsyncPolicy::Always),
-            FsyncConfig::IntervalMs(ms) => Some(FsyncPolicy::Interval(Duration::from_millis(ms))),
-            FsyncConfig::Disabled => None,
+        let mut factory = StreamFactory {
+            base_dir: base_dir.to_path_buf(),
+            spool_root: base_dir.join(&config.spool.path.value),
+            fsync: match config.spool.fsync {
+                FsyncConfig::Always => Some(FsyncPolicy::Always),
+                FsyncConfig::IntervalMs(ms) => {
+                    Some(FsyncPolicy::Interval(Duration::from_millis(ms)))
+                }
+                FsyncConfig::Disabled => None,
+            },
+            spool_max_bytes: config.spool.max_mib.value * MIB as u64,
+            spool_keys: config.spool.encryption.as_ref().and_then(|e| e.keys().ok()),
+            capacity: Arc::new(IngestCapacity::new(
+                COMPRESSION_BUDGET_BASE + stream_count * MIB,
+            )),
+            tasks: HashMap::new(),
+            retired: Vec::new(),
+            fingerprints,
         };
+        let mut streams = HashMap::new();
         for (name, stream_config) in config.streams.iter() {
             let name = name.value.clone();
-            let sink = stream_config
-                .destination
-                .object_sink(base_dir)
-                .map_err(|error| PipelineError::Destination {
-                    stream: name.clone(),
-                    error,
-                })?;
-            let spool = match fsync {
-                None => None,
-                Some(fsync) => Some(
-                    StreamSpool::open(SpoolSettings {
-                        dir: spool_root.join(&name),
-                        fsync,
-                        max_bytes: config.spool.max_mib.value * MIB as u64,
-                        keys: config.spool.encryption.as_ref().and_then(|e| e.keys().ok()),
-                    })
-                    .map_err(|error| PipelineError::Spool {
-                        stream: name.clone(),
-                        error,
-                    })?,
-                ),
-            };
-            // The first half of record ids (and so of deterministic document ids).
-            let run = spool
-                .as_ref()
-                .map_or_else(|| fastrand::u64(..), |s| s.incarnation());
-            let seam = match stream_config.destination.seam(base_dir, &name, run).await {
-                Some(seam) => seam.map_err(|error| PipelineError::Destination {
-                    stream: name.clone(),
-                    error,
-                })?,
-                None => stream_config
-                    .object_seam(&name, Arc::clone(&sink), spool.is_some())
-                    .map_err(|reason| PipelineError::Parquet {
-                        stream: name.clone(),
-                        reason,
-                    })?,
-            };
-            if seam.destination.checks_before_use() {
-                tasks.push(tokio::spawn(announce_destination(
-                    name.clone(),
-                    Arc::clone(&seam.destination),
-                )));
-            }
-            let processors = load_processors(&name, stream_config, base_dir).map_err(|error| {
-                PipelineError::Transform {
-                    stream: name.clone(),
-                    error,
-                }
-            })?;
-            let partitioning = stream_config
-                .partitioner()
-                .map_err(|reason| PipelineError::Partitioning {
-                    stream: name.clone(),
-                    reason,
-                })?
-                .map(Arc::new);
-            let (stream, delivery) = build_stream(
-                &name,
-                stream_config,
-                sink,
-                Delivered {
-                    seam,
-                    run,
-                    processors,
-                    partitioning,
-                },
-                Arc::clone(&capacity),
-                spool,
-            );
-            if let Some(spool) = &stream.spool {
-                tasks.push(tokio::spawn(feed_from_spool(
-                    name.clone(),
-                    Arc::clone(spool),
-                    Arc::clone(&stream.buffer),
-                )));
-            }
-            tasks.push(tokio::spawn(delivery.run()));
-            streams.insert(name, Arc::new(stream));
+            let prepared = factory.prepare(&name, stream_config, None).await?;
+            let stream = factory.launch(&name, stream_config, prepared, None);
+            streams.insert(name, stream);
         }
-        if fsync.is_some() {
-            warn_about_orphaned_spools(&spool_root, &streams);
+        if factory.fsync.is_some() {
+            warn_about_orphaned_spools(&factory.spool_root, &streams);
         }
-        let mut sorted_names: Vec<String> = streams.keys().cloned().collect();
-        sorted_names.sort();
         Ok(Self {
-            streams,
-            sorted_names,
+            running: std::sync::RwLock::new(Arc::new(StreamSet::new(streams))),
+            factory: tokio::sync::Mutex::new(factory),
             backpressure_wait: Duration::from_millis(config.server.backpressure_wait_ms),
-            tasks: std::sync::Mutex::new(tasks),
         })
     }
 
+    fn snapshot(&self) -> Arc<StreamSet> {
+        Arc::clone(&self.running.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// The stream called `name`.
-    pub fn stream(&self, name: &str) -> Option<&Arc<DeliveryStream>> {
-        self.streams.get(name)
+    pub fn stream(&self, name: &str) -> Option<Arc<DeliveryStream>> {
+        self.snapshot().by_name.get(name).cloned()
     }
 
     /// Every stream, in no particular order.
-    pub fn streams(&self) -> impl Iterator<Item = &Arc<DeliveryStream>> {
-        self.streams.values()
+    pub fn streams(&self) -> Vec<Arc<DeliveryStream>> {
+        self.snapshot().by_name.values().cloned().collect()
     }
 
     /// Stream names in lexical order, as `ListDeliveryStreams` returns them.
-    pub fn sorted_names(&self) -> &[String] {
-        &self.sorted_names
+    pub fn sorted_names(&self) -> Vec<String> {
+        self.snapshot().sorted_names.clone()
     }
 
     /// Records accepted but not yet delivered, over all streams.
     pub fn undelivered_records(&self) -> u64 {
-        self.streams.values().map(|s| s.undelivered()).sum()
+        self.streams().iter().map(|s| s.undelivered()).sum()
     }
 
     /// Whether accepted records are kept in a spool (and so survive an early exit).
     pub fn is_spooled(&self) -> bool {
-        self.streams.values().any(|s| s.spool.is_some())
+        self.streams().iter().any(|s| s.spool.is_some())
     }
 
     /// Stops taking records and waits until everything accepted has been delivered.
     pub async fn drain(&self) {
-        for stream in self.streams.values() {
-            match &stream.spool {
-                // The feeder reads the spool to its end, then closes the buffer.
-                Some(spool) => {
-                    let spool = Arc::clone(spool);
-                    let _ = tokio::task::spawn_blocking(move || spool.close()).await;
-                }
-                None => stream.buffer.close(),
-            }
+        let mut factory = self.factory.lock().await;
+        for stream in self.streams() {
+            stream.stop_taking().await;
         }
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut tasks: Vec<JoinHandle<()>> = std::mem::take(&mut factory.retired)
+            .into_iter()
+            .map(|(_, task)| task)
+            .collect();
+        for (_, stream_tasks) in factory.tasks.drain() {
+            tasks.extend(stream_tasks.into_handles());
+        }
         for task in tasks {
             let _ = task.await;
         }
+    }
+}
+
+impl DeliveryStream {
+    /// Stops taking records: the spool is closed (its feeder reads it to the end, then
+    /// closes the buffer), or, without a spool, the buffer; the delivery loop then
+    /// delivers what is left and ends.
+    async fn stop_taking(&self) {
+        match &self.spool {
+            Some(spool) => {
+                let spool = Arc::clone(spool);
+                let _ = tokio::task::spawn_blocking(move || spool.close()).await;
+            }
+            None => self.buffer.close(),
+        }
+    }
+}
+
+impl StreamTasks {
+    fn into_handles(self) -> impl Iterator<Item = JoinHandle<()>> {
+        [self.feeder, self.delivery, self.announce]
+            .into_iter()
+            .flatten()
+    }
+}
+
+impl StreamFactory {
+    /// Everything stream `name` needs that can fail — its spool (`spool`, when it is already
+    /// open), destination, transforms and partitioning query — so a stream that cannot be
+    /// built stops start-up, or refuses a reload, before anything running changes.
+    async fn prepare(
+        &self,
+        name: &str,
+        stream_config: &StreamConfig,
+        spool: Option<Arc<StreamSpool>>,
+    ) -> Result<Prepared, PipelineError> {
+        let base_dir = self.base_dir.as_path();
+        let sink = stream_config
+            .destination
+            .object_sink(base_dir)
+            .map_err(|error| PipelineError::Destination {
+                stream: name.to_string(),
+                error,
+            })?;
+        let spool = match (spool, self.fsync) {
+            (Some(spool), _) => Some(spool),
+            (None, None) => None,
+            (None, Some(fsync)) => Some(
+                StreamSpool::open(SpoolSettings {
+                    dir: self.spool_root.join(name),
+                    fsync,
+                    max_bytes: self.spool_max_bytes,
+                    keys: self.spool_keys.clone(),
+                })
+                .map_err(|error| PipelineError::Spool {
+                    stream: name.to_string(),
+                    error,
+                })?,
+            ),
+        };
+        // The first half of record ids (and so of deterministic document ids).
+        let run = spool
+            .as_ref()
+            .map_or_else(|| fastrand::u64(..), |s| s.incarnation());
+        let seam = match stream_config.destination.seam(base_dir, name, run).await {
+            Some(seam) => seam.map_err(|error| PipelineError::Destination {
+                stream: name.to_string(),
+                error,
+            })?,
+            None => stream_config
+                .object_seam(name, Arc::clone(&sink), spool.is_some())
+                .map_err(|reason| PipelineError::Parquet {
+                    stream: name.to_string(),
+                    reason,
+                })?,
+        };
+        let processors = load_processors(name, stream_config, base_dir).map_err(|error| {
+            PipelineError::Transform {
+                stream: name.to_string(),
+                error,
+            }
+        })?;
+        let partitioning = stream_config
+            .partitioner()
+            .map_err(|reason| PipelineError::Partitioning {
+                stream: name.to_string(),
+                reason,
+            })?
+            .map(Arc::new);
+        Ok(Prepared {
+            sink,
+            spool,
+            delivered: Delivered {
+                seam,
+                run,
+                processors,
+                partitioning,
+            },
+        })
+    }
+
+    /// Builds stream `name` from `prepared` and starts its tasks; `earlier` is the stream
+    /// it replaces, whose tasks have stopped.
+    fn launch(
+        &mut self,
+        name: &str,
+        stream_config: &StreamConfig,
+        prepared: Prepared,
+        earlier: Option<&DeliveryStream>,
+    ) -> Arc<DeliveryStream> {
+        let mut tasks = StreamTasks::default();
+        let destination = &prepared.delivered.seam.destination;
+        if destination.checks_before_use() {
+            tasks.announce = Some(tokio::spawn(announce_destination(
+                name.to_string(),
+                Arc::clone(destination),
+            )));
+        }
+        let (raise, stop) = StopSignal::new();
+        let (stream, delivery) = build_stream(
+            name,
+            stream_config,
+            prepared,
+            Arc::clone(&self.capacity),
+            earlier,
+            stop,
+        );
+        if let Some(spool) = &stream.spool {
+            tasks.feeder = Some(tokio::spawn(feed_from_spool(
+                name.to_string(),
+                Arc::clone(spool),
+                Arc::clone(&stream.buffer),
+            )));
+        }
+        tasks.delivery = Some(tokio::spawn(delivery.run()));
+        tasks.stop = Some(raise);
+        self.tasks.insert(name.to_string(), tasks);
+        Arc::new(stream)
     }
 }
 
@@ -584,6 +715,13 @@ async fn announce_destination(stream: String, destination: Arc<dyn AnyDestinatio
 }
 
 /// Where a stream's batches go, and its record id prefix.
+/// What a stream is built from, prepared (and checked) before anything running changes.
+struct Prepared {
+    sink: Arc<dyn ObjectSink>,
+    spool: Option<Arc<StreamSpool>>,
+    delivered: Delivered,
+}
+
 struct Delivered {
     seam: SeamDestination,
     run: u64,
@@ -622,14 +760,21 @@ fn load_processors(
     Ok(Some(Arc::new(chain)))
 }
 
+/// Puts a stream together from its prepared parts: a new stream, or (`earlier`) the same
+/// stream restarted with new settings, keeping its totals, health and spool.
 fn build_stream(
     name: &str,
     config: &StreamConfig,
-    sink: Arc<dyn ObjectSink>,
-    delivered: Delivered,
+    prepared: Prepared,
     capacity: Arc<IngestCapacity>,
-    spool: Option<Arc<StreamSpool>>,
+    earlier: Option<&DeliveryStream>,
+    stop: StopSignal,
 ) -> (DeliveryStream, DeliveryLoop) {
+    let Prepared {
+        sink,
+        spool,
+        delivered,
+    } = prepared;
     let codec = config.codec();
     // A transform's batch is a chunk: as large as the smallest processor buffer.
     let chunk_limit = config
@@ -663,7 +808,8 @@ fn build_stream(
         (Some(spool), Some(partitioning)) if partitioned => {
             let (sealed, delivered) = spool.parts();
             let replay = ReplayPlan::new(sealed, delivered);
-            buffer.resume(spool.start_seq(), replay.windows(spool.start_seq()));
+            let resume = spool.resume_seq();
+            buffer.resume(resume, replay.windows(resume));
             Some(PartitionSettings {
                 size_limit,
                 interval,
@@ -677,13 +823,15 @@ fn build_stream(
             })
         }
         (Some(spool), _) => {
-            buffer.resume(spool.start_seq(), spool.pending_sealed());
+            buffer.resume(spool.resume_seq(), spool.pending_sealed());
             None
         }
         (None, _) => None,
     };
-    let counters = Arc::new(DeliveryCounters::default());
-    let health = Arc::new(DeliveryHealth::default());
+    let (counters, health) = match earlier {
+        Some(earlier) => (Arc::clone(&earlier.counters), Arc::clone(&earlier.health)),
+        None => Default::default(),
+    };
     let metrics = StreamMetrics::new(name, config.destination.kind());
     let layout = config.destination.layout();
     let template = config
@@ -706,6 +854,7 @@ fn build_stream(
         seam: delivered.seam,
         run: delivered.run,
         partitions,
+        stop,
     };
     let summary = StreamSummary {
         destination: config.destination.summary(),
@@ -720,7 +869,7 @@ fn build_stream(
         counters,
         health,
         summary,
-        created: Utc::now(),
+        created: earlier.map_or_else(Utc::now, |earlier| earlier.created),
         record_ids: RecordIds::new(delivered.run),
         spool,
         metrics,

@@ -132,6 +132,8 @@ pub struct StreamSpool {
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
     start_seq: u64,
     space_freed: tokio::sync::Notify,
+    /// Journal and checkpoint writes started on the blocking pool and not yet finished.
+    disk_jobs: watch::Sender<usize>,
     /// Groups recently written, so the reader takes fresh records from memory instead of
     /// reading them back from the file.
     tail: Mutex<std::collections::VecDeque<CachedGroup>>,
@@ -222,6 +224,7 @@ impl StreamSpool {
             flusher: Mutex::new(None),
             start_seq,
             space_freed: tokio::sync::Notify::new(),
+            disk_jobs: watch::Sender::new(0),
             tail: Mutex::new(std::collections::VecDeque::new()),
             tail_bytes: AtomicUsize::new(0),
             cipher,
@@ -258,6 +261,21 @@ impl StreamSpool {
     /// Sequence number of the first record not yet delivered when the spool was opened.
     pub fn start_seq(&self) -> u64 {
         self.start_seq
+    }
+
+    /// Sequence number of the first record not known delivered now: where a delivery
+    /// restarted while the spool stays open (a reload) begins.
+    pub fn resume_seq(&self) -> u64 {
+        lock(&self.journal)
+            .delivered_through()
+            .map_or(self.start_seq, |through| through + 1)
+    }
+
+    /// Waits until the journal and checkpoint writes already started have finished, so
+    /// what the journal says next is final for a delivery that was stopped.
+    pub async fn quiesce(&self) {
+        let mut jobs = self.disk_jobs.subscribe();
+        let _ = jobs.wait_for(|running| *running == 0).await;
     }
 
     /// Bytes of segment files on disk.
@@ -353,7 +371,7 @@ impl StreamSpool {
     /// The stream's main reader, from where delivery stopped: it also drops cached groups it
     /// has read.
     pub fn delivery_reader(self: &Arc<Self>) -> SpoolReader {
-        SpoolReader::new(Arc::clone(self), self.start_seq, true)
+        SpoolReader::new(Arc::clone(self), self.resume_seq(), true)
     }
 
     /// Keeps a just-written group in memory for the reader, within the cache's budget.
@@ -478,9 +496,14 @@ impl StreamSpool {
         &self,
         job: impl FnOnce() -> Result<(), SpoolError> + Send + 'static,
     ) -> Result<(), SpoolError> {
-        tokio::task::spawn_blocking(job)
-            .await
-            .unwrap_or_else(|e| Err(self.write_error(format!("the disk task failed: {e}"))))
+        self.disk_jobs.send_modify(|running| *running += 1);
+        let started = DiskJob(self.disk_jobs.clone());
+        tokio::task::spawn_blocking(move || {
+            let _running = started;
+            job()
+        })
+        .await
+        .unwrap_or_else(|e| Err(self.write_error(format!("the disk task failed: {e}"))))
     }
 
     /// [`record_delivered`](Self::record_delivered), on the calling thread.
@@ -551,6 +574,15 @@ impl Drop for StreamSpool {
     fn drop(&mut self) {
         lock(&self.writer).shutdown = true;
         self.wake_flusher.notify_all();
+    }
+}
+
+/// A journal or checkpoint write on the blocking pool, counted until it ends (however).
+struct DiskJob(watch::Sender<usize>);
+
+impl Drop for DiskJob {
+    fn drop(&mut self) {
+        self.0.send_modify(|running| *running -= 1);
     }
 }
 

@@ -76,13 +76,17 @@ pub struct PartitionSettings {
 }
 
 /// Delivers a partitioned stream's records until its buffer is closed and drained.
-pub(super) async fn run(delivery: Arc<DeliveryLoop>, settings: PartitionSettings) {
+pub(super) async fn run(
+    delivery: Arc<DeliveryLoop>,
+    settings: PartitionSettings,
+    stop: super::StopSignal,
+) {
     let Some(spool) = delivery.spool.clone() else {
         tracing::error!(stream = %delivery.stream, "dynamic partitioning needs the spool; the stream delivers nothing");
         return;
     };
     let (done, finished) = mpsc::unbounded_channel();
-    let start = spool.start_seq();
+    let start = spool.resume_seq();
     Router {
         delivery,
         spool,
@@ -96,7 +100,7 @@ pub(super) async fn run(delivery: Arc<DeliveryLoop>, settings: PartitionSettings
         finished,
         writers: Arc::new(Semaphore::new(BATCHES_IN_FLIGHT)),
     }
-    .run()
+    .run(stop)
     .await;
 }
 
@@ -122,15 +126,23 @@ struct Router {
 }
 
 impl Router {
-    async fn run(mut self) {
+    async fn run(mut self, mut stop: super::StopSignal) {
         let mut windows_done = false;
+        // Once stopped for a restart: no more windows or sealing; the batches being written
+        // finish, and the open partitions are left to the spool.
+        let mut stopping = false;
         while !(windows_done && self.sealed == 0) {
             let due = self
                 .open
                 .next_due_ms(self.settings.interval)
-                .map(instant_of_ms);
+                .map(instant_of_ms)
+                .filter(|_| !stopping);
             let take_window = !windows_done && self.sealed < BATCHES_QUEUED;
             tokio::select! {
+                () = stop.requested(), if !stopping => {
+                    stopping = true;
+                    windows_done = true;
+                }
                 Some(first) = self.finished.recv() => self.finished(first),
                 window = self.delivery.buffer.next_batch(), if take_window => match window {
                     Ok(window) => self.route(window).await,
@@ -146,7 +158,11 @@ impl Router {
             self.checkpoint().await;
             self.publish();
         }
-        tracing::debug!(stream = %self.delivery.stream, "partitioned delivery drained and stopped");
+        if stopping {
+            tracing::debug!(stream = %self.delivery.stream, "partitioned delivery stopped for a restart");
+        } else {
+            tracing::debug!(stream = %self.delivery.stream, "partitioned delivery drained and stopped");
+        }
     }
 
     /// Hands the partitions of `window` their pieces; writes its refused records to the
