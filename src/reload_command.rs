@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 use crate::config::load_config;
+use crate::console::terminal::call_service;
 
 /// Arguments of `hydrant reload`.
 #[derive(Debug, clap::Args)]
@@ -41,14 +42,8 @@ pub async fn run(args: ReloadArgs) -> anyhow::Result<()> {
         }
     };
     let url = format!("{endpoint}/admin/reload");
-    let mut request = reqwest::Client::new().post(&url);
-    if let Some(credentials) = &args.credentials {
-        request = request.bearer_auth(credentials);
-    }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}: is the service running there?"))?;
+    let request = reqwest::Client::new().post(&url);
+    let response = call_service(request, args.credentials.as_deref(), &url).await?;
     let code = response.status();
     let body: Value = response
         .json()

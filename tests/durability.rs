@@ -180,6 +180,11 @@ async fn a_full_spool_answers_slow_down_keeps_memory_bounded_and_resumes_after_d
         }
     }
     assert!(refused > 85, "only {refused} records refused");
+    // Firehose's ThrottledRecords, and the failed attempts against the stopped destination.
+    let metrics = hydrant.metrics().await;
+    let sample = |name: &str| metric(&metrics, name, "durable");
+    assert_eq!(sample("hydrant_records_refused_total"), refused as f64);
+    assert!(sample("hydrant_spool_bytes") > 0.0);
     assert!(
         (6..=9).contains(&acked.len()),
         "{} records of 1 MB fit in an 8 MiB spool",

@@ -518,6 +518,11 @@ async fn each_partition_buffers_on_its_own_and_a_restart_neither_loses_nor_repea
         stats["partition_buffered_bytes"].as_u64().unwrap() > 0,
         "{stats}"
     );
+    // The same gauges at /metrics (Firehose's PartitionCount).
+    let metrics = hydrant.metrics().await;
+    let gauge = |name: &str| metric(&metrics, name, "events");
+    assert!(gauge("hydrant_active_partitions") >= 1.0);
+    assert!(gauge("hydrant_partition_buffered_bytes") > 0.0);
     assert!(
         !lake.join("slow").exists(),
         "the slow partition waits for its own interval or size"

@@ -106,25 +106,38 @@ async fn every_example_transforms_records_end_to_end_into_s3() {
     )
     .await;
     let metrics = hydrant.metrics().await;
-    let sample = |name: &str| -> f64 {
-        let prefix = format!("{name}{{stream=\"filter\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    assert_eq!(sample("hydrant_transform_succeeded_records_total"), 3.0);
-    assert!(sample("hydrant_transform_succeeded_bytes_total") > 0.0);
-    assert!(sample("hydrant_transform_seconds_count") >= 1.0);
+    let filter = |name: &str| metric(&metrics, name, "filter");
+    assert_eq!(filter("hydrant_transform_succeeded_records_total"), 3.0);
+    assert!(filter("hydrant_transform_succeeded_bytes_total") > 0.0);
+    assert!(filter("hydrant_transform_seconds_count") >= 1.0);
+    assert_eq!(filter("hydrant_transform_failed_records_total"), 0.0);
     let route: Vec<Vec<u8>> = vec![
         serde_json::to_vec(&json!({ "service": "checkout", "cloud": { "region": "eu-west-1" } }))
             .unwrap(),
         serde_json::to_vec(&json!({ "service": "search" })).unwrap(),
     ];
     hydrant.put_all("route", &route).await;
+    // The record without a region failed the transform and went to the error output, an
+    // object written to the stream's object store (Firehose's BackupToS3).
+    eventually(
+        Duration::from_secs(30),
+        "the route stream's failure in the error output",
+        || async {
+            let metrics = hydrant.metrics().await;
+            (metric(&metrics, "hydrant_error_output_records_total", "route") == 1.0).then_some(())
+        },
+    )
+    .await;
+    let metrics = hydrant.metrics().await;
+    let route_metric = |name: &str| metric(&metrics, name, "route");
+    assert_eq!(route_metric("hydrant_transform_failed_records_total"), 1.0);
+    assert_eq!(
+        route_metric("hydrant_transform_succeeded_records_total"),
+        1.0
+    );
+    assert!(route_metric("hydrant_backup_objects_total") >= 1.0);
+    assert!(route_metric("hydrant_backup_bytes_total") > 0.0);
+    assert_eq!(route_metric("hydrant_backup_failures_total"), 0.0);
     assert!(hydrant.terminate().success(), "{}", hydrant.log());
 
     // Access-log lines become JSON objects; the line that is not one is processing-failed.

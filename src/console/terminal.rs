@@ -26,14 +26,8 @@ pub struct StatusArgs {
 /// Fetches the status and prints it.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let url = format!("{}{STATUS_PATH}", args.endpoint.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().get(&url);
-    if let Some(credentials) = &args.credentials {
-        request = request.bearer_auth(credentials);
-    }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}: is the service running there?"))?;
+    let request = reqwest::Client::new().get(&url);
+    let response = call_service(request, args.credentials.as_deref(), &url).await?;
     let code = response.status();
     let body = response
         .text()
@@ -57,6 +51,22 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         print!("{}", table(&status, chrono::Utc::now().timestamp_millis()));
     }
     Ok(())
+}
+
+/// Sends `request` (to `url`) to a running service, with `credentials` (`ID:SECRET`) as a
+/// Bearer key when given.
+pub(crate) async fn call_service(
+    mut request: reqwest::RequestBuilder,
+    credentials: Option<&str>,
+    url: &str,
+) -> anyhow::Result<reqwest::Response> {
+    if let Some(credentials) = credentials {
+        request = request.bearer_auth(credentials);
+    }
+    request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}: is the service running there?"))
 }
 
 /// The status as a table with one row per stream, then each failing stream's last error.

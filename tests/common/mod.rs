@@ -394,6 +394,18 @@ where
     }
 }
 
+/// The value of metric `name` of `stream` in a `/metrics` text.
+pub fn metric(metrics: &str, name: &str, stream: &str) -> f64 {
+    let prefix = format!("{name}{{stream=\"{stream}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} of {stream} in\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// A running `hydrant run` process.
 pub struct Hydrant {
     child: Option<Child>,
