@@ -197,8 +197,17 @@ impl ProgressLine {
 
     /// Rewrites the line, at most once a second.
     fn show(&mut self, elapsed: Duration, stats: &StreamStats) {
+        if let Some(line) = self.next_line(elapsed, stats) {
+            eprint!("\r\x1b[2K{line}");
+        }
+    }
+
+    /// The line for `stats` at `elapsed`, unless one was shown less than a second ago.
+    fn next_line(&mut self, elapsed: Duration, stats: &StreamStats) -> Option<String> {
         let (rate_in, rate_out) = match self.last {
-            Some((then, ..)) if elapsed - then < Duration::from_secs(1) => return,
+            Some((then, ..)) if elapsed.saturating_sub(then) < Duration::from_secs(1) => {
+                return None;
+            }
             Some((then, accepted, delivered)) => {
                 let seconds = (elapsed - then).as_secs_f64();
                 (
@@ -209,14 +218,48 @@ impl ProgressLine {
             None => (0.0, 0.0),
         };
         self.last = Some((elapsed, stats.accepted, stats.delivered));
-        eprint!(
-            "\r\x1b[2K{:>3}/{} s  in {:>9.0} rec/s  out {:>9.0} rec/s  backlog {:>9}  freshness {:>5.1} s",
+        Some(format!(
+            "{:>3}/{} s  in {:>9.0} rec/s  out {:>9.0} rec/s  backlog {:>9}  freshness {:>5.1} s",
             elapsed.as_secs(),
             self.duration.as_secs(),
             rate_in,
             rate_out,
             stats.undelivered,
             stats.freshness_seconds
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(accepted: u64, delivered: u64) -> StreamStats {
+        StreamStats {
+            accepted,
+            delivered,
+            undelivered: accepted - delivered,
+            freshness_seconds: 1.25,
+        }
+    }
+
+    #[test]
+    fn the_progress_line_shows_rates_over_the_last_second_at_most_once_a_second() {
+        let mut progress = ProgressLine::new(Duration::from_secs(30));
+        let first = progress
+            .next_line(Duration::from_millis(250), &stats(1_000, 0))
+            .unwrap();
+        assert!(first.starts_with("  0/30 s  in         0 rec/s"), "{first}");
+        assert_eq!(
+            progress.next_line(Duration::from_millis(750), &stats(1_500, 100)),
+            None
+        );
+        let second = progress
+            .next_line(Duration::from_millis(2250), &stats(5_000, 2_000))
+            .unwrap();
+        assert_eq!(
+            second,
+            "  2/30 s  in      2000 rec/s  out      1000 rec/s  backlog      3000  freshness   1.2 s"
         );
     }
 }
