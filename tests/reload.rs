@@ -129,10 +129,7 @@ async fn ten_reloads_under_load_keep_every_stream_exactly_once() {
             let said = String::from_utf8_lossy(&output.stderr);
             assert!(!output.status.success(), "{said}");
             assert!(said.contains("hydrant.yaml:15:"), "names the line: {said}");
-            Command::new("kill")
-                .args(["-HUP", &hydrant.process_id().to_string()])
-                .status()
-                .unwrap();
+            hydrant.signal_hangup();
             hydrant
                 .wait_for_log(
                     "reload refused, the running configuration stays",
@@ -167,10 +164,7 @@ async fn ten_reloads_under_load_keep_every_stream_exactly_once() {
             );
             reloads += 1;
         } else {
-            Command::new("kill")
-                .args(["-HUP", &hydrant.process_id().to_string()])
-                .status()
-                .unwrap();
+            hydrant.signal_hangup();
             reloads += 1;
             let expected = reloads;
             eventually(Duration::from_secs(60), "the SIGHUP reload", || async {

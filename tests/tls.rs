@@ -275,11 +275,7 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() {
     let new_ca = Authority::new("new CA");
     let new_ca_path = new_ca.write(&tls, "new-ca.pem");
     new_ca.issue(&tls, "server", ExtendedKeyUsagePurpose::ServerAuth);
-    let status = Command::new("kill")
-        .args(["-HUP", &hydrant.process_id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    hydrant.signal_hangup();
     hydrant
         .wait_for_log(
             "SIGHUP: reloaded the TLS certificate files",
@@ -302,10 +298,7 @@ async fn sighup_serves_a_renewed_certificate_and_keeps_open_connections() {
 
     // Files that do not load leave the current certificate in use.
     std::fs::write(tls.join("server.pem"), "garbage").unwrap();
-    Command::new("kill")
-        .args(["-HUP", &hydrant.process_id().to_string()])
-        .status()
-        .unwrap();
+    hydrant.signal_hangup();
     hydrant
         .wait_for_log(
             "SIGHUP: keeping the current TLS certificate",

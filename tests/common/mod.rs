@@ -627,6 +627,15 @@ impl Hydrant {
         std::mem::replace(&mut self.dir, placeholder)
     }
 
+    /// Sends SIGHUP (reload the configuration and TLS files) without waiting.
+    pub fn signal_hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.pid()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn signal_terminate(&self) {
         let status = Command::new("kill")
