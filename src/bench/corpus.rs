@@ -51,6 +51,8 @@ pub struct Corpus {
 pub struct Body {
     /// The JSON request.
     pub json: bytes::Bytes,
+    /// The same records as an NDJSON body (`POST /streams/{stream}/records`).
+    pub ndjson: bytes::Bytes,
     /// Each record's size before base64, in order.
     pub record_sizes: Vec<usize>,
     /// The records themselves (for the ceiling measurement).
@@ -79,8 +81,14 @@ impl Corpus {
                     json.extend_from_slice(br#""}"#);
                 }
                 json.extend_from_slice(b"]}");
+                let mut ndjson = Vec::with_capacity(per_call * (record_bytes + 1));
+                for record in &records {
+                    ndjson.extend_from_slice(record);
+                    ndjson.push(b'\n');
+                }
                 Body {
                     json: json.into(),
+                    ndjson: ndjson.into(),
                     record_sizes: records.iter().map(Vec::len).collect(),
                     records,
                 }

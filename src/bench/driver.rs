@@ -39,16 +39,31 @@ impl Sent {
     }
 }
 
-/// Sends bodies from `concurrency` connections until `duration` has passed.
+/// Which of the service's APIs the load goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// Firehose's `PutRecordBatch` (base64 records in AWS JSON).
+    Firehose,
+    /// `POST /streams/{stream}/records` with NDJSON bodies.
+    Ndjson,
+}
+
+/// Sends bodies to `stream` through `api` from `concurrency` connections until `duration`
+/// has passed.
 pub async fn drive(
     client: &reqwest::Client,
     base_url: &str,
+    (api, stream): (Api, &str),
     corpus: &Corpus,
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<Sent> {
     let deadline = Instant::now() + duration;
-    let url = format!("{base_url}/");
+    let url = match api {
+        Api::Firehose => format!("{base_url}/"),
+        Api::Ndjson => format!("{base_url}/streams/{stream}/records"),
+    };
     let connections = (0..concurrency).map(|connection| {
         let url = url.clone();
         async move {
@@ -58,23 +73,41 @@ pub async fn drive(
                 let body = &corpus.bodies[next % corpus.bodies.len()];
                 next += 1;
                 let started = Instant::now();
-                let response = client
-                    .post(&url)
-                    .header("content-type", "application/x-amz-json-1.1")
-                    .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
-                    .body(body.json.clone())
-                    .send()
-                    .await?;
+                let request = match api {
+                    Api::Firehose => client
+                        .post(&url)
+                        .header("content-type", "application/x-amz-json-1.1")
+                        .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
+                        .body(body.json.clone()),
+                    Api::Ndjson => client
+                        .post(&url)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body.ndjson.clone()),
+                };
+                let response = request.send().await?;
                 let status = response.status();
                 let answer = response.bytes().await?;
                 sent.latencies.push(started.elapsed());
                 sent.calls += 1;
-                anyhow::ensure!(
-                    status.is_success(),
-                    "PutRecordBatch answered {status}: {}",
-                    String::from_utf8_lossy(&answer)
-                );
-                count_accepted(&answer, body, &mut sent)?;
+                match api {
+                    Api::Firehose => {
+                        anyhow::ensure!(
+                            status.is_success(),
+                            "PutRecordBatch answered {status}: {}",
+                            String::from_utf8_lossy(&answer)
+                        );
+                        count_accepted(&answer, body, &mut sent)?;
+                    }
+                    // 503 takes the first `accepted` lines: the rest were throttled.
+                    Api::Ndjson => {
+                        anyhow::ensure!(
+                            status.is_success() || status.as_u16() == 503,
+                            "the NDJSON endpoint answered {status}: {}",
+                            String::from_utf8_lossy(&answer)
+                        );
+                        count_accepted_lines(&answer, body, &mut sent)?;
+                    }
+                }
             }
             anyhow::Ok(sent)
         }
@@ -84,6 +117,25 @@ pub async fn drive(
         total.merge(result?);
     }
     Ok(total)
+}
+
+/// Counts an NDJSON answer, `{"accepted": N}`: the first N records were taken.
+fn count_accepted_lines(
+    answer: &[u8],
+    body: &super::corpus::Body,
+    sent: &mut Sent,
+) -> anyhow::Result<()> {
+    let parsed: serde_json::Value = serde_json::from_slice(answer)?;
+    let accepted = parsed["accepted"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("answer without accepted: {parsed}"))?
+        as usize;
+    let sizes = &body.record_sizes;
+    let accepted = accepted.min(sizes.len());
+    sent.accepted_records += accepted as u64;
+    sent.accepted_bytes += sizes[..accepted].iter().sum::<usize>() as u64;
+    sent.refused_records += (sizes.len() - accepted) as u64;
+    Ok(())
 }
 
 fn count_accepted(

@@ -1,6 +1,7 @@
 //! The load generator (`hydrant bench`): starts a Hydrant service from a configuration file
-//! (or targets a running one), drives its HTTP API with concurrent `PutRecordBatch` calls of
-//! realistic JSON records, waits until everything accepted has been delivered, and reports
+//! (or targets a running one), drives its HTTP API with concurrent `PutRecordBatch` calls (or
+//! NDJSON posts) of realistic JSON records, waits until everything accepted has been
+//! delivered, and reports
 //! records/s, MiB/s, call latency percentiles and the service's peak RSS, next to a ceiling
 //! measured in the same run on one core, in process: flate2 compressing the same bytes, or,
 //! for a Parquet stream, arrow-json decoding them and ArrowWriter writing them with the
@@ -40,9 +41,19 @@ pub struct BenchArgs {
     /// Delivery stream to put into.
     #[arg(long, default_value = "bench")]
     pub stream: String,
-    /// Concurrent connections.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
+    /// Concurrent connections; several, comma-separated (`16,64`), run one measurement
+    /// each against a fresh service.
+    #[arg(
+        long,
+        alias = "connections",
+        value_delimiter = ',',
+        default_value = "16"
+    )]
+    pub concurrency: Vec<usize>,
+    /// The API the load goes to: `firehose` (PutRecordBatch) or `ndjson`
+    /// (`POST /streams/{stream}/records`, the same records as NDJSON bodies).
+    #[arg(long, value_enum, default_value_t = driver::Api::Firehose)]
+    pub api: driver::Api,
     /// Records per PutRecordBatch call.
     #[arg(long, default_value_t = 500)]
     pub records_per_call: usize,
@@ -118,15 +129,37 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         Some(ceiling)
     };
-    let ceiling_mib_s = ceiling.map(|(_, rate)| rate);
+    anyhow::ensure!(
+        !args.concurrency.is_empty() && !args.concurrency.contains(&0),
+        "--concurrency takes connection counts of at least 1"
+    );
+    for &concurrency in &args.concurrency {
+        let report = measure(&args, &corpus, ceiling, concurrency).await?;
+        if args.json {
+            println!("{report}");
+        } else {
+            println!("== {concurrency} connections");
+            print_table(&report);
+        }
+    }
+    Ok(())
+}
 
+/// One measurement at `concurrency` connections, against a service started for it.
+async fn measure(
+    args: &BenchArgs,
+    corpus: &Corpus,
+    ceiling: Option<(&'static str, f64)>,
+    concurrency: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let ceiling_mib_s = ceiling.map(|(_, rate)| rate);
     let mut service = match (&args.config, &args.endpoint) {
         (Some(config), _) => Service::start(config)?,
         (None, Some(endpoint)) => Service::external(endpoint, args.pid),
         (None, None) => anyhow::bail!("give --config (start a service) or --endpoint"),
     };
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
+        .pool_max_idle_per_host(concurrency)
         .build()?;
     let before = service.stats(&client, &args.stream).await?;
     let started = Instant::now();
@@ -136,8 +169,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         driver::drive(
             &client,
             service.base_url(),
-            &corpus,
-            args.concurrency,
+            (args.api, &args.stream),
+            corpus,
+            concurrency,
             duration
         ),
         sampler
@@ -156,8 +190,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     service.stop();
 
     let mib = sent.accepted_bytes as f64 / (1024.0 * 1024.0);
-    let report = serde_json::json!({
-        "concurrency": args.concurrency,
+    Ok(serde_json::json!({
+        "api": args.api,
+        "concurrency": concurrency,
         "records_per_call": args.records_per_call,
         "record_bytes": corpus.mean_record_bytes(),
         "calls": sent.calls,
@@ -175,13 +210,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "ceiling": ceiling.map(|(name, _)| name),
         "ceiling_mib_per_s": ceiling_mib_s,
         "peak_rss_mib": peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
-    });
-    if args.json {
-        println!("{report}");
-    } else {
-        print_table(&report);
-    }
-    Ok(())
+    }))
 }
 
 /// What sets a stream's single-core ceiling, when gzip does not.
