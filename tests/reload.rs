@@ -217,3 +217,56 @@ async fn ten_reloads_under_load_keep_every_stream_exactly_once() {
     assert_eq!(d.len(), 200, "{d:?}");
     assert!(d.values().all(|n| *n == 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_cannot_be_built_refuses_the_whole_reload() {
+    let streams = |extra: &str, a_processors: &str| {
+        format!(
+            "server:\n  listen: 127.0.0.1:0\nstreams:\n{extra}  \
+             a:\n    buffer: {{ size_mib: 1, interval_seconds: 1 }}\n{a_processors}    destination:\n      local: {{ path: out-a }}\n"
+        )
+    };
+    let e = "  e:\n    buffer: { size_mib: 1, interval_seconds: 1 }\n    destination:\n      local: { path: out-e }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hydrant.yaml");
+    std::fs::write(&path, streams("", "")).unwrap();
+    let hydrant = Hydrant::start_with_file(&path, dir);
+    // Adding `e` while `a` names a module that is not there: the file is valid, but `a`
+    // cannot be built, so `e` is not added either.
+    std::fs::write(
+        &path,
+        streams(
+            e,
+            "    processors: [ { wasm: { module: missing.wasm } } ]\n",
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_hydrant"))
+        .args(["reload", "--endpoint", &hydrant.base_url, "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{said}");
+    assert!(said.contains("missing.wasm"), "{said}");
+    let (status, _) = hydrant.post_ndjson("e", "{\"id\":\"early\"}\n").await;
+    assert_eq!(status, 400, "e was not added");
+    // Without the broken module, `e` is added (its spool opened again) and delivers.
+    std::fs::write(&path, streams(e, "")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_hydrant"))
+        .args(["reload", "--endpoint", &hydrant.base_url, "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    hydrant.put_all("e", &[record("e-1"), record("e-2")]).await;
+    eventually(Duration::from_secs(30), "e delivered", || async {
+        let ids = delivered_ids(&hydrant.dir.path().join("out-e"));
+        (ids.len() == 2 && ids.values().all(|n| *n == 1)).then_some(())
+    })
+    .await;
+}

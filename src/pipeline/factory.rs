@@ -230,7 +230,7 @@ async fn announce_destination(stream: String, destination: Arc<dyn AnyDestinatio
 /// What a stream is built from, prepared (and checked) before anything running changes.
 pub(super) struct Prepared {
     sink: Arc<dyn ObjectSink>,
-    spool: Option<Arc<StreamSpool>>,
+    pub(super) spool: Option<Arc<StreamSpool>>,
     delivered: Delivered,
 }
 

@@ -132,12 +132,30 @@ impl Pipeline {
                 continue;
             }
             factory.retired.retain(|(_, task)| !task.is_finished());
-            if earlier.is_none() && factory.retired.iter().any(|(retired, _)| retired == name) {
-                return Err(ReloadError::StillDraining(name.clone()));
+            let outcome = if earlier.is_none()
+                && factory.retired.iter().any(|(retired, _)| retired == name)
+            {
+                Err(ReloadError::StillDraining(name.clone()))
+            } else {
+                let spool = earlier.and_then(|stream| stream.spool.clone());
+                factory
+                    .prepare(name, stream_config, spool)
+                    .await
+                    .map_err(ReloadError::from)
+            };
+            match outcome {
+                Ok(parts) => prepared.push((name.clone(), stream_config, parts)),
+                Err(error) => {
+                    // Spools opened for new streams are closed again (their directories
+                    // stay as they were).
+                    for (name, _, parts) in prepared {
+                        if let (None, Some(spool)) = (current.by_name.get(&name), parts.spool) {
+                            let _ = tokio::task::spawn_blocking(move || spool.close()).await;
+                        }
+                    }
+                    return Err(error);
+                }
             }
-            let spool = earlier.and_then(|stream| stream.spool.clone());
-            let parts = factory.prepare(name, stream_config, spool).await?;
-            prepared.push((name.clone(), stream_config, parts));
         }
         let mut streams = current.by_name.clone();
         for (name, stream_config, parts) in prepared {
