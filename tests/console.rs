@@ -263,10 +263,7 @@ async fn the_console_shows_each_stream_and_a_failing_destination_in_red() {
     eprintln!("console screenshot: {}", shot.display());
 
     // The same table in a terminal.
-    let output = Command::new(env!("CARGO_BIN_EXE_hydrant"))
-        .args(["status", "--endpoint", &hydrant.base_url])
-        .output()
-        .unwrap();
+    let output = hydrant.command("status").output().unwrap();
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -379,8 +376,7 @@ async fn with_keys_the_console_asks_for_one_and_shows_only_its_streams() {
     );
     // `hydrant status` with a key, and without one.
     let status = |credentials: Option<&str>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hydrant"));
-        command.args(["status", "--endpoint", &hydrant.base_url]);
+        let mut command = hydrant.command("status");
         command.env_remove("HYDRANT_CREDENTIALS");
         if let Some(credentials) = credentials {
             command.env("HYDRANT_CREDENTIALS", credentials);

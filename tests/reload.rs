@@ -8,7 +8,6 @@ mod common;
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,6 +71,16 @@ fn delivered_ids(dir: &Path) -> HashMap<String, usize> {
     ids
 }
 
+/// `hydrant reload --config <path>` against `hydrant`.
+fn reload(hydrant: &Hydrant, path: &Path) -> std::process::Output {
+    hydrant
+        .command("reload")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 fn delivered(stats: &serde_json::Value) -> u64 {
     stats["delivered_records"].as_u64().unwrap_or(0)
 }
@@ -121,11 +130,7 @@ async fn ten_reloads_under_load_keep_every_stream_exactly_once() {
             );
             assert_ne!(broken, config(round));
             std::fs::write(&path, broken).unwrap();
-            let output = Command::new(env!("CARGO_BIN_EXE_hydrant"))
-                .args(["reload", "--endpoint", &hydrant.base_url, "--config"])
-                .arg(&path)
-                .output()
-                .unwrap();
+            let output = reload(&hydrant, &path);
             let said = String::from_utf8_lossy(&output.stderr);
             assert!(!output.status.success(), "{said}");
             assert!(said.contains("hydrant.yaml:15:"), "names the line: {said}");
@@ -147,11 +152,7 @@ async fn ten_reloads_under_load_keep_every_stream_exactly_once() {
         }
         std::fs::write(&path, config(round)).unwrap();
         if round.is_multiple_of(2) {
-            let output = Command::new(env!("CARGO_BIN_EXE_hydrant"))
-                .args(["reload", "--endpoint", &hydrant.base_url, "--config"])
-                .arg(&path)
-                .output()
-                .unwrap();
+            let output = reload(&hydrant, &path);
             let said = String::from_utf8_lossy(&output.stdout);
             assert!(
                 output.status.success(),
@@ -241,11 +242,7 @@ async fn a_stream_that_cannot_be_built_refuses_the_whole_reload() {
         ),
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_hydrant"))
-        .args(["reload", "--endpoint", &hydrant.base_url, "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = reload(&hydrant, &path);
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{said}");
     assert!(said.contains("missing.wasm"), "{said}");
@@ -253,11 +250,7 @@ async fn a_stream_that_cannot_be_built_refuses_the_whole_reload() {
     assert_eq!(status, 400, "e was not added");
     // Without the broken module, `e` is added (its spool opened again) and delivers.
     std::fs::write(&path, streams(e, "")).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_hydrant"))
-        .args(["reload", "--endpoint", &hydrant.base_url, "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = reload(&hydrant, &path);
     assert!(
         output.status.success(),
         "{}",

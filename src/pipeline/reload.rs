@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Pipeline, PipelineError, StreamSet};
-use crate::config::{Config, ConfigError, load_config};
+use crate::config::{Config, ConfigError, parse_config};
 
 /// How long a changed stream's delivery loop may take to finish what it is writing.
 const STOP_GRACE: Duration = Duration::from_secs(20);
@@ -69,7 +69,7 @@ pub struct Fingerprints {
     streams: HashMap<String, serde_json::Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct RawFile {
     #[serde(default)]
     server: serde_json::Value,
@@ -81,18 +81,14 @@ struct RawFile {
 
 /// Loads the configuration at `path`, with the fingerprints of its parts.
 pub fn load_with_fingerprints(path: &Path) -> Result<(Config, Fingerprints), ConfigError> {
-    let config = load_config(path)?;
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_path_buf(),
         error,
     })?;
+    let config = parse_config(&text, &path.display().to_string())?;
     let options = serde_saphyr::options! {}.with_properties(std::env::vars().collect());
-    // The file was just read as a configuration, so it reads as plain data too.
-    let raw: RawFile = serde_saphyr::from_str_with_options(&text, options).unwrap_or(RawFile {
-        server: serde_json::Value::Null,
-        spool: serde_json::Value::Null,
-        streams: BTreeMap::new(),
-    });
+    // The text just parsed as a configuration, so it reads as plain data too.
+    let raw: RawFile = serde_saphyr::from_str_with_options(&text, options).unwrap_or_default();
     Ok((
         config,
         Fingerprints {

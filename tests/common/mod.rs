@@ -627,6 +627,13 @@ impl Hydrant {
         std::mem::replace(&mut self.dir, placeholder)
     }
 
+    /// `hydrant <subcommand> --endpoint <this service>` (`status`, `reload`), to add to.
+    pub fn command(&self, subcommand: &str) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hydrant"));
+        command.args([subcommand, "--endpoint", &self.base_url]);
+        command
+    }
+
     /// Sends SIGHUP (reload the configuration and TLS files) without waiting.
     pub fn signal_hangup(&self) {
         let status = Command::new("kill")
