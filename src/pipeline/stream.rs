@@ -154,25 +154,12 @@ impl DeliveryStream {
             }
             Some(spool) => {
                 let deadline = tokio::time::Instant::now() + wait;
-                let mut first_seq = None;
-                let mut pending = Vec::new();
-                loop {
-                    let freed = spool.space_freed();
-                    tokio::pin!(freed);
-                    freed.as_mut().enable();
-                    let enqueued = spool.enqueue(&records[*taken..], arrival_ms)?;
-                    first_seq.get_or_insert(enqueued.appended.first_seq);
-                    *taken += enqueued.appended.accepted;
-                    pending.push(enqueued);
-                    if *taken == records.len()
-                        || tokio::time::timeout_at(deadline, freed).await.is_err()
-                    {
-                        break;
-                    }
-                }
+                let pending = spool
+                    .enqueue_waiting(records, arrival_ms, deadline, taken)
+                    .await?;
                 Admission {
                     accepted: Accepted {
-                        first_seq: first_seq.unwrap_or(0),
+                        first_seq: pending.first().map_or(0, |e| e.appended.first_seq),
                         count: *taken,
                     },
                     pending,

@@ -14,6 +14,7 @@ mod frame;
 pub mod journal;
 mod reader;
 mod segments;
+mod space;
 mod writer;
 
 pub use cipher::SpoolKeys;
@@ -131,7 +132,14 @@ pub struct StreamSpool {
     closed: AtomicBool,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
     start_seq: u64,
+    /// Bytes written and not yet delivered: what admission keeps under the limit.
+    live: space::LiveBytes,
+    /// Live bytes may reach `max_bytes` less this (see [`space`]).
+    live_slack: u64,
+    /// Signalled when delivery releases room.
     space_freed: tokio::sync::Notify,
+    /// Puts waiting for room queue here, so they are let in in the order they came.
+    admission: tokio::sync::Mutex<()>,
     /// Journal and checkpoint writes started on the blocking pool and not yet finished.
     disk_jobs: watch::Sender<usize>,
     /// Groups recently written, so the reader takes fresh records from memory instead of
@@ -223,7 +231,10 @@ impl StreamSpool {
             closed: AtomicBool::new(false),
             flusher: Mutex::new(None),
             start_seq,
+            live: space::LiveBytes::new(next_seq, disk_bytes, settings.max_bytes),
+            live_slack: segment_bytes.min(settings.max_bytes / 2),
             space_freed: tokio::sync::Notify::new(),
+            admission: tokio::sync::Mutex::new(()),
             disk_jobs: watch::Sender::new(0),
             tail: Mutex::new(std::collections::VecDeque::new()),
             tail_bytes: AtomicUsize::new(0),
@@ -300,10 +311,10 @@ impl StreamSpool {
         if state.shutdown {
             return Err(SpoolError::Closed);
         }
-        let budget = self
-            .settings
-            .max_bytes
-            .saturating_sub(self.disk_bytes() + state.pending_bytes);
+        let on_disk = self.disk_bytes() + state.pending_bytes;
+        let live = self.live.bytes() + state.pending_bytes;
+        let budget = (self.settings.max_bytes.saturating_sub(on_disk))
+            .min((self.settings.max_bytes - self.live_slack).saturating_sub(live));
         let first_seq = state.next_seq;
         let mut used = 0u64;
         let mut accepted = 0;
@@ -515,19 +526,45 @@ impl StreamSpool {
         Ok(())
     }
 
-    /// Deletes the segments holding only records up to `through`, waking puts waiting for
-    /// space.
+    /// Releases the room of the records up to `through` and deletes the segments holding
+    /// only such records, waking a put waiting for room.
     fn delete_delivered(&self, through: u64) {
+        let released = self.live.delivered_through(through);
         let freed = segments::delete_delivered(&mut lock(&self.segments), through);
         if freed > 0 {
             self.disk_bytes.fetch_sub(freed, Ordering::AcqRel);
+        }
+        if freed > 0 || released > 0 {
             self.space_freed.notify_waiters();
         }
     }
 
-    /// Resolves when delivered segments were deleted, freeing space for puts.
-    pub fn space_freed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.space_freed.notified()
+    /// Queues `records` like [`enqueue`](Self::enqueue), waiting until `deadline` for room
+    /// when the spool is full; `taken` counts the records queued so far (a prefix), also
+    /// when the caller gives up waiting. Puts that wait are let in first come, first served:
+    /// a put arriving later neither overtakes them nor takes the room freed for them.
+    pub async fn enqueue_waiting(
+        &self,
+        records: &[&[u8]],
+        arrival_ms: i64,
+        deadline: tokio::time::Instant,
+        taken: &mut usize,
+    ) -> Result<Vec<Enqueued>, SpoolError> {
+        let mut queued = Vec::new();
+        let Ok(_turn) = tokio::time::timeout_at(deadline, self.admission.lock()).await else {
+            return Ok(queued);
+        };
+        loop {
+            let freed = self.space_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let enqueued = self.enqueue(&records[*taken..], arrival_ms)?;
+            *taken += enqueued.appended.accepted;
+            queued.push(enqueued);
+            if *taken == records.len() || tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Ok(queued);
+            }
+        }
     }
 
     /// Records written but not yet delivered.

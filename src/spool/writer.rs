@@ -139,6 +139,7 @@ impl Flusher<'_> {
             Ok(()) => {
                 self.file_bytes += len;
                 self.spool.disk_bytes.fetch_add(len, Ordering::AcqRel);
+                self.spool.live.written(end_seq, len);
                 if let Some(last) = lock(&self.spool.segments).last_mut() {
                     last.bytes = self.file_bytes;
                 }
