@@ -18,6 +18,7 @@
 #   scripts/test-servers.sh fresh    like ensure, but always a new server with empty storage
 #   scripts/test-servers.sh stop     stop the servers this script started
 #   scripts/test-servers.sh bucket NAME   create a bucket (idempotent)
+#   scripts/test-servers.sh remove-bucket NAME   delete a bucket and every object in it
 #   scripts/test-servers.sh stop-postgres | start-postgres   take PostgreSQL down and bring
 #                                           it back with its data (outage tests)
 set -euo pipefail
@@ -127,6 +128,12 @@ if op == "bucket":
         s3.create_bucket(Bucket=sys.argv[5])
     except s3.exceptions.BucketAlreadyOwnedByYou:
         pass
+elif op == "remove-bucket":
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[5]):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=sys.argv[5], Delete={"Objects": keys, "Quiet": True})
+    s3.delete_bucket(Bucket=sys.argv[5])
 elif op == "ping":
     s3.list_buckets()
 PY
@@ -357,6 +364,9 @@ case "${1:-}" in
     bucket)
         s3_call bucket "${2:?bucket name}"
         ;;
+    remove-bucket)
+        s3_call remove-bucket "${2:?bucket name}"
+        ;;
     stop-postgres)
         stop_postgres
         ;;
@@ -364,7 +374,7 @@ case "${1:-}" in
         pg_ctl_start
         ;;
     *)
-        echo "usage: $0 ensure|fresh|stop|bucket NAME|stop-postgres|start-postgres" >&2
+        echo "usage: $0 ensure|fresh|stop|bucket NAME|remove-bucket NAME|stop-postgres|start-postgres" >&2
         exit 2
         ;;
 esac

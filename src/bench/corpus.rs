@@ -177,6 +177,22 @@ pub fn gzip_ceiling_mib_s(data: &[u8], level: u32) -> f64 {
     (data.len() * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64()
 }
 
+/// MiB/s at which zstd at `level` compresses `data` on one core, in 4 MiB chunks (one frame
+/// each, as the service compresses a stream's chunks).
+pub fn zstd_ceiling_mib_s(data: &[u8], level: i32) -> f64 {
+    let started = Instant::now();
+    let mut rounds = 0;
+    while rounds < 2 || started.elapsed().as_secs_f64() < 2.0 {
+        for chunk in data.chunks(4 << 20) {
+            std::hint::black_box(
+                zstd::bulk::compress(chunk, level).expect("in-memory compression"),
+            );
+        }
+        rounds += 1;
+    }
+    (data.len() * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64()
+}
+
 /// MiB/s of newline-delimited JSON `data` that arrow-json decodes and ArrowWriter writes
 /// as Parquet on one core, with `encoder`'s schema and writer settings.
 pub fn parquet_ceiling_mib_s(

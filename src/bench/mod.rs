@@ -3,7 +3,8 @@
 //! NDJSON posts) of realistic JSON records, waits until everything accepted has been
 //! delivered, and reports
 //! records/s, MiB/s, call latency percentiles and the service's peak RSS, next to a ceiling
-//! measured in the same run on one core, in process: flate2 compressing the same bytes, or,
+//! measured in the same run on one core, in process: flate2 compressing the same bytes (zstd
+//! at the stream's level for a zstd stream), or,
 //! for a Parquet stream, arrow-json decoding them and ArrowWriter writing them with the
 //! stream's schema and writer settings; for a search stream, building (and compressing) the
 //! same bulk request bodies.
@@ -120,6 +121,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "destination_requests",
                 corpus::seam_ceiling_mib_s(&data, &destination),
             )),
+            Some(CeilingEncoding::Zstd(level)) => {
+                Ok(("zstd", corpus::zstd_ceiling_mib_s(&data, level)))
+            }
             _ => Ok(("gzip", corpus::gzip_ceiling_mib_s(&data, level))),
         })
         .await??;
@@ -219,11 +223,14 @@ enum CeilingEncoding {
     Parquet(std::sync::Arc<hydrant_sinks::object::parquet::ParquetEncoder>),
     /// The requests a destination (other than an object store) builds.
     Destination(std::sync::Arc<dyn hydrant_sinks::prelude::AnyDestination>),
+    /// zstd at this level, for a stream of zstd-compressed objects.
+    Zstd(i32),
 }
 
 /// How `stream` in the configuration at `path` encodes records, when that sets the ceiling:
 /// a Parquet stream (arrow-json and ArrowWriter with the same schema and settings), a
-/// search stream (the same bulk bodies) or a destination behind the seam (the same requests).
+/// search stream (the same bulk bodies), a destination behind the seam (the same requests)
+/// or a zstd stream (zstd at its level); `None` means gzip sets it.
 async fn stream_encoding_of(
     path: &std::path::Path,
     stream: &str,
@@ -244,7 +251,18 @@ async fn stream_encoding_of(
         hydrant_sinks::object::ObjectFormat::Parquet(encoder) => {
             Ok(Some(CeilingEncoding::Parquet(encoder)))
         }
-        hydrant_sinks::object::ObjectFormat::Framed(_) => Ok(None),
+        hydrant_sinks::object::ObjectFormat::Framed(_) => Ok(
+            match crate::compress::codec_of(
+                stream_config.compression.value,
+                stream_config.compression_level.as_ref().map(|l| l.value),
+                stream_config.gzip_members.value,
+            ) {
+                hydrant_sinks::compress::Codec::Zstd { level } => {
+                    Some(CeilingEncoding::Zstd(level))
+                }
+                _ => None,
+            },
+        ),
     }
 }
 
