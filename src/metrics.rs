@@ -29,6 +29,9 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(API_CALL_SECONDS.into()), LATENCY_BUCKETS)
         })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(TRANSFORM_SECONDS.into()), LATENCY_BUCKETS)
+        })
         .map_err(|e| anyhow::anyhow!("cannot set the metrics' histogram buckets: {e}"))?
         .build_recorder();
     let handle = recorder.handle();

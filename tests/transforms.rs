@@ -110,6 +110,20 @@ async fn every_example_transforms_records_end_to_end_into_s3() {
     assert_eq!(filter("hydrant_transform_succeeded_records_total"), 3.0);
     assert!(filter("hydrant_transform_succeeded_bytes_total") > 0.0);
     assert!(filter("hydrant_transform_seconds_count") >= 1.0);
+    let timed_chunks = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("hydrant_transform_seconds_bucket{")
+                && line.contains(r#"stream="filter""#)
+                && line.contains(r#"le="+Inf""#)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .next();
+    assert_eq!(
+        timed_chunks,
+        Some(filter("hydrant_transform_seconds_count")),
+        "the chain's duration is a histogram with buckets"
+    );
     assert_eq!(filter("hydrant_transform_failed_records_total"), 0.0);
     let route: Vec<Vec<u8>> = vec![
         serde_json::to_vec(&json!({ "service": "checkout", "cloud": { "region": "eu-west-1" } }))
@@ -124,7 +138,9 @@ async fn every_example_transforms_records_end_to_end_into_s3() {
         "the route stream's failure in the error output",
         || async {
             let metrics = hydrant.metrics().await;
-            (metric(&metrics, "hydrant_error_output_records_total", "route") == 1.0).then_some(())
+            (metric(&metrics, "hydrant_error_output_records_total", "route") == 1.0
+                && metric(&metrics, "hydrant_backup_objects_total", "route") >= 1.0)
+                .then_some(())
         },
     )
     .await;

@@ -231,12 +231,12 @@ impl DeliveryLoop {
         };
         let count = failed.len() as u64;
         counter.fetch_add(count, Ordering::Relaxed);
-        self.counters
-            .error_output_records
-            .fetch_add(count, Ordering::Relaxed);
         let body = conversion_failure_lines(failed, Utc::now().timestamp_millis());
         let object = self.error_object(error_type, salt, range, oldest, body);
         self.put_until_taken(&object, mode).await;
+        self.counters
+            .error_output_records
+            .fetch_add(count, Ordering::Relaxed);
         tracing::warn!(
             stream = %self.stream,
             key = %object.key,
