@@ -1,8 +1,11 @@
 //! `hydrant bench` itself: both APIs, and a connection sweep that measures each count
 //! against its own service and reports one line each.
 
+mod common;
+
 use std::process::Command;
 
+use common::stdout_of;
 use serde_json::Value;
 
 /// Runs `hydrant bench` with `args` on a gzip stream into a local directory; one report per
@@ -15,26 +18,22 @@ fn bench(args: &[&str]) -> Vec<Value> {
         "server:\n  listen: 127.0.0.1:0\nstreams:\n  bench:\n    buffer: { size_mib: 1, interval_seconds: 1 }\n    compression: gzip\n    destination:\n      local: { path: out }\n",
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_hydrant"))
-        .args(["bench", "--config"])
-        .arg(&config)
-        .args([
-            "--seconds",
-            "2",
-            "--records-per-call",
-            "50",
-            "--no-ceiling",
-            "--json",
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = stdout_of(
+        Command::new(env!("CARGO_BIN_EXE_hydrant"))
+            .args(["bench", "--config"])
+            .arg(&config)
+            .args([
+                "--seconds",
+                "2",
+                "--records-per-call",
+                "50",
+                "--no-ceiling",
+                "--json",
+            ])
+            .args(args),
+        "hydrant bench",
     );
-    String::from_utf8_lossy(&output.stdout)
+    String::from_utf8_lossy(&stdout)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()

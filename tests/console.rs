@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Hydrant, eventually, metric, servers};
+use common::{Hydrant, eventually, metric, servers, stdout_of};
 use serde_json::Value;
 
 /// A local port nothing listens on.
@@ -243,16 +243,12 @@ async fn the_console_shows_each_stream_and_a_failing_destination_in_red() {
     std::fs::create_dir_all(&artefacts).unwrap();
     let shot = artefacts.join("console.png");
     let _ = std::fs::remove_file(&shot);
-    let output = chromium(profile.path())
-        .arg("--window-size=1280,1000")
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(format!("{}/", hydrant.base_url))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    stdout_of(
+        chromium(profile.path())
+            .arg("--window-size=1280,1000")
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg(format!("{}/", hydrant.base_url)),
+        "chromium --screenshot",
     );
     let png = std::fs::read(&shot).unwrap();
     assert!(
@@ -263,13 +259,8 @@ async fn the_console_shows_each_stream_and_a_failing_destination_in_red() {
     eprintln!("console screenshot: {}", shot.display());
 
     // The same table in a terminal.
-    let output = hydrant.command("status").output().unwrap();
-    let table = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = stdout_of(&mut hydrant.command("status"), "hydrant status");
+    let table = String::from_utf8_lossy(&output);
     let row = |name: &str| {
         table
             .lines()

@@ -56,17 +56,10 @@ fn members(body: &[u8]) -> usize {
 }
 
 fn run(program: &str, args: &[&str], file: &Path) -> Vec<u8> {
-    let output = Command::new(program)
-        .args(args)
-        .arg(file)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} could not read the object:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
+    stdout_of(
+        Command::new(program).args(args).arg(file),
+        &format!("{program} reading the object"),
+    )
 }
 
 #[tokio::test]

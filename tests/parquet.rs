@@ -259,17 +259,11 @@ fn check_with_duckdb(file: &[u8]) {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/read_parquet_duckdb.py"
     );
-    let output = Command::new(&servers().python)
-        .arg(script)
-        .arg(&path)
-        .output()
-        .expect("run DuckDB");
-    assert!(
-        output.status.success(),
-        "DuckDB could not read the file:\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = stdout_of(
+        Command::new(&servers().python).arg(script).arg(&path),
+        "DuckDB reading the file",
     );
-    let read: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let read: Value = serde_json::from_slice(&stdout).unwrap();
     let types = &read["types"];
     for (column, expected) in [
         ("id", "BIGINT"),

@@ -314,17 +314,13 @@ async fn duckdb_reads_a_partitioned_parquet_lake_back_with_each_row_under_its_ow
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/read_lake_duckdb.py"
     );
-    let output = std::process::Command::new(&servers().python)
-        .arg(script)
-        .arg(mirror.path().join("events"))
-        .output()
-        .expect("run DuckDB");
-    assert!(
-        output.status.success(),
-        "DuckDB could not read the lake:\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = stdout_of(
+        std::process::Command::new(&servers().python)
+            .arg(script)
+            .arg(mirror.path().join("events")),
+        "DuckDB reading the lake",
     );
-    let rows: Vec<Value> = String::from_utf8(output.stdout)
+    let rows: Vec<Value> = String::from_utf8(stdout)
         .unwrap()
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())

@@ -497,13 +497,7 @@ fn sse_objects(bucket: &str, prefix: &str, customer_key: Option<&str>) -> Vec<se
     if let Some(key) = customer_key {
         command.arg(key);
     }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
+    String::from_utf8(stdout_of(&mut command, "sse_read_boto3.py"))
         .unwrap()
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())

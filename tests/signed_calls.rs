@@ -40,16 +40,11 @@ fn scenario(name: &str, op: &str, stream: &str, key: (&str, &str)) -> Value {
 
 /// Runs a client over `scenarios`; its outcomes by scenario name.
 fn outcomes(mut command: Command, scenarios: &[Value]) -> HashMap<String, Value> {
-    let output = command
-        .arg(Value::Array(scenarios.to_vec()).to_string())
-        .output()
-        .expect("run the client");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = stdout_of(
+        command.arg(Value::Array(scenarios.to_vec()).to_string()),
+        "the client",
     );
-    let outcomes: HashMap<String, Value> = String::from_utf8(output.stdout)
+    let outcomes: HashMap<String, Value> = String::from_utf8(stdout)
         .unwrap()
         .lines()
         .map(|line| {

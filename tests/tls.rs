@@ -156,32 +156,28 @@ async fn clients_trust_the_listener_through_their_ca_options() {
     assert_eq!(outcome["ok"], true, "{outcome}");
 
     // The AWS CLI with `--ca-bundle`.
-    let output = Command::new(&servers().aws_cli)
-        .args([
-            "firehose",
-            "put-record",
-            "--endpoint-url",
-            &endpoint,
-            "--ca-bundle",
-            ca_arg,
-        ])
-        .args([
-            "--delivery-stream-name",
-            "events",
-            "--record",
-            r#"{"Data":"{\"via\":\"cli\"}"}"#,
-        ])
-        .env("AWS_ACCESS_KEY_ID", "any")
-        .env("AWS_SECRET_ACCESS_KEY", "any")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    stdout_of(
+        Command::new(&servers().aws_cli)
+            .args([
+                "firehose",
+                "put-record",
+                "--endpoint-url",
+                &endpoint,
+                "--ca-bundle",
+                ca_arg,
+            ])
+            .args([
+                "--delivery-stream-name",
+                "events",
+                "--record",
+                r#"{"Data":"{\"via\":\"cli\"}"}"#,
+            ])
+            .env("AWS_ACCESS_KEY_ID", "any")
+            .env("AWS_SECRET_ACCESS_KEY", "any")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+        "aws firehose put-record",
     );
 
     assert!(hydrant.terminate().success(), "{}", hydrant.log());

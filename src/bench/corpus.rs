@@ -161,36 +161,49 @@ fn event(rng: &mut fastrand::Rng, n: u64, target: usize) -> Vec<u8> {
     record.into_bytes()
 }
 
-/// MiB/s of `data` that flate2's gzip at `level` compresses on one core.
-pub fn gzip_ceiling_mib_s(data: &[u8], level: u32) -> f64 {
+/// MiB/s at which `round` gets through `bytes` of input, timed over at least two rounds and
+/// two seconds; the first error ends the measurement.
+fn try_rate_mib_s<E>(bytes: usize, mut round: impl FnMut() -> Result<(), E>) -> Result<f64, E> {
     let started = Instant::now();
     let mut rounds = 0;
     while rounds < 2 || started.elapsed().as_secs_f64() < 2.0 {
+        round()?;
+        rounds += 1;
+    }
+    Ok((bytes * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64())
+}
+
+/// [`try_rate_mib_s`] for a round that cannot fail.
+fn rate_mib_s(bytes: usize, mut round: impl FnMut()) -> f64 {
+    try_rate_mib_s(bytes, || {
+        round();
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .unwrap_or_else(|never| match never {})
+}
+
+/// MiB/s of `data` that flate2's gzip at `level` compresses on one core.
+pub fn gzip_ceiling_mib_s(data: &[u8], level: u32) -> f64 {
+    rate_mib_s(data.len(), || {
         let mut encoder = flate2::write::GzEncoder::new(
             Vec::with_capacity(data.len() / 4),
             flate2::Compression::new(level),
         );
         encoder.write_all(data).expect("in-memory write");
         std::hint::black_box(encoder.finish().expect("in-memory write"));
-        rounds += 1;
-    }
-    (data.len() * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64()
+    })
 }
 
 /// MiB/s at which zstd at `level` compresses `data` on one core, in 4 MiB chunks (one frame
 /// each, as the service compresses a stream's chunks).
 pub fn zstd_ceiling_mib_s(data: &[u8], level: i32) -> f64 {
-    let started = Instant::now();
-    let mut rounds = 0;
-    while rounds < 2 || started.elapsed().as_secs_f64() < 2.0 {
+    rate_mib_s(data.len(), || {
         for chunk in data.chunks(4 << 20) {
             std::hint::black_box(
                 zstd::bulk::compress(chunk, level).expect("in-memory compression"),
             );
         }
-        rounds += 1;
-    }
-    (data.len() * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64()
+    })
 }
 
 /// MiB/s of newline-delimited JSON `data` that arrow-json decodes and ArrowWriter writes
@@ -202,9 +215,7 @@ pub fn parquet_ceiling_mib_s(
     let schema = encoder
         .schema()
         .ok_or_else(|| anyhow::anyhow!("the Parquet ceiling needs a declared schema"))?;
-    let started = Instant::now();
-    let mut rounds = 0;
-    while rounds < 2 || started.elapsed().as_secs_f64() < 2.0 {
+    try_rate_mib_s(data.len(), || -> anyhow::Result<()> {
         let reader = arrow_json::ReaderBuilder::new(std::sync::Arc::clone(&schema))
             .with_batch_size(8192)
             .build(data)?;
@@ -217,9 +228,8 @@ pub fn parquet_ceiling_mib_s(
             writer.write(&batch?)?;
         }
         std::hint::black_box(writer.into_inner()?);
-        rounds += 1;
-    }
-    Ok((data.len() * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64())
+        Ok(())
+    })
 }
 
 /// MiB/s of records (`data`, newline-delimited) that a destination behind the seam encodes
@@ -263,9 +273,7 @@ fn seam_rounds(
     destination: &std::sync::Arc<dyn hydrant_sinks::prelude::AnyDestination>,
 ) -> f64 {
     use hydrant_sinks::prelude::{BatchId, Chunk};
-    let started = Instant::now();
-    let mut rounds = 0;
-    while rounds < 2 || started.elapsed().as_secs_f64() < 2.0 {
+    rate_mib_s(bytes, || {
         let pieces = chunks
             .iter()
             .filter(|(_, records)| !records.is_empty())
@@ -288,9 +296,7 @@ fn seam_rounds(
         };
         let assembled = std::sync::Arc::clone(destination).assemble_any(id, pieces);
         std::hint::black_box(assembled.is_ok());
-        rounds += 1;
-    }
-    (bytes * rounds) as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64()
+    })
 }
 
 #[cfg(test)]

@@ -134,8 +134,8 @@ pub struct StreamSpool {
     start_seq: u64,
     /// Bytes written and not yet delivered: what admission keeps under the limit.
     live: space::LiveBytes,
-    /// Live bytes may reach `max_bytes` less this (see [`space`]).
-    live_slack: u64,
+    /// Most live bytes: `max_bytes` less one segment (see [`space`]).
+    live_limit: u64,
     /// Signalled when delivery releases room.
     space_freed: tokio::sync::Notify,
     /// Puts waiting for room queue here, so they are let in in the order they came.
@@ -232,7 +232,7 @@ impl StreamSpool {
             flusher: Mutex::new(None),
             start_seq,
             live: space::LiveBytes::new(next_seq, disk_bytes, settings.max_bytes),
-            live_slack: segment_bytes.min(settings.max_bytes / 2),
+            live_limit: settings.max_bytes - segment_bytes.min(settings.max_bytes / 2),
             space_freed: tokio::sync::Notify::new(),
             admission: tokio::sync::Mutex::new(()),
             disk_jobs: watch::Sender::new(0),
@@ -314,7 +314,7 @@ impl StreamSpool {
         let on_disk = self.disk_bytes() + state.pending_bytes;
         let live = self.live.bytes() + state.pending_bytes;
         let budget = (self.settings.max_bytes.saturating_sub(on_disk))
-            .min((self.settings.max_bytes - self.live_slack).saturating_sub(live));
+            .min(self.live_limit.saturating_sub(live));
         let first_seq = state.next_seq;
         let mut used = 0u64;
         let mut accepted = 0;

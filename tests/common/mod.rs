@@ -355,6 +355,20 @@ impl Bucket {
     }
 }
 
+/// Runs `command` to completion and returns its standard output; a run that fails fails
+/// the test with the command's standard error, `what` naming the command.
+pub fn stdout_of(command: &mut Command, what: &str) -> Vec<u8> {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 /// Decompresses a gzip object, every member of it.
 pub fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -636,17 +650,17 @@ impl Hydrant {
 
     /// Sends SIGHUP (reload the configuration and TLS files) without waiting.
     pub fn signal_hangup(&self) {
-        let status = Command::new("kill")
-            .args(["-HUP", &self.pid()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.signal("-HUP");
     }
 
     /// Sends SIGTERM without waiting.
     pub fn signal_terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    fn signal(&self, flag: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid()])
+            .args([flag, &self.pid()])
             .status()
             .unwrap();
         assert!(status.success());
