@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 use journal::Journal;
 use segments::Segment;
-use writer::WriterState;
+use writer::{GroupPart, WriterState};
 
 /// When appended records are flushed to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,17 +323,24 @@ impl StreamSpool {
             if used + len > budget {
                 break;
             }
-            frame::encode_record(
-                state.next_seq,
-                arrival_ms,
-                record,
-                self.cipher.as_ref(),
-                &mut state.group.buf,
-            );
-            state.next_seq += 1;
-            state.group.records += 1;
             used += len;
             accepted += 1;
+        }
+        if accepted > 0 {
+            let part = state.group.room_for(first_seq, used as usize);
+            for (seq, record) in (first_seq..).zip(&records[..accepted]) {
+                frame::encode_record(
+                    seq,
+                    arrival_ms,
+                    record,
+                    self.cipher.as_ref(),
+                    &mut part.data,
+                );
+            }
+            part.records += accepted as u64;
+            state.next_seq += accepted as u64;
+            state.group.records += accepted as u64;
+            state.group.bytes += used;
         }
         let appended = Appended {
             first_seq,
@@ -385,14 +392,14 @@ impl StreamSpool {
         SpoolReader::new(Arc::clone(self), self.resume_seq(), true)
     }
 
-    /// Keeps a just-written group in memory for the reader, within the cache's budget.
-    fn cache_group(&self, first_seq: u64, records: u64, buf: Vec<u8>) {
-        let held = buf.capacity();
+    /// Keeps a just-written part of a group in memory for the reader, within the cache's budget.
+    fn cache_group(&self, part: GroupPart) {
+        let held = part.data.capacity();
         let mut tail = lock(&self.tail);
         tail.push_back(CachedGroup {
-            first_seq,
-            records,
-            data: buf.into(),
+            first_seq: part.first_seq,
+            records: part.records,
+            data: part.data.into(),
             held,
         });
         let mut total = self.tail_bytes.fetch_add(held, Ordering::AcqRel) + held;

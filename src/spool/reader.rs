@@ -116,9 +116,9 @@ impl SpoolReader {
                     .fetch_sub(dropped.held, Ordering::AcqRel);
             }
         }
-        let group = tail
-            .iter()
-            .find(|g| g.first_seq <= self.next_seq && self.next_seq < g.first_seq + g.records)?;
+        let next_seq = self.next_seq;
+        let holding = tail.partition_point(|g| g.first_seq + g.records <= next_seq);
+        let group = tail.get(holding).filter(|g| g.first_seq <= next_seq)?;
         let data = group.data.clone();
         drop(tail);
         // The file position no longer matches; reopen if the disk is needed again.

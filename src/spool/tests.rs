@@ -57,6 +57,49 @@ async fn appended_records_are_read_back_in_order_across_segments_and_restarts() 
 }
 
 #[tokio::test]
+async fn puts_queued_together_are_read_back_whole_from_the_cache_and_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    // Large puts get parts of their own, small ones share: one group holds several parts.
+    let puts: Vec<Vec<Vec<u8>>> = (0..60)
+        .map(|p| {
+            let (count, len) = if p % 3 == 0 { (2, 90_000) } else { (5, 40) };
+            (0..count)
+                .map(|r| vec![(p * 7 + r) as u8; len + r])
+                .collect()
+        })
+        .collect();
+    let expected: Vec<Vec<u8>> = puts.iter().flatten().cloned().collect();
+    {
+        let spool = StreamSpool::open(settings(dir.path(), FsyncPolicy::Always, 64 << 20)).unwrap();
+        for put in &puts {
+            let slices: Vec<&[u8]> = put.iter().map(Vec::as_slice).collect();
+            let enqueued = spool.enqueue(&slices, 1).unwrap();
+            assert_eq!(enqueued.appended.accepted, put.len());
+        }
+        spool.sync_through(expected.len() as u64 - 1).await.unwrap();
+        let mut reader = spool.delivery_reader();
+        let mut cached = Vec::new();
+        while reader.next_seq() < expected.len() as u64 {
+            let chunk = reader.read(1 << 20).await.unwrap().unwrap();
+            for (seq, _, range) in &chunk.records {
+                assert_eq!(*seq, cached.len() as u64);
+                cached.push(chunk.data[range.clone()].to_vec());
+            }
+        }
+        assert!(cached == expected, "records read from the cache differ");
+        spool.close();
+    }
+    let spool = StreamSpool::open(settings(dir.path(), FsyncPolicy::Always, 64 << 20)).unwrap();
+    let on_disk: Vec<Vec<u8>> = read_all(&spool, 0)
+        .await
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    assert!(on_disk == expected, "records read from disk differ");
+    spool.close();
+}
+
+#[tokio::test]
 async fn a_full_spool_takes_a_prefix_and_frees_space_once_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let spool = StreamSpool::open(settings(dir.path(), FsyncPolicy::Always, 4 << 20)).unwrap();
