@@ -155,7 +155,7 @@ impl DeliveryStream {
             Some(spool) => {
                 let deadline = tokio::time::Instant::now() + wait;
                 let pending = spool
-                    .enqueue_waiting(records, arrival_ms, deadline, taken)
+                    .enqueue_waiting(records, arrival_ms, deadline, taken, None)
                     .await?;
                 Admission {
                     accepted: Accepted {

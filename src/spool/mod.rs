@@ -10,6 +10,7 @@
 
 mod arrivals;
 pub mod cipher;
+mod cursors;
 mod frame;
 pub mod journal;
 mod reader;
@@ -18,6 +19,7 @@ mod space;
 mod writer;
 
 pub use cipher::SpoolKeys;
+pub use cursors::CursorMark;
 pub use journal::{PartEntry, SeqRange, WINDOW_FAILED, WINDOW_FAILURES};
 pub use reader::{RecordChunk, SpoolReader};
 
@@ -150,6 +152,8 @@ pub struct StreamSpool {
     cipher: Option<cipher::SpoolCipher>,
     /// When the undelivered records arrived (for data freshness).
     arrivals: Mutex<arrivals::Arrivals>,
+    /// Where outside inputs feeding this spool resume (see [`cursors`]).
+    cursors: Mutex<cursors::CursorLog>,
 }
 
 /// A written group kept in memory for the reader.
@@ -213,6 +217,8 @@ impl StreamSpool {
             .map_err(|e| directory_error(format!("cannot recover segments: {e}")))?;
         let segment_bytes = (settings.max_bytes / 8).clamp(1 << 20, 64 << 20);
         let next_seq = recovered.next_seq;
+        let cursors = cursors::CursorLog::open(&dir, next_seq)
+            .map_err(|e| directory_error(format!("cannot recover the cursor log: {e}")))?;
         let disk_bytes = recovered.segments.iter().map(|s| s.bytes).sum();
         let start_seq = checkpoint.map_or(
             recovered.segments.first().map_or(next_seq, |s| s.first_seq),
@@ -240,6 +246,7 @@ impl StreamSpool {
             tail_bytes: AtomicUsize::new(0),
             cipher,
             arrivals: Mutex::new(arrivals::Arrivals::default()),
+            cursors: Mutex::new(cursors),
             settings,
         });
         if next_seq > start_seq {
@@ -307,6 +314,17 @@ impl StreamSpool {
     /// Queues `records` for the next group write without waiting: the caller may drop its
     /// copy of the records, then wait for [`Enqueued::durable`] before acknowledging them.
     pub fn enqueue(&self, records: &[&[u8]], arrival_ms: i64) -> Result<Enqueued, SpoolError> {
+        self.enqueue_marked(records, arrival_ms, None)
+    }
+
+    /// [`enqueue`](Self::enqueue), recording with the accepted records where in an outside
+    /// input they came from (`mark`, one length per record), so the input resumes after them.
+    pub fn enqueue_marked(
+        &self,
+        records: &[&[u8]],
+        arrival_ms: i64,
+        mark: Option<CursorMark<'_>>,
+    ) -> Result<Enqueued, SpoolError> {
         let mut state = lock(&self.writer);
         if state.shutdown {
             return Err(SpoolError::Closed);
@@ -338,6 +356,9 @@ impl StreamSpool {
                 );
             }
             part.records += accepted as u64;
+            if let Some(mark) = mark {
+                mark.encode(first_seq, accepted, &mut state.group.marks);
+            }
             state.next_seq += accepted as u64;
             state.group.records += accepted as u64;
             state.group.bytes += used;
@@ -556,6 +577,7 @@ impl StreamSpool {
         arrival_ms: i64,
         deadline: tokio::time::Instant,
         taken: &mut usize,
+        mark: Option<CursorMark<'_>>,
     ) -> Result<Vec<Enqueued>, SpoolError> {
         let mut queued = Vec::new();
         let Ok(_turn) = tokio::time::timeout_at(deadline, self.admission.lock()).await else {
@@ -565,13 +587,24 @@ impl StreamSpool {
             let freed = self.space_freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let enqueued = self.enqueue(&records[*taken..], arrival_ms)?;
+            let rest = mark.map(|m| m.after(*taken));
+            let enqueued = self.enqueue_marked(&records[*taken..], arrival_ms, rest)?;
             *taken += enqueued.appended.accepted;
             queued.push(enqueued);
             if *taken == records.len() || tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Ok(queued);
             }
         }
+    }
+
+    /// Where the outside input `key` resumes: just past its last record in the spool.
+    pub fn cursor(&self, key: &[u8]) -> Option<u64> {
+        lock(&self.cursors).position(key)
+    }
+
+    /// Forgets the cursor of an outside input that is finished and gone.
+    pub fn retire_cursor(&self, key: &[u8]) {
+        lock(&self.cursors).retire(key);
     }
 
     /// Records written but not yet delivered.

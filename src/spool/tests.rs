@@ -176,7 +176,7 @@ fn waiting_put(
         let records: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
         let mut taken = 0;
         let queued = spool
-            .enqueue_waiting(&records, 0, deadline, &mut taken)
+            .enqueue_waiting(&records, 0, deadline, &mut taken, None)
             .await
             .unwrap();
         queued
@@ -729,4 +729,64 @@ mod hostile {
             checked?;
         }
     }
+}
+
+#[tokio::test]
+async fn an_input_cursor_resumes_after_the_last_record_that_survived_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<Vec<u8>> = (0..40)
+        .map(|i| format!("line {i:03}").into_bytes())
+        .collect();
+    // Each record took its line and a newline of the input.
+    let lengths: Vec<u64> = lines.iter().map(|l| l.len() as u64 + 1).collect();
+    {
+        let spool = StreamSpool::open(settings(dir.path(), FsyncPolicy::Always, 8 << 20)).unwrap();
+        for (chunk, chunk_lengths) in lines.chunks(10).zip(lengths.chunks(10)) {
+            let start = spool.cursor(b"input").unwrap_or(0);
+            let slices: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+            let mark = CursorMark {
+                key: b"input",
+                start,
+                lengths: chunk_lengths,
+            };
+            // An API put between them takes sequence numbers of its own.
+            spool.append(&[b"from the api"], 1).await.unwrap();
+            let enqueued = spool.enqueue_marked(&slices, 1, Some(mark)).unwrap();
+            assert_eq!(enqueued.appended.accepted, 10);
+            enqueued.durable().await.unwrap();
+            let expected: u64 = lengths[..start_index(&lengths, start) + 10].iter().sum();
+            assert_eq!(spool.cursor(b"input"), Some(expected));
+        }
+        spool.close();
+    }
+    let whole: u64 = lengths.iter().sum();
+    // Cut the last three records off the segment, as a write torn by a crash would.
+    let segment = segments::list(dir.path()).unwrap().pop().unwrap();
+    let frame = frame::record_frame_len(lines[39].len(), false) as u64;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment.path)
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len - 2 * frame - frame / 2).unwrap();
+    drop(file);
+    let spool = StreamSpool::open(settings(dir.path(), FsyncPolicy::Always, 8 << 20)).unwrap();
+    assert_eq!(
+        spool.cursor(b"input"),
+        Some(whole - lengths[37..].iter().sum::<u64>())
+    );
+    spool.close();
+}
+
+/// How many records of `lengths` lie before byte `offset`.
+fn start_index(lengths: &[u64], offset: u64) -> usize {
+    let mut at = 0;
+    lengths
+        .iter()
+        .take_while(|&&l| {
+            let inside = at < offset;
+            at += l;
+            inside
+        })
+        .count()
 }

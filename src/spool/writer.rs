@@ -43,6 +43,8 @@ pub struct Group {
     pub records: u64,
     /// Bytes of the frames.
     pub bytes: u64,
+    /// Cursor log entries of the records from outside inputs, written before the frames.
+    pub marks: Vec<u8>,
     /// Signalled once the group is durable (or failed).
     pub done: watch::Sender<GroupResult>,
 }
@@ -54,6 +56,7 @@ impl Group {
             first_seq,
             records: 0,
             bytes: 0,
+            marks: Vec::new(),
             done: watch::Sender::new(None),
         }
     }
@@ -166,8 +169,11 @@ impl Flusher<'_> {
     fn write_group(&mut self, mut group: Group) {
         let len = group.bytes;
         let end_seq = group.first_seq + group.records;
+        let always = matches!(self.spool.settings.fsync, FsyncPolicy::Always);
+        let log_len = lock(&self.spool.cursors).len();
         let result = self
             .roll_if_full(group.first_seq)
+            .and_then(|()| lock(&self.spool.cursors).append(&group.marks, always))
             .and_then(|()| write_parts(&mut self.file, &group.parts))
             .and_then(|()| match self.spool.settings.fsync {
                 FsyncPolicy::Always => timed_sync(&self.file),
@@ -190,12 +196,31 @@ impl Flusher<'_> {
                     FsyncPolicy::Always => {
                         self.spool.synced.send_replace(end_seq);
                         self.last_sync = Instant::now();
+                        self.cursors_synced();
                     }
                     FsyncPolicy::Interval(_) => self.unsynced = true,
                 }
                 group.done.send_replace(Some(Ok(())));
             }
-            Err(error) => self.fail(group, &error),
+            Err(error) => {
+                if let Err(cut) = lock(&self.spool.cursors).cut_back(log_len) {
+                    tracing::error!(
+                        spool = %self.spool.settings.dir.display(),
+                        "cannot take back the cursor log entries of a failed write: {cut}"
+                    );
+                }
+                self.fail(group, &error);
+            }
+        }
+    }
+
+    /// Everything written is on stable storage: so are the cursors' new positions.
+    fn cursors_synced(&self) {
+        if let Err(error) = lock(&self.spool.cursors).synced() {
+            tracing::error!(
+                spool = %self.spool.settings.dir.display(),
+                "cannot rewrite the cursor log; it keeps growing until this succeeds: {error}"
+            );
         }
     }
 
@@ -232,6 +257,7 @@ impl Flusher<'_> {
                 self.unsynced = false;
                 self.last_sync = Instant::now();
                 self.spool.synced.send_replace(*self.spool.written.borrow());
+                self.cursors_synced();
             }
             Err(error) => tracing::error!(
                 spool = %self.spool.settings.dir.display(),
