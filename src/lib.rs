@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod reload_command;
 pub mod server;
+pub mod source;
 pub mod spool;
 pub mod tls;
 pub mod transform;

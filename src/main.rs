@@ -90,10 +90,15 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let checked = runtime()?.block_on(hydrant::pipeline::check_destinations(&config, base_dir));
+    let mut checked = runtime()?.block_on(hydrant::pipeline::check_destinations(&config, base_dir));
+    let (warnings, unreadable) = hydrant::source::check_sources(&config, base_dir);
+    checked.extend(unreadable);
+    for warning in warnings {
+        eprintln!("warning: {warning}");
+    }
     if !checked.is_empty() {
         anyhow::bail!(
-            "{}: the configuration is valid but its destinations or transforms cannot be used:\n  {}",
+            "{}: the configuration is valid but its destinations, transforms or source files cannot be used:\n  {}",
             path.display(),
             checked.join("\n  ")
         );

@@ -15,6 +15,7 @@ mod processors;
 #[cfg(test)]
 mod reference_tests;
 mod search;
+mod sources;
 mod streams;
 mod validate;
 
@@ -30,6 +31,7 @@ pub use search::{
     BackupMode, DocumentIdConfig, IndexRotation, SearchAuthConfig, SearchBackup, SearchDestination,
     check_index_name,
 };
+pub use sources::{FileSourceConfig, MAX_LINE_KIB, SourceConfig, StartAt};
 pub use streams::Streams;
 
 use hydrant_sinks::prelude::{ObjectSink, ObjectStoreSink, S3Options, SinkError};
@@ -226,6 +228,9 @@ pub struct StreamConfig {
     /// `single`, for readers that stop after the first member.
     #[serde(default = "default_gzip_members")]
     pub gzip_members: Spanned<GzipMembersConfig>,
+    /// Inputs the service reads itself (tailed files), beside the API.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
     /// Transforms run over records before they are encoded, in order.
     #[serde(default)]
     pub processors: Vec<ProcessorConfig>,

@@ -148,6 +148,10 @@ fn section_types() -> Vec<(&'static str, PrefixFields)> {
             vec![("", fields_of::<WasmProcessorConfig>())],
         ),
         (
+            "sources[].file",
+            vec![("", fields_of::<super::FileSourceConfig>())],
+        ),
+        (
             "destination.local",
             vec![("", fields_of::<LocalDestination>())],
         ),
@@ -229,6 +233,10 @@ fn config_with(section: &str, key: &str, value: Option<&str>) -> Option<String> 
         "processors[].wasm" => (
             key,
             "streams:\n  s:\n    processors:\n      - wasm:\n          module: m.wasm\n          {K}\n    {L}\n",
+        ),
+        "sources[].file" => (
+            key,
+            "streams:\n  s:\n    sources:\n      - file:\n          include: [x.log]\n          {K}\n    {L}\n",
         ),
         "destination.local" => (
             key,

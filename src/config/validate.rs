@@ -218,6 +218,7 @@ fn validate_stream(
     super::search::validate(name, stream, problems);
     super::http_endpoint::validate(name, stream, problems);
     super::processors::validate(name, &stream.processors, problems);
+    super::sources::validate(name, &stream.sources, spooled, problems);
     if stream.format.value == super::Format::Ndjson
         && stream.record_delimiter == super::RecordDelimiter::None
     {

@@ -39,6 +39,8 @@ pub(super) struct StreamTasks {
     pub(super) stop: Option<tokio::sync::watch::Sender<bool>>,
     /// Checks the destination once at start (logs only).
     pub(super) announce: Option<JoinHandle<()>>,
+    /// Reads the stream's file sources.
+    pub(super) sources: Option<crate::source::SourceTasks>,
 }
 
 /// Builds streams: the settings every stream shares, and the tasks of those running.
@@ -58,6 +60,14 @@ pub(super) struct StreamFactory {
 }
 
 impl StreamTasks {
+    /// Stops the stream's sources and waits until what they read is queued: done before
+    /// the spool closes or is handed to a new stream, so no two readers share a file.
+    pub(super) async fn stop_sources(&mut self) {
+        if let Some(sources) = self.sources.take() {
+            sources.stop().await;
+        }
+    }
+
     pub(super) fn into_handles(self) -> impl Iterator<Item = JoinHandle<()>> {
         [self.feeder, self.delivery, self.announce]
             .into_iter()
@@ -166,6 +176,23 @@ impl StreamFactory {
             earlier,
             stop,
         );
+        if let Some(spool) = &stream.spool
+            && !stream_config.sources.is_empty()
+        {
+            let sources = stream_config
+                .sources
+                .iter()
+                .map(|crate::config::SourceConfig::File(file)| {
+                    crate::source::FileSourceSettings::new(file, &self.base_dir)
+                })
+                .collect();
+            tasks.sources = Some(crate::source::SourceTasks::start(
+                name,
+                sources,
+                spool,
+                &stream.counters,
+            ));
+        }
         if let Some(spool) = &stream.spool {
             tasks.feeder = Some(tokio::spawn(feed_from_spool(
                 name.to_string(),

@@ -185,6 +185,9 @@ impl Pipeline {
     /// Stops taking records and waits until everything accepted has been delivered.
     pub async fn drain(&self) {
         let mut factory = self.factory.lock().await;
+        for tasks in factory.tasks.values_mut() {
+            tasks.stop_sources().await;
+        }
         for stream in self.streams() {
             stream.stop_taking().await;
         }

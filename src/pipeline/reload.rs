@@ -177,6 +177,9 @@ impl Pipeline {
             .collect();
         for name in removed {
             if let Some(stream) = streams.remove(&name) {
+                if let Some(tasks) = factory.tasks.get_mut(&name) {
+                    tasks.stop_sources().await;
+                }
                 stream.stop_taking().await;
                 if let Some(tasks) = factory.tasks.remove(&name) {
                     let handles = tasks.into_handles().map(|task| (name.clone(), task));
@@ -198,9 +201,10 @@ impl super::StreamFactory {
     /// journal writes settle; without one, its buffer closes and the loop delivers what it
     /// holds while the new stream already takes records.
     async fn stop(&mut self, name: &str, stream: &super::DeliveryStream) {
-        let Some(tasks) = self.tasks.remove(name) else {
+        let Some(mut tasks) = self.tasks.remove(name) else {
             return;
         };
+        tasks.stop_sources().await;
         let Some(spool) = &stream.spool else {
             stream.buffer.close();
             let handles = tasks.into_handles().map(|task| (name.to_string(), task));

@@ -1,0 +1,276 @@
+//! The `file` source against the real binary: lines of tailed files are delivered exactly
+//! once, in order per file, across rotation by rename and by copytruncate and kill -9; a
+//! file deleted while read is finished; over-long lines are refused; binary files pass
+//! through byte for byte; `validate` reports patterns matching nothing and unreadable files.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+/// A stream reading `logs/<pattern>` into `out/`, uncompressed, one line per record.
+fn streams(include: &str, extra: &str) -> String {
+    format!(
+        "files:\n  buffer:\n    size_mib: 1\n    interval_seconds: 1\n  sources:\n    - file:\n        include: [\"logs/{include}\"]\n        exclude: [\"*.copy\"]\n        start_at: beginning\n        scan_interval_ms: 50\n{extra}  destination:\n    local:\n      path: out\n"
+    )
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Objects written to `dir/out` so far: not those still being staged (`name#n`, renamed
+/// into place once whole), nor one renamed away between listing and reading.
+fn delivered_files(dir: &Path) -> Vec<Vec<u8>> {
+    files_under(&dir.join("out"))
+        .iter()
+        .filter(|file| !file.to_string_lossy().contains('#'))
+        .filter_map(|file| std::fs::read(file).ok())
+        .collect()
+}
+
+/// Every delivered object's lines (objects in no particular order).
+fn delivered_objects(dir: &Path) -> Vec<Vec<String>> {
+    delivered_files(dir)
+        .into_iter()
+        .map(|bytes| {
+            let text = String::from_utf8(bytes).unwrap();
+            text.lines().map(str::to_string).collect()
+        })
+        .collect()
+}
+
+fn delivered_count(dir: &Path) -> usize {
+    delivered_objects(dir).iter().map(Vec::len).sum()
+}
+
+async fn wait_for_lines(dir: &Path, at_least: usize, timeout: Duration) {
+    eventually(timeout, &format!("{at_least} lines delivered"), || async {
+        (delivered_count(dir) >= at_least).then_some(())
+    })
+    .await;
+}
+
+fn append(path: &Path, text: &str) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lines_arrive_exactly_once_in_order_through_rotation_and_kill_9() {
+    const GENERATIONS: usize = 8;
+    const LINES_PER_GENERATION: usize = 25_000;
+    const BURST: usize = 500;
+    const KILLED_IN: [usize; 5] = [0, 2, 3, 5, 6];
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let live = logs.join("app.log");
+    let streams = streams("app.log*", "");
+    let mut hydrant = Hydrant::start_in(dir, "", &streams, &[]);
+    let mut written = 0usize;
+    let mut kills = 0;
+    for generation in 0..GENERATIONS {
+        for burst in 0..LINES_PER_GENERATION / BURST {
+            let text: String = (written..written + BURST)
+                .map(|n| format!("g{generation} n{n:07}\n"))
+                .collect();
+            append(&live, &text);
+            written += BURST;
+            if burst == 25 && KILLED_IN.contains(&generation) {
+                // Killed once it has made some progress since it started.
+                let base = hydrant.dir.path().to_path_buf();
+                let before = delivered_count(&base);
+                wait_for_lines(&base, before + 1, Duration::from_secs(30)).await;
+                let dir = hydrant.kill();
+                kills += 1;
+                hydrant = Hydrant::start_in(dir, "", &streams, &[]);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if generation % 2 == 0 {
+            std::fs::rename(&live, logs.join(format!("app.log.{generation}"))).unwrap();
+        } else {
+            // copytruncate: whatever is written between the copy and the truncation is lost
+            // to any tailer, so the writer pauses until all it wrote was read.
+            wait_for_lines(hydrant.dir.path(), written, Duration::from_secs(60)).await;
+            std::fs::copy(&live, logs.join(format!("app.log.{generation}.copy"))).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&live)
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+        }
+    }
+    assert_eq!(kills, KILLED_IN.len());
+    let base = hydrant.dir.path().to_path_buf();
+    wait_for_lines(&base, written, Duration::from_secs(60)).await;
+    let objects = delivered_objects(&base);
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    for object in &objects {
+        // In order per file: within an object, each generation's numbers only grow.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for line in object {
+            let (generation, number) = line.split_once(" n").expect("a written line");
+            let number: usize = number.parse().unwrap();
+            *seen.entry(number).or_default() += 1;
+            if let Some(previous) = last.insert(generation, number) {
+                assert!(previous < number, "{line} after n{previous:07}");
+            }
+        }
+    }
+    let mut twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    twice.sort();
+    assert!(
+        twice.is_empty(),
+        "{} lines delivered more than once, the first (line, times): {:?}",
+        twice.len(),
+        &twice[..twice.len().min(10)]
+    );
+    let missing = (0..written).filter(|n| !seen.contains_key(n)).count();
+    assert_eq!(missing, 0, "lines never delivered");
+    assert_eq!(seen.len(), written);
+    let log = hydrant.log();
+    assert!(
+        log.contains("copytruncate"),
+        "truncation not noticed:\n{log}"
+    );
+    let metrics = hydrant.metrics().await;
+    assert!(metrics.contains("hydrant_source_files_watched{stream=\"files\",source=\"file-0\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_deleted_while_read_is_finished_and_long_lines_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    // Read in many rounds: 400,000 lines of ~100 bytes.
+    let filler = "x".repeat(80);
+    let doomed: String = (0..400_000).map(|n| format!("{n:08} {filler}\n")).collect();
+    std::fs::write(logs.join("doomed.log"), &doomed).unwrap();
+    let long = format!("before\n{}\nafter\n", "L".repeat(10 << 20));
+    std::fs::write(logs.join("long.log"), &long).unwrap();
+    // A link to nothing matches the pattern but cannot be read; the others still are.
+    std::os::unix::fs::symlink(logs.join("missing"), logs.join("dangling.log")).unwrap();
+    let hydrant = Hydrant::start_in(dir, "", &streams("*.log", ""), &[]);
+    hydrant
+        .wait_for_log("doomed.log", Duration::from_secs(30))
+        .await;
+    std::fs::remove_file(hydrant.dir.path().join("logs/doomed.log")).unwrap();
+    let base = hydrant.dir.path().to_path_buf();
+    wait_for_lines(&base, 400_002, Duration::from_secs(120)).await;
+    let mut lines: Vec<String> = delivered_objects(&base).into_iter().flatten().collect();
+    assert_eq!(lines.len(), 400_002, "each line once");
+    lines.sort();
+    let mut expected: Vec<String> = doomed.lines().map(str::to_string).collect();
+    expected.extend(["before".to_string(), "after".to_string()]);
+    expected.sort();
+    assert!(
+        lines == expected,
+        "delivered lines differ from those written"
+    );
+    hydrant
+        .wait_for_log("letting it go", Duration::from_secs(30))
+        .await;
+    let log = hydrant.log();
+    assert!(log.contains("Source.LineTooLong"), "{log}");
+    let refused = "hydrant_source_lines_refused_total{stream=\"files\",source=\"file-0\",reason=\"Source.LineTooLong\"} 1";
+    let metrics = hydrant.metrics().await;
+    assert!(metrics.contains(refused), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_binary_file_passes_through_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let mut bytes: Vec<u8> = (0..2_000_000).map(|_| fastrand_byte()).collect();
+    bytes.push(b'\n');
+    std::fs::write(logs.join("blob.bin"), &bytes).unwrap();
+    let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+    let one_batch = streams("*.bin", "").replace("size_mib: 1", "size_mib: 5");
+    let hydrant = Hydrant::start_in(dir, "", &one_batch, &[]);
+    let base = hydrant.dir.path().to_path_buf();
+    eventually(Duration::from_secs(60), "every line delivered", || async {
+        let delivered: usize = delivered_files(&base)
+            .iter()
+            .map(|f| f.iter().filter(|&&b| b == b'\n').count())
+            .sum();
+        (delivered >= lines).then_some(())
+    })
+    .await;
+    let objects = delivered_files(&base);
+    // Read in one go and flushed by age: one batch.
+    assert_eq!(objects.len(), 1);
+    assert!(objects[0] == bytes);
+}
+
+/// A byte from a fixed-seed generator (xorshift), so the file is the same on every run.
+fn fastrand_byte() -> u8 {
+    use std::cell::Cell;
+    thread_local!(static STATE: Cell<u64> = const { Cell::new(0x9e37_79b9_7f4a_7c15) });
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x >> 24) as u8
+    })
+}
+
+#[test]
+fn validate_warns_of_a_pattern_matching_nothing_and_fails_on_an_unreadable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    std::os::unix::fs::symlink(logs.join("missing"), logs.join("dangling.log")).unwrap();
+    let config = format!(
+        "streams:\n{}",
+        indent(
+            &streams("*.log", "")
+                .replace("[\"logs/*.log\"]", "[\"logs/*.log\", \"nothing/*.log\"]"),
+            2
+        )
+    );
+    let path = dir.path().join("hydrant.yaml");
+    std::fs::write(&path, config).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hydrant"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: stream `files`: include pattern `nothing/*.log` matches no file yet"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("stream `files`: cannot read `") && stderr.contains("dangling.log"),
+        "{stderr}"
+    );
+}
