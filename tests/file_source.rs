@@ -274,3 +274,48 @@ fn validate_warns_of_a_pattern_matching_nothing_and_fails_on_an_unreadable_file(
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multiline_events_are_joined_whole_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let app = logs.join("app.log");
+    let multiline = "        multiline:\n          start_pattern: '^\\d{4}-\\d{2}-\\d{2} '\n          timeout_ms: 2000\n";
+    let streams = streams("app.log", multiline);
+    append(
+        &app,
+        "2026-11-30 first\n  at one()\n  at two()\n2026-11-30 second\n  at three()\n",
+    );
+    let hydrant = Hydrant::start_in(dir, "", &streams, &[]);
+    let base = hydrant.dir.path().to_path_buf();
+    // The first event ends at the second's start line; the second completes by timeout.
+    wait_for_lines(&base, 5, Duration::from_secs(30)).await;
+    let dir = hydrant.kill();
+    // A third event starts while the service is down; its continuation comes after the
+    // restart, well within the timeout.
+    append(&app, "2026-11-30 third\n");
+    let hydrant = Hydrant::start_in(dir, "", &streams, &[]);
+    append(&hydrant.dir.path().join("logs/app.log"), "  at four()\n");
+    let base = hydrant.dir.path().to_path_buf();
+    wait_for_lines(&base, 7, Duration::from_secs(30)).await;
+    let mut events: Vec<String> = delivered_files(&base)
+        .into_iter()
+        .map(|bytes| String::from_utf8(bytes).unwrap())
+        .collect();
+    events.sort();
+    let delivered = events.concat();
+    let expected = [
+        "2026-11-30 first\n  at one()\n  at two()\n",
+        "2026-11-30 second\n  at three()\n",
+        "2026-11-30 third\n  at four()\n",
+    ];
+    for event in expected {
+        assert_eq!(
+            delivered.matches(event).count(),
+            1,
+            "{event:?} in {delivered:?}"
+        );
+    }
+    assert_eq!(delivered.len(), expected.concat().len(), "{delivered:?}");
+}

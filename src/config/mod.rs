@@ -31,7 +31,7 @@ pub use search::{
     BackupMode, DocumentIdConfig, IndexRotation, SearchAuthConfig, SearchBackup, SearchDestination,
     check_index_name,
 };
-pub use sources::{FileSourceConfig, MAX_LINE_KIB, SourceConfig, StartAt};
+pub use sources::{FileSourceConfig, MAX_LINE_KIB, MultilineConfig, SourceConfig, StartAt};
 pub use streams::Streams;
 
 use hydrant_sinks::prelude::{ObjectSink, ObjectStoreSink, S3Options, SinkError};

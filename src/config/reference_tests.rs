@@ -149,7 +149,10 @@ fn section_types() -> Vec<(&'static str, PrefixFields)> {
         ),
         (
             "sources[].file",
-            vec![("", fields_of::<super::FileSourceConfig>())],
+            vec![
+                ("", fields_of::<super::FileSourceConfig>()),
+                ("multiline", fields_of::<super::MultilineConfig>()),
+            ],
         ),
         (
             "destination.local",
@@ -233,6 +236,10 @@ fn config_with(section: &str, key: &str, value: Option<&str>) -> Option<String> 
         "processors[].wasm" => (
             key,
             "streams:\n  s:\n    processors:\n      - wasm:\n          module: m.wasm\n          {K}\n    {L}\n",
+        ),
+        "sources[].file" if key.starts_with("multiline.") => (
+            key.strip_prefix("multiline.").unwrap(),
+            "streams:\n  s:\n    sources:\n      - file:\n          include: [x.log]\n          multiline:\n            start_pattern: '^x'\n            {K}\n    {L}\n",
         ),
         "sources[].file" => (
             key,

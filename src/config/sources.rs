@@ -33,13 +33,30 @@ pub struct FileSourceConfig {
     /// (default, only new lines) or `beginning`. Files appearing later are read whole.
     #[serde(default)]
     pub start_at: StartAt,
-    /// Longest line in KiB (1–1000, default 1000); a longer one is refused and skipped.
+    /// Joins the lines of one event (a stack trace) into one record.
+    #[serde(default)]
+    pub multiline: Option<MultilineConfig>,
+    /// Longest line (or joined event) in KiB (1–1000, default 1000); a longer one is
+    /// refused and skipped.
     #[serde(default = "default_max_line_kib")]
     pub max_line_kib: Spanned<u32>,
     /// How often the patterns are matched again to find new and rotated files, in
     /// milliseconds (10–60000, default 1000). Known files are read as soon as they grow.
     #[serde(default = "default_scan_interval_ms")]
     pub scan_interval_ms: Spanned<u64>,
+}
+
+/// How lines are joined into events.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultilineConfig {
+    /// Regular expression a line starting an event matches; the lines after it that do not
+    /// match belong to it.
+    pub start_pattern: Spanned<String>,
+    /// An event no line has been added to for this long is complete, in milliseconds
+    /// (1–60000, default 1000).
+    #[serde(default = "default_multiline_timeout_ms")]
+    pub timeout_ms: Spanned<u64>,
 }
 
 /// Where a newly found file is read from.
@@ -104,6 +121,25 @@ pub(super) fn validate(
                 ),
             ));
         }
+        if let Some(multiline) = &file.multiline {
+            if let Err(error) = regex::bytes::Regex::new(&multiline.start_pattern.value) {
+                problems.push(at(
+                    &multiline.start_pattern,
+                    format!(
+                        "stream `{name}`: `start_pattern` is not a regular expression: {error}"
+                    ),
+                ));
+            }
+            if !(1..=60_000).contains(&multiline.timeout_ms.value) {
+                problems.push(at(
+                    &multiline.timeout_ms,
+                    format!(
+                        "stream `{name}`: `multiline.timeout_ms` must be between 1 and 60000, got {}",
+                        multiline.timeout_ms.value
+                    ),
+                ));
+            }
+        }
         if !(10..=60_000).contains(&file.scan_interval_ms.value) {
             problems.push(at(
                 &file.scan_interval_ms,
@@ -118,6 +154,10 @@ pub(super) fn validate(
 
 fn default_max_line_kib() -> Spanned<u32> {
     super::spanned(MAX_LINE_KIB)
+}
+
+fn default_multiline_timeout_ms() -> Spanned<u64> {
+    super::spanned(1000)
 }
 
 fn default_scan_interval_ms() -> Spanned<u64> {
@@ -145,6 +185,23 @@ mod tests {
             error.contains(
                 "sources.yaml:6:25: stream `s`: `max_line_kib` must be between 1 and 1000, got 2000"
             ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_bad_multiline_pattern_is_named_with_its_place() {
+        let error = problems(
+            "streams:\n  s:\n    sources:\n      - file:\n          include: [a.log]\n          multiline: { start_pattern: '^(', timeout_ms: 0 }\n    destination: { local: { path: x } }\n",
+        );
+        assert!(
+            error.contains(
+                "sources.yaml:6:39: stream `s`: `start_pattern` is not a regular expression"
+            ),
+            "{error}"
+        );
+        assert!(
+            error.contains("`multiline.timeout_ms` must be between 1 and 60000, got 0"),
             "{error}"
         );
     }

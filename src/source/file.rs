@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::Digest as _;
 
 use super::lines::{LineSplitter, Lines};
+use super::multiline::{Joiner, MultilineRule};
 
 /// Bytes of a file's start its identity covers (or up to its first newline).
 const FINGERPRINT_BYTES: usize = 256;
@@ -54,6 +55,8 @@ pub struct TrackedFile {
     /// Bytes it had when last looked at.
     pub size: u64,
     splitter: LineSplitter,
+    /// Joins lines into events, when the source has a multiline rule.
+    joiner: Option<Joiner>,
     /// Scans that have not found it under any matching name since it was last read to its end.
     pub unseen_scans: u32,
 }
@@ -74,7 +77,7 @@ impl TrackedFile {
         file: File,
         key: Option<Vec<u8>>,
         position: u64,
-        max_line: usize,
+        reading: &Reading,
     ) -> std::io::Result<Self> {
         let meta = file.metadata()?;
         Ok(Self {
@@ -84,7 +87,8 @@ impl TrackedFile {
             file,
             position,
             size: meta.len(),
-            splitter: LineSplitter::new(position, max_line),
+            splitter: LineSplitter::new(position, reading.max_line),
+            joiner: reading.joiner(position),
             unseen_scans: 0,
         })
     }
@@ -124,24 +128,45 @@ impl TrackedFile {
             filled += read;
         }
         self.splitter.feed(&buf[..filled], &mut lines);
+        if let Some(joiner) = &mut self.joiner {
+            lines = joiner.join(lines, std::time::Instant::now());
+        }
         Ok(Read::Lines(lines))
     }
 
     /// Starts over from the first byte, under a new identity: the file was truncated (a
     /// `copytruncate` rotation) and is being written again. Returns the old identity.
-    pub fn restart(&mut self, max_line: usize) -> Option<Vec<u8>> {
+    pub fn restart(&mut self, reading: &Reading) -> Option<Vec<u8>> {
         self.position = 0;
-        self.splitter = LineSplitter::new(0, max_line);
+        self.rewind(reading);
         self.key.take()
     }
 
     /// Reads again from the read position: lines read after it were not queued.
-    pub fn rewind(&mut self, max_line: usize) {
-        self.splitter = LineSplitter::new(self.position, max_line);
+    pub fn rewind(&mut self, reading: &Reading) {
+        self.splitter = LineSplitter::new(self.position, reading.max_line);
+        self.joiner = reading.joiner(self.position);
     }
 
-    /// Whether everything the file holds has been read.
+    /// Whether everything the file holds has been read and made into records.
     pub fn at_end(&self) -> bool {
-        self.splitter.offset() >= self.size
+        self.splitter.offset() >= self.size && self.joiner.as_ref().is_none_or(Joiner::is_idle)
+    }
+}
+
+/// How a source cuts files into records.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    /// Longest record in bytes.
+    pub max_line: usize,
+    /// Lines joined into events, if any.
+    pub multiline: Option<MultilineRule>,
+}
+
+impl Reading {
+    fn joiner(&self, offset: u64) -> Option<Joiner> {
+        self.multiline
+            .clone()
+            .map(|rule| Joiner::new(rule, offset, self.max_line))
     }
 }

@@ -5,6 +5,7 @@
 
 mod file;
 mod lines;
+mod multiline;
 mod scan;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::config::{FileSourceConfig, StartAt};
 use crate::deliver::DeliveryCounters;
 use crate::spool::{CursorMark, SpoolError, StreamSpool};
-use file::{Read, TrackedFile};
+use file::{Read, Reading, TrackedFile};
 use lines::Lines;
 pub use scan::Patterns;
 
@@ -43,8 +44,8 @@ pub struct FileSourceSettings {
     pub patterns: Patterns,
     /// Where files found at the first start are read from.
     pub start_at: StartAt,
-    /// Longest line in bytes.
-    pub max_line: usize,
+    /// How files are cut into records.
+    pub reading: Reading,
     /// How often the patterns are matched again.
     pub scan_interval: Duration,
 }
@@ -55,7 +56,14 @@ impl FileSourceSettings {
         Self {
             patterns: Patterns::new(config, base_dir),
             start_at: config.start_at,
-            max_line: config.max_line_kib.value as usize * 1024,
+            reading: Reading {
+                max_line: config.max_line_kib.value as usize * 1024,
+                multiline: config.multiline.as_ref().and_then(|m| {
+                    let start = regex::bytes::Regex::new(&m.start_pattern.value).ok()?;
+                    let timeout = Duration::from_millis(m.timeout_ms.value);
+                    Some(multiline::MultilineRule { start, timeout })
+                }),
+            },
             scan_interval: Duration::from_millis(config.scan_interval_ms.value),
         }
     }
@@ -189,11 +197,11 @@ impl FileSource {
         } else {
             StartAt::Beginning
         };
-        let max_line = self.settings.max_line;
+        let reading = self.settings.reading.clone();
         let stream = self.stream.clone();
         let scanned = tokio::task::spawn_blocking(move || {
             let mut files = files;
-            scan::rescan(&stream, &patterns, &mut files, &spool, start_at, max_line);
+            scan::rescan(&stream, &patterns, &mut files, &spool, start_at, &reading);
             files
         })
         .await;
@@ -206,7 +214,7 @@ impl FileSource {
     /// Reads what every file has new and queues it; whether anything was read.
     async fn read_round(&mut self, stop: &watch::Receiver<bool>) -> bool {
         let files = std::mem::take(&mut self.files);
-        let max_line = self.settings.max_line;
+        let reading = self.settings.reading.clone();
         let spool = Arc::clone(&self.spool);
         let read = tokio::task::spawn_blocking(move || {
             let mut files = files;
@@ -215,7 +223,7 @@ impl FileSource {
                 files.iter_mut().map(|f| f.read(budget)).collect();
             for (file, read) in files.iter_mut().zip(&reads) {
                 if matches!(read, Ok(Read::Truncated))
-                    && let Some(old) = file.restart(max_line)
+                    && let Some(old) = file.restart(&reading)
                 {
                     spool.retire_cursor(&old);
                 }
@@ -245,7 +253,7 @@ impl FileSource {
                     if let Err(error) = queue(&self.spool, &self.counters, file, &lines, stop).await
                     {
                         tracing::error!(stream = %self.stream, file = %file.path.display(), "cannot spool lines; reading them again: {error}");
-                        file.rewind(max_line);
+                        file.rewind(&self.settings.reading);
                         tokio::time::sleep(ROOM_WAIT).await;
                         return read_any;
                     }

@@ -10,7 +10,7 @@ use crate::config::{FileSourceConfig, StartAt};
 use crate::spool::StreamSpool;
 
 use super::LET_GO_AFTER_SCANS;
-use super::file::{TrackedFile, identity};
+use super::file::{Reading, TrackedFile, identity};
 
 /// Bytes looked back from a file's end for its last complete line (`start_at: end`).
 const TAIL_LOOKBACK: u64 = 64 << 10;
@@ -85,7 +85,7 @@ pub fn rescan(
     files: &mut Vec<TrackedFile>,
     spool: &StreamSpool,
     start_at: StartAt,
-    max_line: usize,
+    reading: &Reading,
 ) {
     let mut seen = HashSet::new();
     for path in patterns.matches() {
@@ -104,7 +104,7 @@ pub fn rescan(
             known.unseen_scans = 0;
             continue;
         }
-        match start(&path, spool, start_at, max_line) {
+        match start(&path, spool, start_at, reading) {
             Ok(file) => {
                 tracing::info!(stream, file = %path.display(), position = file.position, "reading file");
                 files.push(file);
@@ -138,7 +138,7 @@ fn start(
     path: &Path,
     spool: &StreamSpool,
     start_at: StartAt,
-    max_line: usize,
+    reading: &Reading,
 ) -> std::io::Result<TrackedFile> {
     let file = File::open(path)?;
     let size = file.metadata()?.len();
@@ -151,7 +151,7 @@ fn start(
         (None, StartAt::Beginning) => 0,
         (None, StartAt::End) => after_last_line(&file, size)?,
     };
-    TrackedFile::new(path, file, key, position, max_line)
+    TrackedFile::new(path, file, key, position, reading)
 }
 
 /// Offset just past the last newline in `file`'s last [`TAIL_LOOKBACK`] bytes (its end
