@@ -319,3 +319,101 @@ async fn multiline_events_are_joined_whole_across_kill_9() {
     }
     assert_eq!(delivered.len(), expected.concat().len(), "{delivered:?}");
 }
+
+async fn search(path: &str, body: serde_json::Value) -> serde_json::Value {
+    let url = format!("{}/{path}", servers().search_endpoint);
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lines_land_in_the_search_server_exactly_once_through_rotation_and_kill_9() {
+    const LINES: usize = 30_000;
+    let index = unique_name("tailed");
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let live = logs.join("app.log");
+    let streams = format!(
+        "files:\n  buffer:\n    size_mib: 1\n    interval_seconds: 1\n  sources:\n    - file:\n        include: [\"logs/app.log*\"]\n        start_at: beginning\n        scan_interval_ms: 50\n  destination:\n    opensearch:\n      endpoint: {}\n      index: {index}\n",
+        servers().search_endpoint
+    );
+    let mut hydrant = Hydrant::start_in(dir, "", &streams, &[]);
+    // Documents in the index; none before the first batch creates it.
+    let count = || async {
+        let url = format!("{}/{index}/_count", servers().search_endpoint);
+        let response = reqwest::get(&url).await.unwrap();
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return 0;
+        }
+        assert!(
+            response.status().is_success(),
+            "{url}: {}",
+            response.status()
+        );
+        let answer: serde_json::Value = response.json().await.unwrap();
+        answer["count"].as_u64().unwrap() as usize
+    };
+    for n in (0..LINES).step_by(1000) {
+        let text: String = (n..n + 1000)
+            .map(|k| format!("{{\"n\":{k},\"msg\":\"k{k}\"}}\n"))
+            .collect();
+        append(&live, &text);
+        if n % 10_000 == 5_000 {
+            // Killed once something of this part is indexed.
+            eventually(Duration::from_secs(30), "progress", || async {
+                (count().await > n.saturating_sub(5_000)).then_some(())
+            })
+            .await;
+            let dir = hydrant.kill();
+            hydrant = Hydrant::start_in(dir, "", &streams, &[]);
+        }
+        if n % 10_000 == 9_000 {
+            std::fs::rename(&live, live.with_extension(format!("log.{n}"))).unwrap();
+        }
+    }
+    // Every line read and spooled, and every spooled record delivered: nothing is left to
+    // arrive, so the count is final.
+    eventually(
+        Duration::from_secs(60),
+        "everything read and delivered",
+        || async {
+            let metrics = hydrant.metrics().await;
+            let behind = metrics
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(
+                        "hydrant_source_bytes_behind{stream=\"files\",source=\"file-0\"} ",
+                    )
+                })
+                .and_then(|v| v.trim().parse::<f64>().ok());
+            let undelivered = hydrant.stats("files").await["undelivered_records"].as_u64();
+            (behind == Some(0.0) && undelivered == Some(0) && count().await >= LINES).then_some(())
+        },
+    )
+    .await;
+    let log = hydrant.log();
+    assert_eq!(count().await, LINES, "one document per line");
+    for k in [0, 4_999, 5_000, 17_321, LINES - 1] {
+        let hits = search(
+            &format!("{index}/_search"),
+            serde_json::json!({ "query": { "match": { "msg": format!("k{k}") } }, "size": 10 }),
+        )
+        .await;
+        let found = hits["hits"]["hits"].as_array().unwrap();
+        assert_eq!(found.len(), 1, "line {k}: {hits}");
+        assert_eq!(found[0]["_source"]["n"], k);
+    }
+    assert!(log.contains("reading file"), "{log}");
+}
