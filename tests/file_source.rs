@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -19,26 +19,14 @@ fn streams(include: &str, extra: &str) -> String {
     )
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(files_under(&path));
-        } else {
-            found.push(path);
-        }
-    }
-    found
-}
-
 /// Objects written to `dir/out` so far: not those still being staged (`name#n`, renamed
 /// into place once whole), nor one renamed away between listing and reading.
 fn delivered_files(dir: &Path) -> Vec<Vec<u8>> {
-    files_under(&dir.join("out"))
+    let out = dir.join("out");
+    if !out.exists() {
+        return Vec::new();
+    }
+    files_under(&out)
         .iter()
         .filter(|file| !file.to_string_lossy().contains('#'))
         .filter_map(|file| std::fs::read(file).ok())
@@ -416,4 +404,87 @@ async fn lines_land_in_the_search_server_exactly_once_through_rotation_and_kill_
         assert_eq!(found[0]["_source"]["n"], k);
     }
     assert!(log.contains("reading file"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_nginx_example_indexes_new_access_log_lines_as_json() {
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nginx-to-search.yaml"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("nginx");
+    std::fs::create_dir(&logs).unwrap();
+    let index = unique_name("nginx");
+    let config = example
+        .replace("listen: 127.0.0.1:4573", "listen: 127.0.0.1:0")
+        .replace("index: nginx", &format!("index: {index}"))
+        .replace("${NGINX_LOGS:-/var/log/nginx}", &logs.display().to_string())
+        .replace("${TRANSFORMS}", &transforms_dir().display().to_string())
+        .replace(
+            "${SEARCH_ENDPOINT:-http://127.0.0.1:9200}",
+            &servers().search_endpoint,
+        );
+    assert!(!config.contains("${"), "{config}");
+    let line = |n: usize| {
+        format!(
+            "10.0.0.{} - - [30/Nov/2026:10:00:{:02} +0000] \"GET /page/{n} HTTP/1.1\" 200 {} \"-\" \"curl/8.11\"\n",
+            n % 250,
+            n % 60,
+            100 + n
+        )
+    };
+    // Already there the first time: not shipped (`start_at: end`).
+    append(&logs.join("access.log"), &line(1000));
+    let path = dir.path().join("nginx-to-search.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut hydrant = Hydrant::start_with_file(&path, dir);
+    hydrant
+        .wait_for_log("reading file", Duration::from_secs(30))
+        .await;
+    let live = hydrant.dir.path().join("nginx/access.log");
+    let new_lines: String = (0..20).map(line).collect();
+    append(
+        &live,
+        &format!("{new_lines}this is not an access-log line\n"),
+    );
+    let count_url = format!("{}/{index}-*/_count", servers().search_endpoint);
+    eventually(Duration::from_secs(60), "20 documents", || async {
+        let response = reqwest::get(&count_url).await.ok()?;
+        let answer: serde_json::Value = response.json().await.ok()?;
+        (answer["count"].as_u64()? >= 20).then_some(())
+    })
+    .await;
+    let errors_dir = hydrant.dir.path().join("hydrant-search-errors");
+    let failed = eventually(
+        Duration::from_secs(30),
+        "the bad line in the error output",
+        || async {
+            let found = error_records(&errors_dir, "processing-failed");
+            (!found.is_empty()).then_some(found)
+        },
+    )
+    .await;
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    let answer: serde_json::Value = reqwest::get(&count_url)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["count"], 20,
+        "only the lines written after the start: {answer}"
+    );
+    assert_eq!(failed.len(), 1);
+    assert_eq!(raw_data(&failed[0]), b"this is not an access-log line");
+    let hits = search(
+        &format!("{index}-*/_search"),
+        serde_json::json!({ "query": { "match": { "path": "/page/7" } }, "size": 1 }),
+    )
+    .await;
+    let document = &hits["hits"]["hits"][0]["_source"];
+    assert_eq!(document["status"], 200, "{hits}");
+    assert_eq!(document["bytes"], 107, "{hits}");
+    assert_eq!(document["remote_addr"], "10.0.0.7", "{hits}");
 }
