@@ -19,8 +19,8 @@ fn streams(include: &str, extra: &str) -> String {
     )
 }
 
-/// Objects written to `dir/out` so far: not those still being staged (`name#n`, renamed
-/// into place once whole), nor one renamed away between listing and reading.
+/// Objects delivered to `dir/out` so far: not the error output, not those still being staged
+/// (`name#n`, renamed into place once whole), nor one renamed away between listing and reading.
 fn delivered_files(dir: &Path) -> Vec<Vec<u8>> {
     let out = dir.join("out");
     if !out.exists() {
@@ -28,6 +28,7 @@ fn delivered_files(dir: &Path) -> Vec<Vec<u8>> {
     }
     files_under(&out)
         .iter()
+        .filter(|file| !file.starts_with(out.join("processing-failed")))
         .filter(|file| !file.to_string_lossy().contains('#'))
         .filter_map(|file| std::fs::read(file).ok())
         .collect()
@@ -183,6 +184,18 @@ async fn a_file_deleted_while_read_is_finished_and_long_lines_are_refused() {
         .await;
     let log = hydrant.log();
     assert!(log.contains("Source.LineTooLong"), "{log}");
+    let refused = error_records(&base.join("out"), "processing-failed");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["errorCode"], "Source.LineTooLong");
+    assert!(
+        raw_data(&refused[0]) == "L".repeat(1000 * 1024).into_bytes(),
+        "the error output keeps the line's first max_line_kib"
+    );
+    let message = refused[0]["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("line of {} bytes at offset 7", (10 << 20) + 1)),
+        "{message}"
+    );
     let refused = "hydrant_source_lines_refused_total{stream=\"files\",source=\"file-0\",reason=\"Source.LineTooLong\"} 1";
     let metrics = hydrant.metrics().await;
     assert!(metrics.contains(refused), "{metrics}");

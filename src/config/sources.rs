@@ -36,8 +36,8 @@ pub struct FileSourceConfig {
     /// Joins the lines of one event (a stack trace) into one record.
     #[serde(default)]
     pub multiline: Option<MultilineConfig>,
-    /// Longest line (or joined event) in KiB (1–1000, default 1000); a longer one is
-    /// refused and skipped.
+    /// Longest line (or joined event) in KiB (1–1000, default 1000); a longer one goes to
+    /// the error output.
     #[serde(default = "default_max_line_kib")]
     pub max_line_kib: Spanned<u32>,
     /// How often the patterns are matched again to find new and rotated files, in

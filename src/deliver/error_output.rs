@@ -268,35 +268,16 @@ impl DeliveryLoop {
 
     /// Writes an error output (or backup) object, retrying until the destination takes it.
     pub(super) async fn put_until_taken(&self, object: &EncodedObject, mode: WriteMode) {
-        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
-        loop {
-            match self.sink.put(object, mode).await {
-                Ok(()) => {
-                    let bytes = object.parts.iter().map(|part| part.len() as u64).sum();
-                    self.counters.backup_objects.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .backup_bytes
-                        .fetch_add(bytes, Ordering::Relaxed);
-                    return;
-                }
-                Err(e) if e.kind == SinkErrorKind::AlreadyExists => return,
-                Err(e) => {
-                    self.counters
-                        .backup_failed_attempts
-                        .fetch_add(1, Ordering::Relaxed);
-                    let delay = backoff.next_delay();
-                    tracing::warn!(
-                        stream = %self.stream,
-                        key = %e.target,
-                        code = e.code(),
-                        reason = %e.reason,
-                        attempt = backoff.attempts(),
-                        "error output write failed; will retry"
-                    );
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
+        let backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        put_until_taken(
+            &self.stream,
+            self.sink.as_ref(),
+            object,
+            mode,
+            &self.counters,
+            backoff,
+        )
+        .await;
     }
 
     /// Writes every record of batch `range` (or, for one partition of it, the records
@@ -358,6 +339,44 @@ impl DeliveryLoop {
                     tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot read the batch back from the spool; will retry: {read_error}");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
+            }
+        }
+    }
+}
+
+/// Writes an error output (or backup) object of `stream` to `sink`, retrying with `backoff`
+/// until the destination takes it (or already holds it).
+pub(super) async fn put_until_taken(
+    stream: &str,
+    sink: &dyn ObjectSink,
+    object: &EncodedObject,
+    mode: WriteMode,
+    counters: &super::DeliveryCounters,
+    mut backoff: Backoff,
+) {
+    loop {
+        match sink.put(object, mode).await {
+            Ok(()) => {
+                let bytes = object.parts.iter().map(|part| part.len() as u64).sum();
+                counters.backup_objects.fetch_add(1, Ordering::Relaxed);
+                counters.backup_bytes.fetch_add(bytes, Ordering::Relaxed);
+                return;
+            }
+            Err(e) if e.kind == SinkErrorKind::AlreadyExists => return,
+            Err(e) => {
+                counters
+                    .backup_failed_attempts
+                    .fetch_add(1, Ordering::Relaxed);
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    stream,
+                    key = %e.target,
+                    code = e.code(),
+                    reason = %e.reason,
+                    attempt = backoff.attempts(),
+                    "error output write failed; will retry"
+                );
+                tokio::time::sleep(delay).await;
             }
         }
     }

@@ -6,11 +6,13 @@ mod batch_body;
 mod error_output;
 mod health;
 mod partitioned;
+mod refusals;
 mod seam;
 
 pub use batch_body::ENCODE_FAILED;
 pub use health::{DeliveryHealth, HealthSnapshot};
 pub use partitioned::{OnLimit, PartitionSettings, ReplayPlan, WINDOW_INTERVAL, WINDOW_SIZE};
+pub use refusals::{Refusal, SourceRefusals};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -191,6 +191,7 @@ impl StreamFactory {
                 sources,
                 spool,
                 &stream.counters,
+                &stream.refusals,
             ));
         }
         if let Some(spool) = &stream.spool {
@@ -378,12 +379,22 @@ fn build_stream(
         .expect("prefixes are validated when the configuration is loaded");
     let error_template = KeyTemplate::parse_error_prefix(&layout.error_output_prefix.value)
         .expect("error output prefixes are validated when the configuration is loaded");
+    let error_keys = ObjectKeyBuilder::new(name, error_template, "");
+    let refusals = Arc::new(crate::deliver::SourceRefusals {
+        stream: name.to_string(),
+        sink: Arc::clone(&sink),
+        keys: error_keys.clone(),
+        initial_backoff: layout.initial_backoff,
+        max_backoff: layout.max_backoff,
+        counters: Arc::clone(&counters),
+        incarnation: delivered.run,
+    });
     let delivery = DeliveryLoop {
         stream: name.to_string(),
         buffer: Arc::clone(&buffer),
         sink,
         keys: ObjectKeyBuilder::new(name, template, codec.extension()),
-        error_keys: ObjectKeyBuilder::new(name, error_template, ""),
+        error_keys,
         retry_duration: Duration::from_secs(layout.retry_duration.value),
         initial_backoff: layout.initial_backoff,
         max_backoff: layout.max_backoff,
@@ -412,6 +423,7 @@ fn build_stream(
         record_ids: RecordIds::new(delivered.run),
         spool,
         metrics,
+        refusals,
     };
     (stream, delivery)
 }

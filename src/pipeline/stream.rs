@@ -99,6 +99,8 @@ pub struct DeliveryStream {
     pub spool: Option<Arc<StreamSpool>>,
     /// Prometheus metrics.
     pub metrics: StreamMetrics,
+    /// Where records its sources refused go (the error output).
+    pub refusals: Arc<crate::deliver::SourceRefusals>,
 }
 
 impl DeliveryStream {

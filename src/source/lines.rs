@@ -11,8 +11,19 @@ pub struct Lines {
     /// File bytes each line accounts for: the line, its newline, and any refused line
     /// just before it.
     pub lengths: Vec<u64>,
-    /// Lines refused for being too long: (file offset, bytes).
-    pub refused: Vec<(u64, u64)>,
+    /// Lines refused for being too long.
+    pub refused: Vec<RefusedLine>,
+}
+
+/// A line (or event) refused for being longer than the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedLine {
+    /// File offset where it began.
+    pub offset: u64,
+    /// File bytes it took, with its newline.
+    pub length: u64,
+    /// Its first bytes, up to the limit: what the error output keeps of it.
+    pub head: Vec<u8>,
 }
 
 impl Lines {
@@ -41,8 +52,8 @@ pub struct LineSplitter {
     carry: Vec<u8>,
     /// Bytes already passed (refused lines) that the next line accounts for.
     passed: u64,
-    /// File offset where the line being skipped began, while skipping one.
-    skipping_from: Option<u64>,
+    /// The line being skipped, while skipping one: where it began and its first bytes.
+    skipping: Option<(u64, Vec<u8>)>,
 }
 
 impl LineSplitter {
@@ -53,7 +64,7 @@ impl LineSplitter {
             offset,
             carry: Vec::new(),
             passed: 0,
-            skipping_from: None,
+            skipping: None,
         }
     }
 
@@ -70,12 +81,20 @@ impl LineSplitter {
             match memchr::memchr(b'\n', rest) {
                 Some(newline) => {
                     let taken = newline as u64 + 1;
-                    if let Some(from) = self.skipping_from.take() {
-                        out.refused.push((from, self.offset + taken - from));
+                    if let Some((offset, head)) = self.skipping.take() {
+                        out.refused.push(RefusedLine {
+                            offset,
+                            length: self.offset + taken - offset,
+                            head,
+                        });
                         self.passed += taken;
                     } else if self.carry.len() + newline > self.max_line {
-                        out.refused
-                            .push((line_start, self.carry.len() as u64 + taken));
+                        let head = self.head_of(&rest[..newline]);
+                        out.refused.push(RefusedLine {
+                            offset: line_start,
+                            length: self.carry.len() as u64 + taken,
+                            head,
+                        });
                         self.passed += self.carry.len() as u64 + taken;
                         self.carry.clear();
                     } else {
@@ -91,10 +110,11 @@ impl LineSplitter {
                     rest = &rest[newline + 1..];
                 }
                 None => {
-                    if self.skipping_from.is_some() {
+                    if self.skipping.is_some() {
                         self.passed += rest.len() as u64;
                     } else if self.carry.len() + rest.len() > self.max_line {
-                        self.skipping_from = Some(line_start);
+                        let head = self.head_of(rest);
+                        self.skipping = Some((line_start, head));
                         self.passed += (self.carry.len() + rest.len()) as u64;
                         self.carry.clear();
                     } else {
@@ -105,6 +125,16 @@ impl LineSplitter {
                 }
             }
         }
+    }
+}
+
+impl LineSplitter {
+    /// The first `max_line` bytes of the carried start of a line followed by `more`.
+    fn head_of(&self, more: &[u8]) -> Vec<u8> {
+        let mut head = self.carry.clone();
+        let room = self.max_line.saturating_sub(head.len());
+        head.extend_from_slice(&more[..more.len().min(room)]);
+        head
     }
 }
 
@@ -135,7 +165,12 @@ mod tests {
         // The long line arrives in pieces, the first already over the limit.
         let (lines, out) = cut(&[b"ok\n0123456", b"789abc", b"def\nnext\n"], 5);
         assert_eq!(lines, vec![b"ok".to_vec(), b"next".to_vec()]);
-        assert_eq!(out.refused, vec![(103, 17)]);
+        let refused = RefusedLine {
+            offset: 103,
+            length: 17,
+            head: b"01234".to_vec(),
+        };
+        assert_eq!(out.refused, vec![refused]);
         assert_eq!(out.lengths, vec![3, 17 + 5]);
     }
 
@@ -143,6 +178,11 @@ mod tests {
     fn a_line_exactly_at_the_limit_is_taken() {
         let (lines, out) = cut(&[b"12345\n123456\n"], 5);
         assert_eq!(lines, vec![b"12345".to_vec()]);
-        assert_eq!(out.refused, vec![(106, 7)]);
+        let refused = RefusedLine {
+            offset: 106,
+            length: 7,
+            head: b"12345".to_vec(),
+        };
+        assert_eq!(out.refused, vec![refused]);
     }
 }

@@ -18,11 +18,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{FileSourceConfig, StartAt};
-use crate::deliver::DeliveryCounters;
+use crate::deliver::{DeliveryCounters, Refusal, SourceRefusals};
 use crate::spool::{CursorMark, SpoolError, StreamSpool};
 use file::{Read, Reading, TrackedFile};
 use lines::Lines;
 pub use scan::Patterns;
+
+/// Error code of a line longer than `max_line_kib`.
+const LINE_TOO_LONG: &str = "Source.LineTooLong";
 
 /// How often known files are checked for new lines when there was nothing to read.
 const POLL: Duration = Duration::from_millis(100);
@@ -83,6 +86,7 @@ impl SourceTasks {
         sources: Vec<FileSourceSettings>,
         spool: &Arc<StreamSpool>,
         counters: &Arc<DeliveryCounters>,
+        refusals: &Arc<SourceRefusals>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let tasks = sources
@@ -95,6 +99,7 @@ impl SourceTasks {
                     settings,
                     spool: Arc::clone(spool),
                     counters: Arc::clone(counters),
+                    refusals: Arc::clone(refusals),
                     files: Vec::new(),
                     metrics: SourceMetrics::new(stream, index),
                 };
@@ -129,7 +134,7 @@ impl SourceMetrics {
             ("source", format!("file-{index}")),
         ];
         let mut refused_labels = labels.to_vec();
-        refused_labels.push(("reason", "Source.LineTooLong".to_string()));
+        refused_labels.push(("reason", LINE_TOO_LONG.to_string()));
         Self {
             files: gauge!("hydrant_source_files_watched", &labels),
             behind: gauge!("hydrant_source_bytes_behind", &labels),
@@ -146,6 +151,7 @@ struct FileSource {
     settings: FileSourceSettings,
     spool: Arc<StreamSpool>,
     counters: Arc<DeliveryCounters>,
+    refusals: Arc<SourceRefusals>,
     files: Vec<TrackedFile>,
     metrics: SourceMetrics,
 }
@@ -246,7 +252,8 @@ impl FileSource {
                 }
                 Ok(Read::Lines(lines)) => {
                     read_any |= !lines.ends.is_empty() || !lines.refused.is_empty();
-                    report_refused(&self.stream, file, &lines, &self.metrics);
+                    self.refuse(i, &lines).await;
+                    let file = &mut self.files[i];
                     if lines.ends.is_empty() {
                         continue;
                     }
@@ -265,6 +272,47 @@ impl FileSource {
             }
         }
         read_any
+    }
+
+    /// Logs, counts and writes to the error output the lines of file `index` refused in
+    /// `lines` — before the lines after them are queued, so a restart that reads past them
+    /// has written them already.
+    async fn refuse(&self, index: usize, lines: &Lines) {
+        if lines.refused.is_empty() {
+            return;
+        }
+        let file = &self.files[index];
+        let max_kib = self.settings.reading.max_line / 1024;
+        let refusals: Vec<Refusal<'_>> = lines
+            .refused
+            .iter()
+            .map(|refused| {
+                self.metrics.refused.increment(1);
+                tracing::warn!(
+                    stream = %self.stream,
+                    file = %file.path.display(),
+                    offset = refused.offset,
+                    bytes = refused.length,
+                    error_code = LINE_TOO_LONG,
+                    "line longer than `max_line_kib` refused; its first bytes go to the error output"
+                );
+                Refusal {
+                    input: file.key.as_deref().unwrap_or_default(),
+                    offset: refused.offset,
+                    code: LINE_TOO_LONG,
+                    message: format!(
+                        "line of {} bytes at offset {} of {} is longer than max_line_kib ({max_kib}); \
+                         rawData holds its first {} bytes",
+                        refused.length,
+                        refused.offset,
+                        file.path.display(),
+                        refused.head.len()
+                    ),
+                    data: &refused.head,
+                }
+            })
+            .collect();
+        self.refusals.write(&refusals).await;
     }
 
     fn publish(&self) {
@@ -325,20 +373,6 @@ async fn queue(
         return Err(SpoolError::Closed);
     }
     Ok(())
-}
-
-fn report_refused(stream: &str, file: &TrackedFile, lines: &Lines, metrics: &SourceMetrics) {
-    for &(offset, bytes) in &lines.refused {
-        metrics.refused.increment(1);
-        tracing::warn!(
-            stream,
-            file = %file.path.display(),
-            offset,
-            bytes,
-            error_code = "Source.LineTooLong",
-            "line longer than `max_line_kib` refused and skipped"
-        );
-    }
 }
 
 fn mark_started(marker: &Path) -> std::io::Result<()> {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use regex::bytes::Regex;
 
-use super::lines::Lines;
+use super::lines::{Lines, RefusedLine};
 
 /// How a source joins lines.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ struct Event {
     length: u64,
     /// File offset of its first line.
     offset: u64,
-    /// Over the size limit: its bytes are no longer kept, it will be refused.
+    /// Over the size limit: only its first bytes are kept, and it will be refused.
     too_long: bool,
     last_line: Instant,
 }
@@ -75,15 +75,15 @@ impl Joiner {
                 last_line: now,
             });
             let joined = event.data.len() + usize::from(event.length > 0) + line.len();
-            if joined > self.max_bytes {
-                event.too_long = true;
-                event.data = Vec::new();
-            }
             if !event.too_long {
                 if event.length > 0 {
                     event.data.push(b'\n');
                 }
                 event.data.extend_from_slice(line);
+                if joined > self.max_bytes {
+                    event.too_long = true;
+                    event.data.truncate(self.max_bytes);
+                }
             }
             event.length += length;
             event.last_line = now;
@@ -108,7 +108,11 @@ impl Joiner {
 
     fn finish(&mut self, event: Event, out: &mut Lines) {
         if event.too_long {
-            out.refused.push((event.offset, event.length));
+            out.refused.push(RefusedLine {
+                offset: event.offset,
+                length: event.length,
+                head: event.data,
+            });
             self.passed += event.length;
             return;
         }
@@ -166,7 +170,10 @@ mod tests {
         let mut joiner = joiner(20);
         let text = b"2026-11-30 big\n  at a()\n  at b()\n2026-11-30 ok\n2026-11-30 x\n";
         let out = joiner.join(lines(text), Instant::now());
-        assert_eq!(out.refused, [(0, 15 + 9 + 9)]);
+        assert_eq!(out.refused.len(), 1);
+        assert_eq!(out.refused[0].offset, 0);
+        assert_eq!(out.refused[0].length, 15 + 9 + 9);
+        assert_eq!(out.refused[0].head, b"2026-11-30 big\n  at ".to_vec());
         assert_eq!(records(&out), ["2026-11-30 ok"]);
         assert_eq!(out.lengths, [33 + 14]);
     }
