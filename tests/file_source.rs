@@ -65,35 +65,57 @@ fn append(path: &Path, text: &str) {
     file.write_all(text.as_bytes()).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn lines_arrive_exactly_once_in_order_through_rotation_and_kill_9() {
+/// Writes 200,000 lines (`line(generation, n)`) into `logs/app.log` under `dir`, in eight
+/// generations: rotated by rename after even ones and by copytruncate after odd ones, with
+/// the service killed (-9) and restarted in the middle of five of them. `delivered(dir)`
+/// says how many lines have landed. Returns the running service and the lines written.
+async fn write_through_rotation_and_kills<F, Fut>(
+    dir: tempfile::TempDir,
+    streams: &str,
+    line: fn(usize, usize) -> String,
+    delivered: F,
+) -> (Hydrant, usize)
+where
+    F: Fn(std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
     const GENERATIONS: usize = 8;
     const LINES_PER_GENERATION: usize = 25_000;
     const BURST: usize = 500;
     const KILLED_IN: [usize; 5] = [0, 2, 3, 5, 6];
-    let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
     std::fs::create_dir(&logs).unwrap();
     let live = logs.join("app.log");
-    let streams = streams("app.log*", "");
-    let mut hydrant = Hydrant::start_in(dir, "", &streams, &[]);
+    let mut hydrant = Hydrant::start_in(dir, "", streams, &[]);
     let mut written = 0usize;
-    let mut kills = 0;
+    let wait_for = |hydrant: &Hydrant, at_least: usize| {
+        let base = hydrant.dir.path().to_path_buf();
+        let delivered = &delivered;
+        async move {
+            eventually(
+                Duration::from_secs(60),
+                &format!("{at_least} lines delivered"),
+                || {
+                    let landed = delivered(base.clone());
+                    async move { (landed.await >= at_least).then_some(()) }
+                },
+            )
+            .await;
+        }
+    };
     for generation in 0..GENERATIONS {
         for burst in 0..LINES_PER_GENERATION / BURST {
             let text: String = (written..written + BURST)
-                .map(|n| format!("g{generation} n{n:07}\n"))
+                .map(|n| line(generation, n))
                 .collect();
             append(&live, &text);
             written += BURST;
             if burst == 25 && KILLED_IN.contains(&generation) {
                 // Killed once it has made some progress since it started.
-                let base = hydrant.dir.path().to_path_buf();
-                let before = delivered_count(&base);
-                wait_for_lines(&base, before + 1, Duration::from_secs(30)).await;
+                let before = delivered(hydrant.dir.path().to_path_buf()).await;
+                wait_for(&hydrant, before + 1).await;
                 let dir = hydrant.kill();
-                kills += 1;
-                hydrant = Hydrant::start_in(dir, "", &streams, &[]);
+                hydrant = Hydrant::start_in(dir, "", streams, &[]);
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -102,7 +124,7 @@ async fn lines_arrive_exactly_once_in_order_through_rotation_and_kill_9() {
         } else {
             // copytruncate: whatever is written between the copy and the truncation is lost
             // to any tailer, so the writer pauses until all it wrote was read.
-            wait_for_lines(hydrant.dir.path(), written, Duration::from_secs(60)).await;
+            wait_for(&hydrant, written).await;
             std::fs::copy(&live, logs.join(format!("app.log.{generation}.copy"))).unwrap();
             std::fs::OpenOptions::new()
                 .write(true)
@@ -112,23 +134,17 @@ async fn lines_arrive_exactly_once_in_order_through_rotation_and_kill_9() {
                 .unwrap();
         }
     }
-    assert_eq!(kills, KILLED_IN.len());
-    let base = hydrant.dir.path().to_path_buf();
-    wait_for_lines(&base, written, Duration::from_secs(60)).await;
-    let objects = delivered_objects(&base);
-    let mut seen: HashMap<usize, usize> = HashMap::new();
-    for object in &objects {
-        // In order per file: within an object, each generation's numbers only grow.
-        let mut last: HashMap<&str, usize> = HashMap::new();
-        for line in object {
-            let (generation, number) = line.split_once(" n").expect("a written line");
-            let number: usize = number.parse().unwrap();
-            *seen.entry(number).or_default() += 1;
-            if let Some(previous) = last.insert(generation, number) {
-                assert!(previous < number, "{line} after n{previous:07}");
-            }
-        }
-    }
+    wait_for(&hydrant, written).await;
+    let log = hydrant.log();
+    assert!(
+        log.contains("copytruncate"),
+        "truncation not noticed:\n{log}"
+    );
+    (hydrant, written)
+}
+
+/// Fails unless every number below `written` was seen exactly once.
+fn check_each_once(seen: &HashMap<usize, usize>, written: usize) {
     let mut twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
     twice.sort();
     assert!(
@@ -140,11 +156,31 @@ async fn lines_arrive_exactly_once_in_order_through_rotation_and_kill_9() {
     let missing = (0..written).filter(|n| !seen.contains_key(n)).count();
     assert_eq!(missing, 0, "lines never delivered");
     assert_eq!(seen.len(), written);
-    let log = hydrant.log();
-    assert!(
-        log.contains("copytruncate"),
-        "truncation not noticed:\n{log}"
-    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lines_arrive_exactly_once_in_order_through_rotation_and_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |generation, n| format!("g{generation} n{n:07}\n");
+    let (hydrant, written) =
+        write_through_rotation_and_kills(dir, &streams("app.log*", ""), line, |base| async move {
+            delivered_count(&base)
+        })
+        .await;
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    for object in delivered_objects(hydrant.dir.path()) {
+        // In order per file: within an object, each generation's numbers only grow.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for line in &object {
+            let (generation, number) = line.split_once(" n").expect("a written line");
+            let number: usize = number.parse().unwrap();
+            *seen.entry(number).or_default() += 1;
+            if let Some(previous) = last.insert(generation, number) {
+                assert!(previous < number, "{line} after n{previous:07}");
+            }
+        }
+    }
+    check_each_once(&seen, written);
     let metrics = hydrant.metrics().await;
     assert!(metrics.contains("hydrant_source_files_watched{stream=\"files\",source=\"file-0\"}"));
 }
@@ -338,52 +374,35 @@ async fn search(path: &str, body: serde_json::Value) -> serde_json::Value {
     response.json().await.unwrap()
 }
 
+/// Documents in `index`; none before the first batch creates it.
+async fn document_count(index: &str) -> usize {
+    let url = format!("{}/{index}/_count", servers().search_endpoint);
+    let response = reqwest::get(&url).await.unwrap();
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return 0;
+    }
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    let answer: serde_json::Value = response.json().await.unwrap();
+    answer["count"].as_u64().unwrap() as usize
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lines_land_in_the_search_server_exactly_once_through_rotation_and_kill_9() {
-    const LINES: usize = 30_000;
     let index = unique_name("tailed");
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir(&logs).unwrap();
-    let live = logs.join("app.log");
     let streams = format!(
-        "files:\n  buffer:\n    size_mib: 1\n    interval_seconds: 1\n  sources:\n    - file:\n        include: [\"logs/app.log*\"]\n        start_at: beginning\n        scan_interval_ms: 50\n  destination:\n    opensearch:\n      endpoint: {}\n      index: {index}\n",
+        "files:\n  buffer:\n    size_mib: 1\n    interval_seconds: 1\n  sources:\n    - file:\n        include: [\"logs/app.log*\"]\n        exclude: [\"*.copy\"]\n        start_at: beginning\n        scan_interval_ms: 50\n  destination:\n    opensearch:\n      endpoint: {}\n      index: {index}\n",
         servers().search_endpoint
     );
-    let mut hydrant = Hydrant::start_in(dir, "", &streams, &[]);
-    // Documents in the index; none before the first batch creates it.
-    let count = || async {
-        let url = format!("{}/{index}/_count", servers().search_endpoint);
-        let response = reqwest::get(&url).await.unwrap();
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return 0;
-        }
-        assert!(
-            response.status().is_success(),
-            "{url}: {}",
-            response.status()
-        );
-        let answer: serde_json::Value = response.json().await.unwrap();
-        answer["count"].as_u64().unwrap() as usize
-    };
-    for n in (0..LINES).step_by(1000) {
-        let text: String = (n..n + 1000)
-            .map(|k| format!("{{\"n\":{k},\"msg\":\"k{k}\"}}\n"))
-            .collect();
-        append(&live, &text);
-        if n % 10_000 == 5_000 {
-            // Killed once something of this part is indexed.
-            eventually(Duration::from_secs(30), "progress", || async {
-                (count().await > n.saturating_sub(5_000)).then_some(())
-            })
-            .await;
-            let dir = hydrant.kill();
-            hydrant = Hydrant::start_in(dir, "", &streams, &[]);
-        }
-        if n % 10_000 == 9_000 {
-            std::fs::rename(&live, live.with_extension(format!("log.{n}"))).unwrap();
-        }
-    }
+    let line = |generation, n| format!("{{\"g\":{generation},\"n\":{n},\"msg\":\"k{n}\"}}\n");
+    let (hydrant, written) =
+        write_through_rotation_and_kills(tempfile::tempdir().unwrap(), &streams, line, |_| {
+            document_count(&index)
+        })
+        .await;
     // Every line read and spooled, and every spooled record delivered: nothing is left to
     // arrive, so the count is final.
     eventually(
@@ -400,23 +419,41 @@ async fn lines_land_in_the_search_server_exactly_once_through_rotation_and_kill_
                 })
                 .and_then(|v| v.trim().parse::<f64>().ok());
             let undelivered = hydrant.stats("files").await["undelivered_records"].as_u64();
-            (behind == Some(0.0) && undelivered == Some(0) && count().await >= LINES).then_some(())
+            (behind == Some(0.0) && undelivered == Some(0)).then_some(())
         },
     )
     .await;
-    let log = hydrant.log();
-    assert_eq!(count().await, LINES, "one document per line");
-    for k in [0, 4_999, 5_000, 17_321, LINES - 1] {
-        let hits = search(
-            &format!("{index}/_search"),
-            serde_json::json!({ "query": { "match": { "msg": format!("k{k}") } }, "size": 10 }),
-        )
-        .await;
-        let found = hits["hits"]["hits"].as_array().unwrap();
-        assert_eq!(found.len(), 1, "line {k}: {hits}");
-        assert_eq!(found[0]["_source"]["n"], k);
-    }
-    assert!(log.contains("reading file"), "{log}");
+    // As many documents as lines, as many distinct numbers, all of them below `written`:
+    // each line exactly once.
+    assert_eq!(
+        document_count(&index).await,
+        written,
+        "one document per line"
+    );
+    let distinct = search(
+        &format!("{index}/_search"),
+        serde_json::json!({ "size": 0, "aggs": { "n": { "cardinality": { "field": "n" } } } }),
+    )
+    .await;
+    assert_eq!(
+        distinct["aggregations"]["n"]["value"], written,
+        "{distinct}"
+    );
+    let in_range = search(
+        &format!("{index}/_count"),
+        serde_json::json!({ "query": { "range": { "n": { "gte": 0, "lt": written } } } }),
+    )
+    .await;
+    assert_eq!(in_range["count"], written, "{in_range}");
+    let hits = search(
+        &format!("{index}/_search"),
+        serde_json::json!({ "query": { "match": { "msg": "k117321" } }, "size": 10 }),
+    )
+    .await;
+    let found = hits["hits"]["hits"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{hits}");
+    assert_eq!(found[0]["_source"]["n"], 117_321);
+    assert_eq!(found[0]["_source"]["g"], 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
