@@ -357,23 +357,6 @@ async fn multiline_events_are_joined_whole_across_kill_9() {
     assert_eq!(delivered.len(), expected.concat().len(), "{delivered:?}");
 }
 
-async fn search(path: &str, body: serde_json::Value) -> serde_json::Value {
-    let url = format!("{}/{path}", servers().search_endpoint);
-    let response = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{url}: {}",
-        response.status()
-    );
-    response.json().await.unwrap()
-}
-
 /// Documents in `index`; none before the first batch creates it.
 async fn document_count(index: &str) -> usize {
     let url = format!("{}/{index}/_count", servers().search_endpoint);
@@ -430,7 +413,7 @@ async fn lines_land_in_the_search_server_exactly_once_through_rotation_and_kill_
         written,
         "one document per line"
     );
-    let distinct = search(
+    let distinct = search_post(
         &format!("{index}/_search"),
         serde_json::json!({ "size": 0, "aggs": { "n": { "cardinality": { "field": "n" } } } }),
     )
@@ -439,13 +422,13 @@ async fn lines_land_in_the_search_server_exactly_once_through_rotation_and_kill_
         distinct["aggregations"]["n"]["value"], written,
         "{distinct}"
     );
-    let in_range = search(
+    let in_range = search_post(
         &format!("{index}/_count"),
         serde_json::json!({ "query": { "range": { "n": { "gte": 0, "lt": written } } } }),
     )
     .await;
     assert_eq!(in_range["count"], written, "{in_range}");
-    let hits = search(
+    let hits = search_post(
         &format!("{index}/_search"),
         serde_json::json!({ "query": { "match": { "msg": "k117321" } }, "size": 10 }),
     )
@@ -528,7 +511,7 @@ async fn the_nginx_example_indexes_new_access_log_lines_as_json() {
     );
     assert_eq!(failed.len(), 1);
     assert_eq!(raw_data(&failed[0]), b"this is not an access-log line");
-    let hits = search(
+    let hits = search_post(
         &format!("{index}-*/_search"),
         serde_json::json!({ "query": { "match": { "path": "/page/7" } }, "size": 1 }),
     )

@@ -24,23 +24,6 @@ async fn search_get(path: &str) -> Value {
     response.json().await.unwrap()
 }
 
-async fn search_post(path: &str, body: Value) -> Value {
-    let url = format!("{}/{path}", servers().search_endpoint);
-    let response = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "POST {url}: {}",
-        response.status()
-    );
-    response.json().await.unwrap()
-}
-
 #[tokio::test]
 async fn documents_are_found_in_the_search_server_and_refused_ones_are_kept_with_their_reasons() {
     let index = unique_name("logs");

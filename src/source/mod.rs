@@ -259,9 +259,15 @@ impl FileSource {
                     }
                     if let Err(error) = queue(&self.spool, &self.counters, file, &lines, stop).await
                     {
-                        tracing::error!(stream = %self.stream, file = %file.path.display(), "cannot spool lines; reading them again: {error}");
-                        file.rewind(&self.settings.reading);
-                        tokio::time::sleep(ROOM_WAIT).await;
+                        // This file's lines and those read from the files after it in this
+                        // round were not queued: they are read again.
+                        for file in &mut self.files[i..] {
+                            file.rewind(&self.settings.reading);
+                        }
+                        if !*stop.borrow() {
+                            tracing::error!(stream = %self.stream, file = %self.files[i].path.display(), "cannot spool lines; reading them again: {error}");
+                            tokio::time::sleep(ROOM_WAIT).await;
+                        }
                         return read_any;
                     }
                     self.metrics.lines.increment(lines.ends.len() as u64);

@@ -829,3 +829,21 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// POSTs `body` to `path` of the search test server; fails the test unless it succeeds.
+pub async fn search_post(path: &str, body: Value) -> Value {
+    let url = format!("{}/{path}", servers().search_endpoint);
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "POST {url}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
