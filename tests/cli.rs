@@ -40,13 +40,15 @@ fn every_example_is_valid() {
         if !path.is_file() || path.extension().is_none_or(|e| e != "yaml" && e != "yml") {
             continue;
         }
-        // The log-shipping example reaches its cluster (the test search server), the
-        // endpoint example its receiver.
+        // The log-shipping examples reach their cluster (the test search server) and load
+        // the ready-made transforms, the endpoint example its receiver.
+        let transforms = transforms_dir().display().to_string();
         let (ok, stdout, stderr) = validate(
             &path,
             &[
                 ("SEARCH_ENDPOINT", &servers().search_endpoint),
                 ("HTTP_ENDPOINT_URL", &receiver),
+                ("TRANSFORMS", &transforms),
             ],
         );
         assert!(ok, "{}: {stderr}", path.display());

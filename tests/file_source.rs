@@ -469,6 +469,8 @@ async fn the_nginx_example_indexes_new_access_log_lines_as_json() {
     };
     // Already there the first time: not shipped (`start_at: end`).
     append(&logs.join("access.log"), &line(1000));
+    // A rotated file that never gets another line: not shipped either, even after a restart.
+    append(&logs.join("access.log.1"), &line(2000));
     let path = dir.path().join("nginx-to-search.yaml");
     std::fs::write(&path, config).unwrap();
     let mut hydrant = Hydrant::start_with_file(&path, dir);
@@ -520,4 +522,74 @@ async fn the_nginx_example_indexes_new_access_log_lines_as_json() {
     assert_eq!(document["status"], 200, "{hits}");
     assert_eq!(document["bytes"], 107, "{hits}");
     assert_eq!(document["remote_addr"], "10.0.0.7", "{hits}");
+
+    // Restarted: the new lines are shipped, the old ones still are not.
+    let dir = hydrant.kill();
+    let mut hydrant = Hydrant::start_with_file(&path, dir);
+    let more: String = (20..25).map(line).collect();
+    append(&hydrant.dir.path().join("nginx/access.log"), &more);
+    eventually(Duration::from_secs(60), "25 documents", || async {
+        let response = reqwest::get(&count_url).await.ok()?;
+        let answer: serde_json::Value = response.json().await.ok()?;
+        (answer["count"].as_u64()? >= 25).then_some(())
+    })
+    .await;
+    assert!(hydrant.terminate().success(), "{}", hydrant.log());
+    let answer: serde_json::Value = reqwest::get(&count_url)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["count"], 25, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_spool_stops_the_reading_and_nothing_is_lost() {
+    let receiver = EndpointReceiver::start(Vec::new(), None, None).await;
+    receiver.set_down(true);
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    // 30 MB of lines against an 8 MiB spool whose destination is down.
+    let filler = "y".repeat(90);
+    let lines: Vec<String> = (0..300_000).map(|n| format!("{n:08} {filler}")).collect();
+    std::fs::write(logs.join("big.log"), lines.join("\n") + "\n").unwrap();
+    let streams = format!(
+        "files:\n  buffer:\n    size_mib: 1\n    interval_seconds: 1\n  sources:\n    - file:\n        include: [\"logs/*.log\"]\n        start_at: beginning\n  destination:\n    http_endpoint:\n      url: {}\n      initial_backoff_ms: 50\n      max_backoff_seconds: 1\n",
+        receiver.url
+    );
+    let hydrant = Hydrant::start_in(dir, "spool:\n  max_mib: 8\n", &streams, &[]);
+    let behind = || async {
+        let metrics = hydrant.metrics().await;
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("hydrant_source_bytes_behind{stream=\"files\",source=\"file-0\"} ")
+            })
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Reading stops with most of the file still unread, and the spool within its limit.
+    eventually(Duration::from_secs(30), "the spool full", || async {
+        let spooled = hydrant.stats("files").await["undelivered_records"].as_u64()?;
+        (spooled > 0 && behind().await > 20e6).then_some(spooled)
+    })
+    .await;
+    let metrics = hydrant.metrics().await;
+    assert!(metric(&metrics, "hydrant_spool_bytes", "files") <= (8 << 20) as f64);
+    receiver.set_down(false);
+    eventually(Duration::from_secs(120), "every line delivered", || async {
+        (receiver.deduplicated().len() >= lines.len()).then_some(())
+    })
+    .await;
+    let delivered: Vec<Vec<u8>> = receiver.deduplicated();
+    assert_eq!(delivered.len(), lines.len(), "each line once");
+    assert!(
+        delivered
+            .iter()
+            .zip(&lines)
+            .all(|(got, sent)| got == sent.as_bytes()),
+        "in order, as written"
+    );
 }

@@ -149,7 +149,15 @@ fn start(
         (Some(saved), _) if saved > size => 0,
         (Some(saved), _) => saved,
         (None, StartAt::Beginning) => 0,
-        (None, StartAt::End) => after_last_line(&file, size)?,
+        (None, StartAt::End) => {
+            let end = after_last_line(&file, size)?;
+            // Kept at once: a file that gets no new line before a restart must not be read
+            // from its beginning then.
+            if let Some(key) = &key {
+                spool.set_cursor(key, end)?;
+            }
+            end
+        }
     };
     TrackedFile::new(path, file, key, position, reading)
 }

@@ -146,6 +146,21 @@ impl CursorLog {
         self.positions.get(key).copied()
     }
 
+    /// Records (synced) that input `key` resumes at `position`, whatever it held before: a
+    /// starting point chosen before any of its records is spooled (`start_at: end`).
+    pub fn set(&mut self, key: &[u8], position: u64) -> std::io::Result<()> {
+        let mut entry = Vec::new();
+        let mark = CursorMark {
+            key,
+            start: position,
+            lengths: &[],
+        };
+        mark.encode(0, 0, &mut entry);
+        self.append(&entry, true)?;
+        self.positions.insert(key.to_vec(), position);
+        Ok(())
+    }
+
     /// Drops `key` at the next rewrite: its input is finished and gone.
     pub fn retire(&mut self, key: &[u8]) {
         self.retired.insert(key.to_vec());
@@ -347,6 +362,36 @@ mod tests {
         let reopened = CursorLog::open(dir.path(), 100).unwrap();
         assert_eq!(reopened.position(b"f"), Some(31));
         assert_eq!(reopened.position(b"g"), Some(101));
+    }
+
+    #[test]
+    fn a_set_position_holds_until_records_move_it_and_survives_their_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = CursorLog::open(dir.path(), 0).unwrap();
+        log.set(b"f", 500).unwrap();
+        assert_eq!(
+            CursorLog::open(dir.path(), 0).unwrap().position(b"f"),
+            Some(500)
+        );
+        let mut log = CursorLog::open(dir.path(), 0).unwrap();
+        let mut data = Vec::new();
+        mark(b"f", 500, &[10, 10]).encode(0, 2, &mut data);
+        log.append(&data, true).unwrap();
+        // Both records kept, then neither: the set position is where reading resumes.
+        let dir_copy = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.path().join("cursors.log"),
+            dir_copy.path().join("cursors.log"),
+        )
+        .unwrap();
+        assert_eq!(
+            CursorLog::open(dir.path(), 2).unwrap().position(b"f"),
+            Some(520)
+        );
+        assert_eq!(
+            CursorLog::open(dir_copy.path(), 0).unwrap().position(b"f"),
+            Some(500)
+        );
     }
 
     #[test]

@@ -602,6 +602,12 @@ impl StreamSpool {
         lock(&self.cursors).position(key)
     }
 
+    /// Records (synced) where the outside input `key` starts, before any of its records is
+    /// queued, so a restart starts there too.
+    pub fn set_cursor(&self, key: &[u8], position: u64) -> std::io::Result<()> {
+        lock(&self.cursors).set(key, position)
+    }
+
     /// Forgets the cursor of an outside input that is finished and gone.
     pub fn retire_cursor(&self, key: &[u8]) {
         lock(&self.cursors).retire(key);
