@@ -203,13 +203,15 @@ async fn a_file_deleted_while_read_is_finished_and_long_lines_are_refused() {
         .wait_for_log("doomed.log", Duration::from_secs(30))
         .await;
     std::fs::remove_file(hydrant.dir.path().join("logs/doomed.log")).unwrap();
+    // The API takes records into the same stream beside the source.
+    hydrant.put_all("files", &[b"from the api".to_vec()]).await;
     let base = hydrant.dir.path().to_path_buf();
-    wait_for_lines(&base, 400_002, Duration::from_secs(120)).await;
+    wait_for_lines(&base, 400_003, Duration::from_secs(120)).await;
     let mut lines: Vec<String> = delivered_objects(&base).into_iter().flatten().collect();
-    assert_eq!(lines.len(), 400_002, "each line once");
+    assert_eq!(lines.len(), 400_003, "each line once");
     lines.sort();
     let mut expected: Vec<String> = doomed.lines().map(str::to_string).collect();
-    expected.extend(["before".to_string(), "after".to_string()]);
+    expected.extend(["before", "after", "from the api"].map(str::to_string));
     expected.sort();
     assert!(
         lines == expected,
