@@ -358,7 +358,18 @@ async fn multiline_events_are_joined_whole_across_kill_9() {
     assert_eq!(delivered.len(), expected.concat().len(), "{delivered:?}");
 }
 
-/// Documents in `index`; none before the first batch creates it.
+/// The service's `hydrant_source_bytes_behind` for the test stream's first source.
+async fn bytes_behind(hydrant: &Hydrant) -> Option<f64> {
+    let metrics = hydrant.metrics().await;
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("hydrant_source_bytes_behind{stream=\"files\",source=\"file-0\"} ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Documents in `index` (a name or pattern); none before the first batch creates it.
 async fn document_count(index: &str) -> usize {
     let url = format!("{}/{index}/_count", servers().search_endpoint);
     let response = reqwest::get(&url).await.unwrap();
@@ -393,15 +404,7 @@ async fn lines_land_in_the_search_server_exactly_once_through_rotation_and_kill_
         Duration::from_secs(60),
         "everything read and delivered",
         || async {
-            let metrics = hydrant.metrics().await;
-            let behind = metrics
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix(
-                        "hydrant_source_bytes_behind{stream=\"files\",source=\"file-0\"} ",
-                    )
-                })
-                .and_then(|v| v.trim().parse::<f64>().ok());
+            let behind = bytes_behind(&hydrant).await;
             let undelivered = hydrant.stats("files").await["undelivered_records"].as_u64();
             (behind == Some(0.0) && undelivered == Some(0)).then_some(())
         },
@@ -484,11 +487,9 @@ async fn the_nginx_example_indexes_new_access_log_lines_as_json() {
         &live,
         &format!("{new_lines}this is not an access-log line\n"),
     );
-    let count_url = format!("{}/{index}-*/_count", servers().search_endpoint);
+    let indices = format!("{index}-*");
     eventually(Duration::from_secs(60), "20 documents", || async {
-        let response = reqwest::get(&count_url).await.ok()?;
-        let answer: serde_json::Value = response.json().await.ok()?;
-        (answer["count"].as_u64()? >= 20).then_some(())
+        (document_count(&indices).await >= 20).then_some(())
     })
     .await;
     let errors_dir = hydrant.dir.path().join("hydrant-search-errors");
@@ -502,15 +503,10 @@ async fn the_nginx_example_indexes_new_access_log_lines_as_json() {
     )
     .await;
     assert!(hydrant.terminate().success(), "{}", hydrant.log());
-    let answer: serde_json::Value = reqwest::get(&count_url)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        answer["count"], 20,
-        "only the lines written after the start: {answer}"
+        document_count(&indices).await,
+        20,
+        "only the lines written after the start"
     );
     assert_eq!(failed.len(), 1);
     assert_eq!(raw_data(&failed[0]), b"this is not an access-log line");
@@ -530,19 +526,11 @@ async fn the_nginx_example_indexes_new_access_log_lines_as_json() {
     let more: String = (20..25).map(line).collect();
     append(&hydrant.dir.path().join("nginx/access.log"), &more);
     eventually(Duration::from_secs(60), "25 documents", || async {
-        let response = reqwest::get(&count_url).await.ok()?;
-        let answer: serde_json::Value = response.json().await.ok()?;
-        (answer["count"].as_u64()? >= 25).then_some(())
+        (document_count(&indices).await >= 25).then_some(())
     })
     .await;
     assert!(hydrant.terminate().success(), "{}", hydrant.log());
-    let answer: serde_json::Value = reqwest::get(&count_url)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer["count"], 25, "{answer}");
+    assert_eq!(document_count(&indices).await, 25);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -561,20 +549,10 @@ async fn a_full_spool_stops_the_reading_and_nothing_is_lost() {
         receiver.url
     );
     let hydrant = Hydrant::start_in(dir, "spool:\n  max_mib: 8\n", &streams, &[]);
-    let behind = || async {
-        let metrics = hydrant.metrics().await;
-        metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("hydrant_source_bytes_behind{stream=\"files\",source=\"file-0\"} ")
-            })
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
     // Reading stops with most of the file still unread, and the spool within its limit.
     eventually(Duration::from_secs(30), "the spool full", || async {
         let spooled = hydrant.stats("files").await["undelivered_records"].as_u64()?;
-        (spooled > 0 && behind().await > 20e6).then_some(spooled)
+        (spooled > 0 && bytes_behind(&hydrant).await? > 20e6).then_some(spooled)
     })
     .await;
     let metrics = hydrant.metrics().await;

@@ -18,14 +18,7 @@ const FINGERPRINT_BYTES: usize = 256;
 pub fn identity(file: &File) -> std::io::Result<Option<Vec<u8>>> {
     let meta = file.metadata()?;
     let mut head = [0u8; FINGERPRINT_BYTES];
-    let mut filled = 0;
-    while filled < head.len() {
-        let read = file.read_at(&mut head[filled..], filled as u64)?;
-        if read == 0 {
-            break;
-        }
-        filled += read;
-    }
+    let filled = read_up_to(file, &mut head, 0)?;
     let head = &head[..filled];
     let first_line = match memchr::memchr(b'\n', head) {
         Some(newline) => &head[..=newline],
@@ -38,6 +31,19 @@ pub fn identity(file: &File) -> std::io::Result<Option<Vec<u8>>> {
     key.extend_from_slice(&meta.ino().to_le_bytes());
     key.extend_from_slice(&sha2::Sha256::digest(first_line)[..16]);
     Ok(Some(key))
+}
+
+/// Fills `buf` from `file` at `offset`, stopping early at the file's end; how many bytes.
+fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let read = file.read_at(&mut buf[filled..], offset + filled as u64)?;
+        if read == 0 {
+            break;
+        }
+        filled += read;
+    }
+    Ok(filled)
 }
 
 /// A file being read.
@@ -117,16 +123,7 @@ impl TrackedFile {
         }
         let wanted = ((self.size - offset) as usize).min(budget);
         let mut buf = vec![0u8; wanted];
-        let mut filled = 0;
-        while filled < wanted {
-            let read = self
-                .file
-                .read_at(&mut buf[filled..], offset + filled as u64)?;
-            if read == 0 {
-                break;
-            }
-            filled += read;
-        }
+        let filled = read_up_to(&self.file, &mut buf, offset)?;
         self.splitter.feed(&buf[..filled], &mut lines);
         if let Some(joiner) = &mut self.joiner {
             lines = joiner.join(lines, std::time::Instant::now());

@@ -341,12 +341,12 @@ async fn queue(
     lines: &Lines,
     stop: &watch::Receiver<bool>,
 ) -> Result<(), SpoolError> {
-    let Some(key) = file.key.clone() else {
+    let Some(key) = file.key.as_deref() else {
         return Ok(());
     };
     let slices = lines.slices();
     let mark = CursorMark {
-        key: &key,
+        key,
         start: file.position,
         lengths: &lines.lengths,
     };

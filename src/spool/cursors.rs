@@ -117,12 +117,7 @@ impl CursorLog {
             Ok(mut file) => {
                 let mut data = Vec::new();
                 file.read_to_end(&mut data)?;
-                for entry in decode_all(&data) {
-                    if let Some(position) = entry.resolved_position(spool_end) {
-                        let slot = positions.entry(entry.key).or_insert(0);
-                        *slot = (*slot).max(position);
-                    }
-                }
+                apply(&mut positions, &data, spool_end);
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(error),
@@ -218,12 +213,11 @@ impl CursorLog {
         if self.unapplied.is_empty() {
             return Ok(());
         }
-        for entry in decode_all(&std::mem::take(&mut self.unapplied)) {
-            if let Some(position) = entry.resolved_position(u64::MAX) {
-                let slot = self.positions.entry(entry.key).or_insert(0);
-                *slot = (*slot).max(position);
-            }
-        }
+        apply(
+            &mut self.positions,
+            &std::mem::take(&mut self.unapplied),
+            u64::MAX,
+        );
         if self.bytes > COMPACT_BYTES {
             self.rewrite()?;
         }
@@ -254,6 +248,17 @@ impl CursorLog {
         self.file = Some(OpenOptions::new().append(true).open(&self.path)?);
         self.bytes = data.len() as u64;
         Ok(())
+    }
+}
+
+/// Moves `positions` by the entries in `data`, resolved against a spool holding the records
+/// below `spool_end`.
+fn apply(positions: &mut HashMap<Vec<u8>, u64>, data: &[u8], spool_end: u64) {
+    for entry in decode_all(data) {
+        if let Some(position) = entry.resolved_position(spool_end) {
+            let slot = positions.entry(entry.key).or_insert(0);
+            *slot = (*slot).max(position);
+        }
     }
 }
 

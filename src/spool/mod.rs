@@ -361,7 +361,6 @@ impl StreamSpool {
             }
             state.next_seq += accepted as u64;
             state.group.records += accepted as u64;
-            state.group.bytes += used;
         }
         let appended = Appended {
             first_seq,

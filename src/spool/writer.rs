@@ -41,8 +41,6 @@ pub struct Group {
     pub first_seq: u64,
     /// Frames in the group.
     pub records: u64,
-    /// Bytes of the frames.
-    pub bytes: u64,
     /// Cursor log entries of the records from outside inputs, written before the frames.
     pub marks: Vec<u8>,
     /// Signalled once the group is durable (or failed).
@@ -55,7 +53,6 @@ impl Group {
             parts: Vec::new(),
             first_seq,
             records: 0,
-            bytes: 0,
             marks: Vec::new(),
             done: watch::Sender::new(None),
         }
@@ -167,7 +164,7 @@ impl Flusher<'_> {
     }
 
     fn write_group(&mut self, mut group: Group) {
-        let len = group.bytes;
+        let len: u64 = group.parts.iter().map(|p| p.data.len() as u64).sum();
         let end_seq = group.first_seq + group.records;
         let always = matches!(self.spool.settings.fsync, FsyncPolicy::Always);
         let log_len = lock(&self.spool.cursors).len();
