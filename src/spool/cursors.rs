@@ -13,7 +13,7 @@
 //! key_len u16 | key | start u64 | count u32 | count × LEB128 byte length`. A torn last entry
 //! fails its checksum and is ignored.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -103,7 +103,6 @@ pub struct CursorLog {
     positions: HashMap<Vec<u8>, u64>,
     /// Entries appended since the positions were last brought up to date.
     unapplied: Vec<u8>,
-    retired: HashSet<Vec<u8>>,
 }
 
 impl CursorLog {
@@ -128,7 +127,6 @@ impl CursorLog {
             bytes: 0,
             positions,
             unapplied: Vec::new(),
-            retired: HashSet::new(),
         };
         if !log.positions.is_empty() {
             log.rewrite()?;
@@ -156,9 +154,10 @@ impl CursorLog {
         Ok(())
     }
 
-    /// Drops `key` at the next rewrite: its input is finished and gone.
+    /// Forgets `key` (left out of the next rewrite): its input is finished and gone. A
+    /// later entry of the same key (the input came back) brings it back.
     pub fn retire(&mut self, key: &[u8]) {
-        self.retired.insert(key.to_vec());
+        self.positions.remove(key);
     }
 
     /// Log length before an [`append`](Self::append), to [`cut_back`](Self::cut_back) to.
@@ -226,9 +225,6 @@ impl CursorLog {
 
     /// Replaces the log by one entry per live cursor (written aside, then renamed over).
     fn rewrite(&mut self) -> std::io::Result<()> {
-        for key in self.retired.drain() {
-            self.positions.remove(&key);
-        }
         let mut data = Vec::new();
         for (key, &position) in &self.positions {
             let mark = CursorMark {
@@ -253,11 +249,12 @@ impl CursorLog {
 
 /// Moves `positions` by the entries in `data`, resolved against a spool holding the records
 /// below `spool_end`.
+/// The last entry of an input wins: its entries come in the order its reader read, and a
+/// reader that starts a truncated file over moves its position back.
 fn apply(positions: &mut HashMap<Vec<u8>, u64>, data: &[u8], spool_end: u64) {
     for entry in decode_all(data) {
         if let Some(position) = entry.resolved_position(spool_end) {
-            let slot = positions.entry(entry.key).or_insert(0);
-            *slot = (*slot).max(position);
+            positions.insert(entry.key, position);
         }
     }
 }
@@ -396,6 +393,31 @@ mod tests {
         assert_eq!(
             CursorLog::open(dir_copy.path(), 0).unwrap().position(b"f"),
             Some(500)
+        );
+    }
+
+    #[test]
+    fn an_input_started_over_resumes_at_its_new_position_not_its_furthest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = Vec::new();
+        mark(b"f", 0, &[10, 10, 10]).encode(0, 3, &mut data);
+        // Truncated in place and read again from 0, under the same identity.
+        mark(b"f", 0, &[4]).encode(3, 1, &mut data);
+        std::fs::write(dir.path().join("cursors.log"), &data).unwrap();
+        assert_eq!(
+            CursorLog::open(dir.path(), 4).unwrap().position(b"f"),
+            Some(4)
+        );
+        let mut log = CursorLog::open(dir.path(), 4).unwrap();
+        log.retire(b"f");
+        let mut data = Vec::new();
+        mark(b"f", 4, &[6]).encode(4, 1, &mut data);
+        log.append(&data, true).unwrap();
+        log.synced().unwrap();
+        log.rewrite().unwrap();
+        assert_eq!(
+            CursorLog::open(dir.path(), 5).unwrap().position(b"f"),
+            Some(10)
         );
     }
 
