@@ -9,6 +9,8 @@
 #     the run directory, 127.0.0.1 only, scram-sha-256 password authentication, TLS offered
 #     with a certificate from a throwaway CA (openssl);
 #   - osmem-server (PyPI), an in-memory OpenSearch-compatible server, as the search cluster;
+#   - nats-server (Debian), which the cluster tests start as three-node JetStream clusters of
+#     their own (they kill and restart its nodes);
 #   - the AWS CLI (PyPI's awscli, in a virtualenv of its own: it pins its own botocore) and
 #     the AWS SDK for JavaScript v3's Firehose client (npm), two more clients the signed-call
 #     tests drive besides boto3.
@@ -84,6 +86,10 @@ install_tools() {
     if ! command -v zstd > /dev/null; then
         log "installing the zstd command-line tool"
         (apt-get install -y -q zstd || (apt-get update -q && apt-get install -y -q zstd)) >&2
+    fi
+    if ! command -v nats-server > /dev/null; then
+        log "installing nats-server (the cluster tests' JetStream) from Debian"
+        (apt-get install -y -q nats-server || (apt-get update -q && apt-get install -y -q nats-server)) >&2
     fi
     if ! command -v chromium > /dev/null; then
         log "installing Chromium (the console's browser tests) from Debian"
@@ -336,6 +342,7 @@ print_settings() {
     echo "HYDRANT_TEST_CHROMIUM=$(command -v chromium)"
     echo "HYDRANT_TEST_SYSTEMD_ANALYZE=$(command -v systemd-analyze)"
     echo "HYDRANT_TEST_PROMTOOL=$PROMTOOL"
+    echo "HYDRANT_TEST_NATS_SERVER=$(command -v nats-server)"
 }
 
 case "${1:-}" in

@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod buffer;
+pub mod cluster;
 pub mod compress;
 pub mod config;
 pub mod console;

@@ -2,6 +2,7 @@
 //! substitution, and validation that reports every problem as `FILE:LINE:COLUMN: message`.
 
 mod auth;
+mod cluster;
 mod encryption;
 mod http_endpoint;
 mod load;
@@ -20,6 +21,7 @@ mod streams;
 mod validate;
 
 pub use auth::{ACTIONS, AccessKeyConfig, AllowConfig, AuthConfig, Secret, TlsConfig};
+pub use cluster::{JetStreamConfig, JetStreamTlsConfig};
 pub use encryption::encryption_notes;
 pub use http_endpoint::{ContentEncoding, HttpEndpointDestination};
 pub use load::{ConfigError, ConfigProblem, load_config, parse_config};
@@ -149,6 +151,10 @@ pub struct SpoolConfig {
     /// Encryption of the spool's records at rest; without it they are stored in clear.
     #[serde(default)]
     pub encryption: Option<SpoolEncryptionConfig>,
+    /// Keep accepted records in a NATS JetStream cluster instead of on this machine: this
+    /// process becomes one node of a Hydrant cluster.
+    #[serde(default)]
+    pub jetstream: Option<JetStreamConfig>,
 }
 
 impl Default for SpoolConfig {
@@ -158,6 +164,7 @@ impl Default for SpoolConfig {
             fsync: FsyncConfig::default(),
             max_mib: default_spool_max_mib(),
             encryption: None,
+            jetstream: None,
         }
     }
 }

@@ -132,6 +132,8 @@ fn section_types() -> Vec<(&'static str, PrefixFields)> {
             vec![
                 ("", fields_of::<SpoolConfig>()),
                 ("encryption", fields_of::<SpoolEncryptionConfig>()),
+                ("jetstream", fields_of::<super::JetStreamConfig>()),
+                ("jetstream.tls", fields_of::<super::JetStreamTlsConfig>()),
             ],
         ),
         (

@@ -86,6 +86,15 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             ));
         }
     }
+    if let Some(jetstream) = &spool.jetstream {
+        super::cluster::validate(jetstream, &mut problems);
+        if let Some(encryption) = &spool.encryption {
+            problems.push(at(
+                &encryption.key,
+                "`spool.encryption` applies to the local spool; with `spool.jetstream` records are kept by the NATS servers (encrypt them at rest with their `jetstream: { cipher, key }` setting)",
+            ));
+        }
+    }
     if let super::FsyncConfig::IntervalMs(ms) = spool.fsync
         && !(1..=60_000).contains(&ms)
     {
@@ -106,6 +115,9 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigProblem> {
             problems.push(at(name, format!("stream name `{}`: {reason}", name.value)));
         }
         validate_stream(&name.value, stream, spooled, &mut problems);
+        if spool.jetstream.is_some() {
+            super::cluster::validate_stream(name, stream, &mut problems);
+        }
     }
     problems.sort_by_key(|p| (p.line, p.column));
     problems

@@ -3,16 +3,16 @@
 //! built again from its records in the spool; when that keeps failing, every record of the
 //! batch goes to the error output with the cause, and only then does the checkpoint pass it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hydrant_sinks::prelude::Backoff;
 
 use super::DeliveryLoop;
+use super::DurableLog;
 use super::error_output::{BatchErrorReason, FORMAT_CONVERSION_FAILED};
 use crate::buffer::{BatchBody, BatchFailure, SealedBatch};
-use crate::spool::{SeqRange, StreamSpool};
+use crate::spool::SeqRange;
 
 /// Error code of records whose batch could not be encoded.
 pub const ENCODE_FAILED: &str = "Hydrant.EncodeFailed";
@@ -108,7 +108,7 @@ impl DeliveryLoop {
     /// not be built (`why`), to the error output.
     pub(super) async fn write_unbuildable(
         &self,
-        spool: &Arc<StreamSpool>,
+        spool: &DurableLog,
         range: SeqRange,
         oldest: DateTime<Utc>,
         why: &str,

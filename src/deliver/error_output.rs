@@ -2,7 +2,6 @@
 //! records goes, with the reason, to an error object under the error output prefix, in
 //! Firehose's format, and the checkpoint moves on.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
@@ -11,8 +10,9 @@ use chrono::{DateTime, Utc};
 use hydrant_sinks::prelude::*;
 
 use super::DeliveryLoop;
+use super::DurableLog;
 use crate::buffer::{FailedRecord, FailedStage};
-use crate::spool::{RecordChunk, SeqRange, StreamSpool};
+use crate::spool::{RecordChunk, SeqRange};
 
 /// `!{firehose:error-output-type}` of records the stream's format could not take.
 pub const FORMAT_CONVERSION_FAILED: &str = "format-conversion-failed";
@@ -285,7 +285,7 @@ impl DeliveryLoop {
     /// (the caller then advances the checkpoint).
     pub(super) async fn write_error_output(
         &self,
-        spool: &Arc<StreamSpool>,
+        spool: &DurableLog,
         range: SeqRange,
         oldest: DateTime<Utc>,
         reason: &BatchErrorReason,
@@ -319,7 +319,7 @@ impl DeliveryLoop {
     /// The records `seqs` of batch `range`, read back from the spool.
     async fn read_back_only(
         &self,
-        spool: &Arc<StreamSpool>,
+        spool: &DurableLog,
         range: SeqRange,
         seqs: &[u64],
     ) -> RecordChunk {
@@ -330,7 +330,7 @@ impl DeliveryLoop {
     }
 
     /// Every record of batch `range`, read back from the spool (retried until it can be).
-    pub(super) async fn read_back(&self, spool: &Arc<StreamSpool>, range: SeqRange) -> RecordChunk {
+    pub(super) async fn read_back(&self, spool: &DurableLog, range: SeqRange) -> RecordChunk {
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
         loop {
             match spool.read_range(range).await {

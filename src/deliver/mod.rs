@@ -3,6 +3,7 @@
 //! send what could not be delivered to the error output.
 
 mod batch_body;
+mod durable;
 mod error_output;
 mod health;
 mod partitioned;
@@ -10,6 +11,7 @@ mod refusals;
 mod seam;
 
 pub use batch_body::ENCODE_FAILED;
+pub use durable::{DurableLog, JournalError};
 pub use health::{DeliveryHealth, HealthSnapshot};
 pub use partitioned::{OnLimit, PartitionSettings, ReplayPlan, WINDOW_INTERVAL, WINDOW_SIZE};
 pub use refusals::{Refusal, SourceRefusals};
@@ -94,10 +96,11 @@ pub struct DeliveryLoop {
     pub counters: Arc<DeliveryCounters>,
     /// How deliveries are going, shared with the API.
     pub health: Arc<DeliveryHealth>,
-    /// The stream's spool: batches are journaled before they are written, keys derive from
-    /// their record range, writes never replace, and the checkpoint advances on success.
-    /// `None` when the spool is disabled.
-    pub spool: Option<Arc<StreamSpool>>,
+    /// Where the stream's records are kept (the local spool, or a partition on the
+    /// cluster): batches are journaled before they are written, keys derive from their
+    /// record range, writes never replace, and the checkpoint advances on success. `None`
+    /// when the spool is disabled.
+    pub spool: Option<DurableLog>,
     /// The destination, behind the seam.
     pub seam: crate::config::SeamDestination,
     /// The stream's log incarnation (the first half of its record ids): names batches.
@@ -132,6 +135,33 @@ impl StopSignal {
 }
 
 impl DeliveryLoop {
+    /// A loop like this one delivering one partition of a cluster stream: batches come
+    /// from `buffer`, are journaled in `partition`'s lease, and stop on `stop`.
+    pub fn for_partition(
+        &self,
+        buffer: Arc<StreamBuffer>,
+        partition: Arc<crate::cluster::PartitionLog>,
+        stop: StopSignal,
+    ) -> Self {
+        Self {
+            stream: self.stream.clone(),
+            buffer,
+            sink: Arc::clone(&self.sink),
+            keys: self.keys.clone(),
+            error_keys: self.error_keys.clone(),
+            retry_duration: self.retry_duration,
+            initial_backoff: self.initial_backoff,
+            max_backoff: self.max_backoff,
+            counters: Arc::clone(&self.counters),
+            health: Arc::clone(&self.health),
+            spool: Some(DurableLog::Partition(partition)),
+            seam: self.seam.clone(),
+            run: self.run,
+            partitions: None,
+            stop,
+        }
+    }
+
     /// Delivers batches until the buffer is closed and drained.
     pub async fn run(mut self) {
         let mut stop = std::mem::take(&mut self.stop);
@@ -171,7 +201,9 @@ impl DeliveryLoop {
             return;
         };
         let mode = self.write_mode();
-        self.journal(range).await;
+        if !self.journal(range).await {
+            return;
+        }
         self.count_dropped(dropped);
         // Records refused by a transform or by the destination's format go to their
         // stage's error output.
@@ -194,11 +226,9 @@ impl DeliveryLoop {
     /// (and `salt`, one per kind of object), so a replay names the same key.
     fn batch_rng(&self, salt: u64, range: SeqRange) -> fastrand::Rng {
         match &self.spool {
-            Some(spool) => fastrand::Rng::with_seed(batch_seed(
-                spool.incarnation() ^ salt,
-                range.first,
-                range.last,
-            )),
+            Some(spool) => {
+                fastrand::Rng::with_seed(batch_seed(spool.seed() ^ salt, range.first, range.last))
+            }
             None => fastrand::Rng::new(),
         }
     }
@@ -213,11 +243,26 @@ impl DeliveryLoop {
     }
 
     /// Durably records, before anything of batch `range` is written, that it is one batch,
-    /// so a restart rebuilds it with the same boundaries (and object keys).
-    async fn journal(&self, range: SeqRange) {
-        if let Some(spool) = &self.spool {
-            self.until_journaled(range, || spool.record_sealed(range))
-                .await;
+    /// so a restart rebuilds it with the same boundaries (and object keys). `false` when
+    /// this node no longer delivers the batch's partition: nothing of it may be written.
+    async fn journal(&self, range: SeqRange) -> bool {
+        let Some(spool) = &self.spool else {
+            return true;
+        };
+        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
+        loop {
+            match spool.record_sealed(range).await {
+                Ok(()) => return true,
+                Err(JournalError::Fenced) => {
+                    tracing::info!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "the partition is delivered by another node now; leaving the batch to it");
+                    return false;
+                }
+                Err(JournalError::Retry(error)) => {
+                    let delay = backoff.next_delay();
+                    tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot journal the batch; will retry: {error}");
+                    tokio::time::sleep(delay).await;
+                }
+            }
         }
     }
 
@@ -256,6 +301,10 @@ impl DeliveryLoop {
         if let Some(spool) = &self.spool
             && let Err(error) = spool.record_delivered(range).await
         {
+            if matches!(error, JournalError::Fenced) {
+                tracing::info!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "delivered a batch of a partition another node holds now; it writes the batch again under the same names");
+                return;
+            }
             tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot advance the checkpoint (the batch will be checked again after a restart): {error}");
         }
     }

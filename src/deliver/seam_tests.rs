@@ -262,7 +262,7 @@ fn start(dir: &std::path::Path, fake: &Arc<Scripted>, retry_duration: Duration) 
         max_backoff: Duration::from_millis(50),
         counters: Arc::clone(&counters),
         health: Default::default(),
-        spool: Some(Arc::clone(&spool)),
+        spool: Some(DurableLog::Spool(Arc::clone(&spool))),
         seam: SeamDestination {
             destination,
             concurrency: 2,

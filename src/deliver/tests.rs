@@ -68,7 +68,7 @@ fn delivery_loop(dir: &Path, spool: &Arc<StreamSpool>, faults: Arc<EncodeFaults>
         max_backoff: Duration::from_millis(100),
         counters: Arc::new(DeliveryCounters::default()),
         health: Default::default(),
-        spool: Some(Arc::clone(spool)),
+        spool: Some(DurableLog::Spool(Arc::clone(spool))),
         seam: SeamDestination {
             destination,
             concurrency: 1,

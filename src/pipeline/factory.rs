@@ -11,6 +11,11 @@ use hydrant_sinks::prelude::*;
 use tokio::task::JoinHandle;
 
 use crate::buffer::{BufferSettings, IngestCapacity, StreamBuffer};
+use crate::cluster::lease::PartitionState;
+use crate::cluster::members::Members;
+use crate::cluster::{
+    Cluster, PartitionLauncher, PartitionLog, PartitionRun, StreamAssignment, StreamLog,
+};
 use crate::config::{OnLimitConfig, ProcessorConfig, SeamDestination, StreamConfig};
 use crate::deliver::{
     DeliveryLoop, OnLimit, PartitionSettings, ReplayPlan, StopSignal, WINDOW_INTERVAL, WINDOW_SIZE,
@@ -57,6 +62,15 @@ pub(super) struct StreamFactory {
     pub(super) retired: Vec<(String, JoinHandle<()>)>,
     /// Each running stream's settings as the file gave them, to tell which changed.
     pub(super) fingerprints: Fingerprints,
+    /// This node's place in a JetStream cluster (`spool.jetstream`), which then keeps every
+    /// stream's records instead of the local spool.
+    pub(super) cluster: Option<ClusterNode>,
+}
+
+/// A node's connection to its cluster and its view of the other nodes.
+pub(super) struct ClusterNode {
+    pub(super) cluster: Cluster,
+    pub(super) members: Arc<Members>,
 }
 
 impl StreamTasks {
@@ -93,7 +107,18 @@ impl StreamFactory {
                 stream: name.to_string(),
                 error,
             })?;
+        let cluster_stream =
+            match &self.cluster {
+                Some(node) => Some(node.cluster.stream(name).await.map_err(|error| {
+                    PipelineError::Cluster {
+                        stream: name.to_string(),
+                        error,
+                    }
+                })?),
+                None => None,
+            };
         let spool = match (spool, self.fsync) {
+            _ if cluster_stream.is_some() => None,
             (Some(spool), _) => Some(spool),
             (None, None) => None,
             (None, Some(fsync)) => Some(
@@ -109,17 +134,24 @@ impl StreamFactory {
                 })?,
             ),
         };
-        // The first half of record ids (and so of deterministic document ids).
-        let run = spool
-            .as_ref()
-            .map_or_else(|| fastrand::u64(..), |s| s.incarnation());
+        // The first half of record ids (and so of deterministic document ids); on a cluster
+        // the stream's seed, the same on every node.
+        let run = match (&cluster_stream, &spool) {
+            (Some((_, seed)), _) => *seed,
+            (None, Some(spool)) => spool.incarnation(),
+            (None, None) => fastrand::u64(..),
+        };
         let seam = match stream_config.destination.seam(base_dir, name, run).await {
             Some(seam) => seam.map_err(|error| PipelineError::Destination {
                 stream: name.to_string(),
                 error,
             })?,
             None => stream_config
-                .object_seam(name, Arc::clone(&sink), spool.is_some())
+                .object_seam(
+                    name,
+                    Arc::clone(&sink),
+                    spool.is_some() || cluster_stream.is_some(),
+                )
                 .map_err(|reason| PipelineError::Parquet {
                     stream: name.to_string(),
                     reason,
@@ -141,6 +173,7 @@ impl StreamFactory {
         Ok(Prepared {
             sink,
             spool,
+            cluster_stream,
             delivered: Delivered {
                 seam,
                 run,
@@ -168,6 +201,11 @@ impl StreamFactory {
             )));
         }
         let (raise, stop) = StopSignal::new();
+        let cluster_stream = prepared.cluster_stream.clone();
+        let cluster_log = self
+            .cluster
+            .as_ref()
+            .map(|node| Arc::new(StreamLog::new(&node.cluster, name, fastrand::u64(..))));
         let (stream, delivery) = build_stream(
             name,
             stream_config,
@@ -175,7 +213,25 @@ impl StreamFactory {
             Arc::clone(&self.capacity),
             earlier,
             stop,
+            cluster_log,
         );
+        if let (Some(node), Some((js_stream, seed)), Some(log)) =
+            (&self.cluster, cluster_stream, &stream.cluster_log)
+        {
+            let assignment = StreamAssignment {
+                stream_name: name.to_string(),
+                cluster: node.cluster.clone(),
+                members: Arc::clone(&node.members),
+                stream: js_stream,
+                seed,
+                launcher: Arc::new(ClusterLauncher { template: delivery }),
+            };
+            let restart = raise.subscribe();
+            tasks.delivery = Some(tokio::spawn(assignment.run(log.closed(), restart)));
+            tasks.stop = Some(raise);
+            self.tasks.insert(name.to_string(), tasks);
+            return Arc::new(stream);
+        }
         if let Some(spool) = &stream.spool
             && !stream_config.sources.is_empty()
         {
@@ -205,6 +261,33 @@ impl StreamFactory {
         tasks.stop = Some(raise);
         self.tasks.insert(name.to_string(), tasks);
         Arc::new(stream)
+    }
+}
+
+/// Starts the delivery of a cluster stream's partition: a buffer and delivery loop like the
+/// stream's own, journaling in the partition's lease.
+struct ClusterLauncher {
+    template: DeliveryLoop,
+}
+
+impl PartitionLauncher for ClusterLauncher {
+    fn launch(&self, log: Arc<PartitionLog>, state: PartitionState) -> PartitionRun {
+        let buffer = Arc::new(self.template.buffer.sibling());
+        let replay = state
+            .cut
+            .map(|[first, last]| crate::spool::SeqRange { first, last });
+        buffer.resume(state.next, replay.into_iter().collect());
+        let (stop, signal) = StopSignal::new();
+        let delivery = self
+            .template
+            .for_partition(Arc::clone(&buffer), Arc::clone(&log), signal);
+        let feeder = tokio::spawn(log.feed(Arc::clone(&buffer), state.next, stop.subscribe()));
+        PartitionRun {
+            stop,
+            buffer,
+            feeder,
+            delivery: tokio::spawn(delivery.run()),
+        }
     }
 }
 
@@ -259,6 +342,8 @@ async fn announce_destination(stream: String, destination: Arc<dyn AnyDestinatio
 pub(super) struct Prepared {
     sink: Arc<dyn ObjectSink>,
     pub(super) spool: Option<Arc<StreamSpool>>,
+    /// On a cluster: the stream's JetStream stream and its seed.
+    cluster_stream: Option<(async_nats::jetstream::stream::Stream, u64)>,
     delivered: Delivered,
 }
 
@@ -309,11 +394,13 @@ fn build_stream(
     capacity: Arc<IngestCapacity>,
     earlier: Option<&DeliveryStream>,
     stop: StopSignal,
+    cluster_log: Option<Arc<StreamLog>>,
 ) -> (DeliveryStream, DeliveryLoop) {
     let Prepared {
         sink,
         spool,
         delivered,
+        ..
     } = prepared;
     let codec = config.codec();
     // A transform's batch is a chunk: as large as the smallest processor buffer.
@@ -400,7 +487,7 @@ fn build_stream(
         max_backoff: layout.max_backoff,
         counters: Arc::clone(&counters),
         health: Arc::clone(&health),
-        spool: spool.clone(),
+        spool: spool.clone().map(crate::deliver::DurableLog::Spool),
         seam: delivered.seam,
         run: delivered.run,
         partitions,
@@ -420,8 +507,9 @@ fn build_stream(
         health,
         summary,
         created: earlier.map_or_else(Utc::now, |earlier| earlier.created),
-        record_ids: RecordIds::new(delivered.run),
+        record_ids: RecordIds::new(cluster_log.as_ref().map_or(delivered.run, |log| log.run())),
         spool,
+        cluster_log,
         metrics,
         refusals,
     };

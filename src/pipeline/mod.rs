@@ -79,6 +79,17 @@ pub enum PipelineError {
         /// Why.
         reason: String,
     },
+    /// Its JetStream stream.
+    #[error("stream `{stream}`: {error}")]
+    Cluster {
+        /// The stream.
+        stream: String,
+        /// Why.
+        error: crate::cluster::ClusterError,
+    },
+    /// The JetStream cluster as a whole.
+    #[error("{0}")]
+    Join(crate::cluster::ClusterError),
     /// One of its processors.
     #[error("stream `{stream}`: {error}")]
     Transform {
@@ -135,6 +146,21 @@ impl Pipeline {
             tasks: HashMap::new(),
             retired: Vec::new(),
             fingerprints,
+            cluster: match &config.spool.jetstream {
+                Some(jetstream) => {
+                    let settings = crate::cluster::ClusterSettings::new(
+                        jetstream,
+                        config.spool.max_mib.value * MIB as u64,
+                        base_dir,
+                    );
+                    let cluster = crate::cluster::Cluster::connect(settings)
+                        .await
+                        .map_err(PipelineError::Join)?;
+                    let members = crate::cluster::members::Members::start(&cluster);
+                    Some(factory::ClusterNode { cluster, members })
+                }
+                None => None,
+            },
         };
         let mut streams = HashMap::new();
         for (name, stream_config) in config.streams.iter() {
@@ -143,7 +169,7 @@ impl Pipeline {
             let stream = factory.launch(&name, stream_config, prepared, None);
             streams.insert(name, stream);
         }
-        if factory.fsync.is_some() {
+        if factory.fsync.is_some() && factory.cluster.is_none() {
             warn_about_orphaned_spools(&factory.spool_root, &streams);
         }
         Ok(Self {
@@ -200,6 +226,9 @@ impl Pipeline {
         }
         for task in tasks {
             let _ = task.await;
+        }
+        if let Some(node) = &factory.cluster {
+            node.members.leave(&node.cluster).await;
         }
     }
 }

@@ -205,6 +205,20 @@ impl super::StreamFactory {
             return;
         };
         tasks.stop_sources().await;
+        if stream.cluster_log.is_some() {
+            // The assignment stops every partition's loop after its batch and gives the
+            // partitions back; the new stream's assignment takes them again.
+            if let Some(raise) = &tasks.stop {
+                let _ = raise.send(true);
+            }
+            if let Some(assignment) = tasks.delivery {
+                let _ = assignment.await;
+            }
+            if let Some(announce) = tasks.announce {
+                announce.abort();
+            }
+            return;
+        }
         let Some(spool) = &stream.spool else {
             stream.buffer.close();
             let handles = tasks.into_handles().map(|task| (name.to_string(), task));

@@ -95,8 +95,10 @@ pub struct DeliveryStream {
     pub created: DateTime<Utc>,
     /// Record id source.
     pub record_ids: RecordIds,
-    /// The stream's spool; `None` when records are held in memory only.
+    /// The stream's spool; `None` when records are held in memory only, or on a cluster.
     pub spool: Option<Arc<StreamSpool>>,
+    /// Where puts go on a JetStream cluster (`spool.jetstream`).
+    pub cluster_log: Option<Arc<crate::cluster::StreamLog>>,
     /// Prometheus metrics.
     pub metrics: StreamMetrics,
     /// Where records its sources refused go (the error output).
@@ -140,6 +142,17 @@ impl DeliveryStream {
         wait: Duration,
         taken: &mut usize,
     ) -> Result<Admission, SpoolError> {
+        if let Some(log) = &self.cluster_log {
+            let deadline = tokio::time::Instant::now() + wait;
+            let first_seq = log.publish(records, arrival_ms, deadline, taken).await?;
+            return Ok(Admission {
+                accepted: Accepted {
+                    first_seq,
+                    count: *taken,
+                },
+                pending: Vec::new(),
+            });
+        }
         let admission = match &self.spool {
             None => {
                 let first_seq = self
@@ -248,6 +261,10 @@ impl DeliveryStream {
     /// closes the buffer), or, without a spool, the buffer; the delivery loop then
     /// delivers what is left and ends.
     pub(super) async fn stop_taking(&self) {
+        if let Some(log) = &self.cluster_log {
+            log.close();
+            return;
+        }
         match &self.spool {
             Some(spool) => {
                 let spool = Arc::clone(spool);

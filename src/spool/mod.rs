@@ -83,6 +83,14 @@ pub enum SpoolError {
     /// The spool is shutting down.
     #[error("the spool is closed")]
     Closed,
+    /// The JetStream cluster did not store the records (`spool.jetstream`).
+    #[error("storing the records in JetStream stream {stream}: {reason}")]
+    Replicated {
+        /// The JetStream stream.
+        stream: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// What an append achieved.

@@ -4,10 +4,12 @@
 
 mod bulk_server;
 mod endpoint_receiver;
+mod nats;
 mod producers;
 
 pub use bulk_server::{BulkServer, Fate};
 pub use endpoint_receiver::{Answer, EndpointReceiver, Received};
+pub use nats::NatsCluster;
 pub use producers::{
     KilledRun, Producers, check_exactly_once, produce_through_kills, produce_through_kills_with,
     record,
@@ -54,6 +56,8 @@ pub struct TestServers {
     pub systemd_analyze: PathBuf,
     /// Prometheus's `promtool`, to check the example alert rules.
     pub promtool: PathBuf,
+    /// `nats-server`, which the cluster tests run as JetStream clusters of their own.
+    pub nats_server: PathBuf,
 }
 
 fn repo_root() -> PathBuf {
@@ -74,6 +78,7 @@ pub fn servers() -> &'static TestServers {
             || !settings.contains_key("HYDRANT_TEST_NODE_MODULES")
             || !settings.contains_key("HYDRANT_TEST_CHROMIUM")
             || !settings.contains_key("HYDRANT_TEST_PROMTOOL")
+            || !settings.contains_key("HYDRANT_TEST_NATS_SERVER")
         {
             let output = Command::new(repo_root().join("scripts/test-servers.sh"))
                 .arg("ensure")
@@ -114,6 +119,7 @@ pub fn servers() -> &'static TestServers {
             chromium: PathBuf::from(get("HYDRANT_TEST_CHROMIUM")),
             systemd_analyze: PathBuf::from(get("HYDRANT_TEST_SYSTEMD_ANALYZE")),
             promtool: PathBuf::from(get("HYDRANT_TEST_PROMTOOL")),
+            nats_server: PathBuf::from(get("HYDRANT_TEST_NATS_SERVER")),
         }
     })
 }

@@ -26,6 +26,7 @@ use hydrant_sinks::prelude::*;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::DeliveryLoop;
+use super::DurableLog;
 use crate::buffer::{Assembled, NoBatch, PartitionPiece, SealedBatch, WindowPieces, assemble};
 use crate::spool::{PartEntry, SeqRange, StreamSpool, WINDOW_FAILED, WINDOW_FAILURES};
 use open::{OpenPartition, OpenPartitions, part_id};
@@ -81,7 +82,12 @@ pub(super) async fn run(
     settings: PartitionSettings,
     stop: super::StopSignal,
 ) {
-    let Some(spool) = delivery.spool.clone() else {
+    let Some(spool) = delivery
+        .spool
+        .as_ref()
+        .and_then(super::DurableLog::spool)
+        .cloned()
+    else {
         tracing::error!(stream = %delivery.stream, "dynamic partitioning needs the spool; the stream delivers nothing");
         return;
     };
@@ -405,7 +411,13 @@ impl Router {
         };
         self.delivery.journal_part(&self.spool, &entry, false).await;
         self.delivery
-            .write_unbuildable(&self.spool, window, oldest, why, None)
+            .write_unbuildable(
+                &DurableLog::Spool(Arc::clone(&self.spool)),
+                window,
+                oldest,
+                why,
+                None,
+            )
             .await;
         self.delivery.journal_part(&self.spool, &entry, true).await;
     }
@@ -456,7 +468,13 @@ async fn deliver_partition(
             let failure = failure.for_records(seqs.len() as u64);
             tracing::error!(stream = %delivery.stream, first_seq = range.first, last_seq = range.last, "{failure}; sending the partition's records to the error output");
             delivery
-                .write_unbuildable(spool, range, oldest, &failure.to_string(), Some(&seqs))
+                .write_unbuildable(
+                    &DurableLog::Spool(Arc::clone(spool)),
+                    range,
+                    oldest,
+                    &failure.to_string(),
+                    Some(&seqs),
+                )
                 .await;
         }
     }

@@ -1,0 +1,282 @@
+//! Which partitions of one delivery stream this node delivers: it takes free and expired
+//! partitions up to its fair share, renews the leases it holds, gives back partitions
+//! beyond its share (so a joining node gets some), and stops delivering a partition the
+//! moment its lease is lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::lease::{self, Lease, LeaseError, PartitionState};
+use super::members::{self, Members};
+use super::{Cluster, PartitionLog};
+use crate::buffer::StreamBuffer;
+
+/// Starts the delivery of a partition this node has just taken.
+pub trait PartitionLauncher: Send + Sync {
+    /// Builds the partition's buffer and delivery loop around `log`, resuming from `state`,
+    /// and starts them.
+    fn launch(&self, log: Arc<PartitionLog>, state: PartitionState) -> PartitionRun;
+}
+
+/// The running delivery of one partition.
+pub struct PartitionRun {
+    /// Asks the delivery loop to stop after what it is writing.
+    pub stop: watch::Sender<bool>,
+    /// The partition's buffer; closing it makes the loop deliver what it holds and stop.
+    pub buffer: Arc<StreamBuffer>,
+    /// Reads the partition from JetStream into the buffer.
+    pub feeder: JoinHandle<()>,
+    /// The delivery loop.
+    pub delivery: JoinHandle<()>,
+}
+
+/// What this node knows of one partition it does not hold.
+struct Seen {
+    revision: Option<u64>,
+    state: PartitionState,
+    /// When the entry last changed, as seen here.
+    since: Instant,
+}
+
+/// The partitions of one delivery stream on this node.
+pub struct StreamAssignment {
+    /// Delivery stream name.
+    pub stream_name: String,
+    /// The node's cluster connection.
+    pub cluster: Cluster,
+    /// Live node count.
+    pub members: Arc<Members>,
+    /// The stream's JetStream stream.
+    pub stream: jetstream::stream::Stream,
+    /// Seed of its batch names.
+    pub seed: u64,
+    /// Starts a partition's delivery.
+    pub launcher: Arc<dyn PartitionLauncher>,
+}
+
+struct Held {
+    log: Arc<PartitionLog>,
+    run: PartitionRun,
+    /// When the lease was last renewed by the assignment (the delivery loop's writes renew
+    /// it too).
+    renewed: Instant,
+}
+
+impl StreamAssignment {
+    /// Runs until `closed` is raised (the service stops: what the held partitions have
+    /// buffered is delivered first) or `restart` is (a reload replaces the stream: their
+    /// loops stop after the batch they are writing); then gives the partitions back.
+    pub async fn run(self, mut closed: watch::Receiver<bool>, mut restart: watch::Receiver<bool>) {
+        let ttl = self.cluster.settings.lease_ttl;
+        let partitions = self.cluster.settings.partitions;
+        let mut held: HashMap<u32, Held> = HashMap::new();
+        let mut seen: HashMap<u32, Seen> = HashMap::new();
+        // A few looks at the cluster before taking anything, so nodes starting together
+        // learn of each other before they share out the partitions.
+        let first_look = Instant::now() + members::tick(ttl) * 3;
+        let drain = loop {
+            tokio::select! {
+                _ = closed.wait_for(|closed| *closed) => break true,
+                _ = restart.wait_for(|restart| *restart) => break false,
+                () = tokio::time::sleep(members::tick(ttl)) => {}
+            }
+            self.drop_lost(&mut held, ttl).await;
+            self.renew(&mut held, ttl).await;
+            self.observe(&held, &mut seen).await;
+            if Instant::now() < first_look {
+                continue;
+            }
+            let share = members::fair_share(partitions, self.members.live());
+            if held.len() > share {
+                self.give_back_one(&mut held).await;
+            } else if held.len() < share {
+                self.take_free(&mut held, &mut seen, share, ttl).await;
+            }
+        };
+        for (partition, held) in held {
+            let Held { log, run, .. } = held;
+            run.feeder.abort();
+            if drain {
+                run.buffer.close();
+            } else {
+                run.stop.send_replace(true);
+            }
+            let _ = run.delivery.await;
+            if let Err(error) = log.lease.release().await {
+                tracing::warn!(stream = %self.stream_name, partition, "cannot give the partition back; another node takes it once its lease runs out: {error}");
+            }
+        }
+    }
+
+    /// Stops delivering partitions whose lease was lost or ran out.
+    async fn drop_lost(&self, held: &mut HashMap<u32, Held>, ttl: std::time::Duration) {
+        let mut lost = Vec::new();
+        for (partition, entry) in held.iter() {
+            if !entry.log.lease.is_held(ttl).await {
+                lost.push(*partition);
+            }
+        }
+        for partition in lost {
+            let Some(entry) = held.remove(&partition) else {
+                continue;
+            };
+            tracing::warn!(stream = %self.stream_name, partition, "lost the partition's lease; another node delivers it now");
+            entry.log.lease.give_up();
+            entry.run.stop.send_replace(true);
+            entry.run.feeder.abort();
+        }
+    }
+
+    /// Renews every lease due (a third of the lease time since the last renewal).
+    async fn renew(&self, held: &mut HashMap<u32, Held>, ttl: std::time::Duration) {
+        for (partition, entry) in held.iter_mut() {
+            if entry.renewed.elapsed() < ttl / 3 && entry.log.lease.since_renewed().await < ttl / 3
+            {
+                continue;
+            }
+            match entry.log.lease.renew().await {
+                Ok(()) => entry.renewed = Instant::now(),
+                Err(error) => {
+                    tracing::warn!(stream = %self.stream_name, partition, "cannot renew the partition's lease: {error}");
+                }
+            }
+        }
+    }
+
+    /// Reads the entries of the partitions not held here.
+    async fn observe(&self, held: &HashMap<u32, Held>, seen: &mut HashMap<u32, Seen>) {
+        let now = Instant::now();
+        for partition in 0..self.cluster.settings.partitions {
+            if held.contains_key(&partition) {
+                seen.remove(&partition);
+                continue;
+            }
+            let key = lease::key(&self.stream_name, partition);
+            let observed = match lease::observe(&self.cluster.leases, &key).await {
+                Ok(observed) => observed,
+                Err(error) => {
+                    tracing::debug!(stream = %self.stream_name, partition, "cannot read the partition's lease: {error}");
+                    continue;
+                }
+            };
+            let (revision, state) = match observed {
+                Some((revision, state)) => (Some(revision), state),
+                None => (None, PartitionState::default()),
+            };
+            match seen.get_mut(&partition) {
+                Some(entry) if entry.revision == revision => {}
+                Some(entry) => {
+                    entry.revision = revision;
+                    entry.state = state;
+                    entry.since = now;
+                }
+                None => {
+                    seen.insert(
+                        partition,
+                        Seen {
+                            revision,
+                            state,
+                            since: now,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Takes free partitions (no owner, or an owner that stopped renewing) until this node
+    /// holds `share`.
+    async fn take_free(
+        &self,
+        held: &mut HashMap<u32, Held>,
+        seen: &mut HashMap<u32, Seen>,
+        share: usize,
+        ttl: std::time::Duration,
+    ) {
+        // Nodes start looking at different places, so they rarely race for one partition.
+        let partitions = self.cluster.settings.partitions;
+        let start = (super::seed_of(&self.cluster.node) % u64::from(partitions)) as u32;
+        for offset in 0..partitions {
+            if held.len() >= share {
+                return;
+            }
+            let partition = (start + offset) % partitions;
+            let Some(entry) = seen.get(&partition) else {
+                continue;
+            };
+            let free = entry.revision.is_none()
+                || entry.state.owner.is_empty()
+                || entry.since.elapsed() >= ttl;
+            if !free {
+                continue;
+            }
+            let key = lease::key(&self.stream_name, partition);
+            let observed = entry.revision.map(|r| (r, entry.state.clone()));
+            let lease = match Lease::claim(&self.cluster.leases, key, &self.cluster.node, observed)
+                .await
+            {
+                Ok(lease) => lease,
+                Err(LeaseError::Fenced) => {
+                    seen.remove(&partition);
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!(stream = %self.stream_name, partition, "cannot take the partition: {error}");
+                    continue;
+                }
+            };
+            seen.remove(&partition);
+            let state = lease.state().await;
+            if !entry_owner_was_free(&state) {
+                tracing::info!(stream = %self.stream_name, partition, next = state.next, "taking over the partition");
+            }
+            let log = Arc::new(PartitionLog::new(
+                &self.stream_name,
+                partition,
+                self.seed,
+                lease,
+                self.stream.clone(),
+            ));
+            let run = self.launcher.launch(Arc::clone(&log), state);
+            held.insert(
+                partition,
+                Held {
+                    log,
+                    run,
+                    renewed: Instant::now(),
+                },
+            );
+        }
+    }
+
+    /// Gives back the highest-numbered partition held, once its delivery loop has stopped.
+    async fn give_back_one(&self, held: &mut HashMap<u32, Held>) {
+        let Some(partition) = held.keys().max().copied() else {
+            return;
+        };
+        let Some(Held { log, run, .. }) = held.remove(&partition) else {
+            return;
+        };
+        run.feeder.abort();
+        run.stop.send_replace(true);
+        let _ = run.delivery.await;
+        match log.lease.release().await {
+            Ok(()) => {
+                tracing::info!(stream = %self.stream_name, partition, "gave the partition back to share the work")
+            }
+            Err(error) => {
+                tracing::warn!(stream = %self.stream_name, partition, "cannot give the partition back; another node takes it once its lease runs out: {error}")
+            }
+        }
+    }
+}
+
+/// Whether a partition's state shows it was never delivered before (nothing to take over).
+fn entry_owner_was_free(state: &PartitionState) -> bool {
+    state.next == 0 && state.cut.is_none()
+}

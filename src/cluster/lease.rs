@@ -1,0 +1,253 @@
+//! A partition's entry in the lease bucket: who delivers it, how far it is delivered, and
+//! the batch being written. Every change is a compare-and-swap on the entry's revision, so
+//! once another node has taken the partition, this node can change nothing of it.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, watch};
+use tokio::time::Instant;
+
+use super::REQUEST_TIMEOUT;
+use crate::spool::SeqRange;
+
+/// What the lease bucket holds about one partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// The node delivering it; empty when none does.
+    #[serde(default)]
+    pub owner: String,
+    /// Position of the first record not yet delivered.
+    #[serde(default)]
+    pub next: u64,
+    /// First and last position of the batch being written, when one is: a node taking the
+    /// partition over writes exactly this batch first.
+    #[serde(default)]
+    pub cut: Option<[u64; 2]>,
+}
+
+/// Key of partition `partition` of delivery stream `stream`.
+pub fn key(stream: &str, partition: u32) -> String {
+    format!("part.{stream}.{partition}")
+}
+
+/// Why a lease operation did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LeaseError {
+    /// Another node holds the partition now: stop delivering it.
+    #[error("the partition is held by another node now")]
+    Fenced,
+    /// The bucket could not be reached or read; the operation may be tried again.
+    #[error("the lease bucket did not answer: {0}")]
+    Unavailable(String),
+}
+
+/// The current entry of `key`: its revision and state, `None` when there is none.
+pub async fn observe(
+    leases: &kv::Store,
+    key: &str,
+) -> Result<Option<(u64, PartitionState)>, LeaseError> {
+    let entry = tokio::time::timeout(REQUEST_TIMEOUT, leases.entry(key))
+        .await
+        .map_err(|_| LeaseError::Unavailable(format!("reading {key} timed out")))?
+        .map_err(|error| LeaseError::Unavailable(format!("reading {key}: {error}")))?;
+    match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            let state = serde_json::from_slice(&entry.value).map_err(|error| {
+                LeaseError::Unavailable(format!("{key} holds no partition state: {error}"))
+            })?;
+            Ok(Some((entry.revision, state)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A partition this node holds.
+#[derive(Debug)]
+pub struct Lease {
+    leases: kv::Store,
+    key: String,
+    node: String,
+    held: Mutex<Held>,
+    lost: watch::Sender<bool>,
+}
+
+#[derive(Debug)]
+struct Held {
+    revision: u64,
+    state: PartitionState,
+    /// When the last successful write was sent: the lease is good until `ttl` after it.
+    renewed: Instant,
+}
+
+impl Lease {
+    /// Takes partition `key` for `node`: `observed` is the entry seen (revision and state),
+    /// `None` when there was none. Fails with [`LeaseError::Fenced`] when another node changed
+    /// the entry since.
+    pub async fn claim(
+        leases: &kv::Store,
+        key: String,
+        node: &str,
+        observed: Option<(u64, PartitionState)>,
+    ) -> Result<Self, LeaseError> {
+        let (revision, mut state) = match observed {
+            Some((revision, state)) => (Some(revision), state),
+            None => (None, PartitionState::default()),
+        };
+        state.owner = node.to_string();
+        let body = bytes::Bytes::from(serde_json::to_vec(&state).expect("serializable"));
+        let started = Instant::now();
+        let written = match revision {
+            Some(revision) => {
+                tokio::time::timeout(REQUEST_TIMEOUT, leases.update(&key, body, revision))
+                    .await
+                    .map(|r| {
+                        r.map_err(|e| {
+                            (
+                                e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                                e.to_string(),
+                            )
+                        })
+                    })
+            }
+            None => tokio::time::timeout(REQUEST_TIMEOUT, leases.create(&key, body))
+                .await
+                .map(|r| {
+                    r.map_err(|e| {
+                        (
+                            e.kind() == kv::CreateErrorKind::AlreadyExists,
+                            e.to_string(),
+                        )
+                    })
+                }),
+        };
+        let revision = match written {
+            Ok(Ok(revision)) => revision,
+            Ok(Err((true, _))) => return Err(LeaseError::Fenced),
+            Ok(Err((false, reason))) => return Err(LeaseError::Unavailable(reason)),
+            Err(_) => return Err(LeaseError::Unavailable(format!("claiming {key} timed out"))),
+        };
+        let (lost, _) = watch::channel(false);
+        Ok(Self {
+            leases: leases.clone(),
+            key,
+            node: node.to_string(),
+            held: Mutex::new(Held {
+                revision,
+                state,
+                renewed: started,
+            }),
+            lost,
+        })
+    }
+
+    /// The partition's state as this node last wrote it.
+    pub async fn state(&self) -> PartitionState {
+        self.held.lock().await.state.clone()
+    }
+
+    /// Whether the lease is still this node's: not lost, and renewed within `ttl`.
+    pub async fn is_held(&self, ttl: Duration) -> bool {
+        !*self.lost.borrow() && self.held.lock().await.renewed.elapsed() < ttl
+    }
+
+    /// How long since the lease was last renewed.
+    pub async fn since_renewed(&self) -> Duration {
+        self.held.lock().await.renewed.elapsed()
+    }
+
+    /// Resolves once the lease is lost (another node took it, or it was given up).
+    pub fn lost(&self) -> watch::Receiver<bool> {
+        self.lost.subscribe()
+    }
+
+    /// Marks the lease lost: nothing more is written with it.
+    pub fn give_up(&self) {
+        self.lost.send_replace(true);
+    }
+
+    /// Extends the lease.
+    pub async fn renew(&self) -> Result<(), LeaseError> {
+        self.change(|_| {}).await
+    }
+
+    /// Records that batch `range` is being written.
+    pub async fn seal(&self, range: SeqRange) -> Result<(), LeaseError> {
+        self.change(|state| state.cut = Some([range.first, range.last]))
+            .await
+    }
+
+    /// Records that batch `range` was delivered.
+    pub async fn delivered(&self, range: SeqRange) -> Result<(), LeaseError> {
+        self.change(|state| {
+            state.next = state.next.max(range.last + 1);
+            state.cut = None;
+        })
+        .await
+    }
+
+    /// Hands the partition back: another node may take it at once.
+    pub async fn release(&self) -> Result<(), LeaseError> {
+        let released = self.change(|state| state.owner.clear()).await;
+        self.give_up();
+        released
+    }
+
+    /// Writes the state `change` makes of the current one, if the entry is still this
+    /// node's. An answer lost in transit is resolved by reading the entry back.
+    async fn change(&self, change: impl Fn(&mut PartitionState)) -> Result<(), LeaseError> {
+        let mut held = self.held.lock().await;
+        if *self.lost.borrow() {
+            return Err(LeaseError::Fenced);
+        }
+        let started = Instant::now();
+        for _ in 0..3 {
+            let mut wanted = held.state.clone();
+            change(&mut wanted);
+            let body = bytes::Bytes::from(serde_json::to_vec(&wanted).expect("serializable"));
+            let update = self.leases.update(&self.key, body, held.revision);
+            match tokio::time::timeout(REQUEST_TIMEOUT, update).await {
+                Ok(Ok(revision)) => {
+                    held.revision = revision;
+                    held.state = wanted;
+                    held.renewed = started;
+                    return Ok(());
+                }
+                Ok(Err(error)) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    match observe(&self.leases, &self.key).await? {
+                        Some((revision, state)) if state.owner == self.node => {
+                            held.revision = revision;
+                            if state == wanted {
+                                held.state = wanted;
+                                held.renewed = started;
+                                return Ok(());
+                            }
+                            held.state = state;
+                        }
+                        _ => {
+                            self.give_up();
+                            return Err(LeaseError::Fenced);
+                        }
+                    }
+                }
+                Ok(Err(error)) => {
+                    return Err(LeaseError::Unavailable(format!(
+                        "updating {}: {error}",
+                        self.key
+                    )));
+                }
+                Err(_) => {
+                    return Err(LeaseError::Unavailable(format!(
+                        "updating {} timed out",
+                        self.key
+                    )));
+                }
+            }
+        }
+        Err(LeaseError::Unavailable(format!(
+            "{} kept changing under this node",
+            self.key
+        )))
+    }
+}

@@ -1,0 +1,180 @@
+//! One partition this node delivers: its records read from JetStream into the partition's
+//! buffer, and its batch boundaries and delivered point written to its lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use super::lease::{Lease, LeaseError};
+use super::message;
+use crate::buffer::StreamBuffer;
+use crate::spool::{RecordChunk, SeqRange};
+
+/// The JetStream side of one partition held by this node.
+#[derive(Debug)]
+pub struct PartitionLog {
+    /// Delivery stream name, for logs.
+    pub stream_name: String,
+    /// Partition number.
+    pub partition: u32,
+    /// Seed of batch names: the same on every node.
+    pub seed: u64,
+    /// The lease this node holds on it.
+    pub lease: Lease,
+    stream: jetstream::stream::Stream,
+    subject: String,
+}
+
+impl PartitionLog {
+    /// Partition `partition` of delivery stream `stream_name`, held with `lease`.
+    pub fn new(
+        stream_name: &str,
+        partition: u32,
+        seed: u64,
+        lease: Lease,
+        stream: jetstream::stream::Stream,
+    ) -> Self {
+        Self {
+            stream_name: stream_name.to_string(),
+            partition,
+            seed,
+            lease,
+            stream,
+            subject: format!("hydrant.{stream_name}.{partition}"),
+        }
+    }
+
+    /// Records that batch `range` is about to be written.
+    pub async fn record_sealed(&self, range: SeqRange) -> Result<(), LeaseError> {
+        self.lease.seal(range).await
+    }
+
+    /// Records that batch `range` was delivered, then lets JetStream drop the messages
+    /// wholly delivered.
+    pub async fn record_delivered(&self, range: SeqRange) -> Result<(), LeaseError> {
+        self.lease.delivered(range).await?;
+        let keep_from = message::message_seq(range.last + 1);
+        let purge = self
+            .stream
+            .purge()
+            .filter(self.subject.clone())
+            .sequence(keep_from);
+        if let Err(error) = purge.await {
+            tracing::debug!(stream = %self.stream_name, partition = self.partition, "cannot drop delivered messages yet: {error}");
+        }
+        Ok(())
+    }
+
+    /// Every record of batch `range`, read again from JetStream.
+    pub async fn read_range(&self, range: SeqRange) -> std::io::Result<RecordChunk> {
+        let last_message = message::message_seq(range.last);
+        let mut messages = self
+            .messages_from(message::message_seq(range.first))
+            .await?;
+        let mut gathered = message::Gathered::default();
+        while let Some(next) = messages.next().await {
+            let (seq, payload) = next?;
+            if seq > last_message {
+                break;
+            }
+            let chunk = message::decode(seq, &payload, range.first, range.last)
+                .map_err(std::io::Error::other)?;
+            gathered.append(&chunk);
+            if seq == last_message {
+                break;
+            }
+        }
+        Ok(gathered.into_chunk())
+    }
+
+    /// The partition's messages from stream sequence `seq` on, in order, as
+    /// `(sequence, payload)`.
+    async fn messages_from(
+        &self,
+        seq: u64,
+    ) -> std::io::Result<impl futures_util::Stream<Item = std::io::Result<(u64, bytes::Bytes)>>>
+    {
+        let deliver_policy = match seq {
+            0 | 1 => consumer::DeliverPolicy::All,
+            start_sequence => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+        };
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.subject.clone(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+        let messages = consumer.messages().await.map_err(std::io::Error::other)?;
+        Ok(messages.map(|next| {
+            let message = next.map_err(std::io::Error::other)?;
+            let seq = message
+                .info()
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+                .stream_sequence;
+            Ok((seq, message.payload.clone()))
+        }))
+    }
+
+    /// Moves the partition's records from position `from` on into `buffer`, in order, until
+    /// `stop` is raised or the buffer closes; reading failures are retried.
+    pub async fn feed(
+        self: Arc<Self>,
+        buffer: Arc<StreamBuffer>,
+        from: u64,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut next = from;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return,
+                fed = self.feed_from(&buffer, &mut next) => {
+                    match fed {
+                        Ok(()) => return,
+                        Err(error) => {
+                            tracing::warn!(stream = %self.stream_name, partition = self.partition, "reading the partition from JetStream failed; reading again: {error}");
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One reading pass from position `next` (moved past every record fed); `Ok` once the
+    /// buffer no longer takes records.
+    async fn feed_from(&self, buffer: &StreamBuffer, next: &mut u64) -> std::io::Result<()> {
+        let mut messages = self.messages_from(message::message_seq(*next)).await?;
+        while let Some(message) = messages.next().await {
+            let (seq, payload) = message?;
+            let chunk = match message::decode(seq, &payload, *next, u64::MAX) {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    tracing::error!(stream = %self.stream_name, partition = self.partition, "skipping a message that is not Hydrant's: {error}");
+                    *next = message::position(seq + 1, 0);
+                    continue;
+                }
+            };
+            if chunk.is_empty() {
+                continue;
+            }
+            let last = chunk.records[chunk.len() - 1].0;
+            if buffer.append_spooled(&chunk).await < chunk.len() {
+                return Ok(());
+            }
+            *next = last + 1;
+        }
+        Err(std::io::Error::other("the message stream ended"))
+    }
+}

@@ -1,0 +1,88 @@
+//! Where a stream's accepted records are kept until delivered, as the delivery loop sees it:
+//! the local spool, or a partition of a JetStream cluster. Both journal a batch's boundaries
+//! before it is written, read its records back, and move the delivered point after the
+//! destination confirms.
+
+use std::sync::Arc;
+
+use crate::cluster::PartitionLog;
+use crate::cluster::lease::LeaseError;
+use crate::spool::{RecordChunk, SeqRange, StreamSpool};
+
+/// The durable log behind a delivery loop.
+#[derive(Debug, Clone)]
+pub enum DurableLog {
+    /// This machine's spool.
+    Spool(Arc<StreamSpool>),
+    /// One partition of the stream on the cluster, held by this node.
+    Partition(Arc<PartitionLog>),
+}
+
+/// Why a journal write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// It may succeed if tried again.
+    #[error("{0}")]
+    Retry(String),
+    /// This node no longer delivers the partition: nothing more of the batch is written.
+    #[error("another node delivers this partition now")]
+    Fenced,
+}
+
+impl From<LeaseError> for JournalError {
+    fn from(error: LeaseError) -> Self {
+        match error {
+            LeaseError::Fenced => Self::Fenced,
+            LeaseError::Unavailable(reason) => Self::Retry(reason),
+        }
+    }
+}
+
+impl DurableLog {
+    /// Seeds the names of a batch's objects, ledger entries and documents, with its range:
+    /// the same whenever the batch is written again.
+    pub fn seed(&self) -> u64 {
+        match self {
+            Self::Spool(spool) => spool.incarnation(),
+            Self::Partition(partition) => partition.seed,
+        }
+    }
+
+    /// The local spool, for what only it does (dynamic partitioning's journal).
+    pub fn spool(&self) -> Option<&Arc<StreamSpool>> {
+        match self {
+            Self::Spool(spool) => Some(spool),
+            Self::Partition(_) => None,
+        }
+    }
+
+    /// Durably records that batch `range` is one batch, before any of it is written.
+    pub async fn record_sealed(&self, range: SeqRange) -> Result<(), JournalError> {
+        match self {
+            Self::Spool(spool) => spool
+                .record_sealed(range)
+                .await
+                .map_err(|e| JournalError::Retry(e.to_string())),
+            Self::Partition(partition) => Ok(partition.record_sealed(range).await?),
+        }
+    }
+
+    /// Records that batch `range` was delivered.
+    pub async fn record_delivered(&self, range: SeqRange) -> Result<(), JournalError> {
+        match self {
+            Self::Spool(spool) => spool
+                .record_delivered(range)
+                .await
+                .map_err(|e| JournalError::Retry(e.to_string())),
+            Self::Partition(partition) => Ok(partition.record_delivered(range).await?),
+        }
+    }
+
+    /// Every record of batch `range`, read again.
+    pub async fn read_range(&self, range: SeqRange) -> std::io::Result<RecordChunk> {
+        match self {
+            Self::Spool(spool) => spool.read_range(range).await,
+            Self::Partition(partition) => partition.read_range(range).await,
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! A Hydrant cluster on NATS JetStream: three nodes share the streams' partitions, and every
+//! acknowledged record is delivered exactly once through the loss of a node and of the
+//! NATS server leading a stream.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+const RECORDS: usize = 200_000;
+const PER_CALL: usize = 500;
+const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// The `spool:` section of a node of a cluster on `nats`.
+fn cluster_spool(nats: &NatsCluster, partitions: u32) -> String {
+    format!(
+        "spool:\n  jetstream:\n    servers: {}\n    replicas: 3\n    partitions: {partitions}\n    lease_ttl_seconds: {}\n",
+        nats.servers_yaml(),
+        LEASE_TTL.as_secs()
+    )
+}
+
+/// Every id in the gzip objects under `prefix`, with how often it appears.
+async fn ids_in_objects(bucket: &Bucket, prefix: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for key in bucket.keys(prefix).await {
+        let body = gunzip(&bucket.get(&key).await.0);
+        for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let value: Value = serde_json::from_slice(line).expect("one record per line");
+            *counts
+                .entry(value["id"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The owners of the 8 partitions of `stream` as the lease bucket says (empty while the
+/// bucket cannot be read).
+async fn partition_owners(client: &async_nats::Client, stream: &str) -> Vec<String> {
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let Ok(leases) = jetstream.get_key_value("hydrant_leases").await else {
+        return Vec::new();
+    };
+    let mut owners = Vec::new();
+    for partition in 0..8 {
+        let Ok(Some(entry)) = leases.entry(format!("part.{stream}.{partition}")).await else {
+            return Vec::new();
+        };
+        let state: Value = serde_json::from_slice(&entry.value).unwrap();
+        owners.push(state["owner"].as_str().unwrap_or_default().to_string());
+    }
+    owners
+}
+
+/// Acknowledged ids per stream, and how many calls have been answered or failed.
+#[derive(Default)]
+struct Load {
+    acked: Mutex<HashMap<&'static str, HashSet<String>>>,
+    calls_done: AtomicUsize,
+    failed_calls: AtomicUsize,
+}
+
+/// Puts batch `batch` (records `batch * PER_CALL ..`) into `stream` on the node at `url`;
+/// no retries: a call that fails leaves its records unacknowledged.
+async fn put_batch(
+    client: &reqwest::Client,
+    url: &str,
+    stream: &'static str,
+    batch: usize,
+    load: &Load,
+) {
+    let ids: Vec<String> = (batch * PER_CALL..(batch + 1) * PER_CALL)
+        .map(|n| format!("r{n}"))
+        .collect();
+    let records: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({ "Data": base64::engine::general_purpose::STANDARD.encode(record(id)) }))
+        .collect();
+    let answer = client
+        .post(format!("{url}/"))
+        .header("x-amz-target", "Firehose_20150804.PutRecordBatch")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(json!({ "DeliveryStreamName": stream, "Records": records }).to_string())
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await;
+    let responses = match answer {
+        Ok(answer) => answer.json::<Value>().await.ok(),
+        Err(_) => None,
+    };
+    let Some(responses) = responses.and_then(|v| v["RequestResponses"].as_array().cloned()) else {
+        load.failed_calls.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let mut acked = load.acked.lock().unwrap();
+    let acked = acked.entry(stream).or_default();
+    for (id, response) in ids.into_iter().zip(responses) {
+        if response.get("RecordId").is_some() {
+            acked.insert(id);
+        }
+    }
+}
+
+/// Waits until `done` calls of the load have finished.
+async fn progress_reaches(load: &Load, done: usize) {
+    eventually(Duration::from_secs(240), "the load to progress", || async {
+        (load.calls_done.load(Ordering::Relaxed) >= done).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acknowledged_record_arrives_once_through_node_and_nats_server_loss() {
+    let mut nats = NatsCluster::start(3).await;
+    let bucket = new_bucket("cluster");
+    let table = format!("cluster_{:x}_{:08x}", std::process::id(), fastrand::u32(..));
+    pg_client()
+        .await
+        .batch_execute(&format!("CREATE TABLE {table} (id text, doc jsonb)"))
+        .await
+        .unwrap();
+    let streams = format!(
+        "to-s3:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  compression: gzip\n  destination:\n{}\
+         to-pg:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  destination:\n{}",
+        indent(&s3_destination_yaml(&bucket, "c/", None), 4),
+        indent(
+            &postgres_destination_yaml(&table, "- { name: id }\n- { name: doc, from: . }\n", None),
+            4
+        )
+    );
+    let top = cluster_spool(&nats, 8);
+    let mut nodes: Vec<Hydrant> = (0..3)
+        .map(|_| Hydrant::start_full(&top, &streams, &[]))
+        .collect();
+    let urls = Arc::new(Mutex::new(
+        nodes.iter().map(|n| n.base_url.clone()).collect::<Vec<_>>(),
+    ));
+    let watcher = nats.client().await;
+
+    let batches = RECORDS / PER_CALL;
+    let load = Arc::new(Load::default());
+    let next_batch = Arc::new(AtomicUsize::new(0));
+    let producers: Vec<_> = (0..4)
+        .map(|_| {
+            let (load, next_batch, urls) = (load.clone(), next_batch.clone(), urls.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                loop {
+                    let batch = next_batch.fetch_add(1, Ordering::Relaxed);
+                    if batch >= batches {
+                        return;
+                    }
+                    let url = urls.lock().unwrap()[batch % 3].clone();
+                    for stream in ["to-s3", "to-pg"] {
+                        put_batch(&client, &url, stream, batch, &load).await;
+                    }
+                    load.calls_done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    // At 30 %: SIGKILL a Hydrant node; its partitions must move within the lease time + 5 s.
+    progress_reaches(&load, batches * 30 / 100).await;
+    let killed_pid = nodes[1].process_id();
+    let killed_dir = nodes.remove(1).kill();
+    let killed_at = Instant::now();
+    let killed_owner = format!("{killed_pid}-");
+    for stream in ["to-s3", "to-pg"] {
+        eventually(
+            LEASE_TTL + Duration::from_secs(5),
+            "the killed node's partitions to move",
+            || {
+                let (watcher, killed_owner) = (watcher.clone(), killed_owner.clone());
+                async move {
+                    let owners = partition_owners(&watcher, stream).await;
+                    (owners.len() == 8
+                        && owners
+                            .iter()
+                            .all(|o| !o.is_empty() && !o.starts_with(&killed_owner)))
+                    .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    let moved_after = killed_at.elapsed();
+
+    // At 50 %: SIGKILL the NATS server leading the S3 stream's JetStream stream.
+    progress_reaches(&load, batches * 50 / 100).await;
+    let leader = nats.stream_leader("hydrant-to-s3").await;
+    let leader = nats.index_of(&leader);
+    nats.kill_node(leader);
+
+    // At 70 %: both come back.
+    progress_reaches(&load, batches * 70 / 100).await;
+    nats.start_node(leader);
+    let restarted = Hydrant::start_in(killed_dir, &top, &streams, &[]);
+    urls.lock().unwrap()[1] = restarted.base_url.clone();
+    nodes.insert(1, restarted);
+
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let load_ended = Instant::now();
+    let acked = std::mem::take(&mut *load.acked.lock().unwrap());
+    let attempted: HashSet<String> = (0..RECORDS).map(|n| format!("r{n}")).collect();
+    for stream in ["to-s3", "to-pg"] {
+        let acked = &acked[stream];
+        assert!(
+            acked.len() > RECORDS / 2,
+            "{stream}: only {} of {RECORDS} records acknowledged ({} calls failed)",
+            acked.len(),
+            load.failed_calls.load(Ordering::Relaxed)
+        );
+    }
+
+    // Delivery catches up within 60 s of the end of the load.
+    let objects = Bucket::new(&bucket);
+    let pg = pg_client().await;
+    let delivered_s3 = eventually(
+        Duration::from_secs(60),
+        "every acknowledged record in S3",
+        || async {
+            let delivered = ids_in_objects(&objects, "c/").await;
+            acked["to-s3"]
+                .iter()
+                .all(|id| delivered.contains_key(id))
+                .then_some(delivered)
+        },
+    )
+    .await;
+    let delivered_pg = eventually(
+        Duration::from_secs(60),
+        "every acknowledged record in Postgres",
+        || async {
+            let delivered = ids_in_table(&pg, &table).await;
+            acked["to-pg"]
+                .iter()
+                .all(|id| delivered.contains_key(id))
+                .then_some(delivered)
+        },
+    )
+    .await;
+    let caught_up_after = load_ended.elapsed();
+    assert!(caught_up_after < Duration::from_secs(60));
+    check_exactly_once(&delivered_s3, &acked["to-s3"], &attempted);
+    check_exactly_once(&delivered_pg, &acked["to-pg"], &attempted);
+    eprintln!(
+        "acknowledged {} / {} records, partitions moved {:?} after the kill, caught up {:?} after the load",
+        acked["to-s3"].len(),
+        acked["to-pg"].len(),
+        moved_after,
+        caught_up_after
+    );
+
+    // Every node stops cleanly, and nothing is left running.
+    let mut pids: Vec<u32> = nodes.iter().map(Hydrant::process_id).collect();
+    for node in &mut nodes {
+        let status = node.terminate();
+        assert!(status.success(), "{}", node.log());
+    }
+    pids.extend(nats.pids());
+    drop(nats);
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|stat| stat.contains(") Z ")),
+            "process {pid} still runs"
+        );
+    }
+}
+
+/// How many of `owners` each node (by process id) holds.
+fn held_by(owners: &[String], pid: u32) -> usize {
+    let prefix = format!("{pid}-");
+    owners.iter().filter(|o| o.starts_with(&prefix)).count()
+}
+
+/// Every `n` in the NDJSON files under `dir`, with how often it appears.
+fn numbers_in_files(dir: &std::path::Path) -> HashMap<u64, usize> {
+    let mut counts = HashMap::new();
+    if !dir.exists() {
+        return counts;
+    }
+    for file in files_under(dir) {
+        for line in std::fs::read(&file).unwrap().split(|&b| b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            let value: Value = serde_json::from_slice(line).expect("one record per line");
+            *counts.entry(value["n"].as_u64().unwrap()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Puts records `range` through `node`'s NDJSON endpoint, 100 per call.
+async fn put_numbers(node: &Hydrant, range: std::ops::Range<u64>) {
+    let numbers: Vec<u64> = range.collect();
+    for chunk in numbers.chunks(100) {
+        let body: String = chunk.iter().map(|n| format!("{{\"n\":{n}}}\n")).collect();
+        let (status, answer) = node.post_ndjson("shared", &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joining_node_gets_its_share_and_a_stopping_node_hands_over_at_once() {
+    let nats = NatsCluster::start(3).await;
+    let watcher = nats.client().await;
+    let out = tempfile::tempdir().unwrap();
+    // A long lease: partitions that move within seconds were handed over, not expired.
+    let top = format!(
+        "spool:\n  jetstream:\n    servers: {}\n    replicas: 3\n    partitions: 8\n    lease_ttl_seconds: 60\n",
+        nats.servers_yaml()
+    );
+    let streams = format!(
+        "shared:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  destination:\n    local: {{ path: \"{}\" }}\n",
+        out.path().display()
+    );
+    let mut first = Hydrant::start_full(&top, &streams, &[]);
+    let first_pid = first.process_id();
+    put_numbers(&first, 0..1000).await;
+    eventually(
+        Duration::from_secs(60),
+        "the first node to hold every partition",
+        || async {
+            (held_by(&partition_owners(&watcher, "shared").await, first_pid) == 8).then_some(())
+        },
+    )
+    .await;
+
+    let mut second = Hydrant::start_full(&top, &streams, &[]);
+    let second_pid = second.process_id();
+    eventually(
+        Duration::from_secs(60),
+        "the partitions to be shared 4 and 4",
+        || async {
+            let owners = partition_owners(&watcher, "shared").await;
+            (held_by(&owners, first_pid) == 4 && held_by(&owners, second_pid) == 4).then_some(())
+        },
+    )
+    .await;
+    put_numbers(&first, 1000..2000).await;
+    put_numbers(&second, 2000..3000).await;
+
+    let stopped_at = Instant::now();
+    assert!(second.terminate().success(), "{}", second.log());
+    eventually(
+        Duration::from_secs(20),
+        "the first node to hold every partition again",
+        || async {
+            (held_by(&partition_owners(&watcher, "shared").await, first_pid) == 8).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(30),
+        "partitions moved only after {:?}, as if their leases had run out",
+        stopped_at.elapsed()
+    );
+    put_numbers(&first, 3000..4000).await;
+
+    let delivered = eventually(
+        Duration::from_secs(60),
+        "every record delivered",
+        || async {
+            let delivered = numbers_in_files(out.path());
+            (delivered.len() == 4000).then_some(delivered)
+        },
+    )
+    .await;
+    let repeated: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "delivered twice: {repeated:?}");
+    assert!(delivered.keys().all(|n| *n < 4000));
+    assert!(first.terminate().success(), "{}", first.log());
+}
