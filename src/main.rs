@@ -90,7 +90,12 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let mut checked = runtime()?.block_on(hydrant::pipeline::check_destinations(&config, base_dir));
+    let runtime = runtime()?;
+    let mut checked = runtime.block_on(hydrant::pipeline::check_destinations(&config, base_dir));
+    let mut notes = Vec::new();
+    checked.extend(runtime.block_on(hydrant::cluster::check_cluster(
+        &config, base_dir, &mut notes,
+    )));
     let (warnings, unreadable) = hydrant::source::check_sources(&config, base_dir);
     checked.extend(unreadable);
     for warning in warnings {
@@ -98,10 +103,13 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     }
     if !checked.is_empty() {
         anyhow::bail!(
-            "{}: the configuration is valid but its destinations, transforms or source files cannot be used:\n  {}",
+            "{}: the configuration is valid but its destinations, transforms, source files or cluster cannot be used:\n  {}",
             path.display(),
             checked.join("\n  ")
         );
+    }
+    for note in notes {
+        println!("{note}");
     }
     for note in hydrant::config::encryption_notes(&config) {
         println!("{note}");

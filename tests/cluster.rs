@@ -385,3 +385,135 @@ async fn a_joining_node_gets_its_share_and_a_stopping_node_hands_over_at_once() 
     assert!(delivered.keys().all(|n| *n < 4000));
     assert!(first.terminate().success(), "{}", first.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_the_cluster_it_would_join() {
+    let nats = NatsCluster::start(3).await;
+    let config = |servers: &str, replicas: u32| {
+        format!(
+            "spool:\n  jetstream:\n    servers: {servers}\n    replicas: {replicas}\nstreams:\n  checked:\n    destination:\n      local: {{ path: out }}\n"
+        )
+    };
+    let (ok, output) = validate_config(&config(&nats.servers_yaml(), 3));
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("JetStream stream hydrant-checked (delivery stream `checked`) will be created at the first start"),
+        "{output}"
+    );
+
+    let (ok, output) = validate_config(&config(&nats.servers_yaml(), 5));
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("`spool.jetstream.replicas` is 5 but the NATS cluster has 3 servers"),
+        "{output}"
+    );
+
+    // A node created the streams with 3 replicas: a file asking for 1 is told so.
+    let mut node = Hydrant::start_full(
+        &format!(
+            "spool:\n  jetstream:\n    servers: {}\n",
+            nats.servers_yaml()
+        ),
+        "checked:\n  destination:\n    local: { path: out }\n",
+        &[],
+    );
+    assert!(node.terminate().success(), "{}", node.log());
+    let (ok, output) = validate_config(&config(&nats.servers_yaml(), 1));
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("JetStream stream hydrant-checked (delivery stream `checked`) has 3 replicas, the configuration asks for 1"),
+        "{output}"
+    );
+
+    let closed = format!("[nats://127.0.0.1:{}]", free_port());
+    let (ok, output) = validate_config(&config(&closed, 1));
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains(&format!(
+            "cannot connect to the JetStream cluster at {}",
+            &closed[1..closed.len() - 1]
+        )),
+        "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_lease_was_taken_over_can_change_nothing_of_the_partition() {
+    use hydrant::cluster::lease::{self, Lease, LeaseError, PartitionState};
+    use hydrant::cluster::{Cluster, ClusterSettings};
+    use hydrant::spool::SeqRange;
+
+    let nats = NatsCluster::start(3).await;
+    let settings = ClusterSettings {
+        servers: nats.urls(),
+        replicas: 3,
+        partitions: 1,
+        lease_ttl: LEASE_TTL,
+        credentials: None,
+        ca_file: None,
+        client_certificate: None,
+        max_bytes: 64 << 20,
+    };
+    let first = Cluster::connect(settings.clone()).await.unwrap();
+    let second = Cluster::connect(settings).await.unwrap();
+    let key = lease::key("fenced", 0);
+    let batch = SeqRange {
+        first: 1 << 16,
+        last: (5 << 16) + 3,
+    };
+
+    let stale = Lease::claim(&first.leases, key.clone(), &first.node, None)
+        .await
+        .unwrap();
+    stale.seal(batch).await.unwrap();
+    // The entry exists: it cannot be created again.
+    assert!(matches!(
+        Lease::claim(&second.leases, key.clone(), &second.node, None).await,
+        Err(LeaseError::Fenced)
+    ));
+    // The second node takes the partition over from what it saw (as once the lease ran
+    // out) and learns the batch it must write first.
+    let seen = lease::observe(&second.leases, &key).await.unwrap();
+    assert_eq!(
+        seen.as_ref().unwrap().1.cut,
+        Some([batch.first, batch.last])
+    );
+    let taken = Lease::claim(&second.leases, key.clone(), &second.node, seen.clone())
+        .await
+        .unwrap();
+    assert_eq!(taken.state().await.cut, Some([batch.first, batch.last]));
+    // A claim from the same, now old, sight fails.
+    assert!(matches!(
+        Lease::claim(&first.leases, key.clone(), &first.node, seen).await,
+        Err(LeaseError::Fenced)
+    ));
+
+    // The first node, unaware, can neither record the batch delivered, nor cut another,
+    // nor renew.
+    assert!(matches!(
+        stale.delivered(batch).await,
+        Err(LeaseError::Fenced)
+    ));
+    assert!(matches!(
+        stale
+            .seal(SeqRange {
+                first: batch.last + 1,
+                last: batch.last + 9
+            })
+            .await,
+        Err(LeaseError::Fenced)
+    ));
+    assert!(matches!(stale.renew().await, Err(LeaseError::Fenced)));
+    assert!(!stale.is_held(LEASE_TTL).await);
+
+    taken.delivered(batch).await.unwrap();
+    let (_, state) = lease::observe(&second.leases, &key).await.unwrap().unwrap();
+    assert_eq!(
+        state,
+        PartitionState {
+            owner: second.node.clone(),
+            next: batch.last + 1,
+            cut: None,
+        }
+    );
+}

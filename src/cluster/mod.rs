@@ -11,6 +11,7 @@
 //! absorb the repeat ([`partition`]).
 
 pub mod assign;
+mod check;
 pub mod ingest;
 pub mod lease;
 pub mod members;
@@ -18,6 +19,7 @@ mod message;
 pub mod partition;
 
 pub use assign::{PartitionLauncher, PartitionRun, StreamAssignment};
+pub use check::check_cluster;
 pub use ingest::StreamLog;
 pub use partition::PartitionLog;
 
@@ -118,48 +120,12 @@ pub struct Cluster {
 impl Cluster {
     /// Connects to the servers and makes sure the lease bucket exists.
     pub async fn connect(settings: ClusterSettings) -> Result<Self, ClusterError> {
-        let connect_error = |reason: String| ClusterError::Connect {
-            servers: settings.servers.join(", "),
-            reason,
-        };
         let node = format!(
             "{}-{:016x}",
             std::process::id(),
             fastrand::u64(..) ^ (std::process::id() as u64).rotate_left(40)
         );
-        let mut options = async_nats::ConnectOptions::new()
-            .name(format!("hydrant {node}"))
-            .connection_timeout(REQUEST_TIMEOUT)
-            .request_timeout(Some(REQUEST_TIMEOUT));
-        if let Some(credentials) = &settings.credentials {
-            options = options
-                .credentials_file(credentials)
-                .await
-                .map_err(|error| {
-                    connect_error(format!(
-                        "cannot read the credentials file {}: {error}",
-                        credentials.display()
-                    ))
-                })?;
-        }
-        if let Some(ca) = &settings.ca_file {
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        if let Some((cert, key)) = &settings.client_certificate {
-            options = options
-                .add_client_certificate(cert.clone(), key.clone())
-                .require_tls(true);
-        }
-        let addresses = settings
-            .servers
-            .iter()
-            .map(|s| s.parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| connect_error(error.to_string()))?;
-        let client = options
-            .connect(addresses)
-            .await
-            .map_err(|error| connect_error(error.to_string()))?;
+        let client = connect_client(&settings, &node).await?;
         let max_payload = client.server_info().max_payload;
         let jetstream = jetstream::new(client);
         let leases = lease_bucket(&jetstream, settings.replicas).await?;
@@ -222,6 +188,50 @@ impl Cluster {
         let seed = seed_of(&format!("{name}/{created}"));
         Ok((stream, seed))
     }
+}
+
+/// A client of the servers of `settings`, named after `node`.
+pub async fn connect_client(
+    settings: &ClusterSettings,
+    node: &str,
+) -> Result<async_nats::Client, ClusterError> {
+    let connect_error = |reason: String| ClusterError::Connect {
+        servers: settings.servers.join(", "),
+        reason,
+    };
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("hydrant {node}"))
+        .connection_timeout(REQUEST_TIMEOUT)
+        .request_timeout(Some(REQUEST_TIMEOUT));
+    if let Some(credentials) = &settings.credentials {
+        options = options
+            .credentials_file(credentials)
+            .await
+            .map_err(|error| {
+                connect_error(format!(
+                    "cannot read the credentials file {}: {error}",
+                    credentials.display()
+                ))
+            })?;
+    }
+    if let Some(ca) = &settings.ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &settings.client_certificate {
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    let addresses = settings
+        .servers
+        .iter()
+        .map(|s| s.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| connect_error(error.to_string()))?;
+    options
+        .connect(addresses)
+        .await
+        .map_err(|error| connect_error(error.to_string()))
 }
 
 /// The JetStream stream name of delivery stream `name`.
