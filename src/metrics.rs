@@ -63,6 +63,7 @@ pub struct StreamMetrics {
     undelivered: Gauge,
     spool_bytes: Gauge,
     data_freshness: Gauge,
+    labels: [(&'static str, String); 1],
 }
 
 impl StreamMetrics {
@@ -99,7 +100,13 @@ impl StreamMetrics {
             undelivered: gauge!("hydrant_undelivered_records", &labels),
             spool_bytes: gauge!("hydrant_spool_bytes", &labels),
             data_freshness: gauge!("hydrant_data_freshness_seconds", &labels),
+            labels,
         }
+    }
+
+    /// Sets the metrics only a stream on a cluster has: the partitions this node delivers.
+    pub fn publish_cluster(&self, partitions_held: u64) {
+        gauge!("hydrant_cluster_partitions_held", &self.labels).set(partitions_held as f64);
     }
 
     /// Sets every metric from the stream's current totals.

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use async_nats::jetstream;
 use tokio::sync::watch;
@@ -57,6 +58,8 @@ pub struct StreamAssignment {
     pub seed: u64,
     /// Starts a partition's delivery.
     pub launcher: Arc<dyn PartitionLauncher>,
+    /// Where the assignment reports how the stream is doing on this node.
+    pub status: Arc<super::ClusterStatus>,
 }
 
 struct Held {
@@ -88,6 +91,7 @@ impl StreamAssignment {
             self.drop_lost(&mut held, ttl).await;
             self.renew(&mut held, ttl).await;
             self.observe(&held, &mut seen).await;
+            self.report(&held).await;
             if Instant::now() < first_look {
                 continue;
             }
@@ -98,6 +102,8 @@ impl StreamAssignment {
                 self.take_free(&mut held, &mut seen, share, ttl).await;
             }
         };
+        self.status.partitions_held.store(0, Ordering::Relaxed);
+        self.status.buffered_records.store(0, Ordering::Relaxed);
         for (partition, held) in held {
             let Held { log, run, .. } = held;
             run.feeder.abort();
@@ -110,6 +116,22 @@ impl StreamAssignment {
             if let Err(error) = log.lease.release().await {
                 tracing::warn!(stream = %self.stream_name, partition, "cannot give the partition back; another node takes it once its lease runs out: {error}");
             }
+        }
+    }
+
+    /// Publishes the partitions held, their buffered records and the stream's stored bytes.
+    async fn report(&self, held: &HashMap<u32, Held>) {
+        let status = &self.status;
+        status
+            .partitions_held
+            .store(held.len() as u64, Ordering::Relaxed);
+        let buffered = held.values().map(|h| h.run.buffer.buffered_records()).sum();
+        status.buffered_records.store(buffered, Ordering::Relaxed);
+        let mut stream = self.stream.clone();
+        if let Ok(Ok(info)) = tokio::time::timeout(super::REQUEST_TIMEOUT, stream.info()).await {
+            status
+                .stored_bytes
+                .store(info.state.bytes, Ordering::Relaxed);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The producer side of a delivery stream on the cluster: a put's records are stored in the
 //! stream's JetStream stream, and acknowledged once JetStream has them on its replicas.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -25,6 +26,19 @@ pub struct StreamLog {
     run: u64,
     next_seq: AtomicU64,
     closed: watch::Sender<bool>,
+    /// How the stream's partitions on this node are doing, for metrics and stats.
+    pub status: Arc<ClusterStatus>,
+}
+
+/// How a cluster stream is doing on this node, kept by its assignment.
+#[derive(Debug, Default)]
+pub struct ClusterStatus {
+    /// Partitions this node delivers now.
+    pub partitions_held: AtomicU64,
+    /// Records buffered in those partitions.
+    pub buffered_records: AtomicU64,
+    /// Bytes the stream's JetStream stream holds (undelivered records, cluster-wide).
+    pub stored_bytes: AtomicU64,
 }
 
 /// Bytes of a message kept free for its headers.
@@ -42,6 +56,7 @@ impl StreamLog {
             run,
             next_seq: AtomicU64::new(0),
             closed: watch::channel(false).0,
+            status: Arc::default(),
         }
     }
 

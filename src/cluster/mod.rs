@@ -20,7 +20,7 @@ pub mod partition;
 
 pub use assign::{PartitionLauncher, PartitionRun, StreamAssignment};
 pub use check::check_cluster;
-pub use ingest::StreamLog;
+pub use ingest::{ClusterStatus, StreamLog};
 pub use partition::PartitionLog;
 
 use std::path::Path;

@@ -225,6 +225,7 @@ impl StreamFactory {
                 stream: js_stream,
                 seed,
                 launcher: Arc::new(ClusterLauncher { template: delivery }),
+                status: Arc::clone(&log.status),
             };
             let restart = raise.subscribe();
             tasks.delivery = Some(tokio::spawn(assignment.run(log.closed(), restart)));

@@ -186,7 +186,12 @@ impl DeliveryStream {
 
     /// Publishes this stream's totals to its Prometheus metrics.
     pub fn publish_metrics(&self) {
-        let spool_bytes = self.spool.as_ref().map_or(0, |s| s.disk_bytes());
+        let mut spool_bytes = self.spool.as_ref().map_or(0, |s| s.disk_bytes());
+        if let Some(log) = &self.cluster_log {
+            spool_bytes = log.status.stored_bytes.load(Ordering::Relaxed);
+            self.metrics
+                .publish_cluster(log.status.partitions_held.load(Ordering::Relaxed));
+        }
         self.metrics.publish(
             &self.counters,
             self.undelivered(),
@@ -205,6 +210,10 @@ impl DeliveryStream {
 
     /// Records accepted but not yet delivered.
     pub fn undelivered(&self) -> u64 {
+        if let Some(log) = &self.cluster_log {
+            return log.status.buffered_records.load(Ordering::Relaxed)
+                + self.counters.in_flight_records.load(Ordering::Relaxed);
+        }
         match &self.spool {
             Some(spool) => spool.undelivered(),
             None => {
