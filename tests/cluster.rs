@@ -517,3 +517,44 @@ async fn a_node_whose_lease_was_taken_over_can_change_nothing_of_the_partition()
         }
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaches_jetstream_over_tls_and_refuses_a_server_it_cannot_verify() {
+    // The test PostgreSQL server's certificate (for 127.0.0.1) and its CA.
+    let tls_dir = servers().pg_ca.parent().unwrap().to_path_buf();
+    let nats = NatsCluster::start_tls(1, &tls_dir).await;
+    let out = tempfile::tempdir().unwrap();
+    let spool = |tls: &str| {
+        format!(
+            "spool:\n  jetstream:\n    servers: {}\n    replicas: 1\n    partitions: 2\n{tls}",
+            nats.servers_yaml()
+        )
+    };
+    let verified = spool(&format!(
+        "    tls: {{ ca_file: \"{}\" }}\n",
+        servers().pg_ca.display()
+    ));
+    let streams = format!(
+        "secure:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  destination:\n    local: {{ path: \"{}\" }}\n",
+        out.path().display()
+    );
+
+    let (ok, output) = validate_config(&format!("{}streams:\n{}", spool(""), indent(&streams, 2)));
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("cannot connect to the JetStream cluster"),
+        "{output}"
+    );
+
+    let mut node = Hydrant::start_full(&verified, &streams, &[]);
+    let body: String = (0..50).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    let (status, answer) = node.post_ndjson("secure", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let delivered = eventually(Duration::from_secs(30), "the records delivered", || async {
+        let delivered = numbers_in_files(out.path());
+        (delivered.len() == 50).then_some(delivered)
+    })
+    .await;
+    assert!(delivered.values().all(|n| *n == 1), "{delivered:?}");
+    assert!(node.terminate().success(), "{}", node.log());
+}

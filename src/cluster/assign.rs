@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use tokio::sync::watch;
@@ -34,6 +35,47 @@ pub struct PartitionRun {
     pub feeder: JoinHandle<()>,
     /// The delivery loop.
     pub delivery: JoinHandle<()>,
+}
+
+impl PartitionRun {
+    /// Stops the delivery after the batch it is writing. A loop still writing after `grace`
+    /// (its destination is failing) is cut off, as a crash would leave it: the batch recorded
+    /// in the lease is written again, under the same names, by the partition's next holder.
+    pub async fn stop(self, grace: Duration) {
+        self.feeder.abort();
+        self.stop.send_replace(true);
+        let mut delivery = self.delivery;
+        if tokio::time::timeout(grace, &mut delivery).await.is_err() {
+            delivery.abort();
+            let _ = delivery.await;
+        }
+    }
+
+    /// Delivers what the partition's buffer holds, then stops (the service is stopping).
+    pub async fn drain(self) {
+        self.feeder.abort();
+        self.buffer.close();
+        let _ = self.delivery.await;
+    }
+}
+
+/// Stops partition `partition`'s delivery (draining it, or within half the lease time) and
+/// gives its lease back.
+async fn hand_back(stream_name: &str, partition: u32, held: Held, drain: bool, ttl: Duration) {
+    let Held { log, run, .. } = held;
+    if drain {
+        run.drain().await;
+    } else {
+        run.stop(ttl / 2).await;
+    }
+    match log.lease.release().await {
+        Ok(()) => tracing::info!(stream = stream_name, partition, "handed the partition back"),
+        Err(error) => tracing::warn!(
+            stream = stream_name,
+            partition,
+            "cannot hand the partition back; another node takes it once its lease runs out: {error}"
+        ),
+    }
 }
 
 /// What this node knows of one partition it does not hold.
@@ -97,26 +139,19 @@ impl StreamAssignment {
             }
             let share = members::fair_share(partitions, self.members.live());
             if held.len() > share {
-                self.give_back_one(&mut held).await;
+                self.give_back_one(&mut held);
             } else if held.len() < share {
                 self.take_free(&mut held, &mut seen, share, ttl).await;
             }
         };
         self.status.partitions_held.store(0, Ordering::Relaxed);
         self.status.buffered_records.store(0, Ordering::Relaxed);
-        for (partition, held) in held {
-            let Held { log, run, .. } = held;
-            run.feeder.abort();
-            if drain {
-                run.buffer.close();
-            } else {
-                run.stop.send_replace(true);
-            }
-            let _ = run.delivery.await;
-            if let Err(error) = log.lease.release().await {
-                tracing::warn!(stream = %self.stream_name, partition, "cannot give the partition back; another node takes it once its lease runs out: {error}");
-            }
-        }
+        let name = &self.stream_name;
+        futures_util::future::join_all(
+            held.into_iter()
+                .map(|(partition, held)| hand_back(name, partition, held, drain, ttl)),
+        )
+        .await;
     }
 
     /// Publishes the partitions held, their buffered records and the stream's stored bytes.
@@ -136,7 +171,7 @@ impl StreamAssignment {
     }
 
     /// Stops delivering partitions whose lease was lost or ran out.
-    async fn drop_lost(&self, held: &mut HashMap<u32, Held>, ttl: std::time::Duration) {
+    async fn drop_lost(&self, held: &mut HashMap<u32, Held>, ttl: Duration) {
         let mut lost = Vec::new();
         for (partition, entry) in held.iter() {
             if !entry.log.lease.is_held(ttl).await {
@@ -155,11 +190,12 @@ impl StreamAssignment {
     }
 
     /// Renews every lease due (a third of the lease time since the last renewal).
-    async fn renew(&self, held: &mut HashMap<u32, Held>, ttl: std::time::Duration) {
-        for (partition, entry) in held.iter_mut() {
+    /// All at once, so a slow answer does not hold up the other leases.
+    async fn renew(&self, held: &mut HashMap<u32, Held>, ttl: Duration) {
+        let renewals = held.iter_mut().map(|(partition, entry)| async move {
             if entry.renewed.elapsed() < ttl / 3 && entry.log.lease.since_renewed().await < ttl / 3
             {
-                continue;
+                return;
             }
             match entry.log.lease.renew().await {
                 Ok(()) => entry.renewed = Instant::now(),
@@ -167,28 +203,28 @@ impl StreamAssignment {
                     tracing::warn!(stream = %self.stream_name, partition, "cannot renew the partition's lease: {error}");
                 }
             }
-        }
+        });
+        futures_util::future::join_all(renewals).await;
     }
 
-    /// Reads the entries of the partitions not held here.
+    /// Reads the entries of the partitions not held here (all at once).
     async fn observe(&self, held: &HashMap<u32, Held>, seen: &mut HashMap<u32, Seen>) {
         let now = Instant::now();
-        for partition in 0..self.cluster.settings.partitions {
-            if held.contains_key(&partition) {
-                seen.remove(&partition);
-                continue;
-            }
-            let key = lease::key(&self.stream_name, partition);
-            let observed = match lease::observe(&self.cluster.leases, &key).await {
-                Ok(observed) => observed,
+        seen.retain(|partition, _| !held.contains_key(partition));
+        let reads = (0..self.cluster.settings.partitions)
+            .filter(|partition| !held.contains_key(partition))
+            .map(|partition| async move {
+                let key = lease::key(&self.stream_name, partition);
+                (partition, lease::observe(&self.cluster.leases, &key).await)
+            });
+        for (partition, observed) in futures_util::future::join_all(reads).await {
+            let (revision, state) = match observed {
+                Ok(Some((revision, state))) => (Some(revision), state),
+                Ok(None) => (None, PartitionState::default()),
                 Err(error) => {
                     tracing::debug!(stream = %self.stream_name, partition, "cannot read the partition's lease: {error}");
                     continue;
                 }
-            };
-            let (revision, state) = match observed {
-                Some((revision, state)) => (Some(revision), state),
-                None => (None, PartitionState::default()),
             };
             match seen.get_mut(&partition) {
                 Some(entry) if entry.revision == revision => {}
@@ -218,7 +254,7 @@ impl StreamAssignment {
         held: &mut HashMap<u32, Held>,
         seen: &mut HashMap<u32, Seen>,
         share: usize,
-        ttl: std::time::Duration,
+        ttl: Duration,
     ) {
         // Nodes start looking at different places, so they rarely race for one partition.
         let partitions = self.cluster.settings.partitions;
@@ -276,25 +312,19 @@ impl StreamAssignment {
         }
     }
 
-    /// Gives back the highest-numbered partition held, once its delivery loop has stopped.
-    async fn give_back_one(&self, held: &mut HashMap<u32, Held>) {
+    /// Gives back the highest-numbered partition held, in the background so the other
+    /// leases are renewed meanwhile.
+    fn give_back_one(&self, held: &mut HashMap<u32, Held>) {
         let Some(partition) = held.keys().max().copied() else {
             return;
         };
-        let Some(Held { log, run, .. }) = held.remove(&partition) else {
+        let Some(entry) = held.remove(&partition) else {
             return;
         };
-        run.feeder.abort();
-        run.stop.send_replace(true);
-        let _ = run.delivery.await;
-        match log.lease.release().await {
-            Ok(()) => {
-                tracing::info!(stream = %self.stream_name, partition, "gave the partition back to share the work")
-            }
-            Err(error) => {
-                tracing::warn!(stream = %self.stream_name, partition, "cannot give the partition back; another node takes it once its lease runs out: {error}")
-            }
-        }
+        tracing::info!(stream = %self.stream_name, partition, "giving the partition back to share the work");
+        let name = self.stream_name.clone();
+        let ttl = self.cluster.settings.lease_ttl;
+        tokio::spawn(async move { hand_back(&name, partition, entry, false, ttl).await });
     }
 }
 

@@ -128,7 +128,10 @@ impl Cluster {
         let client = connect_client(&settings, &node).await?;
         let max_payload = client.server_info().max_payload;
         let jetstream = jetstream::new(client);
-        let leases = lease_bucket(&jetstream, settings.replicas).await?;
+        let leases = patiently("the lease bucket", || {
+            lease_bucket(&jetstream, settings.replicas)
+        })
+        .await?;
         tracing::info!(node, servers = %settings.servers.join(", "), "joined the JetStream cluster");
         Ok(Self {
             settings,
@@ -145,19 +148,7 @@ impl Cluster {
     /// Retried for up to [`SETUP_PATIENCE`] while the cluster does not answer (a server is
     /// restarting, a leader being elected).
     pub async fn stream(&self, name: &str) -> Result<(stream::Stream, u64), ClusterError> {
-        let deadline = tokio::time::Instant::now() + SETUP_PATIENCE;
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match self.try_stream(name).await {
-                Ok(stream) => return Ok(stream),
-                Err(error) if tokio::time::Instant::now() + delay < deadline => {
-                    tracing::warn!(stream = name, "{error}; trying again");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        patiently(name, || self.try_stream(name)).await
     }
 
     async fn try_stream(&self, name: &str) -> Result<(stream::Stream, u64), ClusterError> {
@@ -190,6 +181,28 @@ impl Cluster {
     }
 }
 
+/// Runs `setup` (of `what`) until it succeeds or [`SETUP_PATIENCE`] has passed, while the
+/// cluster does not answer (a server restarting, a leader being elected).
+async fn patiently<T, F, Fut>(what: &str, mut setup: F) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
+{
+    let deadline = tokio::time::Instant::now() + SETUP_PATIENCE;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match setup().await {
+            Ok(done) => return Ok(done),
+            Err(error) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!(what, "{error}; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// A client of the servers of `settings`, named after `node`.
 pub async fn connect_client(
     settings: &ClusterSettings,
@@ -199,6 +212,9 @@ pub async fn connect_client(
         servers: settings.servers.join(", "),
         reason,
     };
+    // The NATS client's TLS takes the process's default crypto provider: ring, as the
+    // listener's (a no-op when one is already installed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("hydrant {node}"))
         .connection_timeout(REQUEST_TIMEOUT)

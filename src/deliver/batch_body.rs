@@ -43,7 +43,9 @@ impl DeliveryLoop {
         };
         let spool = self.spool.as_ref()?;
         // Journaled first, so a restart forms the same batch and names the same error object.
-        self.journal(range).await;
+        if !self.journal(range).await {
+            return None;
+        }
         self.write_unbuildable(spool, range, oldest, &failure.to_string(), None)
             .await;
         self.checkpoint(range).await;

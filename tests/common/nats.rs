@@ -12,6 +12,8 @@ use super::{eventually, free_port, servers};
 pub struct NatsCluster {
     dir: tempfile::TempDir,
     nodes: Vec<NatsNode>,
+    /// With TLS on the client port: the CA its certificate is signed by.
+    tls_ca: Option<PathBuf>,
 }
 
 struct NatsNode {
@@ -24,6 +26,24 @@ struct NatsNode {
 impl NatsCluster {
     /// Starts `size` nodes and waits until JetStream answers (a meta leader is elected).
     pub async fn start(size: usize) -> Self {
+        Self::start_with(size, None).await
+    }
+
+    /// Like [`start`](Self::start), clients reaching the nodes over TLS with the
+    /// certificate `server.crt` and key `server.key` in `tls_dir` (issued for 127.0.0.1 by
+    /// its `ca.crt`).
+    pub async fn start_tls(size: usize, tls_dir: &std::path::Path) -> Self {
+        Self::start_with(size, Some(tls_dir)).await
+    }
+
+    async fn start_with(size: usize, tls_dir: Option<&std::path::Path>) -> Self {
+        let tls = tls_dir.map_or_else(String::new, |dir| {
+            format!(
+                "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+                dir.join("server.crt").display(),
+                dir.join("server.key").display()
+            )
+        });
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports
@@ -36,14 +56,21 @@ impl NatsCluster {
             .map(|(i, (client, route))| {
                 let name = format!("n{}", i + 1);
                 let config = dir.path().join(format!("{name}.conf"));
+                // A lone server runs JetStream on its own, without a cluster to form.
+                let cluster = if size > 1 {
+                    format!(
+                        "cluster {{ name: hydrant-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                        routes.join(", ")
+                    )
+                } else {
+                    String::new()
+                };
                 std::fs::write(
                     &config,
                     format!(
-                        "server_name: {name}\nlisten: 127.0.0.1:{client}\n\
-                         jetstream {{ store_dir: \"{}\" }}\n\
-                         cluster {{ name: hydrant-test, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                        "server_name: {name}\nlisten: 127.0.0.1:{client}\n{tls}\
+                         jetstream {{ store_dir: \"{}\" }}\n{cluster}",
                         dir.path().join(&name).display(),
-                        routes.join(", ")
                     ),
                 )
                 .unwrap();
@@ -55,7 +82,11 @@ impl NatsCluster {
                 }
             })
             .collect();
-        let mut cluster = Self { dir, nodes };
+        let mut cluster = Self {
+            dir,
+            nodes,
+            tls_ca: tls_dir.map(|dir| dir.join("ca.crt")),
+        };
         for i in 0..size {
             cluster.start_node(i);
         }
@@ -78,16 +109,16 @@ impl NatsCluster {
 
     /// A client of the cluster (connected once a node listens).
     pub async fn client(&self) -> async_nats::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let addresses: Vec<async_nats::ServerAddr> =
             self.urls().iter().map(|u| u.parse().unwrap()).collect();
         eventually(Duration::from_secs(30), "a NATS node to listen", || {
             let addresses = addresses.clone();
-            async move {
-                async_nats::ConnectOptions::new()
-                    .connect(addresses)
-                    .await
-                    .ok()
+            let mut options = async_nats::ConnectOptions::new();
+            if let Some(ca) = &self.tls_ca {
+                options = options.add_root_certificates(ca.clone()).require_tls(true);
             }
+            async move { options.connect(addresses).await.ok() }
         })
         .await
     }
