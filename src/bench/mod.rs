@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// Skip the in-process ceiling (for scenarios without compression).
     #[arg(long)]
     pub no_ceiling: bool,
+    /// Measure the puts only, without waiting for the service to deliver what it accepted
+    /// (a node of a cluster delivers partitions, not its own puts).
+    #[arg(long)]
+    pub send_only: bool,
     /// Serve a `_bulk` endpoint that answers every document `201` on this address (point
     /// the scenario's search destination at it), so the search server is not measured.
     #[arg(long)]
@@ -185,11 +189,15 @@ async fn measure(
     let steady_mib_s = service::steady_rate(&samples?, duration)
         .map(|records_per_s| records_per_s * corpus.mean_record_bytes() as f64 / (1024.0 * 1024.0));
     let target = before.accepted + sent.accepted_records;
-    let delivered_at = service
-        .wait_delivered(&client, &args.stream, target, Duration::from_secs(300))
-        .await
-        .context("waiting for the service to deliver what it accepted")?;
-    let end_to_end = delivered_at.duration_since(started);
+    let end_to_end = if args.send_only {
+        None
+    } else {
+        let delivered_at = service
+            .wait_delivered(&client, &args.stream, target, Duration::from_secs(300))
+            .await
+            .context("waiting for the service to deliver what it accepted")?;
+        Some(delivered_at.duration_since(started))
+    };
     let peak_rss = service.peak_rss_bytes();
     service.stop();
 
@@ -207,8 +215,8 @@ async fn measure(
         "ingest_mib_per_s": mib / send_elapsed.as_secs_f64(),
         "delivered_mib_per_s_steady": steady_mib_s,
         "delivered_vs_ceiling": steady_mib_s.zip(ceiling_mib_s).map(|(rate, ceiling)| rate / ceiling),
-        "end_to_end_mib_per_s": mib / end_to_end.as_secs_f64(),
-        "end_to_end_seconds": end_to_end.as_secs_f64(),
+        "end_to_end_mib_per_s": end_to_end.map(|e| mib / e.as_secs_f64()),
+        "end_to_end_seconds": end_to_end.map(|e| e.as_secs_f64()),
         "p50_call_ms": sent.latency_percentile(50.0).as_secs_f64() * 1000.0,
         "p99_call_ms": sent.latency_percentile(99.0).as_secs_f64() * 1000.0,
         "ceiling": ceiling.map(|(name, _)| name),

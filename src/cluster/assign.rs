@@ -59,12 +59,28 @@ impl PartitionRun {
     }
 }
 
-/// Stops partition `partition`'s delivery (draining it, or within half the lease time) and
-/// gives its lease back.
+/// Stops partition `partition`'s delivery (draining it while renewing its lease, or within
+/// half the lease time) and gives its lease back.
 async fn hand_back(stream_name: &str, partition: u32, held: Held, drain: bool, ttl: Duration) {
     let Held { log, run, .. } = held;
     if drain {
-        run.drain().await;
+        // The lease is kept while what was buffered is delivered, however long that takes.
+        let renewing = async {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                if let Err(error) = log.lease.renew().await {
+                    tracing::warn!(
+                        stream = stream_name,
+                        partition,
+                        "cannot renew the partition's lease while delivering what it buffered: {error}"
+                    );
+                }
+            }
+        };
+        tokio::select! {
+            () = run.drain() => {}
+            () = renewing => {}
+        }
     } else {
         run.stop(ttl / 2).await;
     }
