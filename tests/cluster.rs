@@ -1,6 +1,7 @@
 //! A Hydrant cluster on NATS JetStream: three nodes share the streams' partitions, and every
 //! acknowledged record is delivered exactly once through the loss of a node and of the
-//! NATS server leading a stream.
+//! NATS server leading a stream. (Each stream here holds at most 64 MiB: JetStream reserves a
+//! stream's whole `max_bytes` on every replica's disk, and the servers share one disk.)
 
 mod common;
 
@@ -21,7 +22,7 @@ const LEASE_TTL: Duration = Duration::from_secs(10);
 /// The `spool:` section of a node of a cluster on `nats`.
 fn cluster_spool(nats: &NatsCluster, partitions: u32) -> String {
     format!(
-        "spool:\n  jetstream:\n    servers: {}\n    replicas: 3\n    partitions: {partitions}\n    lease_ttl_seconds: {}\n",
+        "spool:\n  max_mib: 64\n  jetstream:\n    servers: {}\n    replicas: 3\n    partitions: {partitions}\n    lease_ttl_seconds: {}\n",
         nats.servers_yaml(),
         LEASE_TTL.as_secs()
     )
@@ -121,12 +122,7 @@ async fn progress_reaches(load: &Load, done: usize) {
 async fn every_acknowledged_record_arrives_once_through_node_and_nats_server_loss() {
     let mut nats = NatsCluster::start(3).await;
     let bucket = new_bucket("cluster");
-    let table = format!("cluster_{:x}_{:08x}", std::process::id(), fastrand::u32(..));
-    pg_client()
-        .await
-        .batch_execute(&format!("CREATE TABLE {table} (id text, doc jsonb)"))
-        .await
-        .unwrap();
+    let table = new_id_doc_table("cluster").await;
     let streams = format!(
         "to-s3:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  compression: gzip\n  destination:\n{}\
          to-pg:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  destination:\n{}",
@@ -321,7 +317,7 @@ async fn a_joining_node_gets_its_share_and_a_stopping_node_hands_over_at_once() 
     let out = tempfile::tempdir().unwrap();
     // A long lease: partitions that move within seconds were handed over, not expired.
     let top = format!(
-        "spool:\n  jetstream:\n    servers: {}\n    replicas: 3\n    partitions: 8\n    lease_ttl_seconds: 60\n",
+        "spool:\n  max_mib: 64\n  jetstream:\n    servers: {}\n    replicas: 3\n    partitions: 8\n    lease_ttl_seconds: 60\n",
         nats.servers_yaml()
     );
     let streams = format!(
@@ -391,7 +387,7 @@ async fn validate_checks_the_cluster_it_would_join() {
     let nats = NatsCluster::start(3).await;
     let config = |servers: &str, replicas: u32| {
         format!(
-            "spool:\n  jetstream:\n    servers: {servers}\n    replicas: {replicas}\nstreams:\n  checked:\n    destination:\n      local: {{ path: out }}\n"
+            "spool:\n  max_mib: 64\n  jetstream:\n    servers: {servers}\n    replicas: {replicas}\nstreams:\n  checked:\n    destination:\n      local: {{ path: out }}\n"
         )
     };
     let (ok, output) = validate_config(&config(&nats.servers_yaml(), 3));
@@ -411,7 +407,7 @@ async fn validate_checks_the_cluster_it_would_join() {
     // A node created the streams with 3 replicas: a file asking for 1 is told so.
     let mut node = Hydrant::start_full(
         &format!(
-            "spool:\n  jetstream:\n    servers: {}\n",
+            "spool:\n  max_mib: 64\n  jetstream:\n    servers: {}\n",
             nats.servers_yaml()
         ),
         "checked:\n  destination:\n    local: { path: out }\n",
@@ -526,7 +522,7 @@ async fn a_node_reaches_jetstream_over_tls_and_refuses_a_server_it_cannot_verify
     let out = tempfile::tempdir().unwrap();
     let spool = |tls: &str| {
         format!(
-            "spool:\n  jetstream:\n    servers: {}\n    replicas: 1\n    partitions: 2\n{tls}",
+            "spool:\n  max_mib: 64\n  jetstream:\n    servers: {}\n    replicas: 1\n    partitions: 2\n{tls}",
             nats.servers_yaml()
         )
     };

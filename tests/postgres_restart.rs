@@ -13,12 +13,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_going_down_mid_load_loses_and_duplicates_nothing() {
-    let table = format!("restart_{:x}_{:08x}", std::process::id(), fastrand::u32(..));
-    pg_client()
-        .await
-        .batch_execute(&format!("CREATE TABLE {table} (id text, doc jsonb)"))
-        .await
-        .unwrap();
+    let table = new_id_doc_table("restart").await;
     let streams = format!(
         "restart:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  destination:\n{}",
         indent(

@@ -210,6 +210,21 @@ pub async fn pg_client() -> tokio_postgres::Client {
     client
 }
 
+/// A new table `(id text, doc jsonb)` named after `prefix`, for records with an `id`.
+pub async fn new_id_doc_table(prefix: &str) -> String {
+    let table = format!(
+        "{prefix}_{:x}_{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    );
+    pg_client()
+        .await
+        .batch_execute(&format!("CREATE TABLE {table} (id text, doc jsonb)"))
+        .await
+        .unwrap();
+    table
+}
+
 /// How often each `id` (a text column) appears in `table`.
 pub async fn ids_in_table(client: &tokio_postgres::Client, table: &str) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
