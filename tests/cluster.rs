@@ -46,12 +46,22 @@ async fn ids_in_objects(bucket: &Bucket, prefix: &str) -> HashMap<String, usize>
 /// The owners of the 8 partitions of `stream` as the lease bucket says (empty while the
 /// bucket cannot be read).
 async fn partition_owners(client: &async_nats::Client, stream: &str) -> Vec<String> {
+    partition_owners_of(client, stream, 8).await
+}
+
+/// The owners of the `partitions` partitions of `stream` (empty while the bucket cannot be
+/// read).
+async fn partition_owners_of(
+    client: &async_nats::Client,
+    stream: &str,
+    partitions: u32,
+) -> Vec<String> {
     let jetstream = async_nats::jetstream::new(client.clone());
     let Ok(leases) = jetstream.get_key_value("hydrant_leases").await else {
         return Vec::new();
     };
     let mut owners = Vec::new();
-    for partition in 0..8 {
+    for partition in 0..partitions {
         let Ok(Some(entry)) = leases.entry(format!("part.{stream}.{partition}")).await else {
             return Vec::new();
         };
@@ -553,4 +563,129 @@ async fn a_node_reaches_jetstream_over_tls_and_refuses_a_server_it_cannot_verify
     .await;
     assert!(delivered.values().all(|n| *n == 1), "{delivered:?}");
     assert!(node.terminate().success(), "{}", node.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_restarts_a_cluster_stream_without_losing_or_repeating_records() {
+    let nats = NatsCluster::start(3).await;
+    let watcher = nats.client().await;
+    let out = tempfile::tempdir().unwrap();
+    let top = cluster_spool(&nats, 4);
+    let streams = format!(
+        "shared:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  destination:\n    local: {{ path: \"{}\" }}\n",
+        out.path().display()
+    );
+    let node = Hydrant::start_full(&top, &streams, &[]);
+    let pid = node.process_id();
+    put_numbers(&node, 0..1000).await;
+    eventually(
+        Duration::from_secs(30),
+        "the node to hold every partition",
+        || async {
+            (held_by(&partition_owners_of(&watcher, "shared", 4).await, pid) == 4).then_some(())
+        },
+    )
+    .await;
+
+    // A changed buffer restarts the stream: its partitions are handed back and taken again.
+    let path = node.dir.path().join("hydrant.yaml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        config.replace("interval_seconds: 1", "interval_seconds: 2"),
+    )
+    .unwrap();
+    node.signal_hangup();
+    node.wait_for_log("reloaded", Duration::from_secs(30)).await;
+    put_numbers(&node, 1000..2000).await;
+    let log = node
+        .wait_for_log("handed the partition back", Duration::from_secs(30))
+        .await;
+    assert!(log.contains(r#"changed=["shared"]"#), "{log}");
+    eventually(
+        Duration::from_secs(30),
+        "the node to hold every partition again",
+        || async {
+            (held_by(&partition_owners_of(&watcher, "shared", 4).await, pid) == 4).then_some(())
+        },
+    )
+    .await;
+
+    let delivered = eventually(
+        Duration::from_secs(60),
+        "every record delivered",
+        || async {
+            let delivered = numbers_in_files(out.path());
+            (delivered.len() == 2000).then_some(delivered)
+        },
+    )
+    .await;
+    let repeated: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "delivered twice: {repeated:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_taking_over_writes_the_recorded_batch_again_under_the_same_name() {
+    let nats = NatsCluster::start(3).await;
+    let bucket = new_bucket("takeover");
+    let port = free_port();
+    let (_forwarder, answers) = forward_holding(port, &servers().s3_endpoint).await;
+    let streams = format!(
+        "held:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  compression: gzip\n  destination:\n{}",
+        indent(
+            &s3_destination_yaml(&bucket, "t/", None)
+                .replace(&servers().s3_endpoint, &format!("http://127.0.0.1:{port}")),
+            4
+        )
+    );
+    let top = format!(
+        "spool:\n  max_mib: 64\n  jetstream:\n    servers: {}\n    replicas: 3\n    partitions: 1\n    lease_ttl_seconds: 3\n",
+        nats.servers_yaml()
+    );
+    // The node calls the store only to write batches: every answer from now on is held.
+    answers.set(true);
+    let first = Hydrant::start_full(&top, &streams, &[]);
+    let ids: Vec<String> = (0..2000).map(|n| format!("t{n}")).collect();
+    let records: Vec<Vec<u8>> = ids.iter().map(|id| record(id)).collect();
+    for part in records[..1000].chunks(500) {
+        first.put_all("held", part).await;
+    }
+    // The first batch is written to the store, but its answer never reaches the node.
+    eventually(
+        Duration::from_secs(30),
+        "the batch's write to be answered",
+        || async { (answers.held() > 0).then_some(()) },
+    )
+    .await;
+    // Records after the batch: a node forming its first batch afresh would include them,
+    // naming a different object.
+    for part in records[1000..].chunks(500) {
+        first.put_all("held", part).await;
+    }
+    first.kill();
+    answers.set(false);
+
+    let second = Hydrant::start_full(&top, &streams, &[]);
+    let objects = Bucket::new(&bucket);
+    let delivered = eventually(
+        Duration::from_secs(60),
+        "every record in the store",
+        || async {
+            let delivered = ids_in_objects(&objects, "t/").await;
+            ids.iter()
+                .all(|id| delivered.contains_key(id))
+                .then_some(delivered)
+        },
+    )
+    .await;
+    let repeated: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.is_empty(),
+        "{} records twice, e.g. {:?}",
+        repeated.len(),
+        repeated.first()
+    );
+    assert_eq!(delivered.len(), 2000);
+    let log = second.log();
+    assert!(log.contains("taking over the partition"), "{log}");
 }

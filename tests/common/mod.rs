@@ -816,6 +816,80 @@ pub async fn forward(port: u16, upstream: &str) -> Forwarder {
     Forwarder { task, connections }
 }
 
+/// Whether a [`forward_holding`] forwarder passes answers on, and how many it held back.
+#[derive(Default)]
+pub struct AnswerHold {
+    hold: std::sync::atomic::AtomicBool,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+impl AnswerHold {
+    /// Holds (`true`) or passes on (`false`) what the upstream answers from now on.
+    pub fn set(&self, hold: bool) {
+        self.hold.store(hold, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Answers (reads from the upstream) held back so far.
+    pub fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Starts forwarding `port` to `upstream`, passing requests on at once and holding the
+/// upstream's answers while `hold` says so: a write the upstream carried out whose answer
+/// the client never sees.
+pub async fn forward_holding(port: u16, upstream: &str) -> (Forwarder, std::sync::Arc<AnswerHold>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the forwarding port");
+    let hold = std::sync::Arc::new(AnswerHold::default());
+    let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+        Default::default();
+    let tracked = std::sync::Arc::clone(&connections);
+    let holding = std::sync::Arc::clone(&hold);
+    let task = tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let (upstream, hold) = (upstream.clone(), std::sync::Arc::clone(&holding));
+            let connection = tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = inbound.into_split();
+                let (mut upstream_read, mut upstream_write) = outbound.into_split();
+                let requests = tokio::io::copy(&mut client_read, &mut upstream_write);
+                let answers = async {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = upstream_read.read(&mut buffer).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        if hold.hold.load(std::sync::atomic::Ordering::SeqCst) {
+                            hold.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            // Never passed on: the client gives up or dies waiting.
+                            std::future::pending::<()>().await;
+                        }
+                        if client_write.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = requests => {}
+                    () = answers => {}
+                }
+            });
+            tracked.lock().unwrap().push(connection);
+        }
+    });
+    (Forwarder { task, connections }, hold)
+}
+
 /// The resident memory (VmRSS) of process `pid`, in bytes.
 pub fn rss_bytes(pid: u32) -> u64 {
     proc_status_bytes(pid, "VmRSS:")
