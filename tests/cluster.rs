@@ -71,6 +71,49 @@ async fn partition_owners_of(
     owners
 }
 
+/// What `delivered` reads once every id of `acked` is in it, before `deadline`; otherwise
+/// fails naming what is missing, who owns `stream`'s partitions, and what the nodes warned of.
+async fn caught_up<F, Fut>(
+    deadline: Instant,
+    acked: &HashSet<String>,
+    nodes: &[Hydrant],
+    watcher: &async_nats::Client,
+    stream: &str,
+    mut delivered: F,
+) -> HashMap<String, usize>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = HashMap<String, usize>>,
+{
+    loop {
+        let found = delivered().await;
+        let missing: Vec<&String> = acked.iter().filter(|id| !found.contains_key(*id)).collect();
+        if missing.is_empty() {
+            return found;
+        }
+        if Instant::now() > deadline {
+            let warnings: Vec<String> = nodes
+                .iter()
+                .flat_map(|node| {
+                    node.log()
+                        .lines()
+                        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            panic!(
+                "{stream}: {} acknowledged records not delivered 60 s after the load, e.g. {:?}; partition owners {:?}; node warnings (last 40):\n{}",
+                missing.len(),
+                &missing[..missing.len().min(5)],
+                partition_owners(watcher, stream).await,
+                warnings[warnings.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Acknowledged ids per stream, and how many calls have been answered or failed.
 #[derive(Default)]
 struct Load {
@@ -232,28 +275,23 @@ async fn every_acknowledged_record_arrives_once_through_node_and_nats_server_los
     // Delivery catches up within 60 s of the end of the load.
     let objects = Bucket::new(&bucket);
     let pg = pg_client().await;
-    let delivered_s3 = eventually(
-        Duration::from_secs(60),
-        "every acknowledged record in S3",
-        || async {
-            let delivered = ids_in_objects(&objects, "c/").await;
-            acked["to-s3"]
-                .iter()
-                .all(|id| delivered.contains_key(id))
-                .then_some(delivered)
-        },
+    let caught_up_by = load_ended + Duration::from_secs(60);
+    let delivered_s3 = caught_up(
+        caught_up_by,
+        &acked["to-s3"],
+        &nodes,
+        &watcher,
+        "to-s3",
+        || ids_in_objects(&objects, "c/"),
     )
     .await;
-    let delivered_pg = eventually(
-        Duration::from_secs(60),
-        "every acknowledged record in Postgres",
-        || async {
-            let delivered = ids_in_table(&pg, &table).await;
-            acked["to-pg"]
-                .iter()
-                .all(|id| delivered.contains_key(id))
-                .then_some(delivered)
-        },
+    let delivered_pg = caught_up(
+        caught_up_by,
+        &acked["to-pg"],
+        &nodes,
+        &watcher,
+        "to-pg",
+        || ids_in_table(&pg, &table),
     )
     .await;
     let caught_up_after = load_ended.elapsed();

@@ -13,6 +13,17 @@ use super::message;
 use crate::buffer::StreamBuffer;
 use crate::spool::{RecordChunk, SeqRange};
 
+/// How a reading pass ended.
+enum Pass {
+    /// The buffer closed: the partition is no longer delivered here.
+    Closed,
+    /// Nothing arrived for a while.
+    Quiet,
+}
+
+/// How long a reading pass waits for a message before it starts over with a new consumer.
+const QUIET_READ: Duration = Duration::from_secs(5);
+
 /// The JetStream side of one partition held by this node.
 #[derive(Debug)]
 pub struct PartitionLog {
@@ -137,7 +148,11 @@ impl PartitionLog {
                 _ = stop.wait_for(|stop| *stop) => return,
                 fed = self.feed_from(&buffer, &mut next) => {
                     match fed {
-                        Ok(()) => return,
+                        Ok(Pass::Closed) => return,
+                        Ok(Pass::Quiet) => {
+                            delay = Duration::from_millis(100);
+                            continue;
+                        }
                         Err(error) => {
                             tracing::warn!(stream = %self.stream_name, partition = self.partition, "reading the partition from JetStream failed; reading again: {error}");
                         }
@@ -152,11 +167,16 @@ impl PartitionLog {
         }
     }
 
-    /// One reading pass from position `next` (moved past every record fed); `Ok` once the
-    /// buffer no longer takes records.
-    async fn feed_from(&self, buffer: &StreamBuffer, next: &mut u64) -> std::io::Result<()> {
+    /// One reading pass from position `next` (moved past every record fed), until the
+    /// buffer no longer takes records, or nothing arrives for [`QUIET_READ`] (so a consumer
+    /// left behind by a server that went away is replaced).
+    async fn feed_from(&self, buffer: &StreamBuffer, next: &mut u64) -> std::io::Result<Pass> {
         let mut messages = self.messages_from(message::message_seq(*next)).await?;
-        while let Some(message) = messages.next().await {
+        loop {
+            let Ok(message) = tokio::time::timeout(QUIET_READ, messages.next()).await else {
+                return Ok(Pass::Quiet);
+            };
+            let Some(message) = message else { break };
             let (seq, payload) = message?;
             let chunk = match message::decode(seq, &payload, *next, u64::MAX) {
                 Ok(chunk) => chunk,
@@ -171,7 +191,7 @@ impl PartitionLog {
             }
             let last = chunk.records[chunk.len() - 1].0;
             if buffer.append_spooled(&chunk).await < chunk.len() {
-                return Ok(());
+                return Ok(Pass::Closed);
             }
             *next = last + 1;
         }
