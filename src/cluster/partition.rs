@@ -86,7 +86,17 @@ impl PartitionLog {
             .messages_from(message::message_seq(range.first))
             .await?;
         let mut gathered = message::Gathered::default();
-        while let Some(next) = messages.next().await {
+        loop {
+            // A consumer left behind by a server that went away: the caller reads again.
+            let next = tokio::time::timeout(QUIET_READ, messages.next())
+                .await
+                .map_err(|_| {
+                    std::io::Error::other(format!(
+                        "nothing read for {} s; reading again",
+                        QUIET_READ.as_secs()
+                    ))
+                })?;
+            let Some(next) = next else { break };
             let (seq, payload) = next?;
             if seq > last_message {
                 break;
