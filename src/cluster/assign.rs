@@ -123,9 +123,6 @@ pub struct StreamAssignment {
 struct Held {
     log: Arc<PartitionLog>,
     run: PartitionRun,
-    /// When the lease was last renewed by the assignment (the delivery loop's writes renew
-    /// it too).
-    renewed: Instant,
 }
 
 impl StreamAssignment {
@@ -209,15 +206,12 @@ impl StreamAssignment {
     /// All at once, so a slow answer does not hold up the other leases.
     async fn renew(&self, held: &mut HashMap<u32, Held>, ttl: Duration) {
         let renewals = held.iter_mut().map(|(partition, entry)| async move {
-            if entry.renewed.elapsed() < ttl / 3 && entry.log.lease.since_renewed().await < ttl / 3
-            {
+            // Every write of the lease renews it, the delivery loop's too.
+            if entry.log.lease.since_renewed().await < ttl / 3 {
                 return;
             }
-            match entry.log.lease.renew().await {
-                Ok(()) => entry.renewed = Instant::now(),
-                Err(error) => {
-                    tracing::warn!(stream = %self.stream_name, partition, "cannot renew the partition's lease: {error}");
-                }
+            if let Err(error) = entry.log.lease.renew().await {
+                tracing::warn!(stream = %self.stream_name, partition, "cannot renew the partition's lease: {error}");
             }
         });
         futures_util::future::join_all(renewals).await;
@@ -317,14 +311,7 @@ impl StreamAssignment {
                 self.stream.clone(),
             ));
             let run = self.launcher.launch(Arc::clone(&log), state);
-            held.insert(
-                partition,
-                Held {
-                    log,
-                    run,
-                    renewed: Instant::now(),
-                },
-            );
+            held.insert(partition, Held { log, run });
         }
     }
 

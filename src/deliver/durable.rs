@@ -29,6 +29,12 @@ pub enum JournalError {
     Fenced,
 }
 
+impl From<crate::spool::SpoolError> for JournalError {
+    fn from(error: crate::spool::SpoolError) -> Self {
+        Self::Retry(error.to_string())
+    }
+}
+
 impl From<LeaseError> for JournalError {
     fn from(error: LeaseError) -> Self {
         match error {
@@ -59,10 +65,7 @@ impl DurableLog {
     /// Durably records that batch `range` is one batch, before any of it is written.
     pub async fn record_sealed(&self, range: SeqRange) -> Result<(), JournalError> {
         match self {
-            Self::Spool(spool) => spool
-                .record_sealed(range)
-                .await
-                .map_err(|e| JournalError::Retry(e.to_string())),
+            Self::Spool(spool) => Ok(spool.record_sealed(range).await?),
             Self::Partition(partition) => Ok(partition.record_sealed(range).await?),
         }
     }
@@ -70,10 +73,7 @@ impl DurableLog {
     /// Records that batch `range` was delivered.
     pub async fn record_delivered(&self, range: SeqRange) -> Result<(), JournalError> {
         match self {
-            Self::Spool(spool) => spool
-                .record_delivered(range)
-                .await
-                .map_err(|e| JournalError::Retry(e.to_string())),
+            Self::Spool(spool) => Ok(spool.record_delivered(range).await?),
             Self::Partition(partition) => Ok(partition.record_delivered(range).await?),
         }
     }

@@ -249,9 +249,36 @@ impl DeliveryLoop {
         let Some(spool) = &self.spool else {
             return true;
         };
+        self.until_journaled(range, || spool.record_sealed(range))
+            .await
+    }
+
+    /// Durably records, before anything of a partition's batch (or a window's error output)
+    /// is written, that it is one batch, or (`delivered`) that it was written.
+    async fn journal_part(&self, spool: &Arc<StreamSpool>, entry: &PartEntry, delivered: bool) {
+        self.until_journaled(entry.range, || {
+            let entry = entry.clone();
+            async move {
+                if delivered {
+                    Ok(spool.record_part_delivered(entry).await?)
+                } else {
+                    Ok(spool.record_part_sealed(entry).await?)
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Runs journal write `write` (about batch `range`) until it succeeds, backing off;
+    /// `false` when it never can, because this node no longer delivers the batch's partition.
+    async fn until_journaled<F, Fut>(&self, range: SeqRange, mut write: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), JournalError>>,
+    {
         let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
         loop {
-            match spool.record_sealed(range).await {
+            match write().await {
                 Ok(()) => return true,
                 Err(JournalError::Fenced) => {
                     tracing::info!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "the partition is delivered by another node now; leaving the batch to it");
@@ -263,36 +290,6 @@ impl DeliveryLoop {
                     tokio::time::sleep(delay).await;
                 }
             }
-        }
-    }
-
-    /// Durably records, before anything of a partition's batch (or a window's error output)
-    /// is written, that it is one batch, or (`delivered`) that it was written.
-    async fn journal_part(&self, spool: &Arc<StreamSpool>, entry: &PartEntry, delivered: bool) {
-        self.until_journaled(entry.range, || {
-            let entry = entry.clone();
-            async move {
-                if delivered {
-                    spool.record_part_delivered(entry).await
-                } else {
-                    spool.record_part_sealed(entry).await
-                }
-            }
-        })
-        .await;
-    }
-
-    /// Runs journal write `write` (about batch `range`) until it succeeds, backing off.
-    async fn until_journaled<F, Fut>(&self, range: SeqRange, mut write: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), crate::spool::SpoolError>>,
-    {
-        let mut backoff = Backoff::new(self.initial_backoff, self.max_backoff);
-        while let Err(error) = write().await {
-            let delay = backoff.next_delay();
-            tracing::error!(stream = %self.stream, first_seq = range.first, last_seq = range.last, "cannot journal the batch; will retry: {error}");
-            tokio::time::sleep(delay).await;
         }
     }
 
