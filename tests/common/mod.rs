@@ -907,6 +907,15 @@ fn proc_status_bytes(pid: u32, field: &str) -> u64 {
     kib * 1024
 }
 
+/// Whether `path` is a local-directory object still being written: the object store stages an
+/// upload as `<key>#<n>` and links it under its key when complete, removing the staged file, so
+/// a listing can name a file that is gone (or not yet whole) when it is read.
+fn is_staged_upload(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.contains('#'))
+}
+
 /// Every file below `dir`, sorted.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
@@ -916,7 +925,7 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else {
+            } else if !is_staged_upload(&path) {
                 files.push(path);
             }
         }
