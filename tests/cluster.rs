@@ -604,6 +604,90 @@ async fn a_node_reaches_jetstream_over_tls_and_refuses_a_server_it_cannot_verify
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_signs_in_with_a_credentials_file_and_validate_names_what_a_user_may_not_write() {
+    let operator = NatsOperator::new();
+    let keys = tempfile::tempdir().unwrap();
+    // What the README says a node needs, and no more.
+    let full = operator.user_credentials(
+        keys.path(),
+        "node",
+        &["hydrant.>", "$KV.hydrant_leases.>", "$JS.API.>", "$JS.FC.>"],
+    );
+    // May call the JetStream API, but neither append records nor write leases.
+    let api_only = operator.user_credentials(keys.path(), "api-only", &["$JS.API.>"]);
+    let nats = NatsCluster::start_operator(1, &operator, full.clone()).await;
+    let out = tempfile::tempdir().unwrap();
+    let spool = |credentials: &str| {
+        format!(
+            "spool:\n  max_mib: 64\n  jetstream:\n    servers: {}\n    replicas: 1\n    partitions: 2\n{credentials}",
+            nats.servers_yaml()
+        )
+    };
+    let streams = format!(
+        "signed:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  destination:\n    local: {{ path: \"{}\" }}\n",
+        out.path().display()
+    );
+    let config = |credentials: &std::path::Path| {
+        format!(
+            "{}streams:\n{}",
+            spool(&format!("    credentials: \"{}\"\n", credentials.display())),
+            indent(&streams, 2)
+        )
+    };
+
+    let (ok, output) = validate_config(&format!("{}streams:\n{}", spool(""), indent(&streams, 2)));
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("cannot connect to the JetStream cluster"),
+        "{output}"
+    );
+
+    // The credentials file comes from the environment, as users keep it out of the file.
+    let mut node = Hydrant::start_full(
+        &spool("    credentials: ${NATS_CREDS_FILE}\n"),
+        &streams,
+        &[("NATS_CREDS_FILE", full.to_str().unwrap())],
+    );
+    let body: String = (0..50).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    let (status, answer) = node.post_ndjson("signed", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let delivered = eventually(Duration::from_secs(30), "the records delivered", || async {
+        let delivered = numbers_in_files(out.path());
+        (delivered.len() == 50).then_some(delivered)
+    })
+    .await;
+    assert!(delivered.values().all(|n| *n == 1), "{delivered:?}");
+    assert!(node.terminate().success(), "{}", node.log());
+
+    let (ok, output) = validate_config(&config(&full));
+    assert!(ok, "{output}");
+    let (ok, output) = validate_config(&config(&api_only));
+    assert!(!ok, "{output}");
+    for (stream, subjects) in [
+        ("hydrant-signed", "hydrant.signed.>"),
+        ("KV_hydrant_leases", "$KV.hydrant_leases.>"),
+    ] {
+        assert!(
+            output.contains(&format!(
+                "the credentials may not write JetStream stream {stream}"
+            )) && output.contains(&format!("allow publishing to `{subjects}`")),
+            "{stream}: {output}"
+        );
+    }
+    // The probes wrote nothing: the 50 records are all the stream ever held.
+    let jetstream = async_nats::jetstream::new(nats.client().await);
+    let info = jetstream
+        .get_stream("hydrant-signed")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.state.last_sequence, 1, "{info:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_restarts_a_cluster_stream_without_losing_or_repeating_records() {
     let nats = NatsCluster::start(3).await;
     let watcher = nats.client().await;

@@ -208,6 +208,15 @@ pub async fn connect_client(
     settings: &ClusterSettings,
     node: &str,
 ) -> Result<async_nats::Client, ClusterError> {
+    connect_client_with(settings, node, async_nats::ConnectOptions::new()).await
+}
+
+/// Like [`connect_client`], starting from `options` (an event callback, for one).
+async fn connect_client_with(
+    settings: &ClusterSettings,
+    node: &str,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, ClusterError> {
     let connect_error = |reason: String| ClusterError::Connect {
         servers: settings.servers.join(", "),
         reason,
@@ -215,7 +224,7 @@ pub async fn connect_client(
     // The NATS client's TLS takes the process's default crypto provider: ring, as the
     // listener's (a no-op when one is already installed).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut options = async_nats::ConnectOptions::new()
+    let mut options = options
         .name(format!("hydrant {node}"))
         .connection_timeout(REQUEST_TIMEOUT)
         .request_timeout(Some(REQUEST_TIMEOUT));

@@ -5,11 +5,13 @@
 mod bulk_server;
 mod endpoint_receiver;
 mod nats;
+mod nats_auth;
 mod producers;
 
 pub use bulk_server::{BulkServer, Fate};
 pub use endpoint_receiver::{Answer, EndpointReceiver, Received};
 pub use nats::NatsCluster;
+pub use nats_auth::NatsOperator;
 pub use producers::{
     KilledRun, Producers, check_exactly_once, produce_through_kills, produce_through_kills_with,
     record,

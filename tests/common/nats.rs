@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{eventually, free_port, servers};
+use super::{NatsOperator, eventually, free_port, servers};
 
 /// A running JetStream cluster.
 pub struct NatsCluster {
@@ -14,6 +14,8 @@ pub struct NatsCluster {
     nodes: Vec<NatsNode>,
     /// With TLS on the client port: the CA its certificate is signed by.
     tls_ca: Option<PathBuf>,
+    /// In operator mode: the credentials [`client`](Self::client) connects with.
+    credentials: Option<PathBuf>,
 }
 
 struct NatsNode {
@@ -26,24 +28,37 @@ struct NatsNode {
 impl NatsCluster {
     /// Starts `size` nodes and waits until JetStream answers (a meta leader is elected).
     pub async fn start(size: usize) -> Self {
-        Self::start_with(size, None).await
+        Self::start_with(size, "", None, None).await
     }
 
     /// Like [`start`](Self::start), clients reaching the nodes over TLS with the
     /// certificate `server.crt` and key `server.key` in `tls_dir` (issued for 127.0.0.1 by
     /// its `ca.crt`).
     pub async fn start_tls(size: usize, tls_dir: &std::path::Path) -> Self {
-        Self::start_with(size, Some(tls_dir)).await
+        let tls = format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+            tls_dir.join("server.crt").display(),
+            tls_dir.join("server.key").display()
+        );
+        Self::start_with(size, &tls, Some(tls_dir.join("ca.crt")), None).await
     }
 
-    async fn start_with(size: usize, tls_dir: Option<&std::path::Path>) -> Self {
-        let tls = tls_dir.map_or_else(String::new, |dir| {
-            format!(
-                "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
-                dir.join("server.crt").display(),
-                dir.join("server.key").display()
-            )
-        });
+    /// Like [`start`](Self::start), in operator mode: only users of `operator`'s account
+    /// connect; the test's own client uses `credentials`.
+    pub async fn start_operator(
+        size: usize,
+        operator: &NatsOperator,
+        credentials: PathBuf,
+    ) -> Self {
+        Self::start_with(size, &operator.server_config(), None, Some(credentials)).await
+    }
+
+    async fn start_with(
+        size: usize,
+        extra_config: &str,
+        tls_ca: Option<PathBuf>,
+        credentials: Option<PathBuf>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports
@@ -68,7 +83,7 @@ impl NatsCluster {
                 std::fs::write(
                     &config,
                     format!(
-                        "server_name: {name}\nlisten: 127.0.0.1:{client}\n{tls}\
+                        "server_name: {name}\nlisten: 127.0.0.1:{client}\n{extra_config}\
                          jetstream {{ store_dir: \"{}\" }}\n{cluster}",
                         dir.path().join(&name).display(),
                     ),
@@ -85,7 +100,8 @@ impl NatsCluster {
         let mut cluster = Self {
             dir,
             nodes,
-            tls_ca: tls_dir.map(|dir| dir.join("ca.crt")),
+            tls_ca,
+            credentials,
         };
         for i in 0..size {
             cluster.start_node(i);
@@ -107,20 +123,44 @@ impl NatsCluster {
         format!("[{}]", self.urls().join(", "))
     }
 
-    /// A client of the cluster (connected once a node listens).
+    /// A client of the cluster (connected once a node listens); fails the test with the
+    /// last connection error and the nodes' logs after 30 s.
     pub async fn client(&self) -> async_nats::Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let addresses: Vec<async_nats::ServerAddr> =
             self.urls().iter().map(|u| u.parse().unwrap()).collect();
-        eventually(Duration::from_secs(30), "a NATS node to listen", || {
-            let addresses = addresses.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
             let mut options = async_nats::ConnectOptions::new();
             if let Some(ca) = &self.tls_ca {
                 options = options.add_root_certificates(ca.clone()).require_tls(true);
             }
-            async move { options.connect(addresses).await.ok() }
-        })
-        .await
+            if let Some(credentials) = &self.credentials {
+                options = options.credentials_file(credentials).await.unwrap();
+            }
+            let error = match options.connect(addresses.clone()).await {
+                Ok(client) => return client,
+                Err(error) => error,
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no NATS node took a connection within 30 s: {error}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every node's log, for a failure message.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", n.name)))
+                    .unwrap_or_default();
+                format!("--- nats-server {} ---\n{log}", n.name)
+            })
+            .collect()
     }
 
     /// Starts node `i` (again), with the storage it had.
