@@ -548,6 +548,20 @@ async fn a_node_whose_lease_was_taken_over_can_change_nothing_of_the_partition()
         Err(LeaseError::Fenced)
     ));
     assert!(matches!(stale.renew().await, Err(LeaseError::Fenced)));
+    // Nor, for a dynamically partitioned stream, journal a batch or move the checkpoint.
+    let part = hydrant::spool::PartEntry {
+        range: batch,
+        part: 7,
+        over_limit: Vec::new(),
+    };
+    assert!(matches!(
+        stale.journal_part(&part, false).await,
+        Err(LeaseError::Fenced)
+    ));
+    assert!(matches!(
+        stale.checkpoint(batch.last).await,
+        Err(LeaseError::Fenced)
+    ));
     assert!(!stale.is_held(LEASE_TTL).await);
 
     taken.delivered(batch).await.unwrap();
@@ -558,6 +572,7 @@ async fn a_node_whose_lease_was_taken_over_can_change_nothing_of_the_partition()
             owner: second.node.clone(),
             next: batch.last + 1,
             cut: None,
+            parts: Vec::new(),
         }
     );
 }
@@ -746,16 +761,38 @@ async fn a_reload_restarts_a_cluster_stream_without_losing_or_repeating_records(
     assert!(repeated.is_empty(), "delivered twice: {repeated:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_taking_over_writes_the_recorded_batch_again_under_the_same_name() {
+    takeover_rewrites_what_was_recorded(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_taking_over_a_dynamically_partitioned_stream_rebuilds_its_journaled_batches() {
+    // Ten dynamic partitions (the id's last digit), each with its own batches in flight.
+    takeover_rewrites_what_was_recorded(Some(("'{digit: (.id | .[-1:])}'", "digit"))).await;
+}
+
+/// A node writes its batches to the store, whose answers never reach it, receives more
+/// records and is SIGKILLed; the node taking over must write the same batches again under
+/// the same names (create-only absorbs them), then the rest: every record once. With
+/// `partitioning` (a query and the key it names), objects go under `t/<key>/` and each
+/// record must be under its own key.
+async fn takeover_rewrites_what_was_recorded(partitioning: Option<(&str, &str)>) {
     let nats = NatsCluster::start(3).await;
     let bucket = new_bucket("takeover");
     let port = free_port();
     let (_forwarder, answers) = forward_holding(port, &servers().s3_endpoint).await;
+    let prefix = match partitioning {
+        Some((_, key)) => format!("t/!{{partitionKeyFromQuery:{key}}}/"),
+        None => "t/".to_string(),
+    };
+    let partitioning_yaml = partitioning.map_or_else(String::new, |(query, _)| {
+        format!("  partitioning:\n    query: {query}\n")
+    });
     let streams = format!(
-        "held:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  compression: gzip\n  destination:\n{}",
+        "held:\n  buffer: {{ size_mib: 1, interval_seconds: 1 }}\n  compression: gzip\n{partitioning_yaml}  destination:\n{}",
         indent(
-            &s3_destination_yaml(&bucket, "t/", None)
+            &s3_destination_yaml(&bucket, &prefix, None)
                 .replace(&servers().s3_endpoint, &format!("http://127.0.0.1:{port}")),
             4
         )
@@ -772,34 +809,39 @@ async fn a_node_taking_over_writes_the_recorded_batch_again_under_the_same_name(
     for part in records[..1000].chunks(500) {
         first.put_all("held", part).await;
     }
-    // The first batch is written to the store, but its answer never reaches the node.
+    // The first batches are written to the store, but their answers never reach the node.
+    let written = if partitioning.is_some() { 8 } else { 1 };
     eventually(
         Duration::from_secs(30),
-        "the batch's write to be answered",
-        || async { (answers.held() > 0).then_some(()) },
+        "the batches' writes to be answered",
+        || async { (answers.held() >= written).then_some(()) },
     )
     .await;
-    // Records after the batch: a node forming its first batch afresh would include them,
-    // naming a different object.
+    // Records after the batches: a node forming its first batches afresh would include
+    // them, naming different objects.
     for part in records[1000..].chunks(500) {
         first.put_all("held", part).await;
     }
-    first.kill();
+    let first_dir = first.kill();
+    let first_log = std::fs::read_to_string(first_dir.path().join("hydrant.log")).unwrap();
     answers.set(false);
 
     let second = Hydrant::start_full(&top, &streams, &[]);
     let objects = Bucket::new(&bucket);
-    let delivered = eventually(
-        Duration::from_secs(60),
-        "every record in the store",
-        || async {
-            let delivered = ids_in_objects(&objects, "t/").await;
-            ids.iter()
-                .all(|id| delivered.contains_key(id))
-                .then_some(delivered)
-        },
-    )
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let delivered = loop {
+        let delivered = ids_in_objects(&objects, "t/").await;
+        if ids.iter().all(|id| delivered.contains_key(id)) {
+            break delivered;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 60 s, {} of 2000 records in the store; the node taken over from logged:\n{first_log}\nthe node taking over:\n{}",
+            delivered.len(),
+            second.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let repeated: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         repeated.is_empty(),
@@ -808,6 +850,17 @@ async fn a_node_taking_over_writes_the_recorded_batch_again_under_the_same_name(
         repeated.first()
     );
     assert_eq!(delivered.len(), 2000);
+    if partitioning.is_some() {
+        for digit in 0..10 {
+            let under = ids_in_objects(&objects, &format!("t/{digit}/")).await;
+            assert_eq!(under.len(), 200, "records under t/{digit}/");
+            assert!(
+                under.keys().all(|id| id.ends_with(&digit.to_string())),
+                "t/{digit}/ holds {:?}",
+                under.keys().find(|id| !id.ends_with(&digit.to_string()))
+            );
+        }
+    }
     let log = second.log();
     assert!(log.contains("taking over the partition"), "{log}");
 }

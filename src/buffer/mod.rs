@@ -215,6 +215,30 @@ impl StreamBuffer {
         (first_seq, taken)
     }
 
+    /// Ends the journaled batches that end before record `seq`: with gaps in the numbering,
+    /// a batch may end on a number no record has, so the first record past it closes it
+    /// (or drops it from the plan, when none of its records came). `Some(wake)` once none
+    /// is left before `seq`; `None` when a sealed batch must be taken first.
+    fn end_replay_before(&self, state: &mut BufferState, seq: u64) -> Option<bool> {
+        let mut wake = false;
+        while let Some(window) = state.replay.front().copied()
+            && window.last < seq
+        {
+            if state.open.is_empty() {
+                state.replay.pop_front();
+                continue;
+            }
+            if state.sealed.is_some() {
+                return None;
+            }
+            state.replay.pop_front();
+            let full = std::mem::replace(&mut state.open, self.new_batch());
+            state.sealed = Some(full.seal(&self.settings, &self.capacity, true));
+            wake = true;
+        }
+        Some(wake)
+    }
+
     /// Appends records read from the spool, from `chunk.records[from..]`, as many as fit now;
     /// returns how many were taken. Their age counts from their recorded arrival.
     pub fn try_append_spooled(&self, chunk: &RecordChunk, from: usize) -> usize {
@@ -248,6 +272,10 @@ impl StreamBuffer {
                 // In order; a partition of a cluster stream numbers its records with gaps.
                 debug_assert!(seq >= state.next_seq, "spooled records arrive in order");
                 state.next_seq = seq;
+                match self.end_replay_before(&mut state, seq) {
+                    Some(wake) => wake_delivery |= wake,
+                    None => break,
+                }
             }
             match self.push(&mut state, data, arrival_ms, arrived) {
                 Pushed::Taken(wake) => wake_delivery |= wake,

@@ -364,6 +364,48 @@ async fn journaled_batches_are_rebuilt_with_their_exact_boundaries() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn journaled_batches_ending_in_a_gap_of_the_numbering_close_at_the_next_record() {
+    use crate::spool::SeqRange;
+    let range = |first, last| SeqRange { first, last };
+    // A cluster partition numbers records (message << 16) | index: 0..=4 then 65536..=65540.
+    let mut chunk = spooled_chunk(0, 10, 10);
+    for (i, record) in chunk.records.iter_mut().enumerate().skip(5) {
+        record.0 = 65_536 + (i as u64 - 5);
+    }
+
+    let (gapped, _) = buffer(1 << 20, Duration::from_secs(900), Codec::None);
+    // The second batch ends on a number no record has.
+    gapped.resume(0, vec![range(0, 2), range(3, 65_535)]);
+    // 0..=2 seal the first; 3 and 4 join the second; 65,536 would close it, but the sealed
+    // slot is taken.
+    assert_eq!(gapped.try_append_spooled(&chunk, 0), 5);
+    assert_eq!(gapped.next_batch().await.unwrap().range(), range(0, 2));
+    assert_eq!(gapped.try_append_spooled(&chunk, 5), 5);
+    let second = gapped.next_batch().await.unwrap();
+    assert_eq!(second.range(), range(3, 4));
+    assert!(second.replayed());
+    gapped.close();
+    let rest = gapped.next_batch().await.unwrap();
+    assert_eq!(rest.range(), range(65_536, 65_540));
+    assert!(!rest.replayed());
+
+    let (skipping, _) = buffer(1 << 20, Duration::from_secs(900), Codec::None);
+    // The second batch lies wholly in the gap: none of its records comes.
+    skipping.resume(
+        0,
+        vec![range(0, 4), range(5, 65_535), range(65_536, 65_537)],
+    );
+    // 0..=4 seal the first; the second is dropped; 65,537 would seal the third, but the
+    // sealed slot is taken.
+    assert_eq!(skipping.try_append_spooled(&chunk, 0), 6);
+    assert_eq!(skipping.next_batch().await.unwrap().range(), range(0, 4));
+    assert_eq!(skipping.try_append_spooled(&chunk, 6), 4);
+    let rebuilt = skipping.next_batch().await.unwrap();
+    assert_eq!(rebuilt.range(), range(65_536, 65_537));
+    assert!(rebuilt.replayed());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_partly_rebuilt_batch_is_left_to_the_spool_at_shutdown() {
     use crate::spool::SeqRange;
     let (buffer, _) = buffer(1 << 20, Duration::ZERO, Codec::None);

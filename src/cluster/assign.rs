@@ -309,6 +309,8 @@ impl StreamAssignment {
                 self.seed,
                 lease,
                 self.stream.clone(),
+                Arc::clone(&self.status),
+                self.cluster.settings.max_bytes,
             ));
             let run = self.launcher.launch(Arc::clone(&log), state);
             held.insert(partition, Held { log, run });

@@ -10,7 +10,7 @@ use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
 use super::REQUEST_TIMEOUT;
-use crate::spool::SeqRange;
+use crate::spool::{PartEntry, SeqRange};
 
 /// What the lease bucket holds about one partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +25,55 @@ pub struct PartitionState {
     /// partition over writes exactly this batch first.
     #[serde(default)]
     pub cut: Option<[u64; 2]>,
+    /// With dynamic partitioning: the batches journaled past `next` (sealed, maybe
+    /// delivered), which a node taking the partition over rebuilds or skips.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<JournaledPart>,
+}
+
+/// One journaled batch of a dynamically partitioned stream, as a lease entry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournaledPart {
+    /// First and last position of its records.
+    pub range: [u64; 2],
+    /// Its dynamic partition (a digest of the keys), or a reserved part.
+    pub part: u64,
+    /// For a window's error output: the partitions that were over the limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub over_limit: Vec<u64>,
+    /// Whether it was delivered.
+    #[serde(default)]
+    pub delivered: bool,
+}
+
+impl JournaledPart {
+    /// The journal entry it is.
+    pub fn entry(&self) -> PartEntry {
+        PartEntry {
+            range: SeqRange {
+                first: self.range[0],
+                last: self.range[1],
+            },
+            part: self.part,
+            over_limit: self.over_limit.clone(),
+        }
+    }
+
+    fn is(&self, entry: &PartEntry) -> bool {
+        self.part == entry.part && self.range == [entry.range.first, entry.range.last]
+    }
+}
+
+impl PartitionState {
+    /// The journaled batches, as (sealed and not delivered, delivered).
+    pub fn journaled_parts(&self) -> (Vec<PartEntry>, Vec<PartEntry>) {
+        let (delivered, sealed): (Vec<_>, Vec<_>) =
+            self.parts.iter().partition(|part| part.delivered);
+        (
+            sealed.into_iter().map(JournaledPart::entry).collect(),
+            delivered.into_iter().map(JournaledPart::entry).collect(),
+        )
+    }
 }
 
 /// Key of partition `partition` of delivery stream `stream`.
@@ -183,6 +232,34 @@ impl Lease {
         self.change(|state| {
             state.next = state.next.max(range.last + 1);
             state.cut = None;
+        })
+        .await
+    }
+
+    /// Journals batch `entry` of a dynamically partitioned stream as sealed (`delivered`
+    /// false) or delivered.
+    pub async fn journal_part(&self, entry: &PartEntry, delivered: bool) -> Result<(), LeaseError> {
+        self.change(
+            |state| match state.parts.iter_mut().find(|part| part.is(entry)) {
+                Some(part) => part.delivered |= delivered,
+                None => state.parts.push(JournaledPart {
+                    range: [entry.range.first, entry.range.last],
+                    part: entry.part,
+                    over_limit: entry.over_limit.clone(),
+                    delivered,
+                }),
+            },
+        )
+        .await
+    }
+
+    /// Records that every record up to position `through` is delivered (a dynamically
+    /// partitioned stream's checkpoint): the journal keeps only the batches past it.
+    pub async fn checkpoint(&self, through: u64) -> Result<(), LeaseError> {
+        self.change(|state| {
+            state.next = state.next.max(through + 1);
+            let next = state.next;
+            state.parts.retain(|part| part.range[1] >= next);
         })
         .await
     }

@@ -2,16 +2,18 @@
 //! buffer, and its batch boundaries and delivered point written to its lease.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+use super::ClusterStatus;
 use super::lease::{Lease, LeaseError};
 use super::message;
 use crate::buffer::StreamBuffer;
-use crate::spool::{RecordChunk, SeqRange};
+use crate::spool::{PartEntry, RecordChunk, SeqRange};
 
 /// How a reading pass ended.
 enum Pass {
@@ -37,16 +39,21 @@ pub struct PartitionLog {
     pub lease: Lease,
     stream: jetstream::stream::Stream,
     subject: String,
+    /// How full the stream's JetStream stream is (bytes held, and the most it may hold).
+    fill: (Arc<ClusterStatus>, u64),
 }
 
 impl PartitionLog {
     /// Partition `partition` of delivery stream `stream_name`, held with `lease`.
+    /// `status` reports the bytes the JetStream stream `stream` holds, at most `max_bytes`.
     pub fn new(
         stream_name: &str,
         partition: u32,
         seed: u64,
         lease: Lease,
         stream: jetstream::stream::Stream,
+        status: Arc<ClusterStatus>,
+        max_bytes: u64,
     ) -> Self {
         Self {
             stream_name: stream_name.to_string(),
@@ -55,6 +62,7 @@ impl PartitionLog {
             lease,
             stream,
             subject: format!("hydrant.{stream_name}.{partition}"),
+            fill: (status, max_bytes),
         }
     }
 
@@ -67,7 +75,42 @@ impl PartitionLog {
     /// wholly delivered.
     pub async fn record_delivered(&self, range: SeqRange) -> Result<(), LeaseError> {
         self.lease.delivered(range).await?;
-        let keep_from = message::message_seq(range.last + 1);
+        self.drop_delivered(range.last + 1).await;
+        Ok(())
+    }
+
+    /// Journals batch `entry` of a dynamically partitioned stream as sealed or delivered.
+    pub async fn journal_part(&self, entry: &PartEntry, delivered: bool) -> Result<(), LeaseError> {
+        self.lease.journal_part(entry, delivered).await
+    }
+
+    /// Records that every record up to position `through` is delivered, then lets
+    /// JetStream drop the messages wholly delivered.
+    pub async fn record_checkpoint(&self, through: u64) -> Result<(), LeaseError> {
+        self.lease.checkpoint(through).await?;
+        self.drop_delivered(through + 1).await;
+        Ok(())
+    }
+
+    /// Whether the stream's JetStream stream is more than half full, so a partition holding
+    /// back the oldest record should become a batch early.
+    pub fn is_filling(&self) -> bool {
+        let (status, max_bytes) = &self.fill;
+        status
+            .stored_bytes
+            .load(Ordering::Relaxed)
+            .saturating_mul(2)
+            > *max_bytes
+    }
+
+    /// Purges the partition's messages before the one holding position `next`.
+    async fn drop_delivered(&self, next: u64) {
+        let keep_from = message::message_seq(next);
+        // JetStream reads a purge up to sequence 0 or 1 as one without a sequence, which
+        // drops every message of the subject: nothing comes before the first anyway.
+        if keep_from <= 1 {
+            return;
+        }
         let purge = self
             .stream
             .purge()
@@ -76,7 +119,6 @@ impl PartitionLog {
         if let Err(error) = purge.await {
             tracing::debug!(stream = %self.stream_name, partition = self.partition, "cannot drop delivered messages yet: {error}");
         }
-        Ok(())
     }
 
     /// Every record of batch `range`, read again from JetStream.

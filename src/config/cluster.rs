@@ -137,14 +137,6 @@ pub(super) fn validate_stream(
             ),
         ));
     }
-    if stream.partitioning.is_some() {
-        problems.push(at(
-            name,
-            format!(
-                "stream `{stream_name}`: dynamic partitioning is not available on a JetStream cluster yet; remove `partitioning` or `spool.jetstream`"
-            ),
-        ));
-    }
     if !stream.sources.is_empty() {
         problems.push(at(
             name,

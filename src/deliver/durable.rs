@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::cluster::PartitionLog;
 use crate::cluster::lease::LeaseError;
-use crate::spool::{RecordChunk, SeqRange, StreamSpool};
+use crate::spool::{PartEntry, RecordChunk, SeqRange, StreamSpool};
 
 /// The durable log behind a delivery loop.
 #[derive(Debug, Clone)]
@@ -54,11 +54,43 @@ impl DurableLog {
         }
     }
 
-    /// The local spool, for what only it does (dynamic partitioning's journal).
-    pub fn spool(&self) -> Option<&Arc<StreamSpool>> {
+    /// The first record not known delivered: where delivery resumes.
+    pub async fn resume_seq(&self) -> u64 {
         match self {
-            Self::Spool(spool) => Some(spool),
-            Self::Partition(_) => None,
+            Self::Spool(spool) => spool.resume_seq(),
+            Self::Partition(partition) => partition.lease.state().await.next,
+        }
+    }
+
+    /// Journals batch `entry` of a dynamically partitioned stream as sealed (`delivered`
+    /// false: before any of it is written) or delivered.
+    pub async fn journal_part(
+        &self,
+        entry: &PartEntry,
+        delivered: bool,
+    ) -> Result<(), JournalError> {
+        match (self, delivered) {
+            (Self::Spool(spool), false) => Ok(spool.record_part_sealed(entry.clone()).await?),
+            (Self::Spool(spool), true) => Ok(spool.record_part_delivered(entry.clone()).await?),
+            (Self::Partition(partition), _) => Ok(partition.journal_part(entry, delivered).await?),
+        }
+    }
+
+    /// Records that every record up to `through` is delivered (a dynamically partitioned
+    /// stream's checkpoint), so they need not be kept.
+    pub async fn record_checkpoint(&self, through: u64) -> Result<(), JournalError> {
+        match self {
+            Self::Spool(spool) => Ok(spool.record_checkpoint(through).await?),
+            Self::Partition(partition) => Ok(partition.record_checkpoint(through).await?),
+        }
+    }
+
+    /// Whether the log is more than half full: records it cannot drop (the oldest buffered)
+    /// should be delivered early.
+    pub fn is_filling(&self) -> bool {
+        match self {
+            Self::Spool(spool) => spool.disk_bytes().saturating_mul(2) > spool.max_bytes(),
+            Self::Partition(partition) => partition.is_filling(),
         }
     }
 

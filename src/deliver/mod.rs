@@ -25,7 +25,7 @@ use hydrant_sinks::object::{ObjectKeyBuilder, batch_seed};
 use hydrant_sinks::prelude::*;
 
 use crate::buffer::{BatchBody, SealedBatch, StreamBuffer};
-use crate::spool::{PartEntry, SeqRange, StreamSpool};
+use crate::spool::{PartEntry, SeqRange};
 
 /// Running totals of one stream: the one place they are counted, read by the stats
 /// endpoint and published as Prometheus metrics when scraped.
@@ -136,12 +136,14 @@ impl StopSignal {
 
 impl DeliveryLoop {
     /// A loop like this one delivering one partition of a cluster stream: batches come
-    /// from `buffer`, are journaled in `partition`'s lease, and stop on `stop`.
+    /// from `buffer`, are journaled in `partition`'s lease, and stop on `stop`; with
+    /// dynamic partitioning, `partitions` buffers the stream's own partitions.
     pub fn for_partition(
         &self,
         buffer: Arc<StreamBuffer>,
         partition: Arc<crate::cluster::PartitionLog>,
         stop: StopSignal,
+        partitions: Option<PartitionSettings>,
     ) -> Self {
         Self {
             stream: self.stream.clone(),
@@ -157,7 +159,7 @@ impl DeliveryLoop {
             spool: Some(DurableLog::Partition(partition)),
             seam: self.seam.clone(),
             run: self.run,
-            partitions: None,
+            partitions,
             stop,
         }
     }
@@ -254,19 +256,11 @@ impl DeliveryLoop {
     }
 
     /// Durably records, before anything of a partition's batch (or a window's error output)
-    /// is written, that it is one batch, or (`delivered`) that it was written.
-    async fn journal_part(&self, spool: &Arc<StreamSpool>, entry: &PartEntry, delivered: bool) {
-        self.until_journaled(entry.range, || {
-            let entry = entry.clone();
-            async move {
-                if delivered {
-                    Ok(spool.record_part_delivered(entry).await?)
-                } else {
-                    Ok(spool.record_part_sealed(entry).await?)
-                }
-            }
-        })
-        .await;
+    /// is written, that it is one batch, or (`delivered`) that it was written; `false` when
+    /// this node no longer delivers the stream's partition.
+    async fn journal_part(&self, log: &DurableLog, entry: &PartEntry, delivered: bool) -> bool {
+        self.until_journaled(entry.range, || log.journal_part(entry, delivered))
+            .await
     }
 
     /// Runs journal write `write` (about batch `range`) until it succeeds, backing off;

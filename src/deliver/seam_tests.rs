@@ -19,6 +19,7 @@ use super::tests::{append, error_fields, open_spool, until};
 use super::*;
 use crate::buffer::{BufferSettings, IngestCapacity};
 use crate::config::SeamDestination;
+use crate::spool::StreamSpool;
 use hydrant_sinks::object::KeyTemplate;
 
 /// What the fake does with the next request it is sent.

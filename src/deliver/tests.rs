@@ -16,6 +16,7 @@ use super::*;
 use crate::buffer::{BufferSettings, IngestCapacity};
 use crate::config::{Compression, SeamDestination};
 use crate::cpu_pool::EncodeFaults;
+use crate::spool::StreamSpool;
 use crate::spool::{FsyncPolicy, SpoolSettings};
 use hydrant_sinks::object::{KeyTemplate, ObjectDestination, ObjectFormat, RecordFramer};
 

@@ -16,7 +16,9 @@ use crate::cluster::members::Members;
 use crate::cluster::{
     Cluster, PartitionLauncher, PartitionLog, PartitionRun, StreamAssignment, StreamLog,
 };
-use crate::config::{OnLimitConfig, ProcessorConfig, SeamDestination, StreamConfig};
+use crate::config::{
+    OnLimitConfig, PartitioningConfig, ProcessorConfig, SeamDestination, StreamConfig,
+};
 use crate::deliver::{
     DeliveryLoop, OnLimit, PartitionSettings, ReplayPlan, StopSignal, WINDOW_INTERVAL, WINDOW_SIZE,
 };
@@ -274,14 +276,25 @@ struct ClusterLauncher {
 impl PartitionLauncher for ClusterLauncher {
     fn launch(&self, log: Arc<PartitionLog>, state: PartitionState) -> PartitionRun {
         let buffer = Arc::new(self.template.buffer.sibling());
-        let replay = state
-            .cut
-            .map(|[first, last]| crate::spool::SeqRange { first, last });
-        buffer.resume(state.next, replay.into_iter().collect());
+        // With dynamic partitioning, the batches the lease journaled are rebuilt or
+        // skipped; otherwise the one batch it recorded is written again.
+        let partitioned = self.template.partitions.as_ref().map(|settings| {
+            let (sealed, delivered) = state.journaled_parts();
+            settings.with_replay(ReplayPlan::new(sealed, delivered))
+        });
+        let windows = match &partitioned {
+            Some(settings) => settings.replay.windows(state.next),
+            None => state
+                .cut
+                .map(|[first, last]| crate::spool::SeqRange { first, last })
+                .into_iter()
+                .collect(),
+        };
+        buffer.resume(state.next, windows);
         let (stop, signal) = StopSignal::new();
-        let delivery = self
-            .template
-            .for_partition(Arc::clone(&buffer), Arc::clone(&log), signal);
+        let delivery =
+            self.template
+                .for_partition(Arc::clone(&buffer), Arc::clone(&log), signal, partitioned);
         let feeder = tokio::spawn(log.feed(Arc::clone(&buffer), state.next, stop.subscribe()));
         PartitionRun {
             stop,
@@ -432,27 +445,32 @@ fn build_stream(
         faults: None,
     };
     let buffer = Arc::new(StreamBuffer::new(settings, capacity));
+    let partition_settings = |partitioning: &PartitioningConfig, replay| PartitionSettings {
+        size_limit,
+        interval,
+        max_active: partitioning.max_active_partitions.value as usize,
+        on_limit: match partitioning.on_limit.value {
+            OnLimitConfig::ErrorOutput => OnLimit::ErrorOutput,
+            OnLimitConfig::Backpressure => OnLimit::Backpressure,
+        },
+        max_buffered: partitioning.max_buffered_mib.value as usize * MIB,
+        replay,
+    };
     let partitions = match (&spool, &config.partitioning) {
         (Some(spool), Some(partitioning)) if partitioned => {
             let (sealed, delivered) = spool.parts();
             let replay = ReplayPlan::new(sealed, delivered);
             let resume = spool.resume_seq();
             buffer.resume(resume, replay.windows(resume));
-            Some(PartitionSettings {
-                size_limit,
-                interval,
-                max_active: partitioning.max_active_partitions.value as usize,
-                on_limit: match partitioning.on_limit.value {
-                    OnLimitConfig::ErrorOutput => OnLimit::ErrorOutput,
-                    OnLimitConfig::Backpressure => OnLimit::Backpressure,
-                },
-                max_buffered: partitioning.max_buffered_mib.value as usize * MIB,
-                replay,
-            })
+            Some(partition_settings(partitioning, replay))
         }
         (Some(spool), _) => {
             buffer.resume(spool.resume_seq(), spool.pending_sealed());
             None
+        }
+        // On a cluster, each partition's run replays what its lease journaled.
+        (None, Some(partitioning)) if partitioned => {
+            Some(partition_settings(partitioning, ReplayPlan::default()))
         }
         (None, _) => None,
     };

@@ -26,9 +26,9 @@ use hydrant_sinks::prelude::*;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::DeliveryLoop;
-use super::DurableLog;
+use super::{DurableLog, JournalError};
 use crate::buffer::{Assembled, NoBatch, PartitionPiece, SealedBatch, WindowPieces, assemble};
-use crate::spool::{PartEntry, SeqRange, StreamSpool, WINDOW_FAILED, WINDOW_FAILURES};
+use crate::spool::{PartEntry, SeqRange, WINDOW_FAILED, WINDOW_FAILURES};
 use open::{OpenPartition, OpenPartitions, part_id};
 use replay::PartRole;
 
@@ -76,26 +76,35 @@ pub struct PartitionSettings {
     pub replay: ReplayPlan,
 }
 
+impl PartitionSettings {
+    /// The same settings, rebuilding the batches `replay` names (a cluster partition's run).
+    pub fn with_replay(&self, replay: ReplayPlan) -> Self {
+        Self {
+            size_limit: self.size_limit,
+            interval: self.interval,
+            max_active: self.max_active,
+            on_limit: self.on_limit,
+            max_buffered: self.max_buffered,
+            replay,
+        }
+    }
+}
+
 /// Delivers a partitioned stream's records until its buffer is closed and drained.
 pub(super) async fn run(
     delivery: Arc<DeliveryLoop>,
     settings: PartitionSettings,
     stop: super::StopSignal,
 ) {
-    let Some(spool) = delivery
-        .spool
-        .as_ref()
-        .and_then(super::DurableLog::spool)
-        .cloned()
-    else {
-        tracing::error!(stream = %delivery.stream, "dynamic partitioning needs the spool; the stream delivers nothing");
+    let Some(log) = delivery.spool.clone() else {
+        tracing::error!(stream = %delivery.stream, "dynamic partitioning needs a durable log; the stream delivers nothing");
         return;
     };
     let (done, finished) = mpsc::unbounded_channel();
-    let start = spool.resume_seq();
+    let start = log.resume_seq().await;
     Router {
         delivery,
-        spool,
+        log,
         settings,
         open: OpenPartitions::default(),
         outstanding: BTreeSet::new(),
@@ -113,7 +122,8 @@ pub(super) async fn run(
 /// Routes windows into partitions, seals partitions into batches, and moves the checkpoint.
 struct Router {
     delivery: Arc<DeliveryLoop>,
-    spool: Arc<StreamSpool>,
+    /// The stream's spool, or its cluster partition: the journal and checkpoint.
+    log: DurableLog,
     settings: PartitionSettings,
     open: OpenPartitions,
     /// First records of the partitions buffering or being written (a record belongs to one
@@ -268,9 +278,9 @@ impl Router {
             };
             self.seal(part);
         }
-        // The spool cannot drop records older than the oldest one buffered: when it fills,
+        // The log cannot drop records older than the oldest one buffered: when it fills,
         // the partition holding the checkpoint closes early.
-        if self.spool.disk_bytes().saturating_mul(2) > self.spool.max_bytes()
+        if self.log.is_filling()
             && let Some(part) = self.open.oldest()
         {
             self.seal(part);
@@ -328,13 +338,13 @@ impl Router {
         };
         self.sealed += 1;
         let delivery = Arc::clone(&self.delivery);
-        let spool = Arc::clone(&self.spool);
+        let log = self.log.clone();
         let writers = Arc::clone(&self.writers);
         let done = self.done.clone();
         tokio::spawn(async move {
             let _writing = writers.acquire_owned().await;
             let first = partition.first_seq;
-            deliver_partition(&delivery, &spool, part, partition).await;
+            deliver_partition(&delivery, &log, part, partition).await;
             let _ = done.send(first);
         });
     }
@@ -354,8 +364,12 @@ impl Router {
         if first_undelivered <= self.checkpointed {
             return;
         }
-        match self.spool.record_checkpoint(first_undelivered - 1).await {
+        match self.log.record_checkpoint(first_undelivered - 1).await {
             Ok(()) => self.checkpointed = first_undelivered,
+            Err(JournalError::Fenced) => {
+                tracing::info!(stream = %self.delivery.stream, "the partition is delivered by another node now; its checkpoint stays");
+                self.checkpointed = u64::MAX;
+            }
             Err(error) => {
                 tracing::error!(stream = %self.delivery.stream, through = first_undelivered - 1, "cannot advance the checkpoint (the records will be checked again after a restart): {error}")
             }
@@ -387,7 +401,9 @@ impl Router {
             part: WINDOW_FAILURES,
             over_limit: over_limit.iter().map(|(part, _)| *part).collect(),
         };
-        self.delivery.journal_part(&self.spool, &entry, false).await;
+        if !self.delivery.journal_part(&self.log, &entry, false).await {
+            return;
+        }
         self.delivery
             .write_failures(failed, window, oldest, WriteMode::Overwrite)
             .await;
@@ -399,7 +415,7 @@ impl Router {
                 .write_over_limit(&seqs, partitions, window, oldest, WriteMode::Overwrite)
                 .await;
         }
-        self.delivery.journal_part(&self.spool, &entry, true).await;
+        self.delivery.journal_part(&self.log, &entry, true).await;
     }
 
     /// Sends every record of `window`, which could not be encoded, to the error output.
@@ -409,17 +425,13 @@ impl Router {
             part: WINDOW_FAILED,
             over_limit: Vec::new(),
         };
-        self.delivery.journal_part(&self.spool, &entry, false).await;
+        if !self.delivery.journal_part(&self.log, &entry, false).await {
+            return;
+        }
         self.delivery
-            .write_unbuildable(
-                &DurableLog::Spool(Arc::clone(&self.spool)),
-                window,
-                oldest,
-                why,
-                None,
-            )
+            .write_unbuildable(&self.log, window, oldest, why, None)
             .await;
-        self.delivery.journal_part(&self.spool, &entry, true).await;
+        self.delivery.journal_part(&self.log, &entry, true).await;
     }
 }
 
@@ -427,7 +439,7 @@ impl Router {
 /// together, its records go to the error output.
 async fn deliver_partition(
     delivery: &DeliveryLoop,
-    spool: &Arc<StreamSpool>,
+    log: &DurableLog,
     part: u64,
     partition: OpenPartition,
 ) {
@@ -437,7 +449,10 @@ async fn deliver_partition(
         part,
         over_limit: Vec::new(),
     };
-    delivery.journal_part(spool, &entry, false).await;
+    if !delivery.journal_part(log, &entry, false).await {
+        // Another node delivers the stream's partition now, this batch included.
+        return;
+    }
     let OpenPartition {
         keys,
         pieces,
@@ -468,17 +483,11 @@ async fn deliver_partition(
             let failure = failure.for_records(seqs.len() as u64);
             tracing::error!(stream = %delivery.stream, first_seq = range.first, last_seq = range.last, "{failure}; sending the partition's records to the error output");
             delivery
-                .write_unbuildable(
-                    &DurableLog::Spool(Arc::clone(spool)),
-                    range,
-                    oldest,
-                    &failure.to_string(),
-                    Some(&seqs),
-                )
+                .write_unbuildable(log, range, oldest, &failure.to_string(), Some(&seqs))
                 .await;
         }
     }
-    delivery.journal_part(spool, &entry, true).await;
+    delivery.journal_part(log, &entry, true).await;
 }
 
 /// The instant Unix time `ms` is (now, when it has passed).
