@@ -578,6 +578,76 @@ async fn a_node_whose_lease_was_taken_over_can_change_nothing_of_the_partition()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivering_a_batch_ending_inside_the_first_message_keeps_every_later_message() {
+    use hydrant::cluster::lease::{self, Lease};
+    use hydrant::cluster::{Cluster, ClusterSettings, ClusterStatus, PartitionLog};
+    use hydrant::spool::SeqRange;
+
+    let nats = NatsCluster::start(1).await;
+    let cluster = Cluster::connect(ClusterSettings {
+        servers: nats.urls(),
+        replicas: 1,
+        partitions: 1,
+        lease_ttl: LEASE_TTL,
+        credentials: None,
+        ca_file: None,
+        client_certificate: None,
+        max_bytes: 64 << 20,
+    })
+    .await
+    .unwrap();
+    let (stream, seed) = cluster.stream("kept").await.unwrap();
+    let jetstream = async_nats::jetstream::new(nats.client().await);
+    for _ in 0..3 {
+        jetstream
+            .publish("hydrant.kept.0", "records".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let messages = || async {
+        let mut stream = jetstream.get_stream("hydrant-kept").await.unwrap();
+        stream.info().await.unwrap().state.messages
+    };
+    let lease = Lease::claim(&cluster.leases, lease::key("kept", 0), &cluster.node, None)
+        .await
+        .unwrap();
+    let log = PartitionLog::new(
+        "kept",
+        0,
+        seed,
+        lease,
+        stream,
+        Arc::new(ClusterStatus::default()),
+        64 << 20,
+    );
+    // Positions are (message << 16) | index: a batch of message 1's first records.
+    log.record_delivered(SeqRange {
+        first: 1 << 16,
+        last: (1 << 16) + 3,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        messages().await,
+        3,
+        "message 1 is partly delivered, 2 and 3 not at all"
+    );
+    log.record_delivered(SeqRange {
+        first: (1 << 16) + 4,
+        last: (2 << 16) + 5,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        messages().await,
+        2,
+        "message 1 is delivered, 2 partly, 3 not at all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reaches_jetstream_over_tls_and_refuses_a_server_it_cannot_verify() {
     // The test PostgreSQL server's certificate (for 127.0.0.1) and its CA.
     let tls_dir = servers().pg_ca.parent().unwrap().to_path_buf();
