@@ -481,23 +481,28 @@ async fn validate_checks_the_cluster_it_would_join() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_whose_lease_was_taken_over_can_change_nothing_of_the_partition() {
-    use hydrant::cluster::lease::{self, Lease, LeaseError, PartitionState};
-    use hydrant::cluster::{Cluster, ClusterSettings};
-    use hydrant::spool::SeqRange;
-
-    let nats = NatsCluster::start(3).await;
-    let settings = ClusterSettings {
+/// Library settings of a cluster on `nats` with streams of one partition and `replicas`.
+fn one_partition(nats: &NatsCluster, replicas: usize) -> hydrant::cluster::ClusterSettings {
+    hydrant::cluster::ClusterSettings {
         servers: nats.urls(),
-        replicas: 3,
+        replicas,
         partitions: 1,
         lease_ttl: LEASE_TTL,
         credentials: None,
         ca_file: None,
         client_certificate: None,
         max_bytes: 64 << 20,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_lease_was_taken_over_can_change_nothing_of_the_partition() {
+    use hydrant::cluster::Cluster;
+    use hydrant::cluster::lease::{self, Lease, LeaseError, PartitionState};
+    use hydrant::spool::SeqRange;
+
+    let nats = NatsCluster::start(3).await;
+    let settings = one_partition(&nats, 3);
     let first = Cluster::connect(settings.clone()).await.unwrap();
     let second = Cluster::connect(settings).await.unwrap();
     let key = lease::key("fenced", 0);
@@ -580,22 +585,11 @@ async fn a_node_whose_lease_was_taken_over_can_change_nothing_of_the_partition()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivering_a_batch_ending_inside_the_first_message_keeps_every_later_message() {
     use hydrant::cluster::lease::{self, Lease};
-    use hydrant::cluster::{Cluster, ClusterSettings, ClusterStatus, PartitionLog};
+    use hydrant::cluster::{Cluster, ClusterStatus, PartitionLog};
     use hydrant::spool::SeqRange;
 
     let nats = NatsCluster::start(1).await;
-    let cluster = Cluster::connect(ClusterSettings {
-        servers: nats.urls(),
-        replicas: 1,
-        partitions: 1,
-        lease_ttl: LEASE_TTL,
-        credentials: None,
-        ca_file: None,
-        client_certificate: None,
-        max_bytes: 64 << 20,
-    })
-    .await
-    .unwrap();
+    let cluster = Cluster::connect(one_partition(&nats, 1)).await.unwrap();
     let (stream, seed) = cluster.stream("kept").await.unwrap();
     let jetstream = async_nats::jetstream::new(nats.client().await);
     for _ in 0..3 {
@@ -622,29 +616,43 @@ async fn delivering_a_batch_ending_inside_the_first_message_keeps_every_later_me
         Arc::new(ClusterStatus::default()),
         64 << 20,
     );
-    // Positions are (message << 16) | index: a batch of message 1's first records.
-    log.record_delivered(SeqRange {
-        first: 1 << 16,
-        last: (1 << 16) + 3,
+    // Positions are (message << 16) | index.
+    for (batch, left, why) in [
+        (
+            SeqRange {
+                first: 1 << 16,
+                last: (1 << 16) + 3,
+            },
+            3,
+            "message 1 is partly delivered, 2 and 3 not at all",
+        ),
+        (
+            SeqRange {
+                first: (1 << 16) + 4,
+                last: (2 << 16) + 5,
+            },
+            2,
+            "message 1 is delivered, 2 partly, 3 not at all",
+        ),
+    ] {
+        log.record_delivered(batch).await.unwrap();
+        assert_eq!(messages().await, left, "{why}");
+    }
+}
+
+/// Posts 50 numbered records to `stream` of `node`, waits until each is in the local
+/// directory `out` once, and stops the node (which must exit cleanly).
+async fn delivers_fifty_records_and_stops(mut node: Hydrant, stream: &str, out: &std::path::Path) {
+    let body: String = (0..50).map(|n| format!("{{\"n\":{n}}}\n")).collect();
+    let (status, answer) = node.post_ndjson(stream, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let delivered = eventually(Duration::from_secs(30), "the records delivered", || async {
+        let delivered = numbers_in_files(out);
+        (delivered.len() == 50).then_some(delivered)
     })
-    .await
-    .unwrap();
-    assert_eq!(
-        messages().await,
-        3,
-        "message 1 is partly delivered, 2 and 3 not at all"
-    );
-    log.record_delivered(SeqRange {
-        first: (1 << 16) + 4,
-        last: (2 << 16) + 5,
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        messages().await,
-        2,
-        "message 1 is delivered, 2 partly, 3 not at all"
-    );
+    .await;
+    assert!(delivered.values().all(|n| *n == 1), "{delivered:?}");
+    assert!(node.terminate().success(), "{}", node.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -675,17 +683,8 @@ async fn a_node_reaches_jetstream_over_tls_and_refuses_a_server_it_cannot_verify
         "{output}"
     );
 
-    let mut node = Hydrant::start_full(&verified, &streams, &[]);
-    let body: String = (0..50).map(|n| format!("{{\"n\":{n}}}\n")).collect();
-    let (status, answer) = node.post_ndjson("secure", &body).await;
-    assert_eq!(status, 200, "{answer}");
-    let delivered = eventually(Duration::from_secs(30), "the records delivered", || async {
-        let delivered = numbers_in_files(out.path());
-        (delivered.len() == 50).then_some(delivered)
-    })
-    .await;
-    assert!(delivered.values().all(|n| *n == 1), "{delivered:?}");
-    assert!(node.terminate().success(), "{}", node.log());
+    let node = Hydrant::start_full(&verified, &streams, &[]);
+    delivers_fifty_records_and_stops(node, "secure", out.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -728,21 +727,12 @@ async fn a_node_signs_in_with_a_credentials_file_and_validate_names_what_a_user_
     );
 
     // The credentials file comes from the environment, as users keep it out of the file.
-    let mut node = Hydrant::start_full(
+    let node = Hydrant::start_full(
         &spool("    credentials: ${NATS_CREDS_FILE}\n"),
         &streams,
         &[("NATS_CREDS_FILE", full.to_str().unwrap())],
     );
-    let body: String = (0..50).map(|n| format!("{{\"n\":{n}}}\n")).collect();
-    let (status, answer) = node.post_ndjson("signed", &body).await;
-    assert_eq!(status, 200, "{answer}");
-    let delivered = eventually(Duration::from_secs(30), "the records delivered", || async {
-        let delivered = numbers_in_files(out.path());
-        (delivered.len() == 50).then_some(delivered)
-    })
-    .await;
-    assert!(delivered.values().all(|n| *n == 1), "{delivered:?}");
-    assert!(node.terminate().success(), "{}", node.log());
+    delivers_fifty_records_and_stops(node, "signed", out.path()).await;
 
     let (ok, output) = validate_config(&config(&full));
     assert!(ok, "{output}");
