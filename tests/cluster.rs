@@ -877,6 +877,20 @@ async fn takeover_rewrites_what_was_recorded(partitioning: Option<(&str, &str)>)
         || async { (answers.held() >= written).then_some(()) },
     )
     .await;
+    // Nothing the node wrote is confirmed: its oldest record ages.
+    eventually(
+        Duration::from_secs(30),
+        "the node's data freshness to pass 2 s",
+        || async {
+            let freshness = metric(
+                &first.metrics().await,
+                "hydrant_data_freshness_seconds",
+                "held",
+            );
+            (freshness >= 2.0).then_some(())
+        },
+    )
+    .await;
     // Records after the batches: a node forming its first batches afresh would include
     // them, naming different objects.
     for part in records[1000..].chunks(500) {
@@ -923,4 +937,17 @@ async fn takeover_rewrites_what_was_recorded(partitioning: Option<(&str, &str)>)
     }
     let log = second.log();
     assert!(log.contains("taking over the partition"), "{log}");
+    eventually(
+        Duration::from_secs(10),
+        "the data freshness back to 0 once everything is delivered",
+        || async {
+            let freshness = metric(
+                &second.metrics().await,
+                "hydrant_data_freshness_seconds",
+                "held",
+            );
+            (freshness == 0.0).then_some(())
+        },
+    )
+    .await;
 }

@@ -159,6 +159,7 @@ impl StreamAssignment {
         };
         self.status.partitions_held.store(0, Ordering::Relaxed);
         self.status.buffered_records.store(0, Ordering::Relaxed);
+        self.status.oldest_arrival_ms.store(0, Ordering::Relaxed);
         let name = &self.stream_name;
         futures_util::future::join_all(
             held.into_iter()
@@ -167,7 +168,8 @@ impl StreamAssignment {
         .await;
     }
 
-    /// Publishes the partitions held, their buffered records and the stream's stored bytes.
+    /// Publishes the partitions held, their buffered records, the arrival of their oldest
+    /// undelivered record and the stream's stored bytes.
     async fn report(&self, held: &HashMap<u32, Held>) {
         let status = &self.status;
         status
@@ -175,6 +177,15 @@ impl StreamAssignment {
             .store(held.len() as u64, Ordering::Relaxed);
         let buffered = held.values().map(|h| h.run.buffer.buffered_records()).sum();
         status.buffered_records.store(buffered, Ordering::Relaxed);
+        let oldest =
+            futures_util::future::join_all(held.values().map(|h| h.log.oldest_undelivered_ms()))
+                .await
+                .into_iter()
+                .flatten()
+                .min();
+        status
+            .oldest_arrival_ms
+            .store(oldest.unwrap_or(0), Ordering::Relaxed);
         let mut stream = self.stream.clone();
         if let Ok(Ok(info)) = tokio::time::timeout(super::REQUEST_TIMEOUT, stream.info()).await {
             status

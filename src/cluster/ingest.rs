@@ -2,7 +2,7 @@
 //! stream's JetStream stream, and acknowledged once JetStream has them on its replicas.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -39,6 +39,9 @@ pub struct ClusterStatus {
     pub buffered_records: AtomicU64,
     /// Bytes the stream's JetStream stream holds (undelivered records, cluster-wide).
     pub stored_bytes: AtomicU64,
+    /// Arrival (Unix ms) of the oldest record not yet delivered in those partitions; 0
+    /// when none waits.
+    pub oldest_arrival_ms: AtomicI64,
 }
 
 /// Bytes of a message kept free for its headers.

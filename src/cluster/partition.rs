@@ -13,6 +13,7 @@ use super::ClusterStatus;
 use super::lease::{Lease, LeaseError};
 use super::message;
 use crate::buffer::StreamBuffer;
+use crate::spool::arrivals::Arrivals;
 use crate::spool::{PartEntry, RecordChunk, SeqRange};
 
 /// How a reading pass ended.
@@ -41,6 +42,8 @@ pub struct PartitionLog {
     subject: String,
     /// How full the stream's JetStream stream is (bytes held, and the most it may hold).
     fill: (Arc<ClusterStatus>, u64),
+    /// When the records fed to the buffer arrived, for data freshness.
+    arrivals: std::sync::Mutex<Arrivals>,
 }
 
 impl PartitionLog {
@@ -63,7 +66,22 @@ impl PartitionLog {
             stream,
             subject: format!("hydrant.{stream_name}.{partition}"),
             fill: (status, max_bytes),
+            arrivals: std::sync::Mutex::default(),
         }
+    }
+
+    /// Arrival (Unix ms) of the oldest record read from JetStream and not yet delivered;
+    /// `None` when every record read is delivered.
+    pub async fn oldest_undelivered_ms(&self) -> Option<i64> {
+        let next = self.lease.state().await.next;
+        self.arrivals().oldest_after(next.checked_sub(1))
+    }
+
+    fn arrivals(&self) -> std::sync::MutexGuard<'_, Arrivals> {
+        // Marks are pushed or popped whole: a panic elsewhere cannot leave them torn.
+        self.arrivals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records that batch `range` is about to be written.
@@ -241,7 +259,9 @@ impl PartitionLog {
             if chunk.is_empty() {
                 continue;
             }
-            let last = chunk.records[chunk.len() - 1].0;
+            let (last, arrival_ms, _) = &chunk.records[chunk.len() - 1];
+            let last = *last;
+            self.arrivals().record(last, *arrival_ms);
             if buffer.append_spooled(&chunk).await < chunk.len() {
                 return Ok(Pass::Closed);
             }

@@ -201,11 +201,20 @@ impl DeliveryStream {
     }
 
     /// Age in seconds of the oldest record accepted but not yet delivered (0 when none
-    /// waits): Firehose's DataFreshness. Known for spooled streams; 0 without a spool.
+    /// waits): Firehose's DataFreshness. Known for spooled streams and, on a cluster, for
+    /// the partitions this node delivers; 0 without a spool.
     pub fn data_freshness_seconds(&self) -> f64 {
-        self.spool.as_ref().map_or(0.0, |spool| {
-            spool.data_freshness_ms(Utc::now().timestamp_millis()) as f64 / 1000.0
-        })
+        let now_ms = Utc::now().timestamp_millis();
+        if let Some(log) = &self.cluster_log {
+            let oldest = log.status.oldest_arrival_ms.load(Ordering::Relaxed);
+            if oldest == 0 {
+                return 0.0;
+            }
+            return now_ms.saturating_sub(oldest).max(0) as f64 / 1000.0;
+        }
+        self.spool
+            .as_ref()
+            .map_or(0.0, |spool| spool.data_freshness_ms(now_ms) as f64 / 1000.0)
     }
 
     /// Records accepted but not yet delivered.

@@ -8,7 +8,7 @@
 //! written to the destination, and the checkpoint advances only after the destination
 //! confirms, when fully delivered segments are deleted.
 
-mod arrivals;
+pub(crate) mod arrivals;
 pub mod cipher;
 mod cursors;
 mod frame;
