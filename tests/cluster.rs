@@ -684,6 +684,51 @@ async fn delivering_a_batch_ending_inside_the_first_message_keeps_every_later_me
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_journaling_many_batches_asks_for_the_oldest_partition_to_close() {
+    use hydrant::cluster::lease::{self, Lease};
+    use hydrant::cluster::{Cluster, ClusterStatus, PartitionLog};
+    use hydrant::spool::{PartEntry, SeqRange};
+
+    let nats = NatsCluster::start(1).await;
+    let cluster = Cluster::connect(one_partition(&nats, 1)).await.unwrap();
+    let (stream, seed) = cluster.stream("journal").await.unwrap();
+    let lease = Lease::claim(
+        &cluster.leases,
+        lease::key("journal", 0),
+        &cluster.node,
+        None,
+    )
+    .await
+    .unwrap();
+    let log = PartitionLog::new(
+        "journal",
+        0,
+        seed,
+        lease,
+        stream,
+        Arc::new(ClusterStatus::default()),
+        64 << 20,
+    );
+    // A partition pins the checkpoint at 1 while others deliver batch after batch.
+    let batch = |n: u64| PartEntry {
+        range: SeqRange {
+            first: 2 + n,
+            last: 2 + n,
+        },
+        part: 10 + n,
+        over_limit: Vec::new(),
+    };
+    for n in 0..1001 {
+        log.journal_part(&batch(n), true).await.unwrap();
+        assert_eq!(log.is_filling(), n >= 1000, "after {} batches", n + 1);
+    }
+    // Once the pinning partition is delivered, the checkpoint passes them all.
+    log.record_checkpoint(2 + 1000).await.unwrap();
+    assert_eq!(log.lease.journaled(), 0);
+    assert!(!log.is_filling());
+}
+
 /// Posts 50 numbered records to `stream` of `node`, waits until each is in the local
 /// directory `out` once, and stops the node (which must exit cleanly).
 async fn delivers_fifty_records_and_stops(mut node: Hydrant, stream: &str, out: &std::path::Path) {

@@ -2,6 +2,7 @@
 //! the batch being written. Every change is a compare-and-swap on the entry's revision, so
 //! once another node has taken the partition, this node can change nothing of it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -120,6 +121,8 @@ pub struct Lease {
     node: String,
     held: Mutex<Held>,
     lost: watch::Sender<bool>,
+    /// How many batches the entry journals (dynamic partitioning), as last written.
+    journaled: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -178,6 +181,7 @@ impl Lease {
             Err(_) => return Err(LeaseError::Unavailable(format!("claiming {key} timed out"))),
         };
         let (lost, _) = watch::channel(false);
+        let journaled = AtomicUsize::new(state.parts.len());
         Ok(Self {
             leases: leases.clone(),
             key,
@@ -188,6 +192,7 @@ impl Lease {
                 renewed: started,
             }),
             lost,
+            journaled,
         })
     }
 
@@ -204,6 +209,11 @@ impl Lease {
     /// How long since the lease was last renewed.
     pub async fn since_renewed(&self) -> Duration {
         self.held.lock().await.renewed.elapsed()
+    }
+
+    /// How many batches of a dynamically partitioned stream the entry journals.
+    pub fn journaled(&self) -> usize {
+        self.journaled.load(Ordering::Relaxed)
     }
 
     /// Resolves once the lease is lost (another node took it, or it was given up).
@@ -289,6 +299,8 @@ impl Lease {
                     held.revision = revision;
                     held.state = wanted;
                     held.renewed = started;
+                    self.journaled
+                        .store(held.state.parts.len(), Ordering::Relaxed);
                     return Ok(());
                 }
                 Ok(Err(error)) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
@@ -298,6 +310,8 @@ impl Lease {
                             if state == wanted {
                                 held.state = wanted;
                                 held.renewed = started;
+                                self.journaled
+                                    .store(held.state.parts.len(), Ordering::Relaxed);
                                 return Ok(());
                             }
                             held.state = state;

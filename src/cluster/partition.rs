@@ -24,6 +24,11 @@ enum Pass {
     Quiet,
 }
 
+/// Batches a lease entry journals before the partition holding the checkpoint closes early:
+/// the entry is rewritten whole on every change and must stay well under NATS's message
+/// size (about 60 bytes a batch).
+const JOURNAL_SOFT_LIMIT: usize = 1000;
+
 /// How long a reading pass waits for a message before it starts over with a new consumer.
 const QUIET_READ: Duration = Duration::from_secs(5);
 
@@ -110,8 +115,9 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Whether the stream's JetStream stream is more than half full, so a partition holding
-    /// back the oldest record should become a batch early.
+    /// Whether the stream's JetStream stream is more than half full, or the lease entry
+    /// journals many batches, so a partition holding back the oldest record (and so the
+    /// checkpoint that lets both shrink) should become a batch early.
     pub fn is_filling(&self) -> bool {
         let (status, max_bytes) = &self.fill;
         status
@@ -119,6 +125,7 @@ impl PartitionLog {
             .load(Ordering::Relaxed)
             .saturating_mul(2)
             > *max_bytes
+            || self.lease.journaled() > JOURNAL_SOFT_LIMIT
     }
 
     /// Purges the partition's messages before the one holding position `next`.
