@@ -626,15 +626,34 @@ async fn a_node_whose_lease_was_taken_over_can_change_nothing_of_the_partition()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivering_a_batch_ending_inside_the_first_message_keeps_every_later_message() {
+/// The only partition of stream `name` on a one-replica cluster on `nats`, its lease held
+/// by a library node.
+async fn held_partition(nats: &NatsCluster, name: &str) -> hydrant::cluster::PartitionLog {
     use hydrant::cluster::lease::{self, Lease};
     use hydrant::cluster::{Cluster, ClusterStatus, PartitionLog};
+
+    let cluster = Cluster::connect(one_partition(nats, 1)).await.unwrap();
+    let (stream, seed) = cluster.stream(name).await.unwrap();
+    let lease = Lease::claim(&cluster.leases, lease::key(name, 0), &cluster.node, None)
+        .await
+        .unwrap();
+    PartitionLog::new(
+        name,
+        0,
+        seed,
+        lease,
+        stream,
+        Arc::new(ClusterStatus::default()),
+        64 << 20,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivering_a_batch_ending_inside_the_first_message_keeps_every_later_message() {
     use hydrant::spool::SeqRange;
 
     let nats = NatsCluster::start(1).await;
-    let cluster = Cluster::connect(one_partition(&nats, 1)).await.unwrap();
-    let (stream, seed) = cluster.stream("kept").await.unwrap();
+    let log = held_partition(&nats, "kept").await;
     let jetstream = async_nats::jetstream::new(nats.client().await);
     for _ in 0..3 {
         jetstream
@@ -648,18 +667,6 @@ async fn delivering_a_batch_ending_inside_the_first_message_keeps_every_later_me
         let mut stream = jetstream.get_stream("hydrant-kept").await.unwrap();
         stream.info().await.unwrap().state.messages
     };
-    let lease = Lease::claim(&cluster.leases, lease::key("kept", 0), &cluster.node, None)
-        .await
-        .unwrap();
-    let log = PartitionLog::new(
-        "kept",
-        0,
-        seed,
-        lease,
-        stream,
-        Arc::new(ClusterStatus::default()),
-        64 << 20,
-    );
     // Positions are (message << 16) | index.
     for (batch, left, why) in [
         (
@@ -686,30 +693,10 @@ async fn delivering_a_batch_ending_inside_the_first_message_keeps_every_later_me
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_journaling_many_batches_asks_for_the_oldest_partition_to_close() {
-    use hydrant::cluster::lease::{self, Lease};
-    use hydrant::cluster::{Cluster, ClusterStatus, PartitionLog};
     use hydrant::spool::{PartEntry, SeqRange};
 
     let nats = NatsCluster::start(1).await;
-    let cluster = Cluster::connect(one_partition(&nats, 1)).await.unwrap();
-    let (stream, seed) = cluster.stream("journal").await.unwrap();
-    let lease = Lease::claim(
-        &cluster.leases,
-        lease::key("journal", 0),
-        &cluster.node,
-        None,
-    )
-    .await
-    .unwrap();
-    let log = PartitionLog::new(
-        "journal",
-        0,
-        seed,
-        lease,
-        stream,
-        Arc::new(ClusterStatus::default()),
-        64 << 20,
-    );
+    let log = held_partition(&nats, "journal").await;
     // A partition pins the checkpoint at 1 while others deliver batch after batch.
     let batch = |n: u64| PartEntry {
         range: SeqRange {
