@@ -112,12 +112,15 @@ async fn heartbeat(cluster: Cluster, members: Arc<Members>) {
 }
 
 /// Notes when each node's heartbeat entry last changed, following the bucket's updates
-/// (watched again whenever the watch ends).
+/// (watched again whenever the watch ends). Every node, this one included, rewrites its
+/// entry every third of the lease time, so a watch that hears nothing for a lease time was
+/// left behind (by a NATS server that went away, say) and is started over too.
 async fn watch(cluster: Cluster, members: Arc<Members>) {
     loop {
         match cluster.leases.watch_with_history("node.*").await {
             Ok(mut updates) => {
-                while let Some(update) = updates.next().await {
+                while let Ok(Some(update)) = tokio::time::timeout(members.ttl, updates.next()).await
+                {
                     let Ok(entry) = update else { break };
                     let mut seen = members.seen();
                     if entry.operation == async_nats::jetstream::kv::Operation::Put {
