@@ -71,6 +71,39 @@ async fn partition_owners_of(
     owners
 }
 
+/// Each partition of `stream` (of 8): its lease entry and how many messages JetStream holds
+/// for it, for a failure message.
+async fn partition_states(client: &async_nats::Client, stream: &str) -> Vec<String> {
+    use futures_util::StreamExt as _;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let mut held = HashMap::new();
+    if let Ok(found) = jetstream.get_stream(format!("hydrant-{stream}")).await
+        && let Ok(mut subjects) = found
+            .info_with_subjects(format!("hydrant.{stream}.>"))
+            .await
+    {
+        while let Some(Ok((subject, count))) = subjects.next().await {
+            held.insert(subject, count);
+        }
+    }
+    let leases = jetstream.get_key_value("hydrant_leases").await.ok();
+    let mut states = Vec::new();
+    for partition in 0..8 {
+        let entry = match &leases {
+            Some(leases) => leases
+                .entry(format!("part.{stream}.{partition}"))
+                .await
+                .ok()
+                .flatten()
+                .map(|e| String::from_utf8_lossy(&e.value).into_owned()),
+            None => None,
+        };
+        let messages = held.get(&format!("hydrant.{stream}.{partition}"));
+        states.push(format!("{partition}: {entry:?}, {messages:?}"));
+    }
+    states
+}
+
 /// What `delivered` reads once every id of `acked` is in it, before `deadline`; otherwise
 /// fails naming what is missing, who owns `stream`'s partitions, and what the nodes warned of.
 async fn caught_up<F, Fut>(
@@ -97,17 +130,22 @@ where
                 .flat_map(|node| {
                     node.log()
                         .lines()
-                        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                        .filter(|l| {
+                            l.contains(" WARN ")
+                                || l.contains(" ERROR ")
+                                || l.contains("panicked")
+                                || l.contains("hydrant::cluster::assign")
+                        })
                         .map(str::to_string)
                         .collect::<Vec<_>>()
                 })
                 .collect();
             panic!(
-                "{stream}: {} acknowledged records not delivered 60 s after the load, e.g. {:?}; partition owners {:?}; node warnings (last 40):\n{}",
+                "{stream}: {} acknowledged records not delivered 60 s after the load, e.g. {:?}; partitions (lease entry, messages held) {:?}; node warnings and partition moves (last 60):\n{}",
                 missing.len(),
                 &missing[..missing.len().min(5)],
-                partition_owners(watcher, stream).await,
-                warnings[warnings.len().saturating_sub(40)..].join("\n")
+                partition_states(watcher, stream).await,
+                warnings[warnings.len().saturating_sub(60)..].join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

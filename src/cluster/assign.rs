@@ -33,6 +33,8 @@ pub struct PartitionRun {
     pub buffer: Arc<StreamBuffer>,
     /// Reads the partition from JetStream into the buffer.
     pub feeder: JoinHandle<()>,
+    /// Asks the feeder to stop once it has read every message there is.
+    pub caught_up: watch::Sender<bool>,
     /// The delivery loop.
     pub delivery: JoinHandle<()>,
 }
@@ -51,9 +53,14 @@ impl PartitionRun {
         }
     }
 
-    /// Delivers what the partition's buffer holds, then stops (the service is stopping).
-    pub async fn drain(self) {
-        self.feeder.abort();
+    /// Reads what the partition holds in JetStream (for at most `limit`), delivers it,
+    /// then stops (the service is stopping).
+    pub async fn drain(self, limit: Duration) {
+        self.caught_up.send_replace(true);
+        let mut feeder = self.feeder;
+        if tokio::time::timeout(limit, &mut feeder).await.is_err() {
+            feeder.abort();
+        }
         self.buffer.close();
         let _ = self.delivery.await;
     }
@@ -78,7 +85,7 @@ async fn hand_back(stream_name: &str, partition: u32, held: Held, drain: bool, t
             }
         };
         tokio::select! {
-            () = run.drain() => {}
+            () = run.drain(ttl) => {}
             () = renewing => {}
         }
     } else {
@@ -138,12 +145,16 @@ impl StreamAssignment {
         // learn of each other before they share out the partitions.
         let first_look = Instant::now() + members::tick(ttl) * 3;
         let drain = loop {
+            // Stopping the service also drops the restart signal's sender: only a raised
+            // one is a reload, and a stop seen with it still drains.
             tokio::select! {
+                biased;
                 _ = closed.wait_for(|closed| *closed) => break true,
-                _ = restart.wait_for(|restart| *restart) => break false,
+                Ok(_) = restart.wait_for(|restart| *restart) => break false,
                 () = tokio::time::sleep(members::tick(ttl)) => {}
             }
             self.drop_lost(&mut held, ttl).await;
+            self.hand_back_stopped(&mut held);
             self.renew(&mut held, ttl).await;
             self.observe(&held, &mut seen).await;
             self.report(&held).await;
@@ -210,6 +221,26 @@ impl StreamAssignment {
             entry.log.lease.give_up();
             entry.run.stop.send_replace(true);
             entry.run.feeder.abort();
+        }
+    }
+
+    /// Hands back partitions whose reading or delivery task ended without being asked to
+    /// (a panic, say): held but no longer delivered, they would wait forever. Released, they
+    /// are taken again (here or elsewhere) from their delivered point.
+    fn hand_back_stopped(&self, held: &mut HashMap<u32, Held>) {
+        let stopped: Vec<u32> = held
+            .iter()
+            .filter(|(_, h)| h.run.feeder.is_finished() || h.run.delivery.is_finished())
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in stopped {
+            let Some(entry) = held.remove(&partition) else {
+                continue;
+            };
+            tracing::error!(stream = %self.stream_name, partition, "the partition's reading or delivery stopped on its own; handing it back to resume from its delivered point");
+            let name = self.stream_name.clone();
+            let ttl = self.cluster.settings.lease_ttl;
+            tokio::spawn(async move { hand_back(&name, partition, entry, false, ttl).await });
         }
     }
 

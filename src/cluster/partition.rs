@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
-use futures_util::StreamExt;
+use async_nats::jetstream::{self, stream::RawMessageErrorKind};
 use tokio::sync::watch;
 
 use super::ClusterStatus;
@@ -16,21 +15,17 @@ use crate::buffer::StreamBuffer;
 use crate::spool::arrivals::Arrivals;
 use crate::spool::{PartEntry, RecordChunk, SeqRange};
 
-/// How a reading pass ended.
-enum Pass {
-    /// The buffer closed: the partition is no longer delivered here.
-    Closed,
-    /// Nothing arrived for a while.
-    Quiet,
-}
-
 /// Batches a lease entry journals before the partition holding the checkpoint closes early:
 /// the entry is rewritten whole on every change and must stay well under NATS's message
 /// size (about 60 bytes a batch).
 const JOURNAL_SOFT_LIMIT: usize = 1000;
 
-/// How long a reading pass waits for a message before it starts over with a new consumer.
-const QUIET_READ: Duration = Duration::from_secs(5);
+/// How long the feeder first waits before asking again for a message that is not there yet
+/// (doubled while nothing comes).
+const POLL_SHORTEST: Duration = Duration::from_millis(25);
+
+/// The longest the feeder waits between two asks: how late, at most, it sees a new message.
+const POLL_LONGEST: Duration = Duration::from_millis(250);
 
 /// The JetStream side of one partition held by this node.
 #[derive(Debug)]
@@ -149,73 +144,51 @@ impl PartitionLog {
     /// Every record of batch `range`, read again from JetStream.
     pub async fn read_range(&self, range: SeqRange) -> std::io::Result<RecordChunk> {
         let last_message = message::message_seq(range.last);
-        let mut messages = self
-            .messages_from(message::message_seq(range.first))
-            .await?;
+        let mut seq = message::message_seq(range.first).max(1);
         let mut gathered = message::Gathered::default();
-        loop {
-            // A consumer left behind by a server that went away: the caller reads again.
-            let next = tokio::time::timeout(QUIET_READ, messages.next())
-                .await
-                .map_err(|_| {
-                    std::io::Error::other(format!(
-                        "nothing read for {} s; reading again",
-                        QUIET_READ.as_secs()
-                    ))
-                })?;
-            let Some(next) = next else { break };
-            let (seq, payload) = next?;
-            if seq > last_message {
+        while seq <= last_message {
+            let Some((found, payload)) = self.message_from(seq).await? else {
+                break;
+            };
+            if found > last_message {
                 break;
             }
-            let chunk = message::decode(seq, &payload, range.first, range.last)
+            let chunk = message::decode(found, &payload, range.first, range.last)
                 .map_err(std::io::Error::other)?;
             gathered.append(&chunk);
-            if seq == last_message {
-                break;
-            }
+            seq = found + 1;
         }
         Ok(gathered.into_chunk())
     }
 
-    /// The partition's messages from stream sequence `seq` on, in order, as
-    /// `(sequence, payload)`.
-    async fn messages_from(
-        &self,
-        seq: u64,
-    ) -> std::io::Result<impl futures_util::Stream<Item = std::io::Result<(u64, bytes::Bytes)>>>
-    {
-        let deliver_policy = match seq {
-            0 | 1 => consumer::DeliverPolicy::All,
-            start_sequence => consumer::DeliverPolicy::ByStartSequence { start_sequence },
-        };
-        let consumer = self
+    /// The partition's first message at or after stream sequence `seq`, as `(sequence,
+    /// payload)`, read from the stream's leader; `None` when there is none yet. Reading one
+    /// message at a time by sequence cannot skip one, whatever happens to the servers
+    /// between two reads.
+    async fn message_from(&self, seq: u64) -> std::io::Result<Option<(u64, bytes::Bytes)>> {
+        let read = self
             .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: self.subject.clone(),
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(std::io::Error::other)?;
-        let messages = consumer.messages().await.map_err(std::io::Error::other)?;
-        Ok(messages.map(|next| {
-            let message = next.map_err(std::io::Error::other)?;
-            let seq = message
-                .info()
-                .map_err(|e| std::io::Error::other(e.to_string()))?
-                .stream_sequence;
-            Ok((seq, message.payload.clone()))
-        }))
+            .get_first_raw_message_by_subject(&self.subject, seq.max(1));
+        match tokio::time::timeout(super::REQUEST_TIMEOUT, read).await {
+            Ok(Ok(message)) => Ok(Some((message.sequence, message.payload))),
+            Ok(Err(error)) if error.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+            Ok(Err(error)) => Err(std::io::Error::other(error)),
+            Err(_) => Err(std::io::Error::other(format!(
+                "reading {} from sequence {seq} timed out",
+                self.subject
+            ))),
+        }
     }
 
     /// Moves the partition's records from position `from` on into `buffer`, in order, until
-    /// `stop` is raised or the buffer closes; reading failures are retried.
+    /// `stop` is raised, the buffer closes, or (once `draining` is raised) every message
+    /// there is has been read; reading failures are retried.
     pub async fn feed(
         self: Arc<Self>,
         buffer: Arc<StreamBuffer>,
         from: u64,
         mut stop: watch::Receiver<bool>,
+        draining: watch::Receiver<bool>,
     ) {
         let mut next = from;
         let mut delay = Duration::from_millis(100);
@@ -223,13 +196,9 @@ impl PartitionLog {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return,
-                fed = self.feed_from(&buffer, &mut next) => {
+                fed = self.feed_from(&buffer, &mut next, &draining) => {
                     match fed {
-                        Ok(Pass::Closed) => return,
-                        Ok(Pass::Quiet) => {
-                            delay = Duration::from_millis(100);
-                            continue;
-                        }
+                        Ok(()) => return,
                         Err(error) => {
                             tracing::warn!(stream = %self.stream_name, partition = self.partition, "reading the partition from JetStream failed; reading again: {error}");
                         }
@@ -244,22 +213,33 @@ impl PartitionLog {
         }
     }
 
-    /// One reading pass from position `next` (moved past every record fed), until the
-    /// buffer no longer takes records, or nothing arrives for [`QUIET_READ`] (so a consumer
-    /// left behind by a server that went away is replaced).
-    async fn feed_from(&self, buffer: &StreamBuffer, next: &mut u64) -> std::io::Result<Pass> {
-        let mut messages = self.messages_from(message::message_seq(*next)).await?;
+    /// Reads the partition's messages from position `next` on (moved past every record
+    /// fed), one after the other, waiting for new ones when it has read them all (unless
+    /// `draining`), until the buffer no longer takes records.
+    async fn feed_from(
+        &self,
+        buffer: &StreamBuffer,
+        next: &mut u64,
+        draining: &watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let mut seq = message::message_seq(*next);
+        let mut wait = POLL_SHORTEST;
         loop {
-            let Ok(message) = tokio::time::timeout(QUIET_READ, messages.next()).await else {
-                return Ok(Pass::Quiet);
+            let Some((found, payload)) = self.message_from(seq).await? else {
+                if *draining.borrow() {
+                    return Ok(());
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(POLL_LONGEST);
+                continue;
             };
-            let Some(message) = message else { break };
-            let (seq, payload) = message?;
-            let chunk = match message::decode(seq, &payload, *next, u64::MAX) {
+            wait = POLL_SHORTEST;
+            seq = found + 1;
+            let chunk = match message::decode(found, &payload, *next, u64::MAX) {
                 Ok(chunk) => chunk,
                 Err(error) => {
                     tracing::error!(stream = %self.stream_name, partition = self.partition, "skipping a message that is not Hydrant's: {error}");
-                    *next = message::position(seq + 1, 0);
+                    *next = message::position(found + 1, 0);
                     continue;
                 }
             };
@@ -270,10 +250,9 @@ impl PartitionLog {
             let last = *last;
             self.arrivals().record(last, *arrival_ms);
             if buffer.append_spooled(&chunk).await < chunk.len() {
-                return Ok(Pass::Closed);
+                return Ok(());
             }
             *next = last + 1;
         }
-        Err(std::io::Error::other("the message stream ended"))
     }
 }

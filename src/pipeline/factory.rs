@@ -295,11 +295,14 @@ impl PartitionLauncher for ClusterLauncher {
         let delivery =
             self.template
                 .for_partition(Arc::clone(&buffer), Arc::clone(&log), signal, partitioned);
-        let feeder = tokio::spawn(log.feed(Arc::clone(&buffer), state.next, stop.subscribe()));
+        let (caught_up, draining) = tokio::sync::watch::channel(false);
+        let feeder =
+            tokio::spawn(log.feed(Arc::clone(&buffer), state.next, stop.subscribe(), draining));
         PartitionRun {
             stop,
             buffer,
             feeder,
+            caught_up,
             delivery: tokio::spawn(delivery.run()),
         }
     }
