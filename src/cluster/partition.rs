@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream::RawMessageErrorKind};
+use async_nats::jetstream::{self, consumer};
+use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::ClusterStatus;
@@ -15,17 +16,24 @@ use crate::buffer::StreamBuffer;
 use crate::spool::arrivals::Arrivals;
 use crate::spool::{PartEntry, RecordChunk, SeqRange};
 
+/// How a reading pass ended.
+enum Pass {
+    /// The buffer closed: the partition is no longer delivered here.
+    Closed,
+    /// Nothing arrived for a while.
+    Quiet,
+}
+
 /// Batches a lease entry journals before the partition holding the checkpoint closes early:
 /// the entry is rewritten whole on every change and must stay well under NATS's message
 /// size (about 60 bytes a batch).
 const JOURNAL_SOFT_LIMIT: usize = 1000;
 
-/// How long the feeder first waits before asking again for a message that is not there yet
-/// (doubled while nothing comes).
-const POLL_SHORTEST: Duration = Duration::from_millis(25);
+/// How long a reading pass waits for a message before it starts over with a new consumer.
+const QUIET_READ: Duration = Duration::from_secs(5);
 
-/// The longest the feeder waits between two asks: how late, at most, it sees a new message.
-const POLL_LONGEST: Duration = Duration::from_millis(250);
+/// While a partition drains: how long without a message means everything has been read.
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
 /// The JetStream side of one partition held by this node.
 #[derive(Debug)]
@@ -144,40 +152,64 @@ impl PartitionLog {
     /// Every record of batch `range`, read again from JetStream.
     pub async fn read_range(&self, range: SeqRange) -> std::io::Result<RecordChunk> {
         let last_message = message::message_seq(range.last);
-        let mut seq = message::message_seq(range.first).max(1);
+        let mut messages = self
+            .messages_from(message::message_seq(range.first))
+            .await?;
         let mut gathered = message::Gathered::default();
-        while seq <= last_message {
-            let Some((found, payload)) = self.message_from(seq).await? else {
-                break;
-            };
-            if found > last_message {
+        loop {
+            // A consumer left behind by a server that went away: the caller reads again.
+            let next = tokio::time::timeout(QUIET_READ, messages.next())
+                .await
+                .map_err(|_| {
+                    std::io::Error::other(format!(
+                        "nothing read for {} s; reading again",
+                        QUIET_READ.as_secs()
+                    ))
+                })?;
+            let Some(next) = next else { break };
+            let (seq, payload, _) = next?;
+            if seq > last_message {
                 break;
             }
-            let chunk = message::decode(found, &payload, range.first, range.last)
+            let chunk = message::decode(seq, &payload, range.first, range.last)
                 .map_err(std::io::Error::other)?;
             gathered.append(&chunk);
-            seq = found + 1;
+            if seq == last_message {
+                break;
+            }
         }
         Ok(gathered.into_chunk())
     }
 
-    /// The partition's first message at or after stream sequence `seq`, as `(sequence,
-    /// payload)`, read from the stream's leader; `None` when there is none yet. Reading one
-    /// message at a time by sequence cannot skip one, whatever happens to the servers
-    /// between two reads.
-    async fn message_from(&self, seq: u64) -> std::io::Result<Option<(u64, bytes::Bytes)>> {
-        let read = self
+    /// The partition's messages from stream sequence `seq` on, in order, as
+    /// `(sequence, payload, messages pending after it)`.
+    async fn messages_from(
+        &self,
+        seq: u64,
+    ) -> std::io::Result<impl futures_util::Stream<Item = std::io::Result<(u64, bytes::Bytes, u64)>>>
+    {
+        let deliver_policy = match seq {
+            0 | 1 => consumer::DeliverPolicy::All,
+            start_sequence => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+        };
+        let consumer = self
             .stream
-            .get_first_raw_message_by_subject(&self.subject, seq.max(1));
-        match tokio::time::timeout(super::REQUEST_TIMEOUT, read).await {
-            Ok(Ok(message)) => Ok(Some((message.sequence, message.payload))),
-            Ok(Err(error)) if error.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
-            Ok(Err(error)) => Err(std::io::Error::other(error)),
-            Err(_) => Err(std::io::Error::other(format!(
-                "reading {} from sequence {seq} timed out",
-                self.subject
-            ))),
-        }
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.subject.clone(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+        let messages = consumer.messages().await.map_err(std::io::Error::other)?;
+        Ok(messages.map(|next| {
+            let message = next.map_err(std::io::Error::other)?;
+            let info = message
+                .info()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            Ok((seq, message.payload.clone(), pending))
+        }))
     }
 
     /// Moves the partition's records from position `from` on into `buffer`, in order, until
@@ -188,7 +220,7 @@ impl PartitionLog {
         buffer: Arc<StreamBuffer>,
         from: u64,
         mut stop: watch::Receiver<bool>,
-        draining: watch::Receiver<bool>,
+        mut draining: watch::Receiver<bool>,
     ) {
         let mut next = from;
         let mut delay = Duration::from_millis(100);
@@ -196,9 +228,13 @@ impl PartitionLog {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return,
-                fed = self.feed_from(&buffer, &mut next, &draining) => {
+                fed = self.feed_from(&buffer, &mut next, &mut draining) => {
                     match fed {
-                        Ok(()) => return,
+                        Ok(Pass::Closed) => return,
+                        Ok(Pass::Quiet) => {
+                            delay = Duration::from_millis(100);
+                            continue;
+                        }
                         Err(error) => {
                             tracing::warn!(stream = %self.stream_name, partition = self.partition, "reading the partition from JetStream failed; reading again: {error}");
                         }
@@ -213,33 +249,40 @@ impl PartitionLog {
         }
     }
 
-    /// Reads the partition's messages from position `next` on (moved past every record
-    /// fed), one after the other, waiting for new ones when it has read them all (unless
-    /// `draining`), until the buffer no longer takes records.
+    /// One reading pass from position `next` (moved past every record fed), until the
+    /// buffer no longer takes records, nothing arrives for [`QUIET_READ`] (so a consumer
+    /// left behind by a server that went away is replaced), or, once `draining` is raised,
+    /// the last message there is has been read (or none comes for [`DRAIN_QUIET`]).
     async fn feed_from(
         &self,
         buffer: &StreamBuffer,
         next: &mut u64,
-        draining: &watch::Receiver<bool>,
-    ) -> std::io::Result<()> {
-        let mut seq = message::message_seq(*next);
-        let mut wait = POLL_SHORTEST;
+        draining: &mut watch::Receiver<bool>,
+    ) -> std::io::Result<Pass> {
+        let mut messages = self.messages_from(message::message_seq(*next)).await?;
+        let mut caught_up = false;
         loop {
-            let Some((found, payload)) = self.message_from(seq).await? else {
-                if *draining.borrow() {
-                    return Ok(());
-                }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(POLL_LONGEST);
-                continue;
+            let drain = *draining.borrow();
+            if drain && caught_up {
+                return Ok(Pass::Closed);
+            }
+            let quiet = if drain { DRAIN_QUIET } else { QUIET_READ };
+            let message = tokio::select! {
+                message = tokio::time::timeout(quiet, messages.next()) => message,
+                // Look again with the shorter wait once the drain begins.
+                _ = draining.wait_for(|draining| *draining), if !drain => continue,
             };
-            wait = POLL_SHORTEST;
-            seq = found + 1;
-            let chunk = match message::decode(found, &payload, *next, u64::MAX) {
+            let Ok(message) = message else {
+                return Ok(if drain { Pass::Closed } else { Pass::Quiet });
+            };
+            let Some(message) = message else { break };
+            let (seq, payload, pending) = message?;
+            caught_up = pending == 0;
+            let chunk = match message::decode(seq, &payload, *next, u64::MAX) {
                 Ok(chunk) => chunk,
                 Err(error) => {
                     tracing::error!(stream = %self.stream_name, partition = self.partition, "skipping a message that is not Hydrant's: {error}");
-                    *next = message::position(found + 1, 0);
+                    *next = message::position(seq + 1, 0);
                     continue;
                 }
             };
@@ -250,9 +293,10 @@ impl PartitionLog {
             let last = *last;
             self.arrivals().record(last, *arrival_ms);
             if buffer.append_spooled(&chunk).await < chunk.len() {
-                return Ok(());
+                return Ok(Pass::Closed);
             }
             *next = last + 1;
         }
+        Err(std::io::Error::other("the message stream ended"))
     }
 }
