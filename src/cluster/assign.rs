@@ -34,7 +34,7 @@ pub struct PartitionRun {
     /// Reads the partition from JetStream into the buffer.
     pub feeder: JoinHandle<()>,
     /// Asks the feeder to stop once it has read every message there is.
-    pub caught_up: watch::Sender<bool>,
+    pub draining: watch::Sender<bool>,
     /// The delivery loop.
     pub delivery: JoinHandle<()>,
 }
@@ -56,7 +56,7 @@ impl PartitionRun {
     /// Reads what the partition holds in JetStream (for at most `limit`), delivers it,
     /// then stops (the service is stopping).
     pub async fn drain(self, limit: Duration) {
-        self.caught_up.send_replace(true);
+        self.draining.send_replace(true);
         let mut feeder = self.feeder;
         if tokio::time::timeout(limit, &mut feeder).await.is_err() {
             feeder.abort();
@@ -238,10 +238,16 @@ impl StreamAssignment {
                 continue;
             };
             tracing::error!(stream = %self.stream_name, partition, "the partition's reading or delivery stopped on its own; handing it back to resume from its delivered point");
-            let name = self.stream_name.clone();
-            let ttl = self.cluster.settings.lease_ttl;
-            tokio::spawn(async move { hand_back(&name, partition, entry, false, ttl).await });
+            self.hand_back_in_background(partition, entry);
         }
+    }
+
+    /// Stops partition `partition`'s delivery and gives its lease back, in the background
+    /// so the other leases are renewed meanwhile.
+    fn hand_back_in_background(&self, partition: u32, entry: Held) {
+        let name = self.stream_name.clone();
+        let ttl = self.cluster.settings.lease_ttl;
+        tokio::spawn(async move { hand_back(&name, partition, entry, false, ttl).await });
     }
 
     /// Renews every lease due (a third of the lease time since the last renewal).
@@ -359,8 +365,7 @@ impl StreamAssignment {
         }
     }
 
-    /// Gives back the highest-numbered partition held, in the background so the other
-    /// leases are renewed meanwhile.
+    /// Gives back the highest-numbered partition held.
     fn give_back_one(&self, held: &mut HashMap<u32, Held>) {
         let Some(partition) = held.keys().max().copied() else {
             return;
@@ -369,13 +374,11 @@ impl StreamAssignment {
             return;
         };
         tracing::info!(stream = %self.stream_name, partition, "giving the partition back to share the work");
-        let name = self.stream_name.clone();
-        let ttl = self.cluster.settings.lease_ttl;
-        tokio::spawn(async move { hand_back(&name, partition, entry, false, ttl).await });
+        self.hand_back_in_background(partition, entry);
     }
 }
 
 /// Whether a partition's state shows it was never delivered before (nothing to take over).
 fn entry_owner_was_free(state: &PartitionState) -> bool {
-    state.next == 0 && state.cut.is_none()
+    state.next == 0 && state.cut.is_none() && state.parts.is_empty()
 }

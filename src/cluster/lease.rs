@@ -201,6 +201,11 @@ impl Lease {
         self.held.lock().await.state.clone()
     }
 
+    /// Position of the first record not yet delivered, as this node last wrote it.
+    pub async fn next(&self) -> u64 {
+        self.held.lock().await.state.next
+    }
+
     /// Whether the lease is still this node's: not lost, and renewed within `ttl`.
     pub async fn is_held(&self, ttl: Duration) -> bool {
         !*self.lost.borrow() && self.held.lock().await.renewed.elapsed() < ttl
@@ -281,6 +286,14 @@ impl Lease {
         released
     }
 
+    /// Takes `state`, written at `revision` by a write sent at `sent`, as the entry's.
+    fn settle(&self, held: &mut Held, revision: u64, state: PartitionState, sent: Instant) {
+        self.journaled.store(state.parts.len(), Ordering::Relaxed);
+        held.revision = revision;
+        held.state = state;
+        held.renewed = sent;
+    }
+
     /// Writes the state `change` makes of the current one, if the entry is still this
     /// node's. An answer lost in transit is resolved by reading the entry back.
     async fn change(&self, change: impl Fn(&mut PartitionState)) -> Result<(), LeaseError> {
@@ -296,24 +309,17 @@ impl Lease {
             let update = self.leases.update(&self.key, body, held.revision);
             match tokio::time::timeout(REQUEST_TIMEOUT, update).await {
                 Ok(Ok(revision)) => {
-                    held.revision = revision;
-                    held.state = wanted;
-                    held.renewed = started;
-                    self.journaled
-                        .store(held.state.parts.len(), Ordering::Relaxed);
+                    self.settle(&mut held, revision, wanted, started);
                     return Ok(());
                 }
                 Ok(Err(error)) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     match observe(&self.leases, &self.key).await? {
                         Some((revision, state)) if state.owner == self.node => {
-                            held.revision = revision;
                             if state == wanted {
-                                held.state = wanted;
-                                held.renewed = started;
-                                self.journaled
-                                    .store(held.state.parts.len(), Ordering::Relaxed);
+                                self.settle(&mut held, revision, wanted, started);
                                 return Ok(());
                             }
+                            held.revision = revision;
                             held.state = state;
                         }
                         _ => {

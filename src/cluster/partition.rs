@@ -18,8 +18,9 @@ use crate::spool::{PartEntry, RecordChunk, SeqRange};
 
 /// How a reading pass ended.
 enum Pass {
-    /// The buffer closed: the partition is no longer delivered here.
-    Closed,
+    /// Reading is over: the buffer closed (the partition is no longer delivered here), or
+    /// a drain has read every message there is.
+    Done,
     /// Nothing arrived for a while.
     Quiet,
 }
@@ -48,8 +49,10 @@ pub struct PartitionLog {
     pub lease: Lease,
     stream: jetstream::stream::Stream,
     subject: String,
-    /// How full the stream's JetStream stream is (bytes held, and the most it may hold).
-    fill: (Arc<ClusterStatus>, u64),
+    /// Reports the bytes the stream's JetStream stream holds.
+    status: Arc<ClusterStatus>,
+    /// The most bytes that stream may hold.
+    max_bytes: u64,
     /// When the records fed to the buffer arrived, for data freshness.
     arrivals: std::sync::Mutex<Arrivals>,
 }
@@ -73,7 +76,8 @@ impl PartitionLog {
             lease,
             stream,
             subject: format!("hydrant.{stream_name}.{partition}"),
-            fill: (status, max_bytes),
+            status,
+            max_bytes,
             arrivals: std::sync::Mutex::default(),
         }
     }
@@ -81,7 +85,7 @@ impl PartitionLog {
     /// Arrival (Unix ms) of the oldest record read from JetStream and not yet delivered;
     /// `None` when every record read is delivered.
     pub async fn oldest_undelivered_ms(&self) -> Option<i64> {
-        let next = self.lease.state().await.next;
+        let next = self.lease.next().await;
         self.arrivals().oldest_after(next.checked_sub(1))
     }
 
@@ -122,13 +126,8 @@ impl PartitionLog {
     /// journals many batches, so a partition holding back the oldest record (and so the
     /// checkpoint that lets both shrink) should become a batch early.
     pub fn is_filling(&self) -> bool {
-        let (status, max_bytes) = &self.fill;
-        status
-            .stored_bytes
-            .load(Ordering::Relaxed)
-            .saturating_mul(2)
-            > *max_bytes
-            || self.lease.journaled() > JOURNAL_SOFT_LIMIT
+        let stored = self.status.stored_bytes.load(Ordering::Relaxed);
+        stored.saturating_mul(2) > self.max_bytes || self.lease.journaled() > JOURNAL_SOFT_LIMIT
     }
 
     /// Purges the partition's messages before the one holding position `next`.
@@ -230,7 +229,7 @@ impl PartitionLog {
                 _ = stop.wait_for(|stop| *stop) => return,
                 fed = self.feed_from(&buffer, &mut next, &mut draining) => {
                     match fed {
-                        Ok(Pass::Closed) => return,
+                        Ok(Pass::Done) => return,
                         Ok(Pass::Quiet) => {
                             delay = Duration::from_millis(100);
                             continue;
@@ -264,7 +263,7 @@ impl PartitionLog {
         loop {
             let drain = *draining.borrow();
             if drain && caught_up {
-                return Ok(Pass::Closed);
+                return Ok(Pass::Done);
             }
             let quiet = if drain { DRAIN_QUIET } else { QUIET_READ };
             let message = tokio::select! {
@@ -273,7 +272,7 @@ impl PartitionLog {
                 _ = draining.wait_for(|draining| *draining), if !drain => continue,
             };
             let Ok(message) = message else {
-                return Ok(if drain { Pass::Closed } else { Pass::Quiet });
+                return Ok(if drain { Pass::Done } else { Pass::Quiet });
             };
             let Some(message) = message else { break };
             let (seq, payload, pending) = message?;
@@ -293,7 +292,7 @@ impl PartitionLog {
             let last = *last;
             self.arrivals().record(last, *arrival_ms);
             if buffer.append_spooled(&chunk).await < chunk.len() {
-                return Ok(Pass::Closed);
+                return Ok(Pass::Done);
             }
             *next = last + 1;
         }

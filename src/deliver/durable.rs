@@ -58,7 +58,7 @@ impl DurableLog {
     pub async fn resume_seq(&self) -> u64 {
         match self {
             Self::Spool(spool) => spool.resume_seq(),
-            Self::Partition(partition) => partition.lease.state().await.next,
+            Self::Partition(partition) => partition.lease.next().await,
         }
     }
 

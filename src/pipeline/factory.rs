@@ -295,14 +295,18 @@ impl PartitionLauncher for ClusterLauncher {
         let delivery =
             self.template
                 .for_partition(Arc::clone(&buffer), Arc::clone(&log), signal, partitioned);
-        let (caught_up, draining) = tokio::sync::watch::channel(false);
-        let feeder =
-            tokio::spawn(log.feed(Arc::clone(&buffer), state.next, stop.subscribe(), draining));
+        let (draining, draining_seen) = tokio::sync::watch::channel(false);
+        let feeder = tokio::spawn(log.feed(
+            Arc::clone(&buffer),
+            state.next,
+            stop.subscribe(),
+            draining_seen,
+        ));
         PartitionRun {
             stop,
             buffer,
             feeder,
-            caught_up,
+            draining,
             delivery: tokio::spawn(delivery.run()),
         }
     }
