@@ -104,6 +104,49 @@ async fn partition_states(client: &async_nats::Client, stream: &str) -> Vec<Stri
     states
 }
 
+/// Which JetStream messages of `stream` still hold some of `ids` (a sample), as
+/// `subject#sequence: n of them`, for a failure message: records still held were never
+/// delivered; records missing from every message were taken as delivered.
+async fn messages_holding(
+    client: &async_nats::Client,
+    stream: &str,
+    ids: &[&String],
+) -> Vec<String> {
+    use async_nats::jetstream::consumer;
+    use futures_util::StreamExt as _;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let Ok(found) = jetstream.get_stream(format!("hydrant-{stream}")).await else {
+        return vec!["the stream cannot be read".to_string()];
+    };
+    let Ok(reader) = found
+        .create_consumer(consumer::pull::OrderedConfig::default())
+        .await
+    else {
+        return vec!["no consumer can be created".to_string()];
+    };
+    let Ok(mut messages) = reader.messages().await else {
+        return vec!["the stream cannot be read".to_string()];
+    };
+    let needles: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| format!("\"id\":\"{id}\",").into_bytes())
+        .collect();
+    let mut holding = Vec::new();
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_secs(2), messages.next()).await
+    {
+        let held = needles
+            .iter()
+            .filter(|needle| memchr::memmem::find(&message.payload, needle).is_some())
+            .count();
+        if held > 0 {
+            let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+            holding.push(format!("{}#{seq}: {held}", message.subject));
+        }
+    }
+    holding
+}
+
 /// What `delivered` reads once every id of `acked` is in it, before `deadline`; otherwise
 /// fails naming what is missing, who owns `stream`'s partitions, and what the nodes warned of.
 async fn caught_up<F, Fut>(
@@ -135,15 +178,17 @@ where
                                 || l.contains(" ERROR ")
                                 || l.contains("panicked")
                                 || l.contains("hydrant::cluster::assign")
+                                || l.contains("already loaded")
                         })
                         .map(str::to_string)
                         .collect::<Vec<_>>()
                 })
                 .collect();
             panic!(
-                "{stream}: {} acknowledged records not delivered 60 s after the load, e.g. {:?}; partitions (lease entry, messages held) {:?}; node warnings and partition moves (last 60):\n{}",
+                "{stream}: {} acknowledged records not delivered 60 s after the load, e.g. {:?}; messages still holding 50 of them: {:?}; partitions (lease entry, messages held) {:?}; node warnings and partition moves (last 60):\n{}",
                 missing.len(),
                 &missing[..missing.len().min(5)],
+                messages_holding(watcher, stream, &missing[..missing.len().min(50)]).await,
                 partition_states(watcher, stream).await,
                 warnings[warnings.len().saturating_sub(60)..].join("\n")
             );
