@@ -1110,3 +1110,100 @@ async fn takeover_rewrites_what_was_recorded(partitioning: Option<(&str, &str)>)
     )
     .await;
 }
+
+/// Answers every JetStream publish to subject `hydrant.<stream>.>` on `nats` (a stream
+/// JetStream does not hold) with the next of `answers` (the last one repeated), standing in
+/// for a stream leader; returns the message ids it was asked to store.
+async fn answer_publishes(
+    nats: &NatsCluster,
+    stream: &str,
+    answers: Vec<Value>,
+) -> Arc<Mutex<Vec<String>>> {
+    use futures_util::StreamExt as _;
+    let client = nats.client().await;
+    let mut requests = client
+        .subscribe(format!("hydrant.{stream}.>"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&ids);
+    tokio::spawn(async move {
+        let mut answers = answers.into_iter().peekable();
+        while let Some(request) = requests.next().await {
+            let id = request
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            seen.lock().unwrap().push(id);
+            let answer = match answers.next() {
+                Some(answer) if answers.peek().is_some() => answer,
+                Some(last) => {
+                    answers = vec![last.clone(), last.clone()].into_iter().peekable();
+                    last
+                }
+                None => unreachable!("at least one answer"),
+            };
+            if let Some(reply) = request.reply {
+                client
+                    .publish(reply, answer.to_string().into())
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_answered_as_a_duplicate_of_a_message_never_stored_is_not_acknowledged() {
+    use hydrant::cluster::{Cluster, StreamLog};
+
+    let nats = NatsCluster::start(1).await;
+    let cluster = Cluster::connect(one_partition(&nats, 1)).await.unwrap();
+    let records: Vec<&[u8]> = vec![b"{\"n\":1}", b"{\"n\":2}"];
+    // What a stream leader answers to a message id it staged but never stored (the publish
+    // was dropped in a leader election): a duplicate without a sequence, until its
+    // de-duplication window passes.
+    let never_stored = json!({ "stream": "hydrant-lost", "seq": 0, "duplicate": true });
+    let asked = answer_publishes(&nats, "lost", vec![never_stored.clone()]).await;
+    let log = StreamLog::new(&cluster, "lost", 7);
+    let mut taken = 0;
+    let refused = log
+        .publish(
+            &records,
+            0,
+            Instant::now() + Duration::from_millis(500),
+            &mut taken,
+        )
+        .await;
+    let error = refused.expect_err("a put whose message was never stored is refused");
+    assert!(
+        error
+            .to_string()
+            .contains("duplicates one it has not stored"),
+        "{error}"
+    );
+    assert_eq!(taken, 0);
+    let asked = asked.lock().unwrap().clone();
+    assert!(asked.len() > 1, "the message is sent again: {asked:?}");
+    assert!(asked.iter().all(|id| *id == asked[0]), "{asked:?}");
+
+    // A duplicate whose first copy was still on its way: answered without a sequence at
+    // first, then with the sequence it was stored at. The put is acknowledged.
+    let stored_meanwhile = json!({ "stream": "hydrant-late", "seq": 7, "duplicate": true });
+    answer_publishes(&nats, "late", vec![never_stored, stored_meanwhile]).await;
+    let log = StreamLog::new(&cluster, "late", 7);
+    let mut taken = 0;
+    log.publish(
+        &records,
+        0,
+        Instant::now() + Duration::from_secs(5),
+        &mut taken,
+    )
+    .await
+    .unwrap();
+    assert_eq!(taken, records.len());
+}

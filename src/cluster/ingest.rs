@@ -112,7 +112,8 @@ impl StreamLog {
 
     /// Publishes one message whose first record has sequence number `seq`, until JetStream
     /// acknowledges it or `deadline` passes. Every attempt carries the same message id, so a
-    /// retry of a message that was stored after all is dropped by JetStream as a duplicate.
+    /// retry of a message that was stored after all is dropped by JetStream as a duplicate;
+    /// a duplicate answer counts only once it names where the first copy is stored.
     async fn store(&self, body: Bytes, seq: u64, deadline: Instant) -> Result<(), Refused> {
         let id = format!("{:016x}{:016x}", self.run, seq);
         let subject = format!("hydrant.{}.{}", self.name, self.partition_of(seq));
@@ -129,7 +130,11 @@ impl StreamLog {
                     .map_err(|e| e.to_string())
             };
             let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
-                Ok(Ok(_ack)) => return Ok(()),
+                Ok(Ok(ack)) if is_stored(&ack) => return Ok(()),
+                Ok(Ok(_)) => {
+                    tracing::warn!(stream = %self.name, message_id = %id, "JetStream answered that the message duplicates one it has not stored; it does not count as stored");
+                    Refused::Failed(NOT_STORED_DUPLICATE.to_string())
+                }
                 Ok(Err(reason)) if reason.contains("maximum bytes") => Refused::Full,
                 Ok(Err(reason)) => Refused::Failed(reason),
                 Err(_) => Refused::Failed("no acknowledgement in time".to_string()),
@@ -163,6 +168,19 @@ impl StreamLog {
     pub fn closed(&self) -> watch::Receiver<bool> {
         self.closed.subscribe()
     }
+}
+
+/// Why a put is refused when every attempt was answered as a duplicate of a message
+/// JetStream has not stored.
+const NOT_STORED_DUPLICATE: &str = "JetStream answered that the message duplicates one it has not stored (a \
+     publish lost in a leader election); the put can be sent again";
+
+/// Whether JetStream's answer `ack` says the message is stored. A duplicate is stored only
+/// when the answer names its sequence: a server stages a message id with sequence 0 before
+/// the message is replicated, and answers a duplicate of it with sequence 0 whether the
+/// first copy is still on its way or was dropped in a leader election (then never stored).
+fn is_stored(ack: &jetstream::publish::PublishAck) -> bool {
+    !ack.duplicate || ack.sequence > 0
 }
 
 /// Why a message was not stored.

@@ -191,16 +191,31 @@ impl PartitionLog {
             0 | 1 => consumer::DeliverPolicy::All,
             start_sequence => consumer::DeliverPolicy::ByStartSequence { start_sequence },
         };
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: self.subject.clone(),
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(std::io::Error::other)?;
-        let messages = consumer.messages().await.map_err(std::io::Error::other)?;
+        let config = consumer::pull::OrderedConfig {
+            filter_subject: self.subject.clone(),
+            deliver_policy,
+            ..Default::default()
+        };
+        // Bounded as a whole: while a server is lost, subscribing can wait on a connection
+        // that is being replaced, and a reader left waiting would stall the partition.
+        let opened = tokio::time::timeout(QUIET_READ, async {
+            let consumer = self
+                .stream
+                .create_consumer(config)
+                .await
+                .map_err(std::io::Error::other)?;
+            consumer.messages().await.map_err(std::io::Error::other)
+        })
+        .await;
+        let messages = match opened {
+            Ok(opened) => opened?,
+            Err(_) => {
+                return Err(std::io::Error::other(format!(
+                    "no consumer opened within {} s",
+                    QUIET_READ.as_secs()
+                )));
+            }
+        };
         Ok(messages.map(|next| {
             let message = next.map_err(std::io::Error::other)?;
             let info = message
