@@ -198,7 +198,7 @@ impl PartitionLog {
         };
         // Bounded as a whole: while a server is lost, subscribing can wait on a connection
         // that is being replaced, and a reader left waiting would stall the partition.
-        let opened = tokio::time::timeout(QUIET_READ, async {
+        let messages = tokio::time::timeout(QUIET_READ, async {
             let consumer = self
                 .stream
                 .create_consumer(config)
@@ -206,16 +206,13 @@ impl PartitionLog {
                 .map_err(std::io::Error::other)?;
             consumer.messages().await.map_err(std::io::Error::other)
         })
-        .await;
-        let messages = match opened {
-            Ok(opened) => opened?,
-            Err(_) => {
-                return Err(std::io::Error::other(format!(
-                    "no consumer opened within {} s",
-                    QUIET_READ.as_secs()
-                )));
-            }
-        };
+        .await
+        .map_err(|_| {
+            std::io::Error::other(format!(
+                "no consumer opened within {} s",
+                QUIET_READ.as_secs()
+            ))
+        })??;
         Ok(messages.map(|next| {
             let message = next.map_err(std::io::Error::other)?;
             let info = message
