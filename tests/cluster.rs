@@ -557,6 +557,59 @@ async fn join_and_stop(partitioned: bool) {
     }
 }
 
+/// A stand-in NATS server that introduces itself as nats-server `version` without JetStream
+/// and answers pings: enough for a client to connect and read its INFO. Returns its port.
+fn old_nats_server(version: &str) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let info = format!(
+        "INFO {}\r\n",
+        json!({"server_id": "OLD", "server_name": "old-1", "version": version, "proto": 1,
+               "max_payload": 1_048_576, "jetstream": false, "host": "127.0.0.1", "port": port})
+    );
+    std::thread::spawn(move || {
+        for connection in listener.incoming() {
+            let Ok(mut connection) = connection else {
+                return;
+            };
+            let info = info.clone();
+            std::thread::spawn(move || {
+                let _ = connection.write_all(info.as_bytes());
+                let reader = BufReader::new(connection.try_clone().unwrap());
+                for line in reader.lines() {
+                    let Ok(line) = line else { return };
+                    if line.starts_with("PING") && connection.write_all(b"PONG\r\n").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn validate_reports_a_nats_server_release_that_can_lose_acknowledged_messages() {
+    let config = |port: u16| {
+        format!(
+            "spool:\n  max_mib: 64\n  jetstream:\n    servers: [nats://127.0.0.1:{port}]\n    replicas: 1\nstreams:\n  checked:\n    destination:\n      local: {{ path: out }}\n"
+        )
+    };
+    let (ok, output) = validate_config(&config(old_nats_server("2.9.10")));
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("NATS server old-1 runs nats-server 2.9.10, older than 2.10.23")
+            && output.contains("upgrade the NATS servers to 2.10.23 or later"),
+        "{output}"
+    );
+    // The same stand-in on a trusted release: only its missing JetStream is reported.
+    let (ok, output) = validate_config(&config(old_nats_server("2.10.23")));
+    assert!(!ok, "{output}");
+    assert!(output.contains("does not run JetStream"), "{output}");
+    assert!(!output.contains("runs nats-server"), "{output}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_checks_the_cluster_it_would_join() {
     let nats = NatsCluster::start(3).await;

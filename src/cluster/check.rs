@@ -1,6 +1,7 @@
 //! What `hydrant validate` checks of a JetStream cluster before a node is started on it:
 //! that its servers answer with these credentials, run JetStream, are enough for the
-//! configured replicas, that the streams already there match the configuration, and that
+//! configured replicas, run a nats-server release that keeps acknowledged messages
+//! through a server's loss, that the streams already there match the configuration, and that
 //! the credentials may write what a node writes.
 
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::path::Path;
 use async_nats::{Event, ServerError, client::RequestErrorKind, header, jetstream};
 use tokio::sync::mpsc;
 
+use super::server_version::version_problem;
 use super::{ClusterSettings, LEASE_BUCKET, connect_client_with, stream_name};
 use crate::config::Config;
 
@@ -102,7 +104,9 @@ pub async fn check_cluster(
         Err(error) => return vec![error.to_string()],
     };
     let info = client.server_info();
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = version_problem(&info.server_name, &info.version)
+        .into_iter()
+        .collect();
     if !info.jetstream {
         problems.push(format!(
             "NATS server {} does not run JetStream; enable it (`jetstream {{ store_dir: ... }}`)",

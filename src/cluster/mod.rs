@@ -17,6 +17,7 @@ pub mod lease;
 pub mod members;
 mod message;
 pub mod partition;
+mod server_version;
 
 pub use assign::{PartitionLauncher, PartitionRun, StreamAssignment};
 pub use check::check_cluster;
@@ -126,7 +127,11 @@ impl Cluster {
             fastrand::u64(..) ^ (std::process::id() as u64).rotate_left(40)
         );
         let client = connect_client(&settings, &node).await?;
-        let max_payload = client.server_info().max_payload;
+        let info = client.server_info();
+        if let Some(problem) = server_version::version_problem(&info.server_name, &info.version) {
+            tracing::warn!(node, "{problem}");
+        }
+        let max_payload = info.max_payload;
         let jetstream = jetstream::new(client);
         let leases = patiently("the lease bucket", || {
             lease_bucket(&jetstream, settings.replicas)
