@@ -611,6 +611,55 @@ fn validate_reports_a_nats_server_release_that_can_lose_acknowledged_messages() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_a_nats_server_release_that_can_lose_acknowledged_messages_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hydrant.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "spool:\n  jetstream:\n    servers: [nats://127.0.0.1:{}]\n    replicas: 1\nstreams:\n  warned:\n    destination:\n      local: {{ path: out }}\n",
+            old_nats_server("2.9.10")
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("hydrant.log");
+    // The stand-in has no JetStream: the node warns once connected, then waits for its
+    // lease bucket, and is stopped here.
+    let mut node = std::process::Command::new(env!("CARGO_BIN_EXE_hydrant"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let warned = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(line) = text
+                .lines()
+                .find(|line| line.contains("WARN") && line.contains("runs nats-server 2.9.10"))
+            {
+                return line.to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let _ = node.kill();
+    let _ = node.wait();
+    let line = warned.unwrap_or_else(|_| {
+        panic!(
+            "no warning about nats-server 2.9.10 within 30 s:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert!(
+        line.contains("upgrade the NATS servers to 2.10.23 or later"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_checks_the_cluster_it_would_join() {
     let nats = NatsCluster::start(3).await;
     let config = |servers: &str, replicas: u32| {
