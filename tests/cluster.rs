@@ -1253,6 +1253,70 @@ async fn answer_publishes(
     ids
 }
 
+/// `Some` once `node` holds 500 undelivered records of stream `shared`.
+async fn buffers_500(node: &Hydrant) -> Option<()> {
+    node.metrics()
+        .await
+        .lines()
+        .any(|l| l == "hydrant_undelivered_records{stream=\"shared\"} 500")
+        .then_some(())
+}
+
+/// A node stopped with SIGTERM while every NATS server is down cannot renew the lease of
+/// the partition it drains, nor record the batch it would write: once the lease runs out it
+/// gives the partition up and exits, and a node started once the servers are back delivers
+/// the records, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopping_while_nats_is_down_exits_once_its_lease_runs_out_and_loses_nothing() {
+    let mut nats = NatsCluster::start(3).await;
+    let out = tempfile::tempdir().unwrap();
+    let top = format!(
+        "spool:\n  max_mib: 64\n  jetstream:\n    servers: {}\n    replicas: 3\n    partitions: 1\n    lease_ttl_seconds: 3\n",
+        nats.servers_yaml()
+    );
+    // Records wait a minute in the buffer, so the stop finds them there, not yet a batch.
+    let streams = format!(
+        "shared:\n  buffer: {{ size_mib: 1, interval_seconds: 60 }}\n  destination:\n    local: {{ path: \"{}\" }}\n",
+        out.path().display()
+    );
+    let mut first = Hydrant::start_full(&top, &streams, &[]);
+    put_numbers(&first, 0..500).await;
+    eventually(
+        Duration::from_secs(30),
+        "the first node to buffer the 500 records",
+        || buffers_500(&first),
+    )
+    .await;
+    for i in 0..3 {
+        nats.kill_node(i);
+    }
+    first.signal_terminate();
+    // The lease (3 s) runs out while the node tries to record the batch; it then stops.
+    let status = first.wait(Duration::from_secs(30));
+    let log = first.log();
+    assert!(
+        log.contains("lost the partition's lease before delivering what it buffered"),
+        "{log}"
+    );
+    assert!(numbers_in_files(out.path()).is_empty(), "{log}");
+    assert!(status.code().is_some(), "{status:?}");
+
+    for i in 0..3 {
+        nats.start_node(i);
+    }
+    let mut second = Hydrant::start_full(&top, &streams, &[]);
+    eventually(
+        Duration::from_secs(60),
+        "the second node to buffer the 500 records",
+        || buffers_500(&second),
+    )
+    .await;
+    assert!(second.terminate().success(), "{}", second.log());
+    let delivered = numbers_in_files(out.path());
+    assert_eq!(delivered.len(), 500, "{}", second.log());
+    assert!(delivered.values().all(|n| *n == 1), "{delivered:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_answered_as_a_duplicate_of_a_message_never_stored_is_not_acknowledged() {
     use hydrant::cluster::{Cluster, StreamLog};

@@ -54,25 +54,46 @@ impl PartitionRun {
     }
 
     /// Reads what the partition holds in JetStream (for at most `limit`), delivers it,
-    /// then stops (the service is stopping).
-    pub async fn drain(self, limit: Duration) {
-        self.draining.send_replace(true);
-        let mut feeder = self.feeder;
-        if tokio::time::timeout(limit, &mut feeder).await.is_err() {
+    /// then stops (the service is stopping); `false` when `lease_lost` resolved first and
+    /// the delivery was cut off, as [`stop`](Self::stop) cuts off a failing one.
+    pub async fn drain(self, limit: Duration, lease_lost: impl Future<Output = ()>) -> bool {
+        let Self {
+            stop: _stop,
+            buffer,
+            mut feeder,
+            draining,
+            mut delivery,
+        } = self;
+        draining.send_replace(true);
+        let emptied = async {
+            if tokio::time::timeout(limit, &mut feeder).await.is_err() {
+                feeder.abort();
+            }
+            buffer.close();
+            let _ = (&mut delivery).await;
+        };
+        let lost = tokio::select! {
+            () = emptied => false,
+            () = lease_lost => true,
+        };
+        if lost {
             feeder.abort();
+            delivery.abort();
+            let _ = delivery.await;
         }
-        self.buffer.close();
-        let _ = self.delivery.await;
+        !lost
     }
 }
 
-/// Stops partition `partition`'s delivery (draining it while renewing its lease, or within
-/// half the lease time) and gives its lease back.
+/// Stops partition `partition`'s delivery (draining it while its lease can be renewed, or
+/// within half the lease time) and gives its lease back.
 async fn hand_back(stream_name: &str, partition: u32, held: Held, drain: bool, ttl: Duration) {
     let Held { log, run, .. } = held;
     if drain {
-        // The lease is kept while what was buffered is delivered, however long that takes.
-        let renewing = async {
+        // The lease is kept while what was buffered is delivered, however long that takes,
+        // unless renewing it fails for the lease time (the cluster is out of reach) or
+        // another node took it: then the next holder delivers the rest.
+        let lease_lost = async {
             loop {
                 tokio::time::sleep(ttl / 3).await;
                 if let Err(error) = log.lease.renew().await {
@@ -82,11 +103,19 @@ async fn hand_back(stream_name: &str, partition: u32, held: Held, drain: bool, t
                         "cannot renew the partition's lease while delivering what it buffered: {error}"
                     );
                 }
+                if !log.lease.is_held(ttl).await {
+                    return;
+                }
             }
         };
-        tokio::select! {
-            () = run.drain(ttl) => {}
-            () = renewing => {}
+        if !run.drain(ttl, lease_lost).await {
+            log.lease.give_up();
+            tracing::warn!(
+                stream = stream_name,
+                partition,
+                "lost the partition's lease before delivering what it buffered; those records stay in JetStream for the partition's next holder"
+            );
+            return;
         }
     } else {
         run.stop(ttl / 2).await;
