@@ -27,6 +27,29 @@ pub struct StreamStats {
     pub freshness_seconds: f64,
 }
 
+impl StreamStats {
+    /// The totals in a stats body. A service from before `undelivered_records` and
+    /// `data_freshness_seconds` existed (a baseline of `scripts/bench-against`) still reports
+    /// the two counters the load generator needs; the rest is derived or zero.
+    fn from_json(stats: &serde_json::Value) -> anyhow::Result<Self> {
+        let field = |name: &str| {
+            stats[name]
+                .as_u64()
+                .with_context(|| format!("the stats lack {name}: {stats}"))
+        };
+        let accepted = field("accepted_records")?;
+        let delivered = field("delivered_records")?;
+        Ok(Self {
+            accepted,
+            delivered,
+            undelivered: stats["undelivered_records"]
+                .as_u64()
+                .unwrap_or(accepted.saturating_sub(delivered)),
+            freshness_seconds: stats["data_freshness_seconds"].as_f64().unwrap_or(0.0),
+        })
+    }
+}
+
 impl Service {
     /// Starts `hydrant run --config <config>` and waits for its address.
     pub fn start(config: &Path) -> anyhow::Result<Self> {
@@ -80,17 +103,7 @@ impl Service {
     ) -> anyhow::Result<StreamStats> {
         let url = format!("{}/streams/{stream}/stats", self.base_url);
         let stats: serde_json::Value = client.get(&url).send().await?.json().await?;
-        let field = |name: &str| {
-            stats[name]
-                .as_u64()
-                .with_context(|| format!("{url} lacks {name}: {stats}"))
-        };
-        Ok(StreamStats {
-            accepted: field("accepted_records")?,
-            delivered: field("delivered_records")?,
-            undelivered: field("undelivered_records")?,
-            freshness_seconds: stats["data_freshness_seconds"].as_f64().unwrap_or(0.0),
-        })
+        StreamStats::from_json(&stats).with_context(|| format!("reading {url}"))
     }
 
     /// Waits until `target` records of `stream` are delivered; returns when that was seen.
@@ -261,5 +274,28 @@ mod tests {
             second,
             "  2/30 s  in      2000 rec/s  out      1000 rec/s  backlog      3000  freshness   1.2 s"
         );
+    }
+
+    #[test]
+    fn stats_are_read_from_current_and_older_services() {
+        let current = serde_json::json!({
+            "accepted_records": 900, "delivered_records": 400,
+            "undelivered_records": 450, "data_freshness_seconds": 2.5
+        });
+        let read = StreamStats::from_json(&current).unwrap();
+        assert_eq!(
+            (read.accepted, read.delivered, read.undelivered),
+            (900, 400, 450)
+        );
+        assert_eq!(read.freshness_seconds, 2.5);
+
+        let older = serde_json::json!({"accepted_records": 900, "delivered_records": 400});
+        let read = StreamStats::from_json(&older).unwrap();
+        assert_eq!(read.undelivered, 500);
+        assert_eq!(read.freshness_seconds, 0.0);
+
+        let broken = serde_json::json!({"accepted_records": 900});
+        let error = StreamStats::from_json(&broken).unwrap_err().to_string();
+        assert!(error.contains("lack delivered_records"), "{error}");
     }
 }
