@@ -307,6 +307,15 @@ async fn ndjson_endpoint_takes_one_record_per_line() {
     let huge = format!("{{}}\n{}\n", "x".repeat(1_024_001));
     let (s, a) = hydrant.post_ndjson("events", &huge).await;
     assert_error(s, &a, 400, "ValidationException", &["line 2", "1024000"]);
+    let oversized = "{}\n".repeat(16 * 1024 * 1024 / 3 + 1);
+    let (s, a) = hydrant.post_ndjson("events", &oversized).await;
+    assert_error(
+        s,
+        &a,
+        400,
+        "InvalidArgumentException",
+        &["request body", "at most 16777216 bytes"],
+    );
     assert!(hydrant.terminate().success());
     let files = files_under(&hydrant.dir.path().join("nd"));
     assert_eq!(files.len(), 1);
