@@ -81,12 +81,17 @@ async fn dispatch(state: &ApiState, request: Request) -> Result<Response, AwsErr
 }
 
 pub(super) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, AwsError> {
-    axum::body::to_bytes(body, limit).await.map_err(|error| {
-        AwsError::new(
-            AwsErrorType::InvalidArgument,
-            format!("cannot read the request body (at most {limit} bytes are accepted): {error}"),
-        )
-    })
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|error| unreadable_body(limit, &error))
+}
+
+/// The answer to a body that could not be read whole within `limit` bytes, and why.
+pub(super) fn unreadable_body(limit: usize, reason: &dyn std::fmt::Display) -> AwsError {
+    AwsError::new(
+        AwsErrorType::InvalidArgument,
+        format!("cannot read the request body (at most {limit} bytes are accepted): {reason}"),
+    )
 }
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, AwsError> {

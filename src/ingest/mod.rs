@@ -25,7 +25,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::Semaphore;
 
 use crate::pipeline::Pipeline;
-use aws_error::{AwsError, AwsErrorType};
+use aws_error::AwsError;
 
 /// `Content-Type` of AWS JSON 1.1 requests and answers.
 pub const AMZ_JSON: &str = "application/x-amz-json-1.1";
@@ -121,18 +121,12 @@ async fn limit_and_tag(State(state): State<ApiState>, request: Request, next: Ne
 /// pieces at the end kept every read buffer they came from alive until then. The handlers
 /// read the joined body again without a copy.
 async fn receive_body(body: Body, expected: usize, limit: usize) -> Result<Bytes, AwsError> {
-    let failed = |reason: &dyn std::fmt::Display| {
-        AwsError::new(
-            AwsErrorType::InvalidArgument,
-            format!("cannot read the request body (at most {limit} bytes are accepted): {reason}"),
-        )
-    };
     let mut received = BytesMut::with_capacity(expected.min(limit));
     let mut pieces = body.into_data_stream();
     while let Some(piece) = pieces.next().await {
-        let piece = piece.map_err(|error| failed(&error))?;
+        let piece = piece.map_err(|error| firehose::unreadable_body(limit, &error))?;
         if received.len() + piece.len() > limit {
-            return Err(failed(&"length limit exceeded"));
+            return Err(firehose::unreadable_body(limit, &"length limit exceeded"));
         }
         received.extend_from_slice(&piece);
     }
@@ -182,6 +176,7 @@ pub(crate) fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use super::aws_error::AwsErrorType;
     use super::*;
 
     /// A body that arrives as these pieces, as a slow or chunked upload does.
