@@ -3,7 +3,6 @@
 use std::borrow::Cow;
 use std::io::Write as _;
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -52,7 +51,7 @@ async fn dispatch(state: &ApiState, request: Request) -> Result<Response, AwsErr
         .get::<Principal>()
         .cloned()
         .unwrap_or(Principal::Anyone);
-    let body = read_body(request.into_body(), MAX_FIREHOSE_BODY_BYTES).await?;
+    let body = super::body::read_body(request.into_body(), MAX_FIREHOSE_BODY_BYTES).await?;
     let caller = Caller {
         pipeline: &state.pipeline,
         principal: &principal,
@@ -78,20 +77,6 @@ async fn dispatch(state: &ApiState, request: Request) -> Result<Response, AwsErr
     ::metrics::histogram!(crate::metrics::API_CALL_SECONDS, "operation" => name)
         .record(started.elapsed().as_secs_f64());
     answer
-}
-
-pub(super) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, AwsError> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|error| unreadable_body(limit, &error))
-}
-
-/// The answer to a body that could not be read whole within `limit` bytes, and why.
-pub(super) fn unreadable_body(limit: usize, reason: &dyn std::fmt::Display) -> AwsError {
-    AwsError::new(
-        AwsErrorType::InvalidArgument,
-        format!("cannot read the request body (at most {limit} bytes are accepted): {reason}"),
-    )
 }
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, AwsError> {

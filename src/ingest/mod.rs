@@ -4,6 +4,7 @@
 mod admin;
 pub mod auth;
 pub mod aws_error;
+mod body;
 mod firehose;
 mod ndjson;
 mod record_limits;
@@ -20,12 +21,9 @@ use axum::middleware::{self, Next};
 use axum::response::IntoResponse as _;
 use axum::response::Response;
 use axum::routing::{get, post};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt as _;
 use tokio::sync::Semaphore;
 
 use crate::pipeline::Pipeline;
-use aws_error::AwsError;
 
 /// `Content-Type` of AWS JSON 1.1 requests and answers.
 pub const AMZ_JSON: &str = "application/x-amz-json-1.1";
@@ -94,7 +92,7 @@ async fn limit_and_tag(State(state): State<ApiState>, request: Request, next: Ne
     let _memory = state.request_memory.acquire_many(share).await;
     let (parts, body) = request.into_parts();
     let limit = record_limits::MAX_NDJSON_BODY_BYTES;
-    let receive = receive_body(body, body_bytes, limit);
+    let receive = body::receive_body(body, body_bytes, limit);
     let body = match tokio::time::timeout(state.body_read_timeout, receive).await {
         Ok(Ok(body)) => body,
         Ok(Err(error)) => return tag(error.into_response()),
@@ -113,24 +111,6 @@ async fn limit_and_tag(State(state): State<ApiState>, request: Request, next: Ne
     };
     let _slot = state.request_slots.acquire().await;
     tag(next.run(Request::from_parts(parts, Body::from(body))).await)
-}
-
-/// Receives a request body of at most `limit` bytes from the connection into one buffer
-/// sized for `expected` (its Content-Length, capped by the caller), copying each piece as it
-/// arrives: the connection's read buffer is then free for the next read, where joining the
-/// pieces at the end kept every read buffer they came from alive until then. The handlers
-/// read the joined body again without a copy.
-async fn receive_body(body: Body, expected: usize, limit: usize) -> Result<Bytes, AwsError> {
-    let mut received = BytesMut::with_capacity(expected.min(limit));
-    let mut pieces = body.into_data_stream();
-    while let Some(piece) = pieces.next().await {
-        let piece = piece.map_err(|error| firehose::unreadable_body(limit, &error))?;
-        if received.len() + piece.len() > limit {
-            return Err(firehose::unreadable_body(limit, &"length limit exceeded"));
-        }
-        received.extend_from_slice(&piece);
-    }
-    Ok(received.freeze())
 }
 
 /// Gives `response` a request id, as AWS services do.
@@ -172,48 +152,4 @@ async fn render_metrics(
 /// Current time as Unix milliseconds: records' approximate arrival timestamp.
 pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::aws_error::AwsErrorType;
-    use super::*;
-
-    /// A body that arrives as these pieces, as a slow or chunked upload does.
-    fn in_pieces(pieces: &[&'static [u8]]) -> Body {
-        let pieces: Vec<Result<Bytes, std::io::Error>> =
-            pieces.iter().map(|p| Ok(Bytes::from_static(p))).collect();
-        Body::from_stream(futures_util::stream::iter(pieces))
-    }
-
-    #[tokio::test]
-    async fn a_body_is_joined_from_its_pieces_in_order_whatever_length_was_announced() {
-        for expected in [0, 4, 17, 1 << 20] {
-            let body = receive_body(
-                in_pieces(&[b"{\"a\":1}\n", b"{\"b\"", b":2}\n"]),
-                expected,
-                64,
-            )
-            .await
-            .unwrap();
-            assert_eq!(&body[..], b"{\"a\":1}\n{\"b\":2}\n");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_body_may_reach_the_limit_but_not_pass_it() {
-        let body = receive_body(in_pieces(&[b"1234", b"5678"]), 8, 8)
-            .await
-            .unwrap();
-        assert_eq!(&body[..], b"12345678");
-        let error = receive_body(in_pieces(&[b"1234", b"56789"]), 8, 8)
-            .await
-            .unwrap_err();
-        assert_eq!(error.kind, AwsErrorType::InvalidArgument);
-        assert!(
-            error.message.contains("at most 8 bytes"),
-            "{}",
-            error.message
-        );
-    }
 }

@@ -49,7 +49,7 @@ async fn accept(
             format!("Delivery stream {stream_name} not found."),
         )
     })?;
-    let body = super::firehose::read_body(request.into_body(), MAX_NDJSON_BODY_BYTES).await?;
+    let body = super::body::read_body(request.into_body(), MAX_NDJSON_BODY_BYTES).await?;
     let lines = split_records(&body)?;
     let admission = stream
         .admit(&lines, now_ms(), state.pipeline.backpressure_wait)

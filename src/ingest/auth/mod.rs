@@ -257,7 +257,7 @@ pub async fn authenticate(State(state): State<ApiState>, request: Request, next:
         }
         return AwsError::from(AuthFailure::Missing).into_response();
     }
-    let body = match super::firehose::read_body(body, MAX_NDJSON_BODY_BYTES).await {
+    let body = match super::body::read_body(body, MAX_NDJSON_BODY_BYTES).await {
         Ok(body) => body,
         Err(error) => return error.into_response(),
     };
